@@ -1,0 +1,305 @@
+"""`params.yaml` sections as validated dataclasses. Imports no torch.
+
+Each pipeline stage reads one section. Unknown keys and bad values fail with one line naming the
+key (`ingest.val_fraction: must be in [0, 1), got 1.5`). `--set section.key=value` overrides are
+applied before validation, like `dvc exp run -S`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from obf.errors import ObfError
+from obf.vocab import TASKS, VOCAB_SIZE
+
+
+class ConfigError(ObfError):
+    """A bad parameter: unknown key, wrong type or out-of-range value."""
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass
+class IngestConfig:
+    """How raw files become a byte dataset (`obf ingest`)."""
+
+    canonicalize: bool = True  # image -> BMP, audio -> WAV PCM, video -> Y4M
+    max_file_bytes: int = 16 * 1024 * 1024
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    shard_bytes: int = 64 * 1024 * 1024
+    image_max_side: int = 64
+    audio_rate: int = 8000
+    audio_sample_width: int = 1  # bytes per sample: 1 (u8), 2 (s16)
+    audio_channels: int = 1
+    video_width: int = 32
+    video_height: int = 32
+    video_fps: int = 5
+    video_max_frames: int = 16
+
+    def validate(self, s: str = "ingest") -> None:
+        _require(self.max_file_bytes > 0, f"{s}.max_file_bytes", "must be positive")
+        for name in ("val_fraction", "test_fraction"):
+            v = getattr(self, name)
+            _require(0.0 <= v < 1.0, f"{s}.{name}", f"must be in [0, 1), got {v}")
+        _require(self.val_fraction + self.test_fraction < 1.0, f"{s}.val_fraction",
+                 "val_fraction + test_fraction must be below 1")
+        _require(self.shard_bytes >= 1024, f"{s}.shard_bytes", "must be at least 1024")
+        _require(self.image_max_side >= 1, f"{s}.image_max_side", "must be at least 1")
+        _require(1000 <= self.audio_rate <= 192000, f"{s}.audio_rate", "must be in 1000..192000")
+        _require(self.audio_sample_width in (1, 2), f"{s}.audio_sample_width", "must be 1 or 2")
+        _require(self.audio_channels in (1, 2), f"{s}.audio_channels", "must be 1 or 2")
+        for name in ("video_width", "video_height"):
+            v = getattr(self, name)
+            _require(v >= 2 and v % 2 == 0, f"{s}.{name}", f"must be even and at least 2, got {v}")
+        _require(self.video_fps >= 1, f"{s}.video_fps", "must be at least 1")
+        _require(self.video_max_frames >= 1, f"{s}.video_max_frames", "must be at least 1")
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    # For tests: trains in seconds.
+    "tiny": dict(d_model=64, n_heads=2, encoder_layers=2, decoder_layers=1, d_ff=192),
+    # The CPU default, about 7.5 M parameters.
+    "small": dict(d_model=256, n_heads=4, encoder_layers=6, decoder_layers=2, d_ff=768),
+    # For a GPU, about 100 M parameters.
+    "base": dict(d_model=768, n_heads=12, encoder_layers=9, decoder_layers=3, d_ff=2048),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the encoder-decoder. `ModelConfig.from_preset("small", patch_size=4)`."""
+
+    d_model: int = 256
+    n_heads: int = 4
+    encoder_layers: int = 6
+    decoder_layers: int = 2
+    d_ff: int = 768  # SwiGLU hidden width
+    patch_size: int = 1  # bytes per encoder position (1 = plain ByT5)
+    max_src_len: int = 1024  # encoder context in bytes (incl. the 2 tag ids)
+    max_tgt_len: int = 512  # decoder window in bytes (incl. BOS / EOS)
+    vocab_size: int = VOCAB_SIZE
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-6
+    preset: str = ""  # the preset this config started from, for humans
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, s: str = "model") -> None:
+        _require(self.d_model > 0 and self.n_heads > 0, f"{s}.d_model", "d_model and n_heads must be positive")
+        _require(self.d_model % self.n_heads == 0, f"{s}.n_heads",
+                 f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
+        _require((self.d_model // self.n_heads) % 2 == 0, f"{s}.n_heads", "head dim must be even for rotary")
+        _require(self.encoder_layers >= 1, f"{s}.encoder_layers", "must be at least 1")
+        _require(self.decoder_layers >= 1, f"{s}.decoder_layers", "must be at least 1")
+        _require(self.d_ff > 0, f"{s}.d_ff", "must be positive")
+        _require(self.patch_size in (1, 2, 4, 8, 16), f"{s}.patch_size", f"must be 1, 2, 4, 8 or 16, got {self.patch_size}")
+        _require(self.max_src_len >= 2 * self.patch_size, f"{s}.max_src_len", "too small for one patch")
+        _require(self.max_src_len % self.patch_size == 0, f"{s}.max_src_len", "must be a multiple of patch_size")
+        _require(self.max_tgt_len >= 4, f"{s}.max_tgt_len", "must be at least 4")
+        _require(self.vocab_size == VOCAB_SIZE, f"{s}.vocab_size", f"must be {VOCAB_SIZE} (fixed by obf.vocab)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "ModelConfig":
+        if name not in _PRESETS:
+            raise ConfigError(f"model.preset: unknown preset {name!r}; expected one of {', '.join(_PRESETS)}")
+        return _build(cls, "model", {**_PRESETS[name], "preset": name, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        return _build(cls, "model", d)
+
+
+def _default_task_weights() -> dict[str, float]:
+    return {"continue": 0.7, "denoise": 0.2, "paired": 0.1}
+
+
+@dataclass
+class TrainConfig:
+    """The training loop (`obf train`)."""
+
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto | bf16 | fp32
+    compile: bool = False
+    steps: int = 600
+    minutes: float = 0.0  # wall-clock budget; 0 = steps only
+    batch_size: int = 16
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    task_weights: dict[str, float] = field(default_factory=_default_task_weights)
+    balance_modalities: bool = True
+    noise_density: float = 0.15
+    mean_span: float = 3.0
+    eval_every: int = 200
+    eval_batches: int = 4
+    checkpoint_every: int = 200
+
+    def validate(self, s: str = "train") -> None:
+        _require(self.device in ("auto", "cpu", "cuda"), f"{s}.device", f"must be auto, cpu or cuda, got {self.device!r}")
+        _require(self.precision in ("auto", "bf16", "fp32"), f"{s}.precision", f"must be auto, bf16 or fp32, got {self.precision!r}")
+        _require(self.steps >= 1, f"{s}.steps", "must be at least 1")
+        _require(self.minutes >= 0, f"{s}.minutes", "must not be negative")
+        _require(self.batch_size >= 1, f"{s}.batch_size", "must be at least 1")
+        _require(self.lr > 0, f"{s}.lr", "must be positive")
+        _require(0 <= self.min_lr_ratio <= 1, f"{s}.min_lr_ratio", "must be in [0, 1]")
+        _require(self.warmup_steps >= 0, f"{s}.warmup_steps", "must not be negative")
+        _require(self.grad_clip >= 0, f"{s}.grad_clip", "must not be negative")
+        _require(0 < self.beta1 < 1 and 0 < self.beta2 < 1, f"{s}.beta1", "betas must be in (0, 1)")
+        for k, v in self.task_weights.items():
+            _require(k in TASKS, f"{s}.task_weights.{k}", f"unknown task; expected one of {', '.join(TASKS)}")
+            _require(v >= 0, f"{s}.task_weights.{k}", "must not be negative")
+        _require(sum(self.task_weights.values()) > 0, f"{s}.task_weights", "at least one weight must be positive")
+        _require(0 < self.noise_density < 1, f"{s}.noise_density", "must be in (0, 1)")
+        _require(self.mean_span >= 1, f"{s}.mean_span", "must be at least 1")
+        _require(self.eval_every >= 1, f"{s}.eval_every", "must be at least 1")
+        _require(self.eval_batches >= 1, f"{s}.eval_batches", "must be at least 1")
+        _require(self.checkpoint_every >= 1, f"{s}.checkpoint_every", "must be at least 1")
+
+
+@dataclass
+class Params:
+    """Every section of params.yaml."""
+
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig.from_preset("small"))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # sections owned by later stages
+
+
+_SECTIONS = {"ingest": IngestConfig, "train": TrainConfig}
+_OPEN_SECTIONS = {"evaluate", "export", "generate"}  # validated by their own stage modules
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    """Coerce/check `value` against a dataclass field annotation; ints are accepted as floats."""
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        _require(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+    elif tp is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+    elif tp is float:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        _require(isinstance(value, str), key, f"must be a string, got {value!r}")
+    elif origin is dict:
+        _require(isinstance(value, dict), key, f"must be a mapping, got {value!r}")
+        _, vt = typing.get_args(tp)
+        value = {str(k): _check_type(f"{key}.{k}", v, vt) for k, v in value.items()}
+    elif origin in (typing.Union, types.UnionType):
+        return value
+    return value
+
+
+def _build(cls: type, section: str, data: dict[str, Any]) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{section}: must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        if k not in names:
+            raise ConfigError(f"{section}.{k}: unknown key; expected one of {', '.join(sorted(names))}")
+        kwargs[k] = _check_type(f"{section}.{k}", v, hints[k])
+    try:
+        obj = cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{section}: {e}") from None
+    if hasattr(obj, "validate"):
+        obj.validate(section)
+    return obj
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item}: expected section.key=value")
+    key, raw = item.split("=", 1)
+    path = key.strip().split(".")
+    if len(path) < 2 or not all(path):
+        raise ConfigError(f"--set {item}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Return a copy of the raw params mapping with `section.key=value` overrides applied."""
+    out: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = out.setdefault(path[0], {})
+        for p in path[1:-1]:
+            nxt = node.get(p)
+            if not isinstance(nxt, dict):
+                nxt = {}
+            node[p] = nxt = dict(nxt)
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def params_from_dict(raw: dict[str, Any]) -> Params:
+    """Validate a raw params mapping into `Params`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("params: the file must hold a mapping of sections")
+    params = Params()
+    for section, data in raw.items():
+        if section == "model":
+            data = dict(data or {})
+            preset = data.pop("preset", "small")
+            _require(isinstance(preset, str), "model.preset", "must be a string")
+            params.model = ModelConfig.from_preset(preset, **data)
+        elif section in _SECTIONS:
+            setattr(params, section, _build(_SECTIONS[section], section, data or {}))
+        elif section in _OPEN_SECTIONS:
+            _require(isinstance(data, dict), section, "must be a mapping")
+            params.extra[section] = dict(data)
+        else:
+            known = sorted([*_SECTIONS, "model", *_OPEN_SECTIONS])
+            raise ConfigError(f"{section}: unknown params section; expected one of {', '.join(known)}")
+    return params
+
+
+def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Read params.yaml (missing file = all defaults), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if p.exists():
+            try:
+                raw = yaml.safe_load(p.read_text()) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        elif str(path) != "params.yaml":
+            raise ConfigError(f"{p}: params file not found")
+    return params_from_dict(apply_overrides(raw, overrides))

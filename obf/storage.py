@@ -1,0 +1,224 @@
+"""Storage over fsspec URLs: list, read, atomic write, and safe relative keys.
+
+Local paths, `s3://` (endpoint and credentials from the standard AWS environment, e.g.
+`AWS_ENDPOINT_URL`), `memory://` and every other fsspec protocol go through the same functions.
+Writes are atomic: a temp file + rename locally, a single PUT per object on object stores.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from obf.errors import ObfError
+
+
+class StorageError(ObfError):
+    """A storage location is missing, unreadable or unsafe."""
+
+
+def is_local(url: str) -> bool:
+    """True for plain paths and `file://` URLs."""
+    return "://" not in url or url.startswith("file://")
+
+
+def local_path(url: str) -> Path:
+    return Path(url[len("file://"):] if url.startswith("file://") else url)
+
+
+def join(base: str, key: str) -> str:
+    """Join a base URL/path and a relative key with exactly one '/'."""
+    return base.rstrip("/") + "/" + key.lstrip("/")
+
+
+def safe_key(key: str) -> str:
+    """Validate a relative key and return it normalised ('a/b.txt').
+
+    Rejects empty keys, absolute paths, `..` or `.` segments, backslashes, NUL and control
+    characters, so a key taken from one bucket can never escape the prefix it is written under.
+    """
+    if not isinstance(key, str) or not key:
+        raise StorageError("unsafe key: empty")
+    for ch in key:
+        if unicodedata.category(ch) in ("Cc", "Cs") or ch == "\x7f":
+            raise StorageError(f"unsafe key {key!r}: control or undecodable character")
+    if "\\" in key:
+        raise StorageError(f"unsafe key {key!r}: backslash")
+    if key.startswith("/") or (len(key) > 1 and key[1] == ":"):
+        raise StorageError(f"unsafe key {key!r}: absolute path")
+    parts = [p for p in key.split("/") if p != ""]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise StorageError(f"unsafe key {key!r}: '.' or '..' segment")
+    return "/".join(parts)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One listed object. `error` is set for entries that cannot be read as a regular file."""
+
+    key: str  # relative to the listed root, '/'-separated (may be unsafe; check with safe_key)
+    url: str  # full URL or path to read it
+    size: int
+    error: str | None = None
+    etag: str | None = None
+
+
+def _walk_local(root: Path) -> list[Entry]:
+    """Walk a local folder without following directory symlinks; classify every entry."""
+    out: list[Entry] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=None, followlinks=False):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, root)
+        names = sorted(filenames)
+        # os.walk lists symlinks to directories in dirnames; treat them as entries, not folders.
+        for d in list(dirnames):
+            if os.path.islink(os.path.join(dirpath, d)):
+                dirnames.remove(d)
+                names.append(d)
+        for name in sorted(names):
+            full = os.path.join(dirpath, name)
+            key = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
+            out.append(_classify_local(full, key))
+        # Unreadable directories: os.walk silently skips them, so report them here.
+        for d in dirnames:
+            full = os.path.join(dirpath, d)
+            if not os.access(full, os.R_OK | os.X_OK):
+                key = d if rel_dir == "." else f"{rel_dir}/{d}"
+                out.append(Entry(key=key, url=full, size=0, error="unreadable directory"))
+    return out
+
+
+def _classify_local(full: str, key: str) -> Entry:
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return Entry(key=key, url=full, size=0, error="file name is not valid UTF-8")
+    try:
+        lst = os.lstat(full)
+    except OSError as e:
+        return Entry(key=key, url=full, size=0, error=f"cannot stat: {e.strerror}")
+    if stat.S_ISLNK(lst.st_mode):
+        try:
+            st = os.stat(full)
+        except OSError:
+            return Entry(key=key, url=full, size=0, error="broken symlink")
+        if stat.S_ISDIR(st.st_mode):
+            return Entry(key=key, url=full, size=0, error="symlink to a directory (not followed)")
+    else:
+        st = lst
+    if not stat.S_ISREG(st.st_mode):
+        kind = {stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
+                stat.S_IFBLK: "block device"}.get(stat.S_IFMT(st.st_mode), "special file")
+        return Entry(key=key, url=full, size=0, error=f"not a regular file ({kind})")
+    if not os.access(full, os.R_OK):
+        return Entry(key=key, url=full, size=st.st_size, error="unreadable (permission denied)")
+    return Entry(key=key, url=full, size=st.st_size)
+
+
+def list_files(url: str) -> list[Entry]:
+    """Every file under `url` (a folder or prefix), sorted by key. A single file lists itself.
+
+    Raises StorageError when `url` does not exist.
+    """
+    if is_local(url):
+        root = local_path(url)
+        if root.is_file():
+            return [_classify_local(str(root), root.name)]
+        if not root.is_dir():
+            raise StorageError(f"{url}: no such file or directory")
+        return sorted(_walk_local(root), key=lambda e: e.key)
+    fs, path = url_to_fs(url)
+    path = path.rstrip("/")
+    try:
+        if fs.isfile(path):
+            info = fs.info(path)
+            return [Entry(key=path.rsplit("/", 1)[-1], url=url, size=int(info.get("size") or 0),
+                          etag=_etag(info))]
+        found = fs.find(path, detail=True)
+    except FileNotFoundError:
+        raise StorageError(f"{url}: no such file or prefix") from None
+    except PermissionError as e:
+        raise StorageError(f"{url}: permission denied ({e})") from None
+    if not found and not fs.exists(path):
+        raise StorageError(f"{url}: no such file or prefix")
+    protocol = url.split("://", 1)[0]
+    out = []
+    for p, info in found.items():
+        if info.get("type") == "directory":
+            continue
+        key = p[len(path):].lstrip("/")
+        if not key:
+            continue
+        out.append(Entry(key=key, url=f"{protocol}://{p}", size=int(info.get("size") or 0), etag=_etag(info)))
+    return sorted(out, key=lambda e: e.key)
+
+
+def _etag(info: dict) -> str | None:
+    tag = info.get("ETag") or info.get("etag")
+    return str(tag).strip('"') if tag else None
+
+
+def read_bytes(url: str) -> bytes:
+    """Read a whole object. Raises StorageError with a one-line reason."""
+    try:
+        if is_local(url):
+            return local_path(url).read_bytes()
+        with fsspec.open(url, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise StorageError(f"{url}: not found") from None
+    except PermissionError:
+        raise StorageError(f"{url}: permission denied") from None
+    except IsADirectoryError:
+        raise StorageError(f"{url}: is a directory") from None
+
+
+def exists(url: str) -> bool:
+    if is_local(url):
+        return local_path(url).exists()
+    fs, path = url_to_fs(url)
+    return fs.exists(path)
+
+
+def write_bytes_atomic(url: str, data: bytes) -> None:
+    """Write `data` so that readers see the old object or the whole new one, never a part.
+
+    Local: a temp file in the same folder, fsync, then `os.replace`. Object stores: one PUT.
+    """
+    if is_local(url):
+        path = local_path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        return
+    fs, path = url_to_fs(url)
+    fs.pipe_file(path, data)
+
+
+def delete(url: str) -> None:
+    if is_local(url):
+        local_path(url).unlink(missing_ok=True)
+        return
+    fs, path = url_to_fs(url)
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,51 @@
+import pytest
+
+from obf.config import ConfigError, ModelConfig, load_params, params_from_dict
+
+
+def test_defaults_load_from_repo_params():
+    p = load_params("params.yaml")
+    assert p.ingest.canonicalize is True
+    assert p.model.d_model > 0
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"ingest": {"nope": 1}}, "ingest.nope"),
+        ({"ingest": {"val_fraction": 1.5}}, "ingest.val_fraction"),
+        ({"ingest": {"max_file_bytes": "big"}}, "ingest.max_file_bytes"),
+        ({"ingest": {"canonicalize": 1}}, "ingest.canonicalize"),
+        ({"model": {"patch_size": 3}}, "model.patch_size"),
+        ({"model": {"preset": "huge"}}, "model.preset"),
+        ({"train": {"task_weights": {"dance": 1.0}}}, "train.task_weights.dance"),
+        ({"bogus": {}}, "bogus"),
+    ],
+)
+def test_bad_params_name_the_key(raw, key):
+    with pytest.raises(ConfigError) as e:
+        params_from_dict(raw)
+    msg = str(e.value)
+    assert msg.startswith(key) and "\n" not in msg
+
+
+def test_overrides_apply_and_validate(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("ingest:\n  val_fraction: 0.2\n")
+    p = load_params(f, ["ingest.val_fraction=0.3", "model.preset=tiny", "model.patch_size=4"])
+    assert p.ingest.val_fraction == 0.3
+    assert p.model.d_model == 64 and p.model.patch_size == 4 and p.model.preset == "tiny"
+    with pytest.raises(ConfigError, match="ingest.val_fraction"):
+        load_params(f, ["ingest.val_fraction=2"])
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load_params(f, ["nonsense"])
+
+
+def test_missing_params_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "absent.yaml")
+
+
+def test_model_config_round_trip():
+    c = ModelConfig.from_preset("small", patch_size=4)
+    assert ModelConfig.from_dict(c.to_dict()) == c

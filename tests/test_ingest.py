@@ -1,0 +1,147 @@
+"""Ingest on real files: bad inputs, determinism, split stability, S3 == local, CLI errors."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from obf.config import IngestConfig
+from obf.data import DataError, Dataset, ingest
+from obf.storage import write_bytes_atomic
+
+from .conftest import RAW
+
+CFG = IngestConfig(max_file_bytes=1_000_000)
+
+
+def _copy_some(dst, names):
+    for n in names:
+        (dst / n).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(RAW / n, dst / n)
+
+
+SOME = ["text/GPL-3.txt", "text/heapq.py", "image/coffee.jpg", "image/text.gif", "audio/numbers.wav",
+        "audio/hola.mp3", "video/hubble_pan.y4m", "video/chelsea_pan.avi", "binary/true.elf", "binary/eeg.dat"]
+
+
+def test_bad_inputs_are_rejected_for_the_right_reason(tmp_path):
+    src = tmp_path / "src"
+    _copy_some(src, ["text/heapq.py", "image/coffee.jpg"])
+    (src / "empty.txt").write_bytes(b"")
+    (src / "big.bin").write_bytes(os.urandom(CFG.max_file_bytes + 1))
+    os.symlink(src / "does-not-exist", src / "broken-link")
+    os.mkfifo(src / "a-fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(src / "a-socket"))
+    # An entry that cannot be read even by root: a write-only sysfs attribute.
+    # As a normal user, a chmod 000 file does the same.
+    if os.geteuid() == 0:
+        os.symlink("/sys/bus/pci/rescan", src / "unreadable")
+    else:
+        (src / "unreadable").write_bytes(b"secret")
+        os.chmod(src / "unreadable", 0)
+    fd = os.open(os.fsencode(str(src)) + b"/bad-\xff\xfe-name.txt", os.O_WRONLY | os.O_CREAT)
+    os.write(fd, b"hello")
+    os.close(fd)
+    (src / "fake.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 20)
+    (src / "dup-of-heapq.py").write_bytes((RAW / "text/heapq.py").read_bytes())
+    try:
+        m = ingest(str(src), tmp_path / "ds", CFG, progress=False)
+    finally:
+        sock.close()
+    reasons = {r["source"]: r["reason"] for r in m["rejected"]}
+    assert reasons.pop("empty.txt") == "empty file"
+    assert reasons.pop("big.bin").startswith("larger than ingest.max_file_bytes")
+    assert reasons.pop("broken-link") == "broken symlink"
+    assert reasons.pop("a-fifo") == "not a regular file (FIFO)"
+    assert reasons.pop("a-socket") == "not a regular file (socket)"
+    assert "permission denied" in reasons.pop("unreadable")
+    assert reasons.pop("fake.png").startswith("image does not decode")
+    bad_name = [k for k in reasons if k.startswith("bad-")]
+    assert len(bad_name) == 1 and reasons.pop(bad_name[0]) == "file name is not valid UTF-8"
+    assert reasons == {}
+    assert m["files"] == 2 and m["duplicates"] == [{"source": "text/heapq.py", "same_as": "dup-of-heapq.py"}]
+
+
+def test_manifest_contract_and_readback(tmp_path):
+    src = tmp_path / "src"
+    _copy_some(src, SOME)
+    m = ingest(str(src), tmp_path / "ds", CFG, progress=False)
+    assert set(m) >= {"files", "bytes", "by_modality", "splits", "rejected"}
+    assert set(m["by_modality"]) == {"text", "image", "audio", "video", "binary"}
+    assert all(v["files"] == 2 for v in m["by_modality"].values())
+    assert sum(v["files"] for v in m["splits"].values()) == m["files"] == 10
+    assert sum(v["bytes"] for v in m["splits"].values()) == m["bytes"]
+    ds = Dataset(tmp_path / "ds")
+    text = [r for r in ds.records if r.key == "text/GPL-3.txt"][0]
+    assert ds.file_bytes(text).tobytes() == (RAW / "text/GPL-3.txt").read_bytes()
+    assert {r.format for r in ds.select(modality="image")} == {"bmp"}
+    assert ds.file_bytes(ds.select(modality="audio")[0])[:4].tobytes() == b"RIFF"
+    assert isinstance(ds.file_bytes(text), np.memmap)
+
+
+def test_same_source_twice_gives_identical_manifests(tmp_path):
+    src = tmp_path / "src"
+    _copy_some(src, SOME)
+    ingest(str(src), tmp_path / "a", CFG, progress=False)
+    ingest(str(src), tmp_path / "b", CFG, progress=False)
+    for name in ("manifest.json", "index.jsonl", "shards/000000.bin"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_adding_a_file_moves_no_existing_file(tmp_path):
+    src = tmp_path / "src"
+    _copy_some(src, SOME)
+    ingest(str(src), tmp_path / "a", CFG, progress=False)
+    _copy_some(src, ["text/difflib.py"])
+    ingest(str(src), tmp_path / "b", CFG, progress=False)
+    before = {r.key: r.split for r in Dataset(tmp_path / "a").records}
+    after = {r.key: r.split for r in Dataset(tmp_path / "b").records}
+    assert set(after) - set(before) == {"text/difflib.py"}
+    assert all(after[k] == v for k, v in before.items())
+
+
+def test_s3_ingest_equals_local(tmp_path, s3_bucket):
+    src = tmp_path / "src"
+    _copy_some(src, SOME)
+    (src / "empty.txt").write_bytes(b"")
+    for p in sorted(src.rglob("*")):
+        if p.is_file():
+            write_bytes_atomic(f"{s3_bucket}/raw/{p.relative_to(src).as_posix()}", p.read_bytes())
+    local = ingest(str(src), tmp_path / "local", CFG, progress=False)
+    remote = ingest(f"{s3_bucket}/raw", tmp_path / "remote", CFG, progress=False)
+    assert local == remote
+    for name in ("manifest.json", "index.jsonl", "shards/000000.bin"):
+        assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "remote" / name).read_bytes()
+
+
+def test_missing_or_empty_source_is_an_error_and_leaves_nothing(tmp_path):
+    with pytest.raises(Exception, match="no such file"):
+        ingest(str(tmp_path / "nope"), tmp_path / "ds", CFG, progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no file"):
+        ingest(str(tmp_path / "empty"), tmp_path / "ds", CFG, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def _obf(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "obf.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_ingest_and_errors(tmp_path):
+    src = tmp_path / "src"
+    _copy_some(src, SOME[:3])
+    r = _obf("ingest", str(src), "--out", str(tmp_path / "ds"), "-q", "--set", "ingest.val_fraction=0.5")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "ds/manifest.json").read_text())["ingest"]["val_fraction"] == 0.5
+    r = _obf("ingest", str(tmp_path / "missing"), "--out", str(tmp_path / "ds2"))
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "no such file" in r.stderr
+    assert not (tmp_path / "ds2").exists()
+    r = _obf("ingest", str(src), "--out", str(tmp_path / "ds3"), "--set", "ingest.val_fraction=7")
+    assert r.returncode == 1 and "ingest.val_fraction" in r.stderr and not (tmp_path / "ds3").exists()
+    assert _obf("ingest", "--help").returncode == 0
