@@ -82,3 +82,14 @@ class Vocab:
         """Raise ValueError when a stored vocabulary differs from this code's vocabulary."""
         if d != cls().to_dict():
             raise ValueError("the model's vocabulary differs from this version of obf")
+
+
+def encoder_input(modality: str, task: str, payload: bytes | bytearray | memoryview, max_len: int) -> list[int]:
+    """Encoder ids: [modality tag, task tag] + the last `max_len - 2` bytes of `payload`.
+
+    Keeping the *last* bytes means a long context is cut at its start, so the bytes nearest to
+    what the decoder predicts are always seen.
+    """
+    keep = max(0, max_len - 2)
+    tail = bytes(payload[len(payload) - keep:]) if keep and len(payload) > keep else (bytes(payload) if keep else b"")
+    return [modality_id(modality), task_id(task), *tail]

@@ -1,0 +1,1 @@
+"""Model runtimes behind the `obf.sampling.Backend` protocol: torch and ONNX Runtime."""

@@ -1,0 +1,255 @@
+"""The OmniByteFormer encoder-decoder, pure PyTorch, in one file.
+
+A heavy encoder reads the source bytes, `patch_size` bytes per position (P=1 is plain ByT5,
+P>1 is bGPT/MEGABYTE-style patching: P x longer context at the same cost). A light byte-level
+decoder cross-attends to the patch states. Pre-norm RMSNorm, rotary positions, SwiGLU, no biases,
+`F.scaled_dot_product_attention`.
+
+The model holds no mutable state: `encode` returns the cross-attention K/V of every decoder layer
+once per input, and `decode_step` takes and returns the self-attention KV cache explicitly, so the
+same code runs the torch generator and exports to ONNX. The loss lives outside (obf.train).
+
+Shapes: B batch, S source ids, Sp = ceil(S / P) patches, T decoder ids, L decoder layers,
+H heads, D head dim, C d_model, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from obf.config import ModelConfig
+from obf.vocab import PAD
+
+
+class Memory(NamedTuple):
+    """What the decoder needs from one encoded batch; computed once per input."""
+
+    k: Tensor  # (L, B, H, Sp, D) cross-attention keys, one set per decoder layer
+    v: Tensor  # (L, B, H, Sp, D) cross-attention values
+    mask: Tensor  # (B, Sp) bool, True where the patch holds at least one real id
+
+
+class KVCache(NamedTuple):
+    """Decoder self-attention cache. T may be 0 before the first step."""
+
+    k: Tensor  # (L, B, H, T, D)
+    v: Tensor  # (L, B, H, T, D)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def rotary_tables(n: int, head_dim: int, base: float) -> tuple[Tensor, Tensor]:
+    """cos, sin tables (n, D/2) for rotary position embedding."""
+    inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    ang = torch.outer(torch.arange(n, dtype=torch.float32), inv)  # (n, D/2)
+    return ang.cos(), ang.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (first half, second half) of the head dim. x (B, H, T, D); cos/sin (T, D/2)."""
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.h, self.d = cfg.n_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def qkv_heads(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.h, self.d).permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def merge(self, y: Tensor) -> Tensor:
+        b, _, t, _ = y.shape
+        return self.out(y.transpose(1, 2).reshape(b, t, self.h * self.d))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.h, self.d = cfg.n_heads, cfg.head_dim
+        self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model, bias=False)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        b, s, _ = memory.shape
+        k, v = self.kv(memory).view(b, s, 2, self.h, self.d).permute(2, 0, 3, 1, 4)  # each (B, H, Sp, D)
+        return k, v
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.h, self.d).transpose(1, 2)  # (B, H, T, D)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # mask (B, 1, 1, Sp)
+        return self.out(y.transpose(1, 2).reshape(b, t, self.h * self.d))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = SelfAttention(cfg)
+        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.d_model, cfg.d_ff)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
+        q, k, v = self.attn.qkv_heads(self.norm1(x), cos, sin)
+        x = x + self.attn.merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+        return x + self.mlp(self.norm2(x))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.self_attn = SelfAttention(cfg)
+        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.cross_attn = CrossAttention(cfg)
+        self.norm3 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.d_model, cfg.d_ff)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, past_k: Tensor | None, past_v: Tensor | None,
+                self_mask: Tensor | None, cross_k: Tensor, cross_v: Tensor, cross_mask: Tensor
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, v = self.self_attn.qkv_heads(self.norm1(x), cos, sin)
+        if past_k is not None and past_v is not None:
+            k = torch.cat((past_k, k), dim=2)  # (B, H, T_past + T, D)
+            v = torch.cat((past_v, v), dim=2)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self_mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.self_attn.merge(y)
+        x = x + self.cross_attn(self.norm2(x), cross_k, cross_v, cross_mask)
+        return x + self.mlp(self.norm3(x)), k, v
+
+
+class OmniByteFormer(nn.Module):
+    """Byte-level encoder-decoder. `model(src_ids, dec_ids) -> logits (B, T, V)`.
+
+    `dec_ids = [BOS] + target[:-1]`; `logits[:, t]` predicts `target[t]` from the source and
+    `target[:t]` only. PAD ids in the source are masked out; padded target positions only ever
+    affect later (ignored) positions.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        p, c, v = cfg.patch_size, cfg.d_model, cfg.vocab_size
+        # One table of P * V rows: row (j * V + id) embeds `id` at offset j inside a patch; the
+        # patch embedding is their sum (= a linear map of the concatenated one-hots, as in bGPT).
+        self.patch_embed = nn.Embedding(p * v, c)
+        self.encoder = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.encoder_layers))
+        self.enc_norm = RMSNorm(c, cfg.norm_eps)
+        self.dec_embed = nn.Embedding(v, c)
+        self.decoder = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.decoder_layers))
+        self.dec_norm = RMSNorm(c, cfg.norm_eps)
+        self.head = nn.Linear(c, v, bias=False)
+        n_pos = max(cfg.max_src_len // p + 1, cfg.max_tgt_len + 1)
+        cos, sin = rotary_tables(n_pos, cfg.head_dim, cfg.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)  # (n_pos, D/2)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("patch_offsets", torch.arange(p) * v, persistent=False)  # (P,)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = 0.02
+        resid_std = std / math.sqrt(2 * (self.cfg.encoder_layers + self.cfg.decoder_layers))
+        for name, prm in self.named_parameters():
+            if prm.ndim < 2:
+                continue
+            last = name.rsplit(".", 2)[-2] if name.count(".") >= 1 else name
+            nn.init.normal_(prm, mean=0.0, std=resid_std if last in ("out", "down") else std)
+
+    # ------------------------------------------------------------------ encoder
+
+    def encode(self, src_ids: Tensor) -> Memory:
+        """src_ids (B, S) int64 -> Memory with cross K/V for every decoder layer."""
+        b, s = src_ids.shape
+        p = self.cfg.patch_size
+        pad = (-s) % p
+        if pad:
+            src_ids = F.pad(src_ids, (0, pad), value=PAD)
+        patches = src_ids.view(b, -1, p)  # (B, Sp, P)
+        mask = (patches != PAD).any(dim=-1)  # (B, Sp)
+        x = self.patch_embed(patches + self.patch_offsets).sum(dim=2)  # (B, Sp, C)
+        sp = x.shape[1]
+        cos, sin = self.rope_cos[:sp], self.rope_sin[:sp]
+        attn_mask = mask[:, None, None, :]  # (B, 1, 1, Sp)
+        for block in self.encoder:
+            x = block(x, cos, sin, attn_mask)
+        memory = self.enc_norm(x)  # (B, Sp, C)
+        ks, vs = zip(*(blk.cross_attn.project_memory(memory) for blk in self.decoder))
+        return Memory(torch.stack(ks), torch.stack(vs), mask)
+
+    # ------------------------------------------------------------------ decoder
+
+    def _decode(self, dec_ids: Tensor, memory: Memory, cache: KVCache | None) -> tuple[Tensor, KVCache]:
+        b, t = dec_ids.shape
+        past = 0 if cache is None else cache.k.shape[3]
+        cos = self.rope_cos[past:past + t]
+        sin = self.rope_sin[past:past + t]
+        self_mask = None
+        if cache is not None:
+            q_pos = torch.arange(t, device=dec_ids.device) + past
+            k_pos = torch.arange(past + t, device=dec_ids.device)
+            self_mask = (k_pos[None, :] <= q_pos[:, None])[None, None]  # (1, 1, T, T_past + T)
+        cross_mask = memory.mask[:, None, None, :]  # (B, 1, 1, Sp)
+        x = self.dec_embed(dec_ids)  # (B, T, C)
+        new_k, new_v = [], []
+        for i, block in enumerate(self.decoder):
+            pk = None if cache is None else cache.k[i]
+            pv = None if cache is None else cache.v[i]
+            x, k, v = block(x, cos, sin, pk, pv, self_mask, memory.k[i], memory.v[i], cross_mask)
+            new_k.append(k)
+            new_v.append(v)
+        logits = self.head(self.dec_norm(x))  # (B, T, V)
+        return logits, KVCache(torch.stack(new_k), torch.stack(new_v))
+
+    def decode_step(self, dec_ids: Tensor, memory: Memory, cache: KVCache) -> tuple[Tensor, KVCache]:
+        """One or more new decoder ids (B, T) after a cache of T_past ids -> logits (B, T, V), cache."""
+        return self._decode(dec_ids, memory, cache)
+
+    def empty_cache(self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """A cache with T = 0 for `batch` rows."""
+        ref = self.head.weight
+        shape = (self.cfg.decoder_layers, batch, self.cfg.n_heads, 0, self.cfg.head_dim)
+        z = torch.zeros(shape, device=device or ref.device, dtype=dtype or ref.dtype)
+        return KVCache(z, z.clone())
+
+    def forward(self, src_ids: Tensor, dec_ids: Tensor) -> Tensor:
+        """src_ids (B, S), dec_ids (B, T) int64 -> logits (B, T, V)."""
+        logits, _ = self._decode(dec_ids, self.encode(src_ids), None)
+        return logits
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
