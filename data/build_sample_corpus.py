@@ -160,6 +160,21 @@ def text_and_binary(src: Path) -> None:
     shutil.copy(src / "mpl/matplotlib/mpl-data/sample_data/goog.npz", b / "goog.npz")
 
 
+def pairs() -> None:
+    """Paired text example: each line of the Zen of Python (CPython's `this` module) and the same
+    line in upper case, as inputs/NN.txt -> targets/NN.txt."""
+    import codecs
+    import this  # noqa: F401  (prints the Zen once)
+
+    zen = codecs.decode(this.s, "rot13").splitlines()
+    lines = [ln for ln in zen if ln.strip() and not ln.startswith("The Zen")]
+    for d in ("inputs", "targets"):
+        (RAW / "pairs" / d).mkdir(parents=True, exist_ok=True)
+    for i, ln in enumerate(lines):
+        (RAW / "pairs/inputs" / f"zen{i:02d}.txt").write_text(ln + "\n")
+        (RAW / "pairs/targets" / f"zen{i:02d}.txt").write_text(ln.upper() + "\n")
+
+
 if __name__ == "__main__":
     src = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/src")
     for d in ("text", "image", "audio", "video", "binary"):
@@ -169,3 +184,4 @@ if __name__ == "__main__":
         audio()
         video(src)
     text_and_binary(src)
+    pairs()

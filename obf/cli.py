@@ -39,6 +39,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from obf import stages
+
+    stages.train(args.data, args.out, _params(args), resume=args.resume, live_dir=args.live,
+                 progress=not args.quiet, sample_log=args.sample_log)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="obf", description="OmniByteFormer: a byte-level encoder-decoder for any file.")
     parser.add_argument("--version", action="version", version=f"obf {__version__}")
@@ -52,6 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="dataset dir to (re)create")
     _add_params(p)
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("train", help="byte dataset -> model dir",
+                       description="Train the encoder-decoder on an ingested dataset (continue / denoise / "
+                                   "paired objectives mixed by train.task_weights). Writes model.safetensors, "
+                                   "config.json and a resumable train_state.pt to MODEL_DIR, and DVCLive metrics. "
+                                   "For several processes: torchrun --nproc_per_node N -m obf.train DATA --out DIR.")
+    p.add_argument("data", metavar="DATA", help="dataset dir written by `obf ingest`")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model dir to write")
+    p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/train_state.pt (exact)")
+    p.add_argument("--live", metavar="DIR", default=None, help="DVCLive dir (default: MODEL_DIR/dvclive)")
+    p.add_argument("--sample-log", metavar="PREFIX", default=None,
+                   help="debug: append the sample indices each rank trains on to PREFIX.rank<R> (JSON lines)")
+    _add_params(p)
+    p.set_defaults(func=cmd_train)
     return parser
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from obf.errors import ObfError
-from obf.vocab import TASKS, VOCAB_SIZE
+from obf.vocab import MODALITIES, TASKS, VOCAB_SIZE
 
 
 class ConfigError(ObfError):
@@ -129,7 +129,7 @@ class ModelConfig:
 
 
 def _default_task_weights() -> dict[str, float]:
-    return {"continue": 0.7, "denoise": 0.2, "paired": 0.1}
+    return {"continue": 0.8, "denoise": 0.2}  # add `paired` when the data has pairs
 
 
 @dataclass
@@ -151,7 +151,8 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     task_weights: dict[str, float] = field(default_factory=_default_task_weights)
-    balance_modalities: bool = True
+    balance_modalities: bool = True  # draw each modality equally often (else by bytes)
+    modality_weights: dict[str, float] = field(default_factory=dict)  # explicit weights; {} = off
     noise_density: float = 0.15
     mean_span: float = 3.0
     eval_every: int = 200
@@ -173,6 +174,9 @@ class TrainConfig:
             _require(k in TASKS, f"{s}.task_weights.{k}", f"unknown task; expected one of {', '.join(TASKS)}")
             _require(v >= 0, f"{s}.task_weights.{k}", "must not be negative")
         _require(sum(self.task_weights.values()) > 0, f"{s}.task_weights", "at least one weight must be positive")
+        for k, v in self.modality_weights.items():
+            _require(k in MODALITIES, f"{s}.modality_weights.{k}", f"unknown modality; expected one of {', '.join(MODALITIES)}")
+            _require(v >= 0, f"{s}.modality_weights.{k}", "must not be negative")
         _require(0 < self.noise_density < 1, f"{s}.noise_density", "must be in (0, 1)")
         _require(self.mean_span >= 1, f"{s}.mean_span", "must be at least 1")
         _require(self.eval_every >= 1, f"{s}.eval_every", "must be at least 1")
@@ -202,6 +206,11 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
     elif tp is int:
         _require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
     elif tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `3e-3` (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         _require(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
         value = float(value)
     elif tp is str:

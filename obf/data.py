@@ -9,6 +9,11 @@ Layout of an ingested dataset dir::
 
 Ingest reads each file once and holds at most a few files in memory, never the dataset.
 Splits come from the sha256 of the content, so adding files never moves existing ones.
+
+Paired examples (for the `paired` task) are files under an `inputs/` folder whose relative name
+also exists under a sibling `targets/` folder, or the `{input, target}` lines of a `pairs.jsonl`
+(keys relative to the source). Both files of a pair are stored as ordinary files too; the target
+takes the split of its input so that a pair is never cut across splits.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -54,6 +59,7 @@ class Record:
     shard: int
     offset: int
     length: int
+    pair: str | None = None  # for the input of a pair: the key of its target file
 
 
 def split_of(sha256_hex: str, val_fraction: float, test_fraction: float) -> str:
@@ -124,6 +130,34 @@ def _read_entries(entries: list[storage.Entry], remote: bool) -> Iterator[tuple[
             yield fut.result()
 
 
+def find_pairs(entries: list[storage.Entry], pairs_jsonl: bytes | None) -> dict[str, str]:
+    """{input key: target key} from inputs/ + targets/ folders and an optional pairs.jsonl."""
+    keys = {e.key for e in entries}
+    pairs: dict[str, str] = {}
+    for k in sorted(keys):
+        parts = k.split("/")
+        for i, part in enumerate(parts[:-1]):
+            if part == "inputs":
+                target = "/".join([*parts[:i], "targets", *parts[i + 1:]])
+                if target in keys:
+                    pairs[k] = target
+                break
+    if pairs_jsonl is not None:
+        for n, line in enumerate(pairs_jsonl.decode("utf-8", "replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                inp, tgt = storage.safe_key(item["input"]), storage.safe_key(item["target"])
+            except (ValueError, KeyError, TypeError, storage.StorageError) as e:
+                raise DataError(f"pairs.jsonl line {n}: expected {{\"input\": KEY, \"target\": KEY}} ({e})") from None
+            missing = [k for k in (inp, tgt) if k not in keys]
+            if missing:
+                raise DataError(f"pairs.jsonl line {n}: {missing[0]} is not a file of the source")
+            pairs[inp] = tgt
+    return pairs
+
+
 def _precheck(e: storage.Entry, cfg: IngestConfig) -> str | None:
     if e.error:
         return e.error
@@ -148,10 +182,13 @@ def ingest(source: str, out_dir: str | Path, cfg: IngestConfig, *, progress: boo
     entries = storage.list_files(source)
     if not entries:
         raise DataError(f"{source}: holds no file to ingest")
+    pairs_file = [e for e in entries if e.key == "pairs.jsonl" and not e.error]
+    pairs = find_pairs(entries, storage.read_bytes(pairs_file[0].url) if pairs_file else None)
+    entries = [e for e in entries if e.key != "pairs.jsonl"]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        manifest = _ingest_into(entries, tmp, cfg, remote=not storage.is_local(source), progress=progress)
+        manifest = _ingest_into(entries, pairs, tmp, cfg, remote=not storage.is_local(source), progress=progress)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -169,7 +206,7 @@ def _replace_dir(new: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _ingest_into(entries: list[storage.Entry], root: Path, cfg: IngestConfig, *, remote: bool, progress: bool) -> dict:
+def _ingest_into(entries: list[storage.Entry], pairs: dict[str, str], root: Path, cfg: IngestConfig, *, remote: bool, progress: bool) -> dict:
     from tqdm import tqdm
 
     rejected: list[dict] = []
@@ -222,6 +259,7 @@ def _ingest_into(entries: list[storage.Entry], root: Path, cfg: IngestConfig, *,
         bar.close()
         writer.close()
     elapsed = time.perf_counter() - start
+    records = _link_pairs(records, pairs, {d["source"]: d["same_as"] for d in duplicates})
     with open(root / INDEX, "w") as f:
         for r in records:
             f.write(json.dumps(asdict(r), sort_keys=True) + "\n")
@@ -234,10 +272,33 @@ def _ingest_into(entries: list[storage.Entry], root: Path, cfg: IngestConfig, *,
     return manifest
 
 
+def _link_pairs(records: list[Record], pairs: dict[str, str], dup_of: dict[str, str]) -> list[Record]:
+    """Set `pair` on pair inputs and give each target its input's split."""
+    by_key = {r.key: r for r in records}
+    target_split: dict[str, str] = {}
+    linked: dict[str, str] = {}
+    for inp, tgt in pairs.items():
+        inp, tgt = dup_of.get(inp, inp), dup_of.get(tgt, tgt)
+        if inp in by_key and tgt in by_key and inp != tgt:
+            linked[inp] = tgt
+            target_split[tgt] = by_key[inp].split
+    out = []
+    for r in records:
+        if r.key in linked:
+            r = replace(r, pair=linked[r.key])
+        if r.key in target_split:
+            r = replace(r, split=target_split[r.key])
+        out.append(r)
+    return out
+
+
 def build_manifest(records: list[Record], rejected: list[dict], duplicates: list[dict], cfg: IngestConfig) -> dict:
     by_modality = {m: {"files": 0, "bytes": 0} for m in MODALITIES}
     splits = {s: {"files": 0, "bytes": 0} for s in SPLITS}
+    n_pairs = {s: 0 for s in SPLITS}
     for r in records:
+        if r.pair:
+            n_pairs[r.split] += 1
         by_modality[r.modality]["files"] += 1
         by_modality[r.modality]["bytes"] += r.length
         splits[r.split]["files"] += 1
@@ -250,6 +311,7 @@ def build_manifest(records: list[Record], rejected: list[dict], duplicates: list
         "splits": splits,
         "rejected": sorted(rejected, key=lambda d: d["source"]),
         "duplicates": sorted(duplicates, key=lambda d: d["source"]),
+        "pairs": n_pairs,
         "ingest": asdict(cfg),
     }
 
@@ -288,3 +350,196 @@ class Dataset:
     def select(self, *, split: str | None = None, modality: str | None = None) -> list[Record]:
         return [r for r in self.records
                 if (split is None or r.split == split) and (modality is None or r.modality == modality)]
+
+
+# --------------------------------------------------------------------------- objectives -> batches
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example: encoder ids and decoder targets (EOS included when the file ends)."""
+
+    src: list[int]
+    tgt: list[int]
+    task: str
+    modality: str
+    index: int  # global sample index it was drawn for
+
+
+@dataclass
+class Batch:
+    src: np.ndarray  # (B, S) int64, right-padded with PAD
+    dec: np.ndarray  # (B, T) int64: [BOS] + tgt[:-1], PAD after the end
+    tgt: np.ndarray  # (B, T) int64, PAD where there is no target (ignored by the loss)
+    modalities: list[str]
+    tasks: list[str]
+    indices: list[int]
+
+
+def _random_segmentation(rng: np.random.Generator, total: int, parts: int) -> np.ndarray:
+    """`parts` positive ints summing to `total` (total >= parts), uniformly at random."""
+    cuts = np.sort(rng.choice(np.arange(1, total), size=parts - 1, replace=False)) if parts > 1 else np.array([], int)
+    return np.diff(np.concatenate([[0], cuts, [total]]))
+
+
+def span_corrupt(window: np.ndarray, rng: np.random.Generator, density: float, mean_span: float
+                 ) -> tuple[list[int], list[int]]:
+    """T5-style span corruption of a byte window -> (encoder payload ids, target ids incl. EOS)."""
+    from obf.vocab import EOS, N_SENTINELS, sentinel_id
+
+    n = len(window)
+    noise = min(max(1, round(n * density)), n - 1)
+    spans = max(1, min(N_SENTINELS, round(noise / mean_span), n - noise))
+    noise_lens = _random_segmentation(rng, noise, spans)
+    keep_lens = _random_segmentation(rng, n - noise, spans)
+    src: list[int] = []
+    tgt: list[int] = []
+    pos = 0
+    for i in range(spans):
+        src.extend(window[pos:pos + keep_lens[i]].tolist())
+        pos += keep_lens[i]
+        src.append(sentinel_id(i))
+        tgt.append(sentinel_id(i))
+        tgt.extend(window[pos:pos + noise_lens[i]].tolist())
+        pos += noise_lens[i]
+    tgt.append(EOS)
+    return src, tgt
+
+
+def denoise_window_len(tgt_len: int, density: float, mean_span: float) -> int:
+    """Largest window whose corrupted spans + sentinels + EOS fit in `tgt_len` targets."""
+    n = int((tgt_len - 2) / (density * (1 + 1 / mean_span)))
+    while n > 2 and min(max(1, round(n * density)), n - 1) + max(1, round(round(n * density) / mean_span)) + 1 > tgt_len:
+        n -= 1
+    return max(2, n)
+
+
+class ExampleSampler:
+    """Draws examples of the `continue`, `denoise` and `paired` objectives from one split.
+
+    Sample `i` is a pure function of (seed, i): resuming at a sample index reproduces the data
+    exactly, and DDP ranks that take distinct indices see disjoint samples.
+    """
+
+    def __init__(self, ds: Dataset, split: str, *, max_src_len: int, max_tgt_len: int,
+                 task_weights: dict[str, float], balance_modalities: bool = True,
+                 modality_weights: dict[str, float] | None = None, noise_density: float = 0.15,
+                 mean_span: float = 3.0, seed: int = 0) -> None:
+        self.ds = ds
+        self.split = split
+        self.max_src_len, self.max_tgt_len = max_src_len, max_tgt_len
+        self.noise_density, self.mean_span = noise_density, mean_span
+        self.seed = seed
+        records = ds.select(split=split)
+        if not records:
+            raise DataError(f"{ds.root}: no file in split {split!r}")
+        self.by_modality = {m: [r for r in records if r.modality == m] for m in MODALITIES}
+        self.by_modality = {m: rs for m, rs in self.by_modality.items() if rs}
+        by_key = {r.key: r for r in ds.records}
+        self.pairs = [(r, by_key[r.pair]) for r in records if r.pair and r.pair in by_key]
+
+        if modality_weights:
+            for m, w in modality_weights.items():
+                if w > 0 and m not in self.by_modality:
+                    raise DataError(f"train.modality_weights.{m} > 0 but split {split!r} has no {m} file")
+            mw = {m: float(modality_weights.get(m, 0.0)) for m in self.by_modality}
+        elif balance_modalities:
+            mw = {m: 1.0 for m in self.by_modality}
+        else:
+            mw = {m: float(sum(r.length for r in rs)) for m, rs in self.by_modality.items()}
+        if sum(mw.values()) <= 0:
+            raise DataError("train.modality_weights: no positive weight for a modality present in the data")
+        self.modalities = list(mw)
+        self.modality_p = np.array([mw[m] for m in self.modalities]) / sum(mw.values())
+        # Within a modality, files are drawn by length so that every byte is equally likely.
+        self.file_p = {m: np.array([r.length for r in rs], float) / sum(r.length for r in rs)
+                       for m, rs in self.by_modality.items()}
+
+        tw = {t: float(w) for t, w in task_weights.items() if w > 0}
+        if "paired" in tw and not self.pairs:
+            raise DataError(f"train.task_weights.paired > 0 but split {split!r} has no paired files "
+                            "(inputs/ + targets/ folders or pairs.jsonl)")
+        self.tasks = list(tw)
+        self.task_p = np.array([tw[t] for t in self.tasks]) / sum(tw.values())
+        self.denoise_len = denoise_window_len(max_tgt_len, noise_density, mean_span)
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, index])
+
+    def example(self, index: int, task: str | None = None) -> Example:
+        rng = self.rng(index)
+        task = task or self.tasks[rng.choice(len(self.tasks), p=self.task_p)]
+        if task == "paired":
+            inp, tgt = self.pairs[rng.integers(len(self.pairs))]
+            return self._paired(inp, tgt, index)
+        m = self.modalities[rng.choice(len(self.modalities), p=self.modality_p)]
+        rs = self.by_modality[m]
+        r = rs[rng.choice(len(rs), p=self.file_p[m])]
+        data = self.ds.file_bytes(r)
+        if task == "denoise":
+            return self._denoise(r, data, rng, index)
+        start = 0 if rng.random() < 0.1 else int(rng.integers(0, len(data) + 1))
+        return continue_example(data, start, r.modality, self.max_src_len, self.max_tgt_len, index)
+
+    def _denoise(self, r: Record, data: np.ndarray, rng: np.random.Generator, index: int) -> Example:
+        from obf.vocab import modality_id, task_id
+
+        n = min(len(data), self.max_src_len - 2, self.denoise_len)
+        if n < 2:
+            return continue_example(data, 0, r.modality, self.max_src_len, self.max_tgt_len, index)
+        start = int(rng.integers(0, len(data) - n + 1))
+        payload, tgt = span_corrupt(np.asarray(data[start:start + n]), rng, self.noise_density, self.mean_span)
+        return Example([modality_id(r.modality), task_id("denoise"), *payload], tgt, "denoise", r.modality, index)
+
+    def _paired(self, inp: Record, tgt: Record, index: int) -> Example:
+        src = paired_input(bytes(self.ds.file_bytes(inp)), inp.modality, tgt.modality, self.max_src_len)
+        return Example(src, window_targets(self.ds.file_bytes(tgt), 0, self.max_tgt_len), "paired", tgt.modality, index)
+
+    def batch(self, indices: list[int]) -> Batch:
+        return collate([self.example(i) for i in indices])
+
+
+def window_targets(data: np.ndarray | bytes, start: int, max_tgt_len: int) -> list[int]:
+    """Targets of the decoder window at `start`: up to max_tgt_len bytes, EOS if the file ends."""
+    from obf.vocab import EOS
+
+    chunk = list(bytes(data[start:start + max_tgt_len]))
+    if start + max_tgt_len > len(data):
+        chunk.append(EOS)
+    return chunk
+
+
+def continue_example(data: np.ndarray, start: int, modality: str, max_src_len: int, max_tgt_len: int,
+                     index: int = 0) -> Example:
+    """The `continue` objective: encoder sees the bytes before `start`, decoder predicts from `start`."""
+    from obf.vocab import encoder_input
+
+    ctx = bytes(data[max(0, start - (max_src_len - 2)):start])
+    return Example(encoder_input(modality, "continue", ctx, max_src_len),
+                   window_targets(data, start, max_tgt_len), "continue", modality, index)
+
+
+def paired_input(data: bytes, modality: str, target_modality: str, max_src_len: int) -> list[int]:
+    """Encoder ids for `paired`: [input modality, paired, target modality] + the input's first bytes."""
+    from obf.vocab import modality_id, task_id
+
+    return [modality_id(modality), task_id("paired"), modality_id(target_modality), *data[:max_src_len - 3]]
+
+
+def collate(examples: list[Example], multiple: int = 8) -> Batch:
+    """Pad a list of examples into arrays; lengths rounded up to `multiple` for kernel-friendly shapes."""
+    from obf.vocab import BOS, PAD
+
+    s = max(len(e.src) for e in examples)
+    s += (-s) % multiple
+    t = max(len(e.tgt) for e in examples)
+    src = np.full((len(examples), s), PAD, dtype=np.int64)
+    dec = np.full((len(examples), t), PAD, dtype=np.int64)
+    tgt = np.full((len(examples), t), PAD, dtype=np.int64)
+    for i, e in enumerate(examples):
+        src[i, :len(e.src)] = e.src
+        tgt[i, :len(e.tgt)] = e.tgt
+        dec[i, 0] = BOS
+        dec[i, 1:len(e.tgt)] = e.tgt[:-1]
+    return Batch(src, dec, tgt, [e.modality for e in examples], [e.task for e in examples],
+                 [e.index for e in examples])

@@ -125,7 +125,7 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
     out = [bytearray() for _ in range(n)]
     done = np.full(n, opts.max_bytes == 0)
     history = [bytes(c) for c in contexts]  # what the next window's encoder sees
-    window = backend.max_tgt_len - 1  # ids a decoder window can emit after BOS
+    window = backend.max_tgt_len  # ids one decoder window emits (BOS in, max_tgt_len out)
     while not done.all():
         active = np.flatnonzero(~done)
         src = pad_batch([encoder_input(modalities[i], task, history[i], backend.max_src_len) for i in active],

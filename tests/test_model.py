@@ -138,7 +138,7 @@ def test_sampling_is_reproducible_and_emits_only_bytes():
     a = generate(backend, ctx, mods, opts=opts, patch_size=4)
     b = generate(backend, ctx, mods, opts=opts, patch_size=4)
     assert a == b
-    assert [len(x) for x in a] == [150, 150, 150]  # crosses the 63-byte decoder window twice
+    assert [len(x) for x in a] == [150, 150, 150]  # crosses the 64-byte decoder window twice
     c = generate(backend, ctx, mods, opts=SamplingOptions(max_bytes=150, temperature=1.5, seed=8, stop_at_eos=False),
                  patch_size=4)
     assert c != a

@@ -1,0 +1,321 @@
+"""The training loop: objectives from obf.data, AdamW, warm-up + cosine, bf16 autocast, DDP.
+
+Single process: `obf train DATA --out MODEL_DIR`. Many processes:
+`torchrun --nproc_per_node N -m obf.train DATA --out MODEL_DIR` (gloo on CPU, NCCL on CUDA);
+each rank draws distinct sample indices, rank 0 alone writes checkpoints and metrics.
+`train.batch_size` is per rank.
+
+Resume is exact: sample i is a pure function of (seed, i), and the train state holds the
+weights, the optimizer, the step and the RNG states, written atomically every
+`checkpoint_every` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from obf.checkpoint import CheckpointError, load_train_state, save_model, save_train_state
+from obf.config import ConfigError, ModelConfig, Params, TrainConfig
+from obf.data import Batch, Dataset, DataError, ExampleSampler, collate, continue_example
+from obf.model import OmniByteFormer
+from obf.vocab import PAD
+
+LN2 = math.log(2.0)
+
+
+# --------------------------------------------------------------------------- devices and precision
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def cpu_bf16_pays() -> bool:
+    """bf16 matrix products beat fp32 on CPUs with AVX512-BF16 or AMX (4x on this project's CI CPU)."""
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def use_bf16(device: torch.device, precision: str) -> bool:
+    if precision == "bf16":
+        return True
+    if precision == "fp32":
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_bf16_pays()
+
+
+# --------------------------------------------------------------------------- loss and schedule
+
+
+def loss_bits(logits: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy in bits over non-PAD targets, and their count. logits (B, T, V), tgt (B, T)."""
+    ce = F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), ignore_index=PAD, reduction="sum")
+    return ce / LN2, (tgt != PAD).sum()
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio at `steps`."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return Dist(rank, world, local)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def validation_bpb(model: OmniByteFormer, sampler: ExampleSampler, cfg: TrainConfig, device: torch.device,
+                   bf16: bool) -> dict[str, float]:
+    """Bits per target byte of the `continue` objective on fixed val windows, per modality."""
+    model.eval()
+    out: dict[str, float] = {}
+    for m, records in sampler.by_modality.items():
+        bits = count = 0.0
+        examples = []
+        for i in range(cfg.eval_batches * cfg.batch_size):
+            r = records[i % len(records)]
+            data = sampler.ds.file_bytes(r)
+            rng = sampler.rng(10_000_000 + i)
+            start = int(rng.integers(0, len(data) + 1))
+            examples.append(continue_example(data, start, m, sampler.max_src_len, sampler.max_tgt_len, i))
+        for j in range(0, len(examples), cfg.batch_size):
+            b = collate(examples[j:j + cfg.batch_size])
+            src, dec, tgt = (torch.from_numpy(a).to(device) for a in (b.src, b.dec, b.tgt))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(src, dec)
+            s, n = loss_bits(logits, tgt)
+            bits += s.item()
+            count += n.item()
+        out[m] = bits / max(count, 1.0)
+    model.train()
+    return out
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _check_resume_state(state: dict[str, Any], model_cfg: ModelConfig, train_cfg: TrainConfig, world: int) -> None:
+    if state.get("model_config") != model_cfg.to_dict():
+        raise CheckpointError("resume: the checkpoint's model config differs from params (model section)")
+    for key in ("seed", "batch_size"):
+        if state.get("train_config", {}).get(key) != getattr(train_cfg, key):
+            raise CheckpointError(f"resume: train.{key} differs from the checkpoint's; resume needs the same value")
+    if state.get("world_size", 1) != world:
+        raise CheckpointError(f"resume: the checkpoint was trained with {state.get('world_size')} processes, not {world}")
+
+
+def _to_device(b: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(torch.from_numpy(a).to(device, non_blocking=True) for a in (b.src, b.dec, b.tgt))  # type: ignore[return-value]
+
+
+def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume: bool = False,
+          live_dir: str | Path | None = None, progress: bool = True, sample_log: str | None = None) -> dict[str, Any]:
+    """Train on the ingested dataset in `data_dir`; write the model and train state to `model_dir`."""
+    from tqdm import tqdm
+
+    tcfg, mcfg = params.train, params.model
+    model_dir = Path(model_dir)
+    ds = Dataset(data_dir)
+    if ds.manifest.get("files", 0) == 0 or not ds.records:
+        raise DataError(f"{data_dir}: the dataset holds no file; nothing to train on")
+    sampler_kw = dict(max_src_len=mcfg.max_src_len, max_tgt_len=mcfg.max_tgt_len,
+                      balance_modalities=tcfg.balance_modalities, modality_weights=tcfg.modality_weights,
+                      noise_density=tcfg.noise_density, mean_span=tcfg.mean_span)
+    train_sampler = ExampleSampler(ds, "train", task_weights=tcfg.task_weights, seed=tcfg.seed, **sampler_kw)
+    try:
+        val_sampler: ExampleSampler | None = ExampleSampler(
+            ds, "val", task_weights={"continue": 1.0}, seed=tcfg.seed, **{**sampler_kw, "modality_weights": {}})
+    except DataError:
+        val_sampler = None
+    state = load_train_state(model_dir) if resume else None
+
+    d = init_distributed(tcfg.device)
+    device = resolve_device(tcfg.device) if tcfg.device != "auto" or d.world == 1 else (
+        torch.device("cuda", d.local_rank) if torch.cuda.is_available() else torch.device("cpu"))
+    if device.type == "cuda" and d.world > 1:
+        device = torch.device("cuda", d.local_rank)
+    bf16 = use_bf16(device, tcfg.precision)
+    torch.manual_seed(tcfg.seed)
+    model = OmniByteFormer(mcfg).to(device)
+    opt = make_optimizer(model, tcfg, device)
+    start_step = 0
+    if state is not None:
+        _check_resume_state(state, mcfg, tcfg, d.world)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_step = int(state["step"])
+        torch.set_rng_state(state["torch_rng"])
+    model.train()
+    net: torch.nn.Module = model
+    if tcfg.compile:
+        net = torch.compile(net)
+    if d.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[d.local_rank] if device.type == "cuda" else None)
+
+    live = None
+    if d.main:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        live = _open_live(live_dir if live_dir is not None else model_dir / "dvclive", resume=state is not None)
+    log_f = open(f"{sample_log}.rank{d.rank}", "a") if sample_log else None
+
+    def checkpoint(step: int, val: dict[str, float] | None) -> None:
+        if not d.main:
+            return
+        save_train_state(model_dir, {
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": opt.state_dict(), "step": step, "torch_rng": torch.get_rng_state(),
+            "model_config": mcfg.to_dict(), "train_config": {"seed": tcfg.seed, "batch_size": tcfg.batch_size},
+            "world_size": d.world,
+        })
+        save_model(model_dir, model, mcfg, step=step, extra={"val_bpb": val or {}})
+
+    deadline = time.monotonic() + tcfg.minutes * 60 if tcfg.minutes > 0 else math.inf
+    bar = tqdm(total=tcfg.steps, initial=start_step, desc="train", unit="step", disable=not (progress and d.main),
+               file=sys.stderr, dynamic_ncols=True)
+    step = start_step
+    last_val: dict[str, float] | None = None
+    t0, bytes_seen, tokens_window, time_window = time.perf_counter(), 0, 0, time.perf_counter()
+    loss_value = float("nan")
+    try:
+        while step < tcfg.steps and time.monotonic() < deadline:
+            lr = lr_at(step, tcfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            base = (step * d.world + d.rank) * tcfg.batch_size
+            batch = train_sampler.batch(list(range(base, base + tcfg.batch_size)))
+            if log_f:
+                for e_idx, m, t in zip(batch.indices, batch.modalities, batch.tasks):
+                    log_f.write(json.dumps({"step": step, "index": e_idx, "modality": m, "task": t}) + "\n")
+            src, dec, tgt = _to_device(batch, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = net(src, dec)
+            bits, n = loss_bits(logits, tgt)
+            loss = bits / n.clamp(min=1)
+            opt.zero_grad(set_to_none=True)
+            (loss * LN2).backward()  # gradients of the loss in nats (the usual scale for AdamW's lr)
+            if tcfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            opt.step()
+            step += 1
+            loss_value = loss.item()
+            n_bytes = int(n.item()) * d.world
+            bytes_seen += n_bytes
+            tokens_window += n_bytes
+            now = time.perf_counter()
+            rate = tokens_window / max(now - time_window, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss_bpb=f"{loss_value:.3f}", bytes_s=f"{rate:,.0f}", refresh=False)
+            if live is not None:
+                live.log_metric("train/loss_bpb", loss_value)
+                live.log_metric("train/lr", lr)
+                live.log_metric("train/bytes_per_s", rate)
+            if now - time_window > 30:
+                tokens_window, time_window = 0, now
+            final = step >= tcfg.steps or time.monotonic() >= deadline
+            if d.main and val_sampler is not None and (step % tcfg.eval_every == 0 or final):
+                last_val = validation_bpb(model, val_sampler, tcfg, device, bf16)
+                if live is not None:
+                    for m, v in last_val.items():
+                        live.log_metric(f"val/bpb/{m}", v)
+                    live.log_metric("val/bpb/mean", sum(last_val.values()) / len(last_val))
+            if live is not None:
+                live.next_step()
+            if step % tcfg.checkpoint_every == 0 or final:
+                checkpoint(step, last_val)
+    finally:
+        bar.close()
+        if log_f:
+            log_f.close()
+    elapsed = time.perf_counter() - t0
+    summary = {"steps": step, "start_step": start_step, "seconds": elapsed,
+               "target_bytes_per_s": bytes_seen / max(elapsed, 1e-9), "final_loss_bpb": loss_value,
+               "val_bpb": last_val or {}, "params": model.num_params(), "device": str(device),
+               "precision": "bf16" if bf16 else "fp32", "world_size": d.world}
+    if live is not None:
+        for k in ("target_bytes_per_s", "params"):
+            live.summary[k] = summary[k]
+        live.end()
+    if d.main:
+        (model_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        if progress:
+            vals = ", ".join(f"{m} {v:.3f}" for m, v in (last_val or {}).items())
+            print(f"train: {step} steps in {elapsed:.0f}s, {summary['target_bytes_per_s']:,.0f} target bytes/s on "
+                  f"{device} ({summary['precision']}); val bpb: {vals or 'n/a'}", file=sys.stderr)
+    if d.world > 1:
+        dist.barrier()
+    return summary
+
+
+def _open_live(path: str | Path, *, resume: bool):
+    """DVCLive logger; it writes metrics/plots only (dvc.yaml declares them, DVCLive must not edit it)."""
+    from dvclive import Live
+
+    return Live(dir=str(path), resume=resume, dvcyaml=None, save_dvc_exp=False, report=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m obf.train ...` (used by torchrun) = `obf train ...`."""
+    from obf.cli import main as cli_main
+
+    code = cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Training: overfit, exact resume after SIGKILL, DDP under torchrun, bad input, DVC stage."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from obf.config import load_params
+from obf.data import Dataset, ExampleSampler, ingest
+from obf.model import OmniByteFormer
+from obf.train import loss_bits
+
+from .conftest import RAW, ROOT
+
+BIN = Path(sys.executable).parent
+TINY = ["model.preset=tiny", "model.max_src_len=128", "model.max_tgt_len=32", "train.batch_size=4",
+        "train.eval_every=5", "train.eval_batches=1", "train.warmup_steps=2"]
+SUBSET = ["text/heapq.py", "text/GPL-3.txt", "text/shlex.py", "text/csv.py", "image/coffee.jpg", "image/horse.png",
+          "image/brick.png", "audio/numbers.wav", "audio/hola.mp3", "audio/pangram.wav", "video/hubble_pan.y4m",
+          "binary/true.elf", "binary/eeg.dat", "pairs/inputs/zen00.txt", "pairs/targets/zen00.txt",
+          "pairs/inputs/zen01.txt", "pairs/targets/zen01.txt", "pairs/inputs/zen02.txt", "pairs/targets/zen02.txt"]
+
+
+def env(**extra):
+    e = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra}
+    return e
+
+
+def make_raw(dst: Path, names=SUBSET) -> Path:
+    for n in names:
+        (dst / n).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(RAW / n, dst / n)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    params = load_params(None, ["ingest.val_fraction=0.3"])
+    ingest(str(make_raw(root / "raw")), root / "ds", params.ingest, progress=False)
+    return root / "ds"
+
+
+def obf(*args, **kw):
+    """Run `obf` outside the repo, so the built-in defaults apply rather than the pipeline's params.yaml."""
+    kw.setdefault("cwd", tempfile.gettempdir())
+    return subprocess.run([sys.executable, "-m", "obf.cli", *args], capture_output=True, text=True, env=env(), **kw)
+
+
+def test_overfit_one_small_batch(dataset):
+    params = load_params(None, TINY)
+    ds = Dataset(dataset)
+    sampler = ExampleSampler(ds, "train", max_src_len=128, max_tgt_len=32, task_weights={"continue": 1.0}, seed=0)
+    b = sampler.batch(list(range(4)))
+    src, dec, tgt = (torch.from_numpy(a) for a in (b.src, b.dec, b.tgt))
+    torch.manual_seed(0)
+    model = OmniByteFormer(params.model)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        bits, n = loss_bits(model(src, dec), tgt)
+        opt.zero_grad()
+        (bits / n).backward()
+        opt.step()
+    assert (bits / n).item() < 0.3
+
+
+def _weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def test_sigkill_then_resume_is_bitwise_identical(dataset, tmp_path):
+    sets = [f"--set={s}" for s in [*TINY, "train.steps=400", "train.checkpoint_every=20", "train.eval_every=1000"]]
+    full = obf("train", str(dataset), "--out", str(tmp_path / "full"), "-q", *sets)
+    assert full.returncode == 0, full.stderr
+    cmd = [sys.executable, "-m", "obf.cli", "train", str(dataset), "--out", str(tmp_path / "cut"), "-q", *sets]
+    proc = subprocess.Popen(cmd, env=env(), cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cfg = tmp_path / "cut" / "config.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if cfg.exists() and json.loads(cfg.read_text())["step"] >= 40:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(cfg.read_text())["step"]
+    assert 40 <= killed_at < 400
+    resumed = obf("train", str(dataset), "--out", str(tmp_path / "cut"), "-q", "--resume", *sets)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads(cfg.read_text())["step"] == 400
+
+
+def test_ddp_two_gloo_ranks_see_disjoint_samples(dataset, tmp_path):
+    log = tmp_path / "samples"
+    r = subprocess.run(
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "obf.train", str(dataset),
+         "--out", str(tmp_path / "ddp"), "-q", "--sample-log", str(log),
+         *[f"--set={s}" for s in [*TINY, "train.steps=6", "train.device=cpu"]]],
+        capture_output=True, text=True, env=env(), timeout=300, cwd=tempfile.gettempdir())
+    assert r.returncode == 0, r.stderr[-3000:]
+    seen = [[json.loads(line)["index"] for line in open(f"{log}.rank{k}")] for k in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 6 * 4
+    assert not set(seen[0]) & set(seen[1])
+    assert (tmp_path / "ddp" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "ddp" / "train_summary.json").read_text())["world_size"] == 2
+
+
+@pytest.fixture(scope="module")
+def text_only(tmp_path_factory) -> Path:
+    """A dataset with text files only: no video, no pairs."""
+    root = tmp_path_factory.mktemp("textonly")
+    params = load_params(None, ["ingest.val_fraction=0.0", "ingest.test_fraction=0.0"])
+    ingest(str(make_raw(root / "raw", ["text/heapq.py", "text/shlex.py"])), root / "ds", params.ingest, progress=False)
+    return root / "ds"
+
+
+def test_bad_inputs_are_clear_errors(text_only, tmp_path):
+    empty_src = tmp_path / "empty_src"
+    empty_src.mkdir()
+    (empty_src / "zero.bin").write_bytes(b"")
+    assert obf("ingest", str(empty_src), "--out", str(tmp_path / "empty_ds"), "-q").returncode == 0
+    cases = [
+        (["train", str(tmp_path / "empty_ds"), "--out", str(tmp_path / "m1")], "holds no file"),
+        (["train", str(tmp_path / "nope"), "--out", str(tmp_path / "m2")], "not an ingested dataset"),
+        (["train", str(text_only), "--out", str(tmp_path / "m3"), "--set", "train.modality_weights={video: 1.0}"],
+         "train.modality_weights.video > 0 but split 'train' has no video file"),
+        (["train", str(text_only), "--out", str(tmp_path / "m4"), "--resume"], "nothing to resume"),
+        (["train", str(text_only), "--out", str(tmp_path / "m5"), "--set", "train.lr=-1"], "train.lr"),
+        (["train", str(text_only), "--out", str(tmp_path / "m6"), "--set", "train.task_weights={paired: 1.0}"],
+         "train.task_weights.paired > 0 but split 'train' has no paired files"),
+        (["train", str(text_only), "--out", str(tmp_path / "m7"), "--set", "model.patch_size=3"], "model.patch_size"),
+    ]
+    for args, expect in cases:
+        r = obf(*args, "-q", "--set", "train.steps=1")
+        assert r.returncode == 1, (args, r.stderr)
+        assert r.stderr.count("\n") == 1, r.stderr
+        assert expect in r.stderr, r.stderr
+        assert not Path(args[3]).exists()
+    # A corrupt train state on resume.
+    (tmp_path / "m8").mkdir()
+    (tmp_path / "m8" / "train_state.pt").write_bytes(b"not a checkpoint")
+    r = obf("train", str(text_only), "--out", str(tmp_path / "m8"), "--resume", "-q")
+    assert r.returncode == 1 and "corrupt train state" in r.stderr
+
+
+def test_train_stage_through_dvc_repro(tmp_path):
+    repo = tmp_path / "repo"
+    make_raw(repo / "data" / "raw")
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    params = (ROOT / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params)
+    shutil.copytree(ROOT / "obf", repo / "obf")
+    run = lambda *c: subprocess.run(list(c), cwd=repo, capture_output=True, text=True, env=env(), timeout=600)
+    assert run("git", "init", "-q").returncode == 0
+    assert run("dvc", "init", "-q").returncode == 0
+    sets = ["model.preset=tiny", "model.max_src_len=128", "model.max_tgt_len=32", "train.steps=8",
+            "train.batch_size=4", "train.eval_every=4", "train.eval_batches=1", "train.warmup_steps=2"]
+    from obf.config import apply_overrides
+    import yaml
+
+    (repo / "params.yaml").write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(params), sets)))
+    run("git", "add", "-A")
+    assert run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init").returncode == 0
+    r = run("dvc", "repro", "train")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert (repo / "data/model/model.safetensors").exists()
+    metrics = json.loads((repo / "dvclive/metrics.json").read_text())
+    assert "train" in metrics and "val" in metrics
+    shown = run("dvc", "metrics", "show", "--json")
+    assert shown.returncode == 0 and "loss_bpb" in shown.stdout
+    plots = run("dvc", "plots", "show", "--json")
+    assert plots.returncode == 0 and "loss_bpb" in plots.stdout
