@@ -47,6 +47,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from obf import stages
+
+    stages.evaluate(args.model, args.data, args.out, _params(args), per_file=args.per_file,
+                    provider=args.provider, progress=not args.quiet)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from obf import stages
+
+    stages.export(args.model, args.out, _params(args), progress=not args.quiet)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from obf import stages
+    from obf.sampling import SamplingOptions
+
+    try:
+        opts = SamplingOptions(max_bytes=args.max_bytes, temperature=args.temperature, top_k=args.top_k,
+                               top_p=args.top_p, seed=args.seed)
+    except ValueError as e:
+        raise ObfError(str(e)) from None
+    status = stages.generate(args.model, args.inputs, args.out, _params(args), task=args.task,
+                             target_modality=args.target_modality, opts=opts, provider=args.provider,
+                             batch_size=args.batch_size, max_input_bytes=args.max_input_bytes,
+                             progress=not args.quiet)
+    failed = [s for s in status if s["status"] != "ok"]
+    for s in status:
+        if s["status"] == "ok":
+            if not args.quiet:
+                print(f"{s['input']} -> {s['output']} ({s['modality']}, {s['bytes']} bytes)")
+        else:
+            print(f"obf generate: {s['input']}: {s['error']}", file=sys.stderr)
+    if failed:
+        print(f"obf generate: {len(failed)} of {len(status)} inputs failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="obf", description="OmniByteFormer: a byte-level encoder-decoder for any file.")
     parser.add_argument("--version", action="version", version=f"obf {__version__}")
@@ -74,6 +114,51 @@ def build_parser() -> argparse.ArgumentParser:
                    help="debug: append the sample indices each rank trains on to PREFIX.rank<R> (JSON lines)")
     _add_params(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="per-modality bits per byte vs gzip/bz2/xz, reconstruction, samples",
+                       description="Score MODEL (a training checkpoint dir or an exported ONNX dir) on DATA (an "
+                                   "ingested dataset dir, split evaluate.split, or any folder/URL of files, ingested "
+                                   "on the fly). Writes metrics.json to --out and report.md, bpb.csv and samples/ "
+                                   "beside it.")
+    p.add_argument("model", metavar="MODEL", help="model dir (obf train) or ONNX dir (obf export)")
+    p.add_argument("data", metavar="DATA", help="dataset dir, folder or fsspec URL of files")
+    p.add_argument("--out", required=True, metavar="METRICS_JSON", help="where to write metrics.json")
+    p.add_argument("--per-file", action="store_true", help="add a per-file list to metrics.json")
+    p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto", help="device / ONNX Runtime provider")
+    _add_params(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="model dir -> ONNX dir (encoder, decoder with KV cache, obf.json)",
+                       description="Export a trained model to encoder.onnx + decoder.onnx with dynamic batch and "
+                                   "lengths and an explicit KV cache; checks parity with the torch model and "
+                                   "fails, leaving nothing behind, when it exceeds export.max_abs_diff.")
+    p.add_argument("model", metavar="MODEL_DIR", help="model dir written by `obf train`")
+    p.add_argument("--out", required=True, metavar="ONNX_DIR", help="ONNX dir to (re)create")
+    _add_params(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("generate", help="input files -> generated files that open",
+                       description="For each INPUT (path or fsspec URL), generate with the model (ONNX dir on ONNX "
+                                   "Runtime, or a training checkpoint on torch) and write a valid file of its "
+                                   "modality to DIR. Inputs are batched; a bad input is reported and the others "
+                                   "still complete; exit code 1 if any input failed.")
+    p.add_argument("model", metavar="MODEL", help="ONNX dir (obf export) or model dir (obf train)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="input files (paths or URLs)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output dir or URL prefix")
+    p.add_argument("--task", choices=("continue", "paired"), default="continue",
+                   help="continue: the input followed by its continuation; paired: the input's paired target")
+    p.add_argument("--target-modality", default=None, help="modality of the paired target (default: the input's)")
+    p.add_argument("--max-bytes", type=int, default=1024, help="bytes to generate per input (default 1024)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely bytes (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="ONNX Runtime provider / torch device (auto = CUDA when it works)")
+    p.add_argument("--batch-size", type=int, default=8, help="inputs generated together")
+    p.add_argument("--max-input-bytes", type=int, default=None, help="size cap per input (default ingest.max_file_bytes)")
+    _add_params(p)
+    p.set_defaults(func=cmd_generate)
     return parser
 
 

@@ -185,17 +185,61 @@ class TrainConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """Evaluation (`obf evaluate`): whole-file bits per byte, reconstruction, samples."""
+
+    split: str = "val"  # split of an ingested dataset to score: train | val | test | all
+    batch_size: int = 32
+    denoise_windows: int = 16  # per modality
+    noise_density: float = 0.15
+    mean_span: float = 3.0
+    sample_prefix_bytes: int = 512  # real prefix each sample continues (at most half the file)
+    sample_bytes: int = 512  # bytes generated per sample
+    temperature: float = 0.8
+    top_k: int = 0
+    top_p: float = 0.95
+    seed: int = 0
+
+    def validate(self, s: str = "evaluate") -> None:
+        _require(self.split in ("train", "val", "test", "all"), f"{s}.split", f"must be train, val, test or all, got {self.split!r}")
+        _require(self.batch_size >= 1, f"{s}.batch_size", "must be at least 1")
+        _require(self.denoise_windows >= 0, f"{s}.denoise_windows", "must not be negative")
+        _require(0 < self.noise_density < 1, f"{s}.noise_density", "must be in (0, 1)")
+        _require(self.mean_span >= 1, f"{s}.mean_span", "must be at least 1")
+        _require(self.sample_prefix_bytes >= 0, f"{s}.sample_prefix_bytes", "must not be negative")
+        _require(self.sample_bytes >= 0, f"{s}.sample_bytes", "must not be negative")
+        _require(self.temperature >= 0, f"{s}.temperature", "must not be negative")
+        _require(self.top_k >= 0, f"{s}.top_k", "must not be negative")
+        _require(0 < self.top_p <= 1, f"{s}.top_p", "must be in (0, 1]")
+
+
+@dataclass
+class ExportConfig:
+    """ONNX export (`obf export`)."""
+
+    opset: int = 18
+    max_abs_diff: float = 1e-3  # parity tolerance on logits, torch vs ONNX Runtime (fp32)
+    int8: bool = False  # also write dynamically quantised int8 graphs for CPU
+
+    def validate(self, s: str = "export") -> None:
+        _require(17 <= self.opset <= 23, f"{s}.opset", f"must be in 17..23, got {self.opset}")
+        _require(self.max_abs_diff > 0, f"{s}.max_abs_diff", "must be positive")
+
+
+@dataclass
 class Params:
     """Every section of params.yaml."""
 
     ingest: IngestConfig = field(default_factory=IngestConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig.from_preset("small"))
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # sections owned by later stages
 
 
-_SECTIONS = {"ingest": IngestConfig, "train": TrainConfig}
-_OPEN_SECTIONS = {"evaluate", "export", "generate"}  # validated by their own stage modules
+_SECTIONS = {"ingest": IngestConfig, "train": TrainConfig, "evaluate": EvaluateConfig, "export": ExportConfig}
+_OPEN_SECTIONS: set[str] = set()  # sections owned by later stages, validated by their own modules
 
 
 def _check_type(key: str, value: Any, tp: Any) -> Any:

@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -185,25 +184,14 @@ def ingest(source: str, out_dir: str | Path, cfg: IngestConfig, *, progress: boo
     pairs_file = [e for e in entries if e.key == "pairs.jsonl" and not e.error]
     pairs = find_pairs(entries, storage.read_bytes(pairs_file[0].url) if pairs_file else None)
     entries = [e for e in entries if e.key != "pairs.jsonl"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = storage.temp_dir_beside(out)
     try:
         manifest = _ingest_into(entries, pairs, tmp, cfg, remote=not storage.is_local(source), progress=progress)
-        _replace_dir(tmp, out)
+        storage.replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def _replace_dir(new: Path, dest: Path) -> None:
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.replace(dest, old)
-    os.replace(new, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _ingest_into(entries: list[storage.Entry], pairs: dict[str, str], root: Path, cfg: IngestConfig, *, remote: bool, progress: bool) -> dict:
@@ -492,6 +480,8 @@ class ExampleSampler:
         return Example([modality_id(r.modality), task_id("denoise"), *payload], tgt, "denoise", r.modality, index)
 
     def _paired(self, inp: Record, tgt: Record, index: int) -> Example:
+        from obf.vocab import paired_input
+
         src = paired_input(bytes(self.ds.file_bytes(inp)), inp.modality, tgt.modality, self.max_src_len)
         return Example(src, window_targets(self.ds.file_bytes(tgt), 0, self.max_tgt_len), "paired", tgt.modality, index)
 
@@ -517,13 +507,6 @@ def continue_example(data: np.ndarray, start: int, modality: str, max_src_len: i
     ctx = bytes(data[max(0, start - (max_src_len - 2)):start])
     return Example(encoder_input(modality, "continue", ctx, max_src_len),
                    window_targets(data, start, max_tgt_len), "continue", modality, index)
-
-
-def paired_input(data: bytes, modality: str, target_modality: str, max_src_len: int) -> list[int]:
-    """Encoder ids for `paired`: [input modality, paired, target modality] + the input's first bytes."""
-    from obf.vocab import modality_id, task_id
-
-    return [modality_id(modality), task_id("paired"), modality_id(target_modality), *data[:max_src_len - 3]]
 
 
 def collate(examples: list[Example], multiple: int = 8) -> Batch:

@@ -25,3 +25,55 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
 
     return _train(data_dir, model_dir, params, resume=resume, live_dir=live_dir, progress=progress,
                   sample_log=sample_log)
+
+
+def evaluate(model_dir: str, data: str, out: str | Path, params: Params, *, per_file: bool = False,
+             provider: str = "auto", progress: bool = True) -> dict:
+    """Model (checkpoint or ONNX dir) + data (dataset dir, folder or URL) -> metrics.json, report.md, bpb.csv."""
+    from obf.evaluate import evaluate as _evaluate
+
+    return _evaluate(model_dir, data, out, params, per_file=per_file, provider=provider, progress=progress)
+
+
+def export(model_dir: str | Path, out_dir: str | Path, params: Params, *, progress: bool = True) -> dict:
+    """Training checkpoint -> ONNX dir (encoder.onnx, decoder.onnx, obf.json), parity-checked."""
+    from obf.export import export as _export
+
+    return _export(model_dir, out_dir, params.export, progress=progress)
+
+
+def generate(model_dir: str, inputs: list[str], out_dir: str, params: Params, *, task: str = "continue",
+             target_modality: str | None = None, opts=None, provider: str = "auto", batch_size: int = 8,
+             max_input_bytes: int | None = None, progress: bool = True) -> list[dict]:
+    """Input files -> one valid output file each in `out_dir`; returns a status per input."""
+    from tqdm import tqdm
+
+    from obf import storage
+    from obf.backends import open_backend
+    from obf.generation import generate_files, ingest_config_of, prepare
+    from obf.sampling import SamplingOptions
+
+    backend = open_backend(model_dir, provider=provider)
+    cap = max_input_bytes or params.ingest.max_file_bytes
+    canon = ingest_config_of(backend)  # the forms the model was trained on
+    prepared = [prepare(src, canon, max_input_bytes=cap) for src in inputs]
+    with tqdm(total=len(inputs), desc="generate", unit="file", disable=not progress) as bar:
+        bar.update(sum(p.error is not None for p in prepared))
+        results = generate_files(backend, prepared, task=task, target_modality=target_modality,
+                                 opts=opts or SamplingOptions(), batch_size=batch_size, on_batch=bar.update)
+    status, used = [], set()
+    for r in results:
+        if r.error is not None:
+            status.append({"input": r.source, "status": "failed", "error": r.error})
+            continue
+        stem = Path(r.source.rstrip("/").rsplit("/", 1)[-1]).stem or "output"
+        name, n = f"{stem}{r.extension}", 1
+        while name in used:
+            n += 1
+            name = f"{stem}-{n}{r.extension}"
+        used.add(name)
+        dest = storage.join(out_dir, name)
+        storage.write_bytes_atomic(dest, r.output)
+        status.append({"input": r.source, "status": "ok", "output": dest, "modality": r.modality,
+                       "bytes": len(r.output)})
+    return status

@@ -213,6 +213,30 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     fs.pipe_file(path, data)
 
 
+def temp_dir_beside(dest: Path) -> Path:
+    """A new temp dir next to `dest` (same filesystem, so it can be renamed into place), with the
+    permissions a plain `mkdir` would give."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
+def replace_dir(new: Path, dest: Path) -> None:
+    """Move the finished dir `new` to `dest`, replacing what was there (old one removed after)."""
+    import shutil
+
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+    os.replace(new, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def delete(url: str) -> None:
     if is_local(url):
         local_path(url).unlink(missing_ok=True)

@@ -221,7 +221,7 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
             "model_config": mcfg.to_dict(), "train_config": {"seed": tcfg.seed, "batch_size": tcfg.batch_size},
             "world_size": d.world,
         })
-        save_model(model_dir, model, mcfg, step=step, extra={"val_bpb": val or {}})
+        save_model(model_dir, model, mcfg, step=step, extra={"val_bpb": val or {}, "ingest": ds.manifest.get("ingest")})
 
     deadline = time.monotonic() + tcfg.minutes * 60 if tcfg.minutes > 0 else math.inf
     bar = tqdm(total=tcfg.steps, initial=start_step, desc="train", unit="step", disable=not (progress and d.main),
@@ -301,9 +301,15 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
 
 
 def _open_live(path: str | Path, *, resume: bool):
-    """DVCLive logger; it writes metrics/plots only (dvc.yaml declares them, DVCLive must not edit it)."""
-    from dvclive import Live
+    """DVCLive logger; it writes metrics/plots only (dvc.yaml declares them, DVCLive must not edit it).
 
+    Without dvclive installed (a bare GPU box, say) training still runs and writes train_summary.json.
+    """
+    try:
+        from dvclive import Live
+    except ImportError:
+        print("train: dvclive is not installed; no DVCLive metrics or plots are written", file=sys.stderr)
+        return None
     return Live(dir=str(path), resume=resume, dvcyaml=None, save_dvc_exp=False, report=None)
 
 

@@ -93,3 +93,8 @@ def encoder_input(modality: str, task: str, payload: bytes | bytearray | memoryv
     keep = max(0, max_len - 2)
     tail = bytes(payload[len(payload) - keep:]) if keep and len(payload) > keep else (bytes(payload) if keep else b"")
     return [modality_id(modality), task_id(task), *tail]
+
+
+def paired_input(payload: bytes | bytearray | memoryview, modality: str, target_modality: str, max_len: int) -> list[int]:
+    """Encoder ids for `paired`: [input modality, paired, target modality] + the input's first bytes."""
+    return [modality_id(modality), task_id("paired"), modality_id(target_modality), *bytes(payload[:max(0, max_len - 3)])]

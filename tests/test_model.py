@@ -135,15 +135,14 @@ def test_sampling_is_reproducible_and_emits_only_bytes():
     ctx = [b"hello world", b"", bytes(range(200))]
     mods = ["text", "binary", "image"]
     opts = SamplingOptions(max_bytes=150, temperature=1.5, top_k=0, top_p=1.0, seed=7, stop_at_eos=False)
-    a = generate(backend, ctx, mods, opts=opts, patch_size=4)
-    b = generate(backend, ctx, mods, opts=opts, patch_size=4)
+    a = generate(backend, ctx, mods, opts=opts)
+    b = generate(backend, ctx, mods, opts=opts)
     assert a == b
     assert [len(x) for x in a] == [150, 150, 150]  # crosses the 64-byte decoder window twice
-    c = generate(backend, ctx, mods, opts=SamplingOptions(max_bytes=150, temperature=1.5, seed=8, stop_at_eos=False),
-                 patch_size=4)
+    c = generate(backend, ctx, mods, opts=SamplingOptions(max_bytes=150, temperature=1.5, seed=8, stop_at_eos=False),)
     assert c != a
     for o in (dict(temperature=0.0), dict(temperature=0.8, top_k=5), dict(temperature=1.0, top_p=0.5)):
-        out = generate(backend, ctx, mods, opts=SamplingOptions(max_bytes=40, seed=1, **o), patch_size=4)
+        out = generate(backend, ctx, mods, opts=SamplingOptions(max_bytes=40, seed=1, **o))
         assert all(isinstance(x, bytes) and len(x) <= 40 for x in out)
 
 
@@ -153,9 +152,9 @@ def test_greedy_batch_equals_one_by_one():
     ctx = [b"abc" * 30, b"z", bytes(range(256))]
     mods = ["text", "text", "binary"]
     opts = SamplingOptions(max_bytes=80)
-    together = generate(backend, ctx, mods, opts=opts, patch_size=2)
+    together = generate(backend, ctx, mods, opts=opts)
     for i in range(3):
-        assert generate(backend, [ctx[i]], [mods[i]], opts=opts, patch_size=2) == [together[i]]
+        assert generate(backend, [ctx[i]], [mods[i]], opts=opts) == [together[i]]
 
 
 def test_mask_non_bytes_only_bytes_or_eos():

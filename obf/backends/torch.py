@@ -31,6 +31,8 @@ class TorchBackend:
         self.max_src_len = model.cfg.max_src_len
         self.max_tgt_len = model.cfg.max_tgt_len
         self.vocab_size = model.cfg.vocab_size
+        self.patch_size = model.cfg.patch_size
+        self.meta: dict = {}  # config.json of the checkpoint, when loaded from a dir
 
     @torch.inference_mode()
     def encode(self, src_ids: np.ndarray) -> Memory:
@@ -47,3 +49,22 @@ class TorchBackend:
         with autocast_for(self.device, self.precision):
             logits, cache = self.model.decode_step(t, memory, cache)  # (B, 1, V)
         return logits[:, -1].float().cpu().numpy(), cache
+
+    @torch.inference_mode()
+    def logits(self, src_ids: np.ndarray, dec_ids: np.ndarray) -> np.ndarray:
+        """Teacher-forced logits (B, T, V) float32 for src (B, S) and decoder input (B, T)."""
+        src = torch.from_numpy(np.ascontiguousarray(src_ids, dtype=np.int64)).to(self.device)
+        dec = torch.from_numpy(np.ascontiguousarray(dec_ids, dtype=np.int64)).to(self.device)
+        with autocast_for(self.device, self.precision):
+            out = self.model(src, dec)
+        return out.float().cpu().numpy()
+
+
+def load(model_dir: str, *, device: str = "auto", precision: str = "fp32") -> TorchBackend:
+    """A TorchBackend over a training checkpoint dir (model.safetensors + config.json)."""
+    from obf.checkpoint import load_model, read_config
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    backend = TorchBackend(load_model(model_dir, device=dev), device=dev, precision=precision)
+    backend.meta = read_config(model_dir)[1]
+    return backend

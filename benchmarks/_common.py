@@ -1,0 +1,60 @@
+"""Small helpers shared by the benchmark scripts: machine description and result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def save(name: str, results: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
+               **results}
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    print(f"saved {path}")
+    return path
+
+
+def train_flops_per_step(cfg, batch: int, src_len: int, tgt_len: int) -> float:
+    """Forward + backward FLOPs (3 x forward) of the matrix products and attention of one step.
+
+    `cfg` is an obf ModelConfig. Encoder positions are src_len / patch_size; decoder self-attention
+    is causal (half the score matrix), cross-attention reads every patch.
+    """
+    d, ff = cfg.d_model, cfg.d_ff
+    sp = src_len // cfg.patch_size
+    enc_block = 2 * (4 * d * d + 3 * d * ff) + 4 * sp * d
+    dec_block = 2 * (4 * d * d + 2 * d * d + 3 * d * ff) + 2 * tgt_len * d + 4 * sp * d
+    cross_kv = 2 * 2 * d * d * cfg.decoder_layers  # K/V projections of every patch for each decoder layer
+    head = 2 * d * cfg.vocab_size
+    fwd = batch * sp * (cfg.encoder_layers * enc_block + cross_kv) + batch * tgt_len * (cfg.decoder_layers * dec_block + head)
+    return 3.0 * fwd

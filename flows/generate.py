@@ -1,0 +1,156 @@
+"""`batch-generate`: every new object under `input_url` -> a generated file under `output_url`.
+
+Runs ONNX Runtime (never torch) with a model resolved from the registry. Idempotent: an input
+already done for the same model version (same key, size and ETag/hash) is skipped, so a second
+run processes nothing and a rerun after a crash fills in only what is missing. Outputs keep the
+input's relative key with the extension of their modality, one PUT per object; the state of each
+input is written after its output. Every run writes `_runs/<flow-run-id>.json` listing each
+input with its status, output and error, and ends Failed (after all other inputs are written)
+when any input failed.
+
+Concurrency comes from the task runner: the default thread pool, or `prefect_dask.DaskTaskRunner`
+to spread batches over a Dask cluster (see README).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.runtime import flow_run
+
+from obf import storage
+from obf.generation import generate_files, ingest_config_of, output_key, prepare
+from obf.registry import resolve
+from obf.sampling import SamplingOptions
+
+STATE, RUNS = "_state", "_runs"
+_BACKENDS: dict[tuple[str, str], Any] = {}  # one ONNX Runtime backend per model dir and process
+
+
+def _backend(model_dir: str, provider: str) -> Any:
+    from obf.backends.onnx import OnnxBackend
+
+    key = (model_dir, provider)
+    if key not in _BACKENDS:
+        _BACKENDS[key] = OnnxBackend(model_dir, provider=provider)
+    return _BACKENDS[key]
+
+
+def fingerprint(entry: storage.Entry) -> str:
+    """What identifies one version of an input: its key, size and ETag (or the hash of its URL)."""
+    return f"{entry.key}|{entry.size}|{entry.etag or ''}"
+
+
+def state_key(version: str, key: str) -> str:
+    return f"{STATE}/{version}/{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()}.json"
+
+
+@task(name="resolve-model", retries=3, retry_delay_seconds=[2, 10, 30])
+def resolve_task(registry: str, name: str, version: str) -> tuple[str, str]:
+    path, resolved = resolve(registry, name, version)
+    return str(path), resolved
+
+
+@task(name="list-inputs", retries=3, retry_delay_seconds=[2, 10, 30])
+def list_task(input_url: str, output_url: str, version: str) -> tuple[list[storage.Entry], dict[str, dict]]:
+    """Inputs under input_url and the state records already written for this model version."""
+    inputs = storage.list_files(input_url)
+    done: dict[str, dict] = {}
+    try:
+        states = storage.list_files(storage.join(output_url, f"{STATE}/{version}"))
+    except storage.StorageError:
+        states = []
+    for e in states:
+        try:
+            rec = json.loads(storage.read_bytes(e.url))
+            done[rec["input"]] = rec
+        except (ValueError, KeyError, storage.StorageError):
+            continue  # a torn or foreign state file means: not done
+    return inputs, done
+
+
+@task(name="generate-batch", retries=1, retry_delay_seconds=5)
+def generate_batch(entries: list[storage.Entry], model_dir: str, version: str, output_url: str, task_name: str,
+                   max_bytes: int, max_input_bytes: int, seed: int, provider: str) -> list[dict[str, Any]]:
+    """Generate, write (one PUT each) and record a batch of inputs; a bad input fails alone."""
+    backend = _backend(model_dir, provider)
+    canon = ingest_config_of(backend)
+    prepared = [prepare(e.url, canon, max_input_bytes=max_input_bytes) for e in entries]
+    results = generate_files(backend, prepared, task=task_name, opts=SamplingOptions(max_bytes=max_bytes, seed=seed),
+                             batch_size=len(prepared))
+    out = []
+    for e, r in zip(entries, results):
+        if r.error is not None:
+            out.append({"input": e.key, "status": "failed", "error": r.error})
+            continue
+        key = output_key(e.key, r.extension)
+        url = storage.join(output_url, key)
+        storage.write_bytes_atomic(url, r.output)
+        rec = {"input": e.key, "fingerprint": fingerprint(e), "output": key, "modality": r.modality,
+               "bytes": len(r.output), "model_version": version, "status": "ok"}
+        storage.write_bytes_atomic(storage.join(output_url, state_key(version, e.key)),
+                                   (json.dumps(rec, sort_keys=True) + "\n").encode())
+        out.append({"input": e.key, "status": "ok", "output": key, "modality": r.modality})
+    return out
+
+
+@task(name="write-run-manifest", retries=3, retry_delay_seconds=[2, 10, 30])
+def manifest_task(output_url: str, run_id: str, manifest: dict[str, Any]) -> str:
+    url = storage.join(output_url, f"{RUNS}/{run_id}.json")
+    storage.write_bytes_atomic(url, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    return url
+
+
+class BatchGenerateFailed(RuntimeError):
+    """Some inputs failed; the others were written. The run manifest lists which and why."""
+
+
+@flow(name="batch-generate", log_prints=True)
+def batch_generate(input_url: str, output_url: str, registry: str, name: str = "obf", version: str = "latest",
+                   task_name: str = "continue", max_bytes: int = 512, batch_size: int = 8,
+                   max_input_bytes: int = 16 * 1024 * 1024, seed: int = 0, provider: str = "auto") -> dict[str, Any]:
+    """Generate an output for every input not yet done with this model version."""
+    log = get_run_logger()
+    if storage.join(output_url, "").startswith(storage.join(input_url, "")):
+        raise ValueError("output_url must not lie inside input_url (outputs would become inputs)")
+    model_dir, resolved = resolve_task(registry, name, version)
+    entries, done = list_task(input_url, output_url, resolved)
+    statuses: dict[str, dict[str, Any]] = {}
+    pending: list[storage.Entry] = []
+    for e in entries:
+        try:
+            storage.safe_key(e.key)
+        except storage.StorageError as err:
+            statuses[e.key] = {"input": e.key, "status": "failed", "error": str(err)}
+            continue
+        rec = done.get(e.key)
+        if rec and rec.get("fingerprint") == fingerprint(e) and rec.get("status") == "ok":
+            statuses[e.key] = {"input": e.key, "status": "skipped", "output": rec.get("output")}
+        else:
+            pending.append(e)
+    log.info("model %s/%s: %d inputs, %d to do, %d already done", name, resolved, len(entries), len(pending),
+             sum(s["status"] == "skipped" for s in statuses.values()))
+    futures = [generate_batch.submit(pending[i:i + batch_size], model_dir, resolved, output_url, task_name, max_bytes,
+                                     max_input_bytes, seed, provider)
+               for i in range(0, len(pending), batch_size)]
+    for fut, start in zip(futures, range(0, len(pending), batch_size)):
+        try:
+            for s in fut.result():
+                statuses[s["input"]] = s
+        except Exception as err:  # the whole batch failed (after retries): record each input
+            for e in pending[start:start + batch_size]:
+                statuses[e.key] = {"input": e.key, "status": "failed", "error": f"batch failed: {err}"}
+    run_id = str(flow_run.get_id() or f"local-{int(time.time())}")
+    counts = {k: sum(s["status"] == k for s in statuses.values()) for k in ("ok", "skipped", "failed")}
+    manifest = {"flow_run_id": run_id, "model": {"name": name, "version": resolved, "registry": registry},
+                "input_url": input_url, "output_url": output_url, "counts": counts,
+                "inputs": [statuses[k] for k in sorted(statuses)]}
+    url = manifest_task(output_url, run_id, manifest)
+    log.info("done: %(ok)d generated, %(skipped)d skipped, %(failed)d failed", counts)
+    if counts["failed"]:
+        raise BatchGenerateFailed(f"{counts['failed']} of {len(statuses)} inputs failed; see {url}")
+    return {"manifest": url, **counts}

@@ -1,0 +1,124 @@
+"""Evaluation: honest bpb (random ~8, repeated ~0), baselines, per-file sums, samples, errors."""
+
+import bz2
+import gzip
+import json
+import lzma
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from obf.config import load_params
+from obf.data import ingest
+from obf.evaluate import evaluate
+from obf.train import train
+
+from .conftest import RAW
+
+TINY = ["model.preset=tiny", "model.max_src_len=128", "model.max_tgt_len=64", "train.batch_size=16",
+        "train.steps=250", "train.warmup_steps=10", "train.eval_every=1000", "train.checkpoint_every=1000",
+        "train.lr=0.003", "train.task_weights={continue: 1.0}", "train.balance_modalities=false",
+        "ingest.val_fraction=0.0", "ingest.test_fraction=0.0", "evaluate.split=all", "evaluate.sample_bytes=64",
+        "evaluate.denoise_windows=4"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained on uniformly random files and files of one repeated byte."""
+    root = tmp_path_factory.mktemp("evalmodel")
+    raw = root / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        (raw / f"random{i}.bin").write_bytes(rng.integers(0, 256, 20000, dtype=np.uint8).tobytes())
+    for i, b in enumerate([0x00, 0x41, 0x7F, 0xC3, 0xFF, 0x10]):
+        (raw / f"repeat{i}.bin").write_bytes(bytes([b]) * 3000)
+    params = load_params(None, TINY)
+    ingest(str(raw), root / "ds", params.ingest, progress=False)
+    train(root / "ds", root / "model", params, progress=False)
+    return root / "model", params
+
+
+def test_random_bytes_score_about_8_and_repeats_far_below_1(trained, tmp_path):
+    model, params = trained
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "random.bin").write_bytes(np.random.default_rng(123).integers(0, 256, 8000, dtype=np.uint8).tobytes())
+    m = evaluate(str(model), str(held), tmp_path / "out" / "metrics.json", params, progress=False)
+    assert m["modalities"]["binary"]["bpb"] >= 7.9
+    (held / "random.bin").unlink()
+    (held / "repeat.bin").write_bytes(b"\x41" * 5000)
+    m = evaluate(str(model), str(held), tmp_path / "out2" / "metrics.json", params, progress=False)
+    assert m["overall"]["bpb"] < 0.5  # (sniffed as text: "AAAA...")
+
+
+def test_baselines_equal_direct_compressor_calls_and_per_file_sums(trained, tmp_path):
+    model, params = trained
+    names = ["text/heapq.py", "text/shlex.py", "binary/true.elf", "image/horse.png", "audio/numbers.wav"]
+    src = tmp_path / "src"
+    for n in names:
+        (src / n).parent.mkdir(parents=True, exist_ok=True)
+        (src / n).write_bytes((RAW / n).read_bytes())
+    out = tmp_path / "eval" / "metrics.json"
+    m = evaluate(str(model), str(src), out, params, per_file=True, progress=False)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(m))
+    # text and binary are stored as they are, so the baselines are the compressors on the raw files
+    for modality, files in (("text", ["text/heapq.py", "text/shlex.py"]), ("binary", ["binary/true.elf"])):
+        datas = [(RAW / f).read_bytes() for f in files]
+        n = sum(len(d) for d in datas)
+        want = {
+            "gzip": 8 * sum(len(gzip.compress(d, 9, mtime=0)) for d in datas) / n,
+            "bz2": 8 * sum(len(bz2.compress(d, 9)) for d in datas) / n,
+            "xz": 8 * sum(len(lzma.compress(d, preset=9 | lzma.PRESET_EXTREME)) for d in datas) / n,
+        }
+        got = m["modalities"][modality]["baselines"]
+        for k, v in want.items():
+            assert got[k] == pytest.approx(v, rel=1e-12)
+    # per-file figures sum back to the per-modality ones
+    for modality, v in m["modalities"].items():
+        rows = [f for f in m["files"] if f["modality"] == modality]
+        assert sum(f["bytes"] for f in rows) == v["bytes"] and len(rows) == v["files"]
+        assert sum(f["bpb"] * f["bytes"] for f in rows) / v["bytes"] == pytest.approx(v["bpb"], rel=1e-9)
+        assert 0.0 <= v["denoise_accuracy"] <= 1.0
+        assert v["sample"]["opens"]
+    assert (out.parent / "report.md").read_text().startswith("# Evaluation")
+    assert (out.parent / "bpb.csv").read_text().splitlines()[0] == "label,modality,method,bpb"
+    assert len(list((out.parent / "samples").iterdir())) == len(m["modalities"])
+
+
+def _obf(*args):
+    return subprocess.run([sys.executable, "-m", "obf.cli", *args], capture_output=True, text=True,
+                          cwd=tempfile.gettempdir(), env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_bad_model_or_data_are_clear_errors(trained, tmp_path):
+    model, _ = trained
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("hello world\n" * 20)
+    out = tmp_path / "o" / "metrics.json"
+    cases = [
+        ((str(tmp_path / "missing"), str(data)), "model dir not found"),
+        ((str(data), str(data)), "not a model dir"),
+        ((str(model), str(tmp_path / "empty")), None),
+    ]
+    (tmp_path / "empty").mkdir()
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text((model / "config.json").read_text())
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 64)
+    cases.append(((str(corrupt), str(data)), "corrupt weights"))
+    for (m, d), expect in cases:
+        r = _obf("evaluate", m, d, "--out", str(out), "-q")
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.count("\n") == 1, r.stderr
+        if expect:
+            assert expect in r.stderr
+        assert not out.exists()
+    r = _obf("evaluate", str(model), str(data), "--out", str(out), "-q", "--set", "evaluate.split=all")
+    assert r.returncode == 0, r.stderr

@@ -1,0 +1,308 @@
+"""Prefect flows end to end on a moto S3 server: registry, train-flow, batch-generate (idempotence,
+poisoned inputs, crash + rerun, Dask), a real `prefect deployment run`, and DVC push/pull to S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from obf import storage
+from obf.config import load_params
+from obf.data import ingest
+from obf.export import export
+from obf.formats import opens
+from obf.registry import RegistryError, publish, resolve
+from obf.train import train
+
+from .conftest import RAW, ROOT, free_port
+
+BIN = Path(sys.executable).parent
+TINY = ["model.preset=tiny", "model.patch_size=4", "model.max_src_len=128", "model.max_tgt_len=32",
+        "train.batch_size=4", "train.steps=20", "train.warmup_steps=2", "train.eval_every=1000",
+        "train.eval_batches=1", "train.checkpoint_every=1000", "train.task_weights={continue: 1.0}",
+        "evaluate.sample_bytes=32", "evaluate.denoise_windows=2"]
+MIXED = ["text/bisect.py", "text/this_py.txt", "image/horse.png", "image/text.gif", "audio/hello_world.wav",
+         "video/hubble_pan.y4m", "binary/true.elf"]
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flowmodel")
+    raw = root / "raw"
+    for rel in MIXED:
+        (raw / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(RAW / rel, raw / rel)
+    params = load_params(None, [*TINY, "ingest.val_fraction=0.0", "ingest.test_fraction=0.0"])
+    ingest(str(raw), root / "ds", params.ingest, progress=False)
+    train(root / "ds", root / "model", params, progress=False)
+    export(root / "model", root / "onnx", params.export, progress=False)
+    return root / "onnx"
+
+
+def upload(local: Path, url: str, names: list[str]) -> None:
+    for rel in names:
+        storage.write_bytes_atomic(storage.join(url, rel), (local / rel).read_bytes())
+
+
+def test_registry_publish_resolve_verify(onnx_model, s3_bucket, tmp_path):
+    reg = f"{s3_bucket}/models"
+    m1 = publish(onnx_model, reg, "obf")
+    m2 = publish(onnx_model, reg, "obf")
+    assert (m1["version"], m2["version"]) == ("v0001", "v0002")
+    path, version = resolve(reg, "obf", cache_dir=tmp_path / "cache")
+    assert version == "v0002" and sorted(p.name for p in path.iterdir()) == [
+        "decoder.onnx", "encoder.onnx", "manifest.json", "obf.json"]
+    pinned, v = resolve(reg, "obf", "v0001", cache_dir=tmp_path / "cache")
+    assert v == "v0001" and pinned != path
+    with pytest.raises(RegistryError, match="immutable"):
+        publish(onnx_model, reg, "obf", version="v0001")
+    # a corrupted object in the registry is refused, nothing is cached
+    storage.write_bytes_atomic(f"{reg}/obf/v0001/decoder.onnx", b"garbage")
+    with pytest.raises(RegistryError, match="sha256 mismatch"):
+        resolve(reg, "obf", "v0001", cache_dir=tmp_path / "cache2")
+    assert not (tmp_path / "cache2" / "obf" / "v0001").exists()
+    with pytest.raises(RegistryError, match="not found"):
+        resolve(reg, "nope", cache_dir=tmp_path / "cache")
+
+
+def test_train_flow_from_s3_publishes_a_verifiable_model(harness, s3_bucket, tmp_path):
+    from flows.train import train_flow
+
+    upload(RAW, f"{s3_bucket}/raw", MIXED + ["text/heapq.py"])
+    out = train_flow(source=f"{s3_bucket}/raw", registry=f"{s3_bucket}/models", name="tiny", params=None,
+                     overrides=[*TINY, "ingest.val_fraction=0.3"], workdir=str(tmp_path / "work"))
+    assert out["version"] == "v0001"
+    path, _ = resolve(f"{s3_bucket}/models", "tiny", cache_dir=tmp_path / "cache")
+    from obf.backends.onnx import OnnxBackend
+
+    assert OnnxBackend(path, provider="cpu").max_tgt_len == 32  # hashes verified on load
+    assert storage.exists(f"{s3_bucket}/models/tiny/latest.json")
+
+
+def _outputs(out_url: str) -> list[str]:
+    return sorted(e.key for e in storage.list_files(out_url) if not e.key.startswith(("_runs/", "_state/")))
+
+
+def _manifests(out_url: str) -> list[dict]:
+    try:
+        return [json.loads(storage.read_bytes(e.url)) for e in storage.list_files(f"{out_url}/_runs")]
+    except storage.StorageError:
+        return []
+
+
+def test_batch_generate_idempotent_incremental_and_poison(harness, onnx_model, s3_bucket, tmp_path, monkeypatch):
+    from flows.generate import BatchGenerateFailed, batch_generate
+
+    monkeypatch.setenv("OBF_CACHE", str(tmp_path / "cache"))
+    reg, inp, out = f"{s3_bucket}/models", f"{s3_bucket}/in", f"{s3_bucket}/out"
+    publish(onnx_model, reg, "obf")
+    upload(RAW, inp, MIXED)
+    kw = dict(input_url=inp, output_url=out, registry=reg, max_bytes=48, batch_size=3)
+    first = batch_generate(**kw)
+    assert first["ok"] == len(MIXED) and first["failed"] == 0
+    outs = _outputs(out)
+    assert outs == sorted(["text/bisect.txt", "text/this_py.txt", "image/horse.bmp", "image/text.bmp",
+                           "audio/hello_world.wav", "video/hubble_pan.y4m", "binary/true.bin"])
+    for key in outs:
+        modality = key.split("/")[0]
+        assert opens(storage.read_bytes(f"{out}/{key}"), modality), key
+    man = _manifests(out)[0]
+    assert man["counts"] == {"ok": len(MIXED), "skipped": 0, "failed": 0}
+    assert {i["input"] for i in man["inputs"]} == set(MIXED)
+
+    second = batch_generate(**kw)
+    assert (second["ok"], second["skipped"]) == (0, len(MIXED))
+
+    upload(RAW, inp, ["text/getopt.py"])
+    third = batch_generate(**kw)
+    assert (third["ok"], third["skipped"]) == (1, len(MIXED))
+    assert "text/getopt.txt" in _outputs(out)
+
+    # poisoned inputs: undecodable media, over the size cap, an unsafe key
+    storage.write_bytes_atomic(f"{inp}/image/broken.png", b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
+    storage.write_bytes_atomic(f"{inp}/binary/huge.bin", os.urandom(300_000))
+    storage.write_bytes_atomic(f"{inp}/text/../escape.txt", b"sneaky")
+    upload(RAW, inp, ["text/glob.py"])
+    with pytest.raises(BatchGenerateFailed, match="3 of"):
+        batch_generate(**{**kw, "max_input_bytes": 200_000})
+    assert "text/glob.txt" in _outputs(out)  # the good one still completed
+    latest = max(_manifests(out), key=lambda m: m["counts"]["failed"])
+    failed = {i["input"]: i["error"] for i in latest["inputs"] if i["status"] == "failed"}
+    assert set(failed) == {"image/broken.png", "binary/huge.bin", "text/../escape.txt"}
+    assert "does not decode" in failed["image/broken.png"] and "over the cap" in failed["binary/huge.bin"]
+    assert "unsafe key" in failed["text/../escape.txt"]
+    assert not any(".." in k or k.startswith("escape") for k in _outputs(out))
+
+
+def test_crash_mid_run_then_rerun_leaves_no_gap_or_duplicate(onnx_model, s3_server, s3_bucket, tmp_path):
+    reg, inp, out = f"{s3_bucket}/models", f"{s3_bucket}/in", f"{s3_bucket}/out"
+    publish(onnx_model, reg, "obf")
+    names = []
+    for i in range(30):
+        storage.write_bytes_atomic(f"{inp}/doc{i:02d}.txt", (f"document {i}\n" * 40).encode())
+        names.append(f"doc{i:02d}.txt")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "OBF_CACHE": str(tmp_path / "cache"),
+           "PREFECT_API_URL": "", "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true", "OMP_NUM_THREADS": "1"}
+    env.pop("PREFECT_API_URL")
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            "from flows.generate import batch_generate\n"
+            f"batch_generate(input_url={inp!r}, output_url={out!r}, registry={reg!r}, max_bytes=1500, batch_size=1)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if len(_outputs(out)) >= 3:
+                break
+        except storage.StorageError:
+            pass
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = _outputs(out)
+    assert 3 <= len(partial) < 30
+    rerun = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert _outputs(out) == sorted(names)  # every input once, none missing
+    man = [m for m in _manifests(out) if m["counts"]["failed"] == 0][-1]
+    assert man["counts"]["ok"] + man["counts"]["skipped"] == 30 and man["counts"]["ok"] >= 30 - len(partial)
+
+
+def test_batch_generate_on_a_local_dask_cluster(harness, onnx_model, s3_bucket, tmp_path, monkeypatch):
+    from prefect_dask import DaskTaskRunner
+
+    from flows.generate import batch_generate
+
+    monkeypatch.setenv("OBF_CACHE", str(tmp_path / "cache"))
+    reg, inp, out = f"{s3_bucket}/models", f"{s3_bucket}/in", f"{s3_bucket}/out"
+    publish(onnx_model, reg, "obf")
+    upload(RAW, inp, MIXED[:4])
+    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True,
+                                            "dashboard_address": None})
+    res = batch_generate.with_options(task_runner=runner)(input_url=inp, output_url=out, registry=reg, max_bytes=32,
+                                                          batch_size=1)
+    assert res["ok"] == 4
+    assert len(_outputs(out)) == 4
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A real `prefect server start` (SQLite) on a free port, for deployments and workers."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        _wait_http(f"{api}/health", 120)
+        yield api, home
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_prefect_deployment_run_against_a_real_server(prefect_server, s3_bucket, tmp_path):
+    api, home = prefect_server
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(home), "OBF_CACHE": str(tmp_path / "cache"),
+           "OBF_SOURCE": f"{s3_bucket}/raw", "OBF_REGISTRY": f"{s3_bucket}/models", "OBF_NAME": "served",
+           "OBF_INPUT": f"{s3_bucket}/in", "OBF_OUTPUT": f"{s3_bucket}/out",
+           "OBF_OVERRIDES": ";".join([*TINY, "ingest.val_fraction=0.3"]), "OBF_PARAMS": "none.yaml",
+           "OMP_NUM_THREADS": "1"}
+    upload(RAW, f"{s3_bucket}/raw", MIXED + ["text/heapq.py"])
+    upload(RAW, f"{s3_bucket}/in", MIXED[:3])
+    serve = subprocess.Popen([sys.executable, str(ROOT / "flows" / "serve.py")], env=env, cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    prefect = lambda *a, **kw: subprocess.run([str(BIN / "prefect"), *a], env=env, cwd=ROOT, capture_output=True,
+                                             text=True, **kw)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            ls = prefect("deployment", "ls")
+            if "train-flow/default" in ls.stdout and "batch-generate/nightly" in ls.stdout:
+                break
+            time.sleep(1)
+        assert "batch-generate/nightly" in ls.stdout, ls.stdout + ls.stderr
+        r = prefect("deployment", "run", "train-flow/default", "--watch", "--watch-timeout", "400", timeout=450)
+        assert r.returncode == 0 and "Completed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+        assert storage.exists(f"{s3_bucket}/models/served/latest.json")
+        r = prefect("deployment", "run", "batch-generate/nightly", "--watch", "--watch-timeout", "300", timeout=350)
+        assert r.returncode == 0 and "Completed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+        assert len(_outputs(f"{s3_bucket}/out")) == 3
+        # the nightly deployment carries its cron schedule
+        insp = prefect("deployment", "inspect", "batch-generate/nightly")
+        assert "0 2 * * *" in insp.stdout
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(timeout=30)
+
+
+def test_prefect_yaml_deploys_with_a_process_pool(prefect_server):
+    api, home = prefect_server
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(home), "OBF_HOME": str(ROOT)}
+    run = lambda *a: subprocess.run([str(BIN / "prefect"), *a], env=env, cwd=ROOT, capture_output=True, text=True,
+                                    timeout=180)
+    r = run("work-pool", "create", "obf-process", "--type", "process", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    r = run("--no-prompt", "deploy", "--all")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ls = run("deployment", "ls")
+    assert "train-flow/default" in ls.stdout and "batch-generate/nightly" in ls.stdout
+
+
+def test_dvc_push_and_pull_to_an_s3_remote(s3_bucket, tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "data" / "raw").mkdir(parents=True)
+    for rel in ["text/bisect.py", "image/horse.png"]:
+        (repo / "data" / "raw" / Path(rel).name).write_bytes((RAW / rel).read_bytes())
+    shutil.copy(ROOT / "params.yaml", repo / "params.yaml")
+    (repo / "dvc.yaml").write_text("stages:\n  ingest:\n    cmd: obf ingest data/raw --out data/dataset\n"
+                                   "    deps: [data/raw]\n    params: [ingest]\n    outs: [data/dataset]\n")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    run = lambda *c: subprocess.run(list(c), cwd=repo, capture_output=True, text=True, env=env, timeout=300)
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"],
+                ["dvc", "remote", "add", "-d", "store", f"{s3_bucket}/dvcstore"], ["dvc", "repro"]):
+        r = run(*cmd)
+        assert r.returncode == 0, (cmd, r.stdout[-1500:], r.stderr[-1500:])
+    before = (repo / "data/dataset/manifest.json").read_bytes()
+    r = run("dvc", "push")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert storage.list_files(f"{s3_bucket}/dvcstore")
+    shutil.rmtree(repo / "data" / "dataset")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    r = run("dvc", "pull")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (repo / "data/dataset/manifest.json").read_bytes() == before

@@ -1,0 +1,150 @@
+"""ONNX export and ONNX Runtime generation: parity, identical greedy output, files that open,
+no torch on the serving path, tampered graphs refused, per-input errors in `obf generate`."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import wave
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from obf.backends.onnx import OnnxBackend, OnnxModelError
+from obf.backends.torch import load as load_torch
+from obf.config import load_params
+from obf.data import ingest
+from obf.export import export
+from obf.formats import opens
+from obf.generation import generate_files, prepare
+from obf.sampling import SamplingOptions, generate
+from obf.train import train
+
+from .conftest import RAW
+
+TINY = ["model.preset=tiny", "model.patch_size=4", "model.max_src_len=128", "model.max_tgt_len=64",
+        "train.batch_size=8", "train.steps=120", "train.warmup_steps=10", "train.eval_every=1000",
+        "train.checkpoint_every=1000", "train.lr=0.003", "ingest.val_fraction=0.0", "ingest.test_fraction=0.0"]
+INPUTS = {"text": "text/heapq.py", "image": "image/coffee.jpg", "audio": "audio/numbers.wav",
+          "video": "video/hubble_pan.y4m", "binary": "binary/true.elf"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx")
+    raw = root / "raw"
+    for rel in INPUTS.values():
+        (raw / rel).parent.mkdir(parents=True, exist_ok=True)
+        (raw / rel).write_bytes((RAW / rel).read_bytes())
+    params = load_params(None, TINY)
+    ingest(str(raw), root / "ds", params.ingest, progress=False)
+    train(root / "ds", root / "model", params, progress=False)
+    info = export(root / "model", root / "onnx", params.export, real=[(RAW / "text/heapq.py").read_bytes()], progress=False)
+    return root, params, info
+
+
+def test_export_layout_and_parity(exported):
+    root, _, info = exported
+    onnx = root / "onnx"
+    assert sorted(p.name for p in onnx.iterdir()) == ["decoder.onnx", "encoder.onnx", "obf.json"]
+    meta = json.loads((onnx / "obf.json").read_text())
+    assert meta == json.loads(json.dumps(info))
+    assert meta["parity"]["max_abs_diff"] < 1e-3 and meta["opset"] >= 17
+    assert set(meta["sha256"]) == {"encoder.onnx", "decoder.onnx"} and meta["vocab"]["size"] == 320
+
+
+def test_greedy_output_identical_torch_and_onnx(exported):
+    root, _, _ = exported
+    ctx = [(RAW / "text/heapq.py").read_bytes()[:300], (RAW / "text/shlex.py").read_bytes()[:50], b""]
+    mods = ["text", "text", "binary"]
+    opts = SamplingOptions(max_bytes=300, stop_at_eos=False)
+    t = generate(load_torch(str(root / "model")), ctx, mods, opts=opts)
+    o = generate(OnnxBackend(root / "onnx", provider="cpu"), ctx, mods, opts=opts)
+    assert [len(x) for x in o] == [300, 300, 300]  # several 64-byte decoder windows
+    assert t == o
+
+
+def test_every_modality_generates_a_file_that_opens(exported, tmp_path):
+    root, params, _ = exported
+    backend = OnnxBackend(root / "onnx", provider="auto")
+    assert backend.providers[-1] == "CPUExecutionProvider"
+    prepared = [prepare(str(RAW / rel), params.ingest, max_input_bytes=10**7) for rel in INPUTS.values()]
+    results = generate_files(backend, prepared, opts=SamplingOptions(max_bytes=200, temperature=0.9, seed=3))
+    assert [r.modality for r in results] == list(INPUTS)
+    for r in results:
+        assert r.error is None and opens(r.output, r.modality)
+    image, audio, video = results[1].output, results[2].output, results[3].output
+    with Image.open(io.BytesIO(image)) as im:
+        im.load()
+    with wave.open(io.BytesIO(audio)) as w:
+        assert w.getnframes() > 0
+    with av.open(io.BytesIO(video)) as c:
+        assert len(list(c.decode(video=0))) >= 1
+    assert results[0].output.decode("utf-8")
+
+
+def test_serving_path_imports_no_torch(exported):
+    root, _, _ = exported
+    code = f"""
+import sys
+from obf.backends.onnx import OnnxBackend
+from obf.generation import generate_files, prepare
+from obf.config import IngestConfig
+from obf.sampling import SamplingOptions
+b = OnnxBackend({str(root / 'onnx')!r}, provider='cpu')
+p = [prepare({str(RAW / 'text/heapq.py')!r}, IngestConfig(), max_input_bytes=10**7)]
+r = generate_files(b, p, opts=SamplingOptions(max_bytes=40))
+assert r[0].error is None and len(r[0].output) > 40
+assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))
+print('ok')
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_tampered_graph_is_refused(exported, tmp_path):
+    import shutil
+
+    root, _, _ = exported
+    bad = tmp_path / "onnx"
+    shutil.copytree(root / "onnx", bad)
+    data = bytearray((bad / "decoder.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (bad / "decoder.onnx").write_bytes(bytes(data))
+    with pytest.raises(OnnxModelError, match="sha256 does not match"):
+        OnnxBackend(bad, provider="cpu")
+
+
+def test_failed_parity_leaves_nothing(exported, tmp_path):
+    from obf.export import ExportError
+    from obf.config import ExportConfig
+
+    root, _, _ = exported
+    with pytest.raises(ExportError, match="parity check failed"):
+        export(root / "model", tmp_path / "strict", ExportConfig(max_abs_diff=1e-12), progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_generate_reports_bad_inputs_and_completes_the_rest(exported, tmp_path):
+    root, _, _ = exported
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(25000))
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "obf.cli", "generate", str(root / "onnx"), str(RAW / "text/bisect.py"),
+                        str(tmp_path / "missing.txt"), str(big), str(fake), str(RAW / "image/coffee.jpg"),
+                        "--out", str(out), "--max-bytes", "64", "--max-input-bytes", "20000", "--provider", "cpu", "-q"],
+                       capture_output=True, text=True, cwd=tempfile.gettempdir())
+    assert r.returncode == 1
+    assert "missing.txt" in r.stderr and "over the cap" in r.stderr and "image does not decode" in r.stderr
+    assert "3 of 5 inputs failed" in r.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["bisect.txt", "coffee.bmp"]
+    assert (out / "bisect.txt").read_bytes().startswith((RAW / "text/bisect.py").read_bytes())
+    assert opens((out / "coffee.bmp").read_bytes(), "image")
