@@ -98,7 +98,7 @@ def main() -> None:
         engines[f"t5_{dev}"] = t5_runner(dev, args.new)
     rates: dict[str, dict[int, float]] = {k: {} for k in engines}
     for batch in args.batches:
-        for name, run in engines.items():
+        for run in engines.values():
             run(min(batch, 2))  # warm-up
         for _ in range(args.rounds):
             for name, run in engines.items():

@@ -7,7 +7,6 @@ problem (`ObfError`) prints one line and exits 1; Ctrl-C exits 130.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Callable, Sequence
 

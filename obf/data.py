@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -87,7 +86,9 @@ class _ShardWriter:
             self._next()
         assert self.f is not None
         offset = self.pos
-        self.f.write(data)
+        view = memoryview(data)
+        while view:  # an unbuffered write may be partial
+            view = view[self.f.write(view):]
         self.pos += len(data)
         return self.shard, offset
 
@@ -95,7 +96,7 @@ class _ShardWriter:
         self.close()
         self.shard += 1
         self.pos = 0
-        self.f = open(self.root / f"{self.shard:06d}.bin", "wb", buffering=1 << 20)
+        self.f = open(self.root / f"{self.shard:06d}.bin", "wb", buffering=0)  # files are large: no extra copy
 
     def close(self) -> None:
         if self.f is not None:
@@ -103,22 +104,26 @@ class _ShardWriter:
             self.f = None
 
 
-def _read_entries(entries: list[storage.Entry], remote: bool) -> Iterator[tuple[storage.Entry, bytes | None, str | None]]:
-    """Yield (entry, bytes, error) in order; remote reads overlap in a small thread pool."""
+Loaded = tuple[storage.Entry, bytes | None, str | None, str | None]  # entry, data, sha256, error
 
-    def load(e: storage.Entry) -> tuple[storage.Entry, bytes | None, str | None]:
+
+def _read_entries(entries: list[storage.Entry], remote: bool) -> Iterator[Loaded]:
+    """Yield (entry, bytes, sha256, error) in order.
+
+    Reading and hashing run in a small thread pool (hashlib and file I/O release the GIL), so
+    they overlap with the shard writes of the caller; the window bounds memory to a few files.
+    """
+
+    def load(e: storage.Entry) -> Loaded:
         try:
-            return e, storage.read_bytes(e.url), None
+            data = storage.read_bytes(e.url)
         except storage.StorageError as err:
-            return e, None, str(err).split(": ", 1)[-1]
+            return e, None, None, str(err).split(": ", 1)[-1]
         except OSError as err:
-            return e, None, f"unreadable ({err.strerror or err})"
+            return e, None, None, f"unreadable ({err.strerror or err})"
+        return e, data, hashlib.sha256(data).hexdigest(), None
 
-    if not remote:
-        for e in entries:
-            yield load(e)
-        return
-    window = 8
+    window = 8 if remote else 3
     with ThreadPoolExecutor(max_workers=window) as pool:
         pending = []
         for e in entries:
@@ -214,7 +219,7 @@ def _ingest_into(entries: list[storage.Entry], pairs: dict[str, str], root: Path
                file=sys.stderr, dynamic_ncols=True)
     start = time.perf_counter()
     try:
-        for e, data, err in _read_entries(readable, remote):
+        for e, data, digest, err in _read_entries(readable, remote):
             bar.update(e.size)
             if err is not None or data is None:
                 rejected.append({"source": e.key, "reason": err or "unreadable"})
@@ -225,7 +230,7 @@ def _ingest_into(entries: list[storage.Entry], pairs: dict[str, str], root: Path
             if len(data) > cfg.max_file_bytes:
                 rejected.append({"source": e.key, "reason": f"larger than ingest.max_file_bytes ({len(data)} > {cfg.max_file_bytes})"})
                 continue
-            digest = hashlib.sha256(data).hexdigest()
+            assert digest is not None
             if digest in seen:
                 duplicates.append({"source": e.key, "same_as": seen[digest]})
                 continue

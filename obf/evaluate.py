@@ -28,7 +28,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from obf import storage
-from obf.config import EvaluateConfig, Params
+from obf.config import EvaluateConfig, IngestConfig, Params
 from obf.data import Dataset, DataError, collate, continue_example, ingest, span_corrupt
 from obf.formats import opens, to_file
 from obf.sampling import SamplingOptions, generate
@@ -132,13 +132,14 @@ class EvalFile:
     data: np.ndarray
 
 
-def _files_of(data: str, cfg: EvaluateConfig, params: Params, workdir: Path, progress: bool) -> tuple[list[EvalFile], str]:
+def _files_of(data: str, cfg: EvaluateConfig, ingest_cfg: IngestConfig, workdir: Path, progress: bool
+              ) -> tuple[list[EvalFile], str]:
     """Files to evaluate: a split of an ingested dataset, or any folder/URL ingested on the fly."""
     split = cfg.split
     if storage.is_local(data) and (storage.local_path(data) / "manifest.json").is_file():
         ds = Dataset(storage.local_path(data))
     else:
-        ingest(data, workdir / "dataset", params.ingest, progress=progress)
+        ingest(data, workdir / "dataset", ingest_cfg, progress=progress)
         ds = Dataset(workdir / "dataset")
         split = "all"  # a folder of test files: score every file
     records = ds.records if split == "all" else ds.select(split=split)
@@ -156,12 +157,14 @@ def evaluate(model_dir: str, data: str, out: str | Path, params: Params, *, per_
              provider: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Score MODEL on DATA; write metrics.json to `out`, and report.md, bpb.csv, samples/ beside it."""
     from obf.backends import open_backend
+    from obf.generation import ingest_config_of
 
     cfg = params.evaluate
     backend = open_backend(model_dir, provider=provider)
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="obf-eval-") as tmp:
-        files, split = _files_of(data, cfg, params, Path(tmp), progress)
+        # files given as a folder are canonicalised like the model's training data
+        files, split = _files_of(data, cfg, ingest_config_of(backend), Path(tmp), progress)
         bits = whole_file_bits(backend, [(f.data, f.modality) for f in files], cfg.batch_size, progress)
         sizes = [compressed_sizes(f.data.tobytes()) for f in files]
 
@@ -170,7 +173,7 @@ def evaluate(model_dir: str, data: str, out: str | Path, params: Params, *, per_
     for i, f in enumerate(files):
         by_mod[f.modality].append(i)
     samples_dir = out.parent / "samples"
-    tmp_samples = Path(tempfile.mkdtemp(prefix=".samples.", dir=out.parent if out.parent.exists() else None))
+    tmp_samples = storage.temp_dir_beside(samples_dir)
     try:
         for m in MODALITIES:
             idx = by_mod.get(m)
@@ -181,11 +184,9 @@ def evaluate(model_dir: str, data: str, out: str | Path, params: Params, *, per_
             acc, dbpb, masked = denoise_scores(backend, [(files[i].data, m) for i in idx], cfg)
             per_mod[m] = {"files": len(idx), "bytes": nbytes, "bpb": _ratio(sum(bits[i] for i in idx), nbytes),
                           "baselines": base, "denoise_accuracy": acc, "denoise_bpb": dbpb, "denoise_masked_bytes": masked,
-                          "sample": _sample(backend, files[idx[0]], cfg, tmp_samples)}
-        if samples_dir.exists():
-            shutil.rmtree(samples_dir)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(tmp_samples), samples_dir)
+                          "sample": _sample(backend, max((files[i] for i in idx), key=lambda f: len(f.data)),
+                                            cfg, tmp_samples)}
+        storage.replace_dir(tmp_samples, samples_dir)
     finally:
         shutil.rmtree(tmp_samples, ignore_errors=True)
 

@@ -184,10 +184,9 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
     state = load_train_state(model_dir) if resume else None
 
     d = init_distributed(tcfg.device)
-    device = resolve_device(tcfg.device) if tcfg.device != "auto" or d.world == 1 else (
-        torch.device("cuda", d.local_rank) if torch.cuda.is_available() else torch.device("cpu"))
+    device = resolve_device(tcfg.device)
     if device.type == "cuda" and d.world > 1:
-        device = torch.device("cuda", d.local_rank)
+        device = torch.device("cuda", d.local_rank)  # one GPU per rank
     bf16 = use_bf16(device, tcfg.precision)
     torch.manual_seed(tcfg.seed)
     model = OmniByteFormer(mcfg).to(device)

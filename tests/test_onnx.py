@@ -8,10 +8,8 @@ import subprocess
 import sys
 import tempfile
 import wave
-from pathlib import Path
 
 import av
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -96,6 +94,7 @@ from obf.backends.onnx import OnnxBackend
 from obf.generation import generate_files, prepare
 from obf.config import IngestConfig
 from obf.sampling import SamplingOptions
+import flows.generate  # the batch-generate flow module must not pull torch in either
 b = OnnxBackend({str(root / 'onnx')!r}, provider='cpu')
 p = [prepare({str(RAW / 'text/heapq.py')!r}, IngestConfig(), max_input_bytes=10**7)]
 r = generate_files(b, p, opts=SamplingOptions(max_bytes=40))
@@ -148,3 +147,18 @@ def test_cli_generate_reports_bad_inputs_and_completes_the_rest(exported, tmp_pa
     assert names == ["bisect.txt", "coffee.bmp"]
     assert (out / "bisect.txt").read_bytes().startswith((RAW / "text/bisect.py").read_bytes())
     assert opens((out / "coffee.bmp").read_bytes(), "image")
+
+
+def test_evaluate_checkpoint_and_onnx_give_the_same_bpb(exported, tmp_path):
+    from obf.evaluate import evaluate
+
+    root, params, _ = exported
+    data = tmp_path / "data"
+    data.mkdir()
+    for rel in ("text/bisect.py", "binary/true.elf", "image/horse.png"):
+        (data / rel.replace("/", "_")).write_bytes((RAW / rel).read_bytes())
+    a = evaluate(str(root / "model"), str(data), tmp_path / "a" / "metrics.json", params, progress=False)
+    b = evaluate(str(root / "onnx"), str(data), tmp_path / "b" / "metrics.json", params, progress=False)
+    for m in a["modalities"]:
+        assert abs(a["modalities"][m]["bpb"] - b["modalities"][m]["bpb"]) < 1e-3
+    assert abs(a["overall"]["bpb"] - b["overall"]["bpb"]) < 1e-3
