@@ -235,11 +235,9 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
-    extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # sections owned by later stages
 
 
 _SECTIONS = {"ingest": IngestConfig, "train": TrainConfig, "evaluate": EvaluateConfig, "export": ExportConfig}
-_OPEN_SECTIONS: set[str] = set()  # sections owned by later stages, validated by their own modules
 
 
 def _check_type(key: str, value: Any, tp: Any) -> Any:
@@ -328,17 +326,15 @@ def params_from_dict(raw: dict[str, Any]) -> Params:
     params = Params()
     for section, data in raw.items():
         if section == "model":
+            _require(data is None or isinstance(data, dict), "model", "must be a mapping")
             data = dict(data or {})
             preset = data.pop("preset", "small")
             _require(isinstance(preset, str), "model.preset", "must be a string")
             params.model = ModelConfig.from_preset(preset, **data)
         elif section in _SECTIONS:
             setattr(params, section, _build(_SECTIONS[section], section, data or {}))
-        elif section in _OPEN_SECTIONS:
-            _require(isinstance(data, dict), section, "must be a mapping")
-            params.extra[section] = dict(data)
         else:
-            known = sorted([*_SECTIONS, "model", *_OPEN_SECTIONS])
+            known = sorted([*_SECTIONS, "model"])
             raise ConfigError(f"{section}: unknown params section; expected one of {', '.join(known)}")
     return params
 
