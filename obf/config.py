@@ -190,6 +190,7 @@ class EvaluateConfig:
 
     split: str = "val"  # split of an ingested dataset to score: train | val | test | all
     batch_size: int = 32
+    stride: int = 0  # bytes scored per decoder window (0 = half the window); windows overlap by the rest
     denoise_windows: int = 16  # per modality
     noise_density: float = 0.15
     mean_span: float = 3.0
@@ -203,6 +204,7 @@ class EvaluateConfig:
     def validate(self, s: str = "evaluate") -> None:
         _require(self.split in ("train", "val", "test", "all"), f"{s}.split", f"must be train, val, test or all, got {self.split!r}")
         _require(self.batch_size >= 1, f"{s}.batch_size", "must be at least 1")
+        _require(self.stride >= 0, f"{s}.stride", "must not be negative")
         _require(self.denoise_windows >= 0, f"{s}.denoise_windows", "must not be negative")
         _require(0 < self.noise_density < 1, f"{s}.noise_density", "must be in (0, 1)")
         _require(self.mean_span >= 1, f"{s}.mean_span", "must be at least 1")

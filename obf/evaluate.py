@@ -2,8 +2,9 @@
 (`denoise`) accuracy, and generated samples written as files that open.
 
 Bits per byte: every byte of every file is predicted from earlier bytes of that file only, with
-the `continue` objective window after window (the first window from an empty context), the
-end-of-file marker counted, summed in bits and divided by the file's bytes. Baselines compress
+the `continue` objective window after window (the first window from an empty context; windows
+overlap by `evaluate.stride` so that every scored byte has decoder context, each byte scored
+once), the end-of-file marker counted, summed in bits and divided by the file's bytes. Baselines compress
 the same (stored, canonical) bytes with gzip -9, bz2 -9, xz -9e (and zstd -19 when `zstandard`
 is installed), so one table says whether the model beats them.
 
@@ -69,28 +70,45 @@ def log_probs_of(logits: np.ndarray, tgt: np.ndarray) -> np.ndarray:
     return np.where(tgt == PAD, 0.0, lp)
 
 
-def file_windows(data: np.ndarray | bytes, modality: str, max_src_len: int, max_tgt_len: int) -> list:
-    """The `continue` windows that cover a file: starts 0, W, 2W, ... up to the one holding EOS."""
-    n = len(data)
-    return [continue_example(data, s, modality, max_src_len, max_tgt_len) for s in range(0, n + 1, max_tgt_len)]
+def file_windows(data: np.ndarray | bytes, modality: str, max_src_len: int, max_tgt_len: int,
+                 stride: int) -> list[tuple[Any, int]]:
+    """(example, first scored target) pairs whose scored targets cover the file and its EOS once.
+
+    Window k starts at byte s_k and predicts targets s_k .. s_k + W - 1 (W = max_tgt_len) from the
+    bytes before s_k (encoder) and before each target (decoder). With stride < W, windows overlap
+    and only the last `stride` targets of a window are scored, so every scored byte has at least
+    W - stride bytes of decoder context: the usual sliding-window evaluation. stride = W gives
+    non-overlapping windows.
+    """
+    n, w = len(data), max_tgt_len
+    starts = [(0, 0)]
+    end = w  # positions [0, end) are scored
+    while end <= n:  # the EOS at position n is not scored yet
+        s = end + stride - w
+        starts.append((s, w - stride))
+        end = s + w
+    return [(continue_example(data, s, modality, max_src_len, max_tgt_len), first) for s, first in starts]
 
 
-def whole_file_bits(backend: Any, files: list[tuple[np.ndarray, str]], batch_size: int, progress: bool = False) -> list[float]:
+def whole_file_bits(backend: Any, files: list[tuple[np.ndarray, str]], batch_size: int, stride: int | None = None,
+                    progress: bool = False) -> list[float]:
     """Total bits to code each (bytes, modality) file with the model; windows of all files batched."""
     from tqdm import tqdm
 
-    work = []  # (file index, example)
+    w = backend.max_tgt_len
+    stride = w // 2 if not stride else min(stride, w)
+    work = []  # (file index, example, first scored target)
     for fi, (data, modality) in enumerate(files):
-        for ex in file_windows(data, modality, backend.max_src_len, backend.max_tgt_len):
-            work.append((fi, ex))
-    work.sort(key=lambda w: len(w[1].src))  # similar lengths together: less padding
+        for ex, first in file_windows(data, modality, backend.max_src_len, w, stride):
+            work.append((fi, ex, first))
+    work.sort(key=lambda item: len(item[1].src))  # similar lengths together: less padding
     bits = [0.0] * len(files)
     for i in tqdm(range(0, len(work), batch_size), desc="bpb", unit="batch", disable=not progress, file=sys.stderr):
         chunk = work[i:i + batch_size]
-        b = collate([ex for _, ex in chunk], multiple=max(8, backend.patch_size))
+        b = collate([ex for _, ex, _ in chunk], multiple=max(8, backend.patch_size))
         lp = log_probs_of(backend.logits(b.src, b.dec), b.tgt)  # (B, T)
-        for (fi, _), row in zip(chunk, lp):
-            bits[fi] -= float(row.sum()) / LN2
+        for (fi, _, first), row in zip(chunk, lp):
+            bits[fi] -= float(row[first:].sum()) / LN2
     return bits
 
 
@@ -165,7 +183,7 @@ def evaluate(model_dir: str, data: str, out: str | Path, params: Params, *, per_
     with tempfile.TemporaryDirectory(prefix="obf-eval-") as tmp:
         # files given as a folder are canonicalised like the model's training data
         files, split = _files_of(data, cfg, ingest_config_of(backend), Path(tmp), progress)
-        bits = whole_file_bits(backend, [(f.data, f.modality) for f in files], cfg.batch_size, progress)
+        bits = whole_file_bits(backend, [(f.data, f.modality) for f in files], cfg.batch_size, cfg.stride, progress)
         sizes = [compressed_sizes(f.data.tobytes()) for f in files]
 
     per_mod: dict[str, dict[str, Any]] = {}

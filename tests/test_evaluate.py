@@ -121,3 +121,17 @@ def test_bad_model_or_data_are_clear_errors(trained, tmp_path):
         assert not out.exists()
     r = _obf("evaluate", str(model), str(data), "--out", str(out), "-q", "--set", "evaluate.split=all")
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 16, 33])
+@pytest.mark.parametrize("stride", [8, 4, 3, 1])
+def test_windows_score_every_byte_and_eos_exactly_once(n, stride):
+    from obf.evaluate import file_windows
+
+    data = np.arange(n, dtype=np.uint8)
+    scored = []
+    for ex, first in file_windows(data, "binary", 64, 8, stride):
+        s = len(ex.src) - 2  # the window starts after its context (never cut here: 62 > 33 bytes)
+        scored.extend(s + j for j in range(first, len(ex.tgt)))
+        assert list(ex.src[2:]) == list(range(s))  # the encoder sees exactly the bytes before s
+    assert sorted(scored) == list(range(n + 1))  # bytes 0..n-1 and the EOS at n, each once
