@@ -13,8 +13,8 @@ quantisation for CPU) with their parity reported, not enforced.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import shutil
 import sys
 import warnings
@@ -26,13 +26,13 @@ import torch
 from torch import Tensor, nn
 
 from obf import storage
+from obf.backends.onnx import DECODER, ENCODER, META, sha256_file
 from obf.checkpoint import load_model, read_config
 from obf.config import ExportConfig
 from obf.errors import ObfError
 from obf.model import KVCache, Memory, OmniByteFormer
 from obf.vocab import Vocab
 
-ENCODER, DECODER, META = "encoder.onnx", "decoder.onnx", "obf.json"
 
 
 class ExportError(ObfError):
@@ -62,6 +62,8 @@ class DecoderGraph(nn.Module):
 
 def _export(module: nn.Module, args: tuple, names_in: list[str], names_out: list[str], dynamic: dict, path: Path,
             opset: int) -> None:
+    # The exporter logs a warning for every torchvision op it cannot register; we use none of them.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic, input_names=names_in,
@@ -93,14 +95,6 @@ def export_graphs(model: OmniByteFormer, out: Path, opset: int) -> None:
             ["dec_ids", "cross_k", "cross_v", "memory_mask", "past_k", "past_v"], ["logits", "present_k", "present_v"],
             {"dec_ids": {0: batch, 1: tgt}, "cross_k": mk, "cross_v": mk, "memory_mask": {0: batch, 1: sp},
              "past_k": kv, "past_v": kv}, out / DECODER, opset)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def parity(model: OmniByteFormer, onnx_dir: Path, real: list[bytes], *, encoder: str = ENCODER,

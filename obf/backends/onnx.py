@@ -28,7 +28,7 @@ class OnnxModelError(ObfError):
     """An ONNX model dir is missing, corrupt, tampered with or cannot run on the asked provider."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -56,7 +56,7 @@ def verify_graphs(onnx_dir: str | Path, meta: dict[str, Any], names: list[str]) 
         want = meta["sha256"].get(name)
         if not p.is_file():
             raise OnnxModelError(f"{onnx_dir}: missing {name}")
-        if want is None or _sha256(p) != want:
+        if want is None or sha256_file(p) != want:
             raise OnnxModelError(f"{p}: sha256 does not match obf.json (tampered or mixed up); refusing to load")
 
 
