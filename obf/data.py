@@ -34,7 +34,8 @@ from obf import storage
 from obf.config import IngestConfig
 from obf.errors import ObfError
 from obf.formats import FormatError, canonicalize, sniff
-from obf.vocab import MODALITIES
+from obf.vocab import (BOS, EOS, MODALITIES, N_SENTINELS, PAD, encoder_input, modality_id, paired_input,
+                       sentinel_id, task_id)
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
@@ -378,8 +379,6 @@ def _random_segmentation(rng: np.random.Generator, total: int, parts: int) -> np
 def span_corrupt(window: np.ndarray, rng: np.random.Generator, density: float, mean_span: float
                  ) -> tuple[list[int], list[int]]:
     """T5-style span corruption of a byte window -> (encoder payload ids, target ids incl. EOS)."""
-    from obf.vocab import EOS, N_SENTINELS, sentinel_id
-
     n = len(window)
     noise = min(max(1, round(n * density)), n - 1)
     spans = max(1, min(N_SENTINELS, round(noise / mean_span), n - noise))
@@ -475,8 +474,6 @@ class ExampleSampler:
         return continue_example(data, start, r.modality, self.max_src_len, self.max_tgt_len, index)
 
     def _denoise(self, r: Record, data: np.ndarray, rng: np.random.Generator, index: int) -> Example:
-        from obf.vocab import modality_id, task_id
-
         n = min(len(data), self.max_src_len - 2, self.denoise_len)
         if n < 2:
             return continue_example(data, 0, r.modality, self.max_src_len, self.max_tgt_len, index)
@@ -485,8 +482,6 @@ class ExampleSampler:
         return Example([modality_id(r.modality), task_id("denoise"), *payload], tgt, "denoise", r.modality, index)
 
     def _paired(self, inp: Record, tgt: Record, index: int) -> Example:
-        from obf.vocab import paired_input
-
         src = paired_input(bytes(self.ds.file_bytes(inp)), inp.modality, tgt.modality, self.max_src_len)
         return Example(src, window_targets(self.ds.file_bytes(tgt), 0, self.max_tgt_len), "paired", tgt.modality, index)
 
@@ -496,8 +491,6 @@ class ExampleSampler:
 
 def window_targets(data: np.ndarray | bytes, start: int, max_tgt_len: int) -> list[int]:
     """Targets of the decoder window at `start`: up to max_tgt_len bytes, EOS if the file ends."""
-    from obf.vocab import EOS
-
     chunk = list(bytes(data[start:start + max_tgt_len]))
     if start + max_tgt_len > len(data):
         chunk.append(EOS)
@@ -507,8 +500,6 @@ def window_targets(data: np.ndarray | bytes, start: int, max_tgt_len: int) -> li
 def continue_example(data: np.ndarray, start: int, modality: str, max_src_len: int, max_tgt_len: int,
                      index: int = 0) -> Example:
     """The `continue` objective: encoder sees the bytes before `start`, decoder predicts from `start`."""
-    from obf.vocab import encoder_input
-
     ctx = bytes(data[max(0, start - (max_src_len - 2)):start])
     return Example(encoder_input(modality, "continue", ctx, max_src_len),
                    window_targets(data, start, max_tgt_len), "continue", modality, index)
@@ -516,8 +507,6 @@ def continue_example(data: np.ndarray, start: int, modality: str, max_src_len: i
 
 def collate(examples: list[Example], multiple: int = 8) -> Batch:
     """Pad a list of examples into arrays; lengths rounded up to `multiple` for kernel-friendly shapes."""
-    from obf.vocab import BOS, PAD
-
     s = max(len(e.src) for e in examples)
     s += (-s) % multiple
     t = max(len(e.tgt) for e in examples)

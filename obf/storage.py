@@ -240,14 +240,3 @@ def replace_dir(new: Path, dest: Path) -> None:
     os.replace(new, dest)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def delete(url: str) -> None:
-    if is_local(url):
-        local_path(url).unlink(missing_ok=True)
-        return
-    fs, path = url_to_fs(url)
-    try:
-        fs.rm_file(path)
-    except FileNotFoundError:
-        pass

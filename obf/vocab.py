@@ -47,11 +47,6 @@ def sentinel_id(i: int) -> int:
     return SENTINEL_BASE + i
 
 
-def is_byte(token: int) -> bool:
-    """True for ids that are real byte values."""
-    return 0 <= token < N_BYTES
-
-
 @dataclass(frozen=True)
 class Vocab:
     """A serialisable description of the vocabulary, stored in config.json and ONNX metadata."""
