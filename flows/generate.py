@@ -41,12 +41,15 @@ def _backend(model_dir: str, provider: str) -> Any:
 
 
 def fingerprint(entry: storage.Entry) -> str:
-    """What identifies one version of an input: its key, size and ETag (or the hash of its URL)."""
+    """What identifies one version of an input: its key, size and ETag (local files have no ETag)."""
     return f"{entry.key}|{entry.size}|{entry.etag or ''}"
 
 
-def state_key(version: str, key: str) -> str:
-    return f"{STATE}/{version}/{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()}.json"
+def state_key(version: str, entry: storage.Entry) -> str:
+    """Where the record of one input version done by one model version lives. The name alone says
+    "done", so a run learns what to skip from one listing, without reading any record."""
+    digest = hashlib.sha256(fingerprint(entry).encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{STATE}/{version}/{digest}.json"
 
 
 @task(name="resolve-model", retries=3, retry_delay_seconds=[2, 10, 30])
@@ -56,21 +59,14 @@ def resolve_task(registry: str, name: str, version: str) -> tuple[str, str]:
 
 
 @task(name="list-inputs", retries=3, retry_delay_seconds=[2, 10, 30])
-def list_task(input_url: str, output_url: str, version: str) -> tuple[list[storage.Entry], dict[str, dict]]:
-    """Inputs under input_url and the state records already written for this model version."""
+def list_task(input_url: str, output_url: str, version: str) -> tuple[list[storage.Entry], set[str]]:
+    """Inputs under input_url, and the state keys already written for this model version."""
     inputs = storage.list_files(input_url)
-    done: dict[str, dict] = {}
     try:
         states = storage.list_files(storage.join(output_url, f"{STATE}/{version}"))
     except storage.StorageError:
         states = []
-    for e in states:
-        try:
-            rec = json.loads(storage.read_bytes(e.url))
-            done[rec["input"]] = rec
-        except (ValueError, KeyError, storage.StorageError):
-            continue  # a torn or foreign state file means: not done
-    return inputs, done
+    return inputs, {f"{STATE}/{version}/{e.key}" for e in states}
 
 
 @task(name="generate-batch", retries=1, retry_delay_seconds=5)
@@ -92,7 +88,7 @@ def generate_batch(entries: list[storage.Entry], model_dir: str, version: str, o
         storage.write_bytes_atomic(url, r.output)
         rec = {"input": e.key, "fingerprint": fingerprint(e), "output": key, "modality": r.modality,
                "bytes": len(r.output), "model_version": version, "status": "ok"}
-        storage.write_bytes_atomic(storage.join(output_url, state_key(version, e.key)),
+        storage.write_bytes_atomic(storage.join(output_url, state_key(version, e)),
                                    (json.dumps(rec, sort_keys=True) + "\n").encode())
         out.append({"input": e.key, "status": "ok", "output": key, "modality": r.modality})
     return out
@@ -127,9 +123,8 @@ def batch_generate(input_url: str, output_url: str, registry: str, name: str = "
         except storage.StorageError as err:
             statuses[e.key] = {"input": e.key, "status": "failed", "error": str(err)}
             continue
-        rec = done.get(e.key)
-        if rec and rec.get("fingerprint") == fingerprint(e) and rec.get("status") == "ok":
-            statuses[e.key] = {"input": e.key, "status": "skipped", "output": rec.get("output")}
+        if state_key(resolved, e) in done:  # same key, size and ETag, done by this model version
+            statuses[e.key] = {"input": e.key, "status": "skipped"}
         else:
             pending.append(e)
     log.info("model %s/%s: %d inputs, %d to do, %d already done", name, resolved, len(entries), len(pending),

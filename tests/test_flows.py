@@ -134,6 +134,11 @@ def test_batch_generate_idempotent_incremental_and_poison(harness, onnx_model, s
     assert (third["ok"], third["skipped"]) == (1, len(MIXED))
     assert "text/getopt.txt" in _outputs(out)
 
+    # a changed input (same key, new content) is generated again; the rest stays skipped
+    storage.write_bytes_atomic(f"{inp}/text/this_py.txt", b"a new version of this file\n" * 3)
+    fourth = batch_generate(**kw)
+    assert (fourth["ok"], fourth["skipped"]) == (1, len(MIXED))
+
     # poisoned inputs: undecodable media, over the size cap, an unsafe key
     storage.write_bytes_atomic(f"{inp}/image/broken.png", b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
     storage.write_bytes_atomic(f"{inp}/binary/huge.bin", os.urandom(300_000))
