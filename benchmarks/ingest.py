@@ -1,16 +1,18 @@
 """Ingest throughput (MB/s) on a generated ~500 MB folder of mixed files, beside `cat` as the ceiling.
 
-    python benchmarks/ingest.py [--mb 500] [--keep DIR]
+    python benchmarks/ingest.py [--mb 500]
 
 Files are copies of the embedded sample corpus (text, binary, media) with a unique tail so that
 none is deduplicated. Both runs read from a warm page cache; `cat` and ingest alternate three
-times and the best of each is reported. Ingest runs without canonicalisation (the aim: at least
-half of the ceiling) and, for reference, with it on a 50 MB slice.
+times and the best of each is reported; dirty pages are flushed (`sync`) before every timed run.
+Ingest runs without canonicalisation (the aim: at least half of the ceiling) and, for
+reference, with it on a 50 MB slice.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -45,13 +47,21 @@ def make_folder(dst: Path, total_mb: int) -> int:
     return written
 
 
+def quiesce() -> None:
+    """Flush dirty pages left by earlier steps (the generated folder, the last run's shards), so
+    the kernel's background writeback of one run is not charged to the next."""
+    os.sync()
+
+
 def time_cat(folder: Path) -> float:
+    quiesce()
     t = time.perf_counter()
     subprocess.run(f"find {folder} -type f -print0 | xargs -0 cat > /dev/null", shell=True, check=True)
     return time.perf_counter() - t
 
 
 def time_ingest(folder: Path, out: Path, cfg: IngestConfig) -> float:
+    quiesce()
     t = time.perf_counter()
     ingest(str(folder), out, cfg, progress=False)
     return time.perf_counter() - t

@@ -145,3 +145,44 @@ def test_cli_ingest_and_errors(tmp_path):
     r = _obf("ingest", str(src), "--out", str(tmp_path / "ds3"), "--set", "ingest.val_fraction=7")
     assert r.returncode == 1 and "ingest.val_fraction" in r.stderr and not (tmp_path / "ds3").exists()
     assert _obf("ingest", "--help").returncode == 0
+
+
+@pytest.mark.parametrize("canonicalize", [False, True])
+def test_worker_processes_and_threads_build_the_same_dataset(tmp_path, monkeypatch, canonicalize):
+    """Local sources are hashed and copied by forked workers; remote ones by threads. Both
+    paths must give byte-identical datasets (duplicates and rejects included)."""
+    from obf import data
+
+    src = tmp_path / "src"
+    _copy_some(src, SOME)
+    shutil.copy(RAW / "text/heapq.py", src / "dup.py")
+    (src / "big.bin").write_bytes(os.urandom(CFG.max_file_bytes + 1))
+    cfg = IngestConfig(max_file_bytes=CFG.max_file_bytes, canonicalize=canonicalize, shard_bytes=200_000)
+    if sys.platform == "linux":
+        assert data._process_pool_usable()
+    ingest(str(src), tmp_path / "procs", cfg, progress=False)
+    monkeypatch.setattr(data, "_process_pool_usable", lambda: False)
+    ingest(str(src), tmp_path / "threads", cfg, progress=False)
+    a, b = tmp_path / "procs", tmp_path / "threads"
+    names = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
+    assert len([n for n in names if n.startswith("shards/")]) > 1  # several shards were filled
+    assert names == sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    manifest = json.loads((a / "manifest.json").read_text())
+    assert manifest["duplicates"] == [{"source": "text/heapq.py", "same_as": "dup.py"}]  # the first listed is kept
+    assert [r["source"] for r in manifest["rejected"]] == ["big.bin"]
+
+
+def test_a_file_that_changes_after_hashing_is_an_error(tmp_path):
+    from obf.data import _copy_into, _Copier
+
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"x" * 1000)
+    shard = tmp_path / "shard.bin"
+    shard.write_bytes(b"")
+    assert _copy_into(str(f), str(shard), 0, 1000)
+    assert shard.read_bytes() == b"x" * 1000
+    assert not _copy_into(str(f), str(shard), 1000, 999)  # it "grew" after it was hashed
+    with pytest.raises(DataError, match="f.bin: changed while being ingested"):
+        _Copier(None).add("f.bin", (str(f), str(shard), 0, 1200))
