@@ -41,6 +41,19 @@ class KVCache(NamedTuple):
     v: Tensor  # (L, B, H, T, D)
 
 
+class StaticKVCache(NamedTuple):
+    """A preallocated decoder cache that `decode_step` fills in place, one id at a time.
+
+    The caller owns the buffers (the model stays stateless); `length` ids are filled. Growing a
+    `KVCache` copies the whole cache every step; this writes one column, which is what makes
+    long generation cheap. The torch generator uses it; ONNX export keeps `KVCache`.
+    """
+
+    k: Tensor  # (L, B, H, T_max, D)
+    v: Tensor  # (L, B, H, T_max, D)
+    length: int
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -113,6 +126,13 @@ class CrossAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # mask (B, 1, 1, Sp)
         return self.out(y.transpose(1, 2).reshape(b, t, self.h * self.d))
 
+    def one(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """`forward` for a single query position (B, 1, C): no transposes needed."""
+        b = x.shape[0]
+        q = self.q(x).view(b, 1, self.h, self.d).transpose(1, 2)  # (B, H, 1, D)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, 1, D)
+        return self.out(y.reshape(b, 1, self.h * self.d))
+
 
 class EncoderBlock(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -151,6 +171,20 @@ class DecoderBlock(nn.Module):
         x = x + self.self_attn.merge(y)
         x = x + self.cross_attn(self.norm2(x), cross_k, cross_v, cross_mask)
         return x + self.mlp(self.norm3(x)), k, v
+
+    def step_in_place(self, x: Tensor, cos: Tensor, sin: Tensor, k_buf: Tensor, v_buf: Tensor, past: int,
+                      cross_k: Tensor, cross_v: Tensor, cross_mask: Tensor) -> Tensor:
+        """One new id (x: B, 1, C) after `past` cached ones: writes its K/V into column `past` of
+        k_buf / v_buf (B, H, T_max, D) and attends to columns 0..past. No mask is needed: the
+        newest id may see every cached one."""
+        q, k, v = self.self_attn.qkv_heads(self.norm1(x), cos, sin)  # each (B, H, 1, D)
+        k_buf[:, :, past:past + 1] = k
+        v_buf[:, :, past:past + 1] = v
+        b = x.shape[0]
+        y = F.scaled_dot_product_attention(q, k_buf[:, :, :past + 1], v_buf[:, :, :past + 1])  # (B, H, 1, D)
+        x = x + self.self_attn.out(y.reshape(b, 1, -1))
+        x = x + self.cross_attn.one(self.norm2(x), cross_k, cross_v, cross_mask)
+        return x + self.mlp(self.norm3(x))
 
 
 class OmniByteFormer(nn.Module):
@@ -235,9 +269,41 @@ class OmniByteFormer(nn.Module):
         logits = self.head(self.dec_norm(x))  # (B, T, V)
         return logits, KVCache(torch.stack(new_k), torch.stack(new_v))
 
-    def decode_step(self, dec_ids: Tensor, memory: Memory, cache: KVCache) -> tuple[Tensor, KVCache]:
-        """One or more new decoder ids (B, T) after a cache of T_past ids -> logits (B, T, V), cache."""
+    def decode_step(self, dec_ids: Tensor, memory: Memory, cache: KVCache | StaticKVCache
+                    ) -> tuple[Tensor, KVCache | StaticKVCache]:
+        """One or more new decoder ids (B, T) after a cache of T_past ids -> logits (B, T, V), cache.
+
+        With a `KVCache` the returned cache is a new, longer one. With a `StaticKVCache` (one id
+        per call) the buffers are written in place and returned with `length + 1`.
+        """
+        if isinstance(cache, StaticKVCache):
+            return self._decode_in_place(dec_ids, memory, cache)
         return self._decode(dec_ids, memory, cache)
+
+    def _decode_in_place(self, dec_ids: Tensor, memory: Memory, cache: StaticKVCache) -> tuple[Tensor, StaticKVCache]:
+        b, t = dec_ids.shape
+        past = cache.length
+        if t != 1:
+            raise ValueError(f"a StaticKVCache takes one id per step, got {t}")
+        if past >= cache.k.shape[3]:
+            raise ValueError(f"the StaticKVCache is full ({past} ids)")
+        cos, sin = self.rope_cos[past:past + 1], self.rope_sin[past:past + 1]
+        cross_mask = memory.mask[:, None, None, :]  # (B, 1, 1, Sp)
+        x = self.dec_embed(dec_ids)  # (B, 1, C)
+        for i, block in enumerate(self.decoder):
+            x = block.step_in_place(x, cos, sin, cache.k[i], cache.v[i], past, memory.k[i], memory.v[i], cross_mask)
+        logits = self.head(self.dec_norm(x))  # (B, 1, V)
+        return logits, StaticKVCache(cache.k, cache.v, past + 1)
+
+    def static_cache(self, batch: int, capacity: int | None = None, device: torch.device | None = None,
+                     dtype: torch.dtype | None = None) -> StaticKVCache:
+        """An empty StaticKVCache for `batch` rows and up to `capacity` ids (default: the
+        decoder window, BOS included)."""
+        ref = self.head.weight
+        cap = capacity or self.cfg.max_tgt_len + 1
+        shape = (self.cfg.decoder_layers, batch, self.cfg.n_heads, cap, self.cfg.head_dim)
+        dev, dt = device or ref.device, dtype or ref.dtype
+        return StaticKVCache(torch.zeros(shape, device=dev, dtype=dt), torch.zeros(shape, device=dev, dtype=dt), 0)
 
     def empty_cache(self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> KVCache:
         """A cache with T = 0 for `batch` rows."""

@@ -102,6 +102,32 @@ def test_cached_steps_equal_full_forward(p):
     assert cache.k.shape == (1, 3, 2, 30, 32)
 
 
+@pytest.mark.parametrize("p", PATCHES)
+def test_in_place_cache_steps_equal_full_forward(p):
+    """The generator's preallocated cache (written in place, one-query attention) gives the
+    same logits as the full forward, with padded sources in the batch."""
+    m = tiny(p)
+    src, tgt = rand_ids(3, 50), rand_ids(3, 30)
+    src[1, 20:] = PAD  # a shorter source: its padding must stay masked in cross-attention
+    dec = shift_right(tgt)
+    with torch.no_grad():
+        full = m(src, dec)
+        mem = m.encode(src)
+        cache = m.static_cache(3, capacity=32)
+        steps = []
+        for t in range(30):
+            logits, cache = m.decode_step(dec[:, t:t + 1], mem, cache)
+            steps.append(logits)
+    assert cache.length == 30 and cache.k.shape == (1, 3, 2, 32, 32)
+    assert (torch.cat(steps, dim=1) - full).abs().max().item() < 1e-4
+    with pytest.raises(ValueError, match="one id per step"):
+        m.decode_step(dec[:, :2], mem, m.static_cache(3))
+    full_cache = m.static_cache(3, capacity=1)
+    _, full_cache = m.decode_step(dec[:, :1], mem, full_cache)
+    with pytest.raises(ValueError, match="full"):
+        m.decode_step(dec[:, :1], mem, full_cache)
+
+
 def test_no_leak_random_bytes_stay_near_8_bits():
     """A tiny model trained on uniformly random bytes must not beat 8 bits per byte on held-out data.
 

@@ -2,31 +2,35 @@
 
 from __future__ import annotations
 
-import contextlib
+import copy
 
 import numpy as np
 import torch
 
-from obf.model import KVCache, Memory, OmniByteFormer
+from obf.model import Memory, OmniByteFormer, StaticKVCache
 
 
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast when asked for (or `auto` on CUDA with bf16 support); a no-op otherwise."""
-    use_bf16 = precision == "bf16" or (
-        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def run_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """bf16 when asked for (or `auto` on a CUDA device with bf16 support); fp32 otherwise."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float32
 
 
 class TorchBackend:
-    """encode / init_cache / step with the torch model, under inference mode."""
+    """encode / init_cache / step with the torch model, under inference mode.
+
+    In bf16 the backend runs a bf16 copy of the weights rather than fp32 weights under autocast:
+    autocast re-casts every weight on every call, which is most of a decode step's cost at small
+    batches. The cache is a preallocated `StaticKVCache` written in place, one column per step.
+    """
 
     def __init__(self, model: OmniByteFormer, *, device: str | torch.device | None = None,
                  precision: str = "fp32") -> None:
-        self.model = model.eval()
         self.device = torch.device(device) if device else next(model.parameters()).device
-        self.model.to(self.device)
+        self.dtype = run_dtype(self.device, precision)
+        model = model.eval().to(self.device)
+        self.model = model if self.dtype == torch.float32 else copy.deepcopy(model).to(self.dtype)
         self.precision = precision
         self.max_src_len = model.cfg.max_src_len
         self.max_tgt_len = model.cfg.max_tgt_len
@@ -34,30 +38,27 @@ class TorchBackend:
         self.patch_size = model.cfg.patch_size
         self.meta: dict = {}  # config.json of the checkpoint, when loaded from a dir
 
+    def _ids(self, ids: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self.device)
+
     @torch.inference_mode()
     def encode(self, src_ids: np.ndarray) -> Memory:
-        src = torch.from_numpy(np.ascontiguousarray(src_ids, dtype=np.int64)).to(self.device)
-        with autocast_for(self.device, self.precision):
-            return self.model.encode(src)
-
-    def init_cache(self, memory: Memory) -> KVCache:
-        return self.model.empty_cache(memory.k.shape[1], device=self.device, dtype=memory.k.dtype)
+        return self.model.encode(self._ids(src_ids))
 
     @torch.inference_mode()
-    def step(self, tokens: np.ndarray, memory: Memory, cache: KVCache) -> tuple[np.ndarray, KVCache]:
-        t = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).to(self.device)[:, None]  # (B, 1)
-        with autocast_for(self.device, self.precision):
-            logits, cache = self.model.decode_step(t, memory, cache)  # (B, 1, V)
+    def init_cache(self, memory: Memory) -> StaticKVCache:
+        return self.model.static_cache(memory.k.shape[1], device=self.device, dtype=memory.k.dtype)
+
+    @torch.inference_mode()
+    def step(self, tokens: np.ndarray, memory: Memory, cache: StaticKVCache) -> tuple[np.ndarray, StaticKVCache]:
+        logits, cache = self.model.decode_step(self._ids(tokens)[:, None], memory, cache)  # (B, 1, V)
+        assert isinstance(cache, StaticKVCache)
         return logits[:, -1].float().cpu().numpy(), cache
 
     @torch.inference_mode()
     def logits(self, src_ids: np.ndarray, dec_ids: np.ndarray) -> np.ndarray:
         """Teacher-forced logits (B, T, V) float32 for src (B, S) and decoder input (B, T)."""
-        src = torch.from_numpy(np.ascontiguousarray(src_ids, dtype=np.int64)).to(self.device)
-        dec = torch.from_numpy(np.ascontiguousarray(dec_ids, dtype=np.int64)).to(self.device)
-        with autocast_for(self.device, self.precision):
-            out = self.model(src, dec)
-        return out.float().cpu().numpy()
+        return self.model(self._ids(src_ids), self._ids(dec_ids)).float().cpu().numpy()
 
 
 def load(model_dir: str, *, device: str = "auto", precision: str = "fp32") -> TorchBackend:
