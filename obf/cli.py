@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("ingest", help="raw files (folder or fsspec URL) -> byte dataset",
-                       description="Read every file under SOURCE once, sniff its modality, optionally "
+                       description="Hash every file under SOURCE, sniff its modality, optionally "
                                    "canonicalise media, dedupe by sha256, assign a content-hash split and "
                                    "write memmap shards, index.jsonl and manifest.json to DIR.")
     p.add_argument("source", metavar="SOURCE", help="local folder, file, or fsspec URL (s3://bucket/prefix)")
