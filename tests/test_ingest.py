@@ -175,14 +175,33 @@ def test_worker_processes_and_threads_build_the_same_dataset(tmp_path, monkeypat
 
 
 def test_a_file_that_changes_after_hashing_is_an_error(tmp_path):
-    from obf.data import _copy_into, _Copier
+    from obf.data import _copy_batch, _Copier
 
     f = tmp_path / "f.bin"
     f.write_bytes(b"x" * 1000)
     shard = tmp_path / "shard.bin"
     shard.write_bytes(b"")
-    assert _copy_into(str(f), str(shard), 0, 1000)
+    assert _copy_batch([(str(f), str(shard), 0, 1000)]) == [True]
     assert shard.read_bytes() == b"x" * 1000
-    assert not _copy_into(str(f), str(shard), 1000, 999)  # it "grew" after it was hashed
+    assert _copy_batch([(str(f), str(shard), 1000, 999)]) == [False]  # it "grew" after it was hashed
     with pytest.raises(DataError, match="f.bin: changed while being ingested"):
         _Copier(None).add("f.bin", (str(f), str(shard), 0, 1200))
+
+
+def test_copy_falls_back_where_copy_file_range_is_refused(tmp_path, monkeypatch):
+    """Filesystems or kernels without copy_file_range (EXDEV, ENOSYS, ...) get a pread/pwrite copy."""
+    import errno
+
+    from obf.data import _copy_batch
+
+    def refuse(*_args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    f = tmp_path / "f.bin"
+    payload = os.urandom(3 << 20)  # several pread chunks
+    f.write_bytes(payload)
+    shard = tmp_path / "shard.bin"
+    shard.write_bytes(b"head")
+    assert _copy_batch([(str(f), str(shard), 4, len(payload))]) == [True]
+    assert shard.read_bytes() == b"head" + payload
