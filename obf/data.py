@@ -147,19 +147,13 @@ class _ShardWriter:
             self.fd = None
 
 
-_SHARD_FDS: dict[str, int] = {}  # per process: shard files opened by `_copy_into`
-
-
-def _copy_into(src_path: str, shard_path: str, offset: int, size: int) -> bool:
-    """Copy the file at `src_path` into `shard_path` at `offset`; False when it no longer has
-    `size` bytes (it changed after it was hashed).
+def _copy_into(src_path: str, dst: int, offset: int, size: int) -> bool:
+    """Copy the file at `src_path` into the open shard `dst` at `offset`; False when it no
+    longer has `size` bytes (it changed after it was hashed).
 
     The kernel copies page cache to page cache (`copy_file_range`), so the bytes never enter
     Python; where that is not supported, a pread/pwrite loop does the same.
     """
-    dst = _SHARD_FDS.get(shard_path)
-    if dst is None:
-        dst = _SHARD_FDS[shard_path] = os.open(shard_path, os.O_WRONLY)
     src = os.open(src_path, os.O_RDONLY)
     try:
         done = _copy_range(src, dst, size, offset)
@@ -193,24 +187,26 @@ def _copy_range(src: int, dst: int, size: int, offset: int) -> int:
 
 
 def _copy_batch(jobs: list[tuple[str, str, int, int]]) -> list[bool]:
-    """`_copy_into` a batch of (source, shard, offset, size) in a worker process."""
+    """`_copy_into` a batch of (source, shard path, offset, size), in a worker process; each
+    shard is opened once per batch."""
+    shards: dict[str, int] = {}
     try:
-        return [_copy_into(*job) for job in jobs]
+        out = []
+        for src, shard, offset, size in jobs:
+            if shard not in shards:
+                shards[shard] = os.open(shard, os.O_WRONLY)
+            out.append(_copy_into(src, shards[shard], offset, size))
+        return out
     finally:
-        if multiprocessing.parent_process() is None:  # inline in the ingesting process
-            _close_shard_fds()
-
-
-def _close_shard_fds() -> None:
-    while _SHARD_FDS:
-        os.close(_SHARD_FDS.popitem()[1])
+        for fd in shards.values():
+            os.close(fd)
 
 
 class _Copier:
     """Runs the shard copies of plain local files in the worker pool, in batches, and names the
     first file that changed after it was hashed."""
 
-    def __init__(self, pool: ProcessPoolExecutor | None) -> None:
+    def __init__(self, pool: ProcessPoolExecutor) -> None:
         self.pool = pool
         self.jobs: list[tuple[str, str, int, int]] = []
         self.keys: list[str] = []
@@ -218,9 +214,6 @@ class _Copier:
         self.bytes = 0
 
     def add(self, key: str, job: tuple[str, str, int, int]) -> None:
-        if self.pool is None:
-            self._check([key], _copy_batch([job]))
-            return
         self.jobs.append(job)
         self.keys.append(key)
         self.bytes += job[3]
@@ -228,7 +221,7 @@ class _Copier:
             self._submit()
 
     def _submit(self) -> None:
-        if self.jobs and self.pool is not None:
+        if self.jobs:
             self.pending.append((self.keys, self.pool.submit(_copy_batch, self.jobs)))
         self.jobs, self.keys, self.bytes = [], [], 0
 
@@ -283,7 +276,8 @@ def _load(e: storage.Entry, cfg: IngestConfig, hold_plain: bool = True) -> _Load
     else:
         stored, sn = data, sniff(data)
     if stored is data and not hold_plain:
-        return _Loaded(replace(e, size=len(data)), digest, None, sn, copy_from=str(storage.local_path(e.url)))
+        e = e if len(data) == e.size else replace(e, size=len(data))
+        return _Loaded(e, digest, None, sn, copy_from=str(storage.local_path(e.url)))
     return _Loaded(e, digest, stored, sn)
 
 
@@ -496,7 +490,7 @@ def _ingest_into(entries: list[storage.Entry], pairs: dict[str, str], root: Path
                file=sys.stderr, dynamic_ncols=True)
     start = time.perf_counter()
     pool = _fork_pool() if not remote and _process_pool_usable() else None
-    copier = _Copier(pool)
+    copier = _Copier(pool) if pool is not None else None
     try:
         items = _load_local(readable, cfg, pool) if pool else _load_all(readable, cfg, remote)
         for item in items:
@@ -514,7 +508,7 @@ def _ingest_into(entries: list[storage.Entry], pairs: dict[str, str], root: Path
             if item.stored is not None:
                 (shard, offset), length = writer.write(item.stored), len(item.stored)
             else:  # a plain local file: the kernel copies it into place, in a worker
-                assert item.copy_from is not None
+                assert item.copy_from is not None and copier is not None
                 (shard, offset), length = writer.reserve(e.size), e.size
                 copier.add(e.key, (item.copy_from, writer.path(shard), offset, length))
             seen[digest] = e.key
@@ -523,7 +517,8 @@ def _ingest_into(entries: list[storage.Entry], pairs: dict[str, str], root: Path
                                   shard=shard, offset=offset, length=length))
             if len(records) % 64 == 0:  # a postfix per file costs more than reading a small one
                 bar.set_postfix(files=len(records), refresh=False)
-        copier.finish()
+        if copier is not None:
+            copier.finish()
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

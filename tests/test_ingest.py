@@ -175,7 +175,7 @@ def test_worker_processes_and_threads_build_the_same_dataset(tmp_path, monkeypat
 
 
 def test_a_file_that_changes_after_hashing_is_an_error(tmp_path):
-    from obf.data import _copy_batch, _Copier
+    from obf.data import _copy_batch, _Copier, _fork_pool
 
     f = tmp_path / "f.bin"
     f.write_bytes(b"x" * 1000)
@@ -184,8 +184,10 @@ def test_a_file_that_changes_after_hashing_is_an_error(tmp_path):
     assert _copy_batch([(str(f), str(shard), 0, 1000)]) == [True]
     assert shard.read_bytes() == b"x" * 1000
     assert _copy_batch([(str(f), str(shard), 1000, 999)]) == [False]  # it "grew" after it was hashed
-    with pytest.raises(DataError, match="f.bin: changed while being ingested"):
-        _Copier(None).add("f.bin", (str(f), str(shard), 0, 1200))
+    with _fork_pool() as pool, pytest.raises(DataError, match="f.bin: changed while being ingested"):
+        copier = _Copier(pool)
+        copier.add("f.bin", (str(f), str(shard), 0, 1200))
+        copier.finish()
 
 
 def test_copy_falls_back_where_copy_file_range_is_refused(tmp_path, monkeypatch):
