@@ -1,8 +1,15 @@
 """ONNX export of a trained model: `encoder.onnx` + `decoder.onnx` + `obf.json`, with a parity check.
 
-* encoder.onnx: src_ids (B, S) -> cross_k, cross_v (L, B, H, Sp, D), memory_mask (B, Sp)
-* decoder.onnx: dec_ids (B, T), cross_k, cross_v, memory_mask, past_k, past_v (L, B, H, Tp, D)
-  -> logits (B, T, V), present_k, present_v (L, B, H, Tp + T, D)
+Graph layout (obf.json `version` 2; L decoder layers, i = 0..L-1):
+
+* encoder.onnx: src_ids (B, S) -> memory_mask (B, Sp), cross_k_i, cross_v_i (B, H, Sp, D)
+* decoder.onnx: dec_ids (B, T), memory_mask, cross_k_i, cross_v_i, past_k_i, past_v_i (B, H, Tp, D)
+  -> logits (B, T, V), present_k_i, present_v_i (B, H, Tp + T, D)
+
+One tensor per layer: the first layout (version 1: stacked (L, B, H, N, D) tensors) made ONNX
+Runtime copy the whole cache and cross K/V apart (Split, Squeeze) on every step, and the exporter's
+SDPA decomposition transposed every K; together a third or more of a CPU decode step. Attention
+is exported as `q @ k^T` (obf.model.attention), which ONNX Runtime fuses into one MatMul.
 
 Batch, source, target and cache lengths are dynamic (Tp may be 0 at run time). The export is
 written to a temp dir and renamed into place only when the ONNX Runtime logits match the torch
@@ -26,11 +33,11 @@ import torch
 from torch import Tensor, nn
 
 from obf import storage
-from obf.backends.onnx import DECODER, ENCODER, META, sha256_file
+from obf.backends.onnx import DECODER, ENCODER, GRAPH_VERSION, META, sha256_file
 from obf.checkpoint import load_model, read_config
 from obf.config import ExportConfig
 from obf.errors import ObfError
-from obf.model import KVCache, Memory, OmniByteFormer
+from obf.model import OmniByteFormer
 from obf.vocab import Vocab
 
 
@@ -40,24 +47,34 @@ class ExportError(ObfError):
 
 
 class EncoderGraph(nn.Module):
+    """src_ids (B, S) -> memory_mask (B, Sp), then cross_k, cross_v (B, H, Sp, D) per decoder layer."""
+
     def __init__(self, model: OmniByteFormer) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, src_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        mem = self.model.encode(src_ids)
-        return mem.k, mem.v, mem.mask
+    def forward(self, src_ids: Tensor) -> tuple[Tensor, ...]:
+        memory, mask = self.model.encode_states(src_ids)
+        return (mask, *(t for blk in self.model.decoder for t in blk.cross_attn.project_memory(memory)))
+
+
+def _pairs(flat: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """[k_0, v_0, k_1, v_1, ...] -> [(k_0, v_0), (k_1, v_1), ...]"""
+    return list(zip(flat[0::2], flat[1::2]))
 
 
 class DecoderGraph(nn.Module):
+    """`OmniByteFormer.decode_layers` with flat inputs: `cross` and `past` hold [k_0, v_0, k_1, v_1,
+    ...], each (B, H, N, D); returns logits (B, T, V), then [k_0, v_0, ...] grown by T."""
+
     def __init__(self, model: OmniByteFormer) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, dec_ids: Tensor, cross_k: Tensor, cross_v: Tensor, memory_mask: Tensor,
-                past_k: Tensor, past_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        logits, cache = self.model.decode_step(dec_ids, Memory(cross_k, cross_v, memory_mask), KVCache(past_k, past_v))
-        return logits, cache.k, cache.v
+    def forward(self, dec_ids: Tensor, memory_mask: Tensor, cross: list[Tensor], past: list[Tensor]
+                ) -> tuple[Tensor, ...]:
+        logits, kv = self.model.decode_layers(dec_ids, _pairs(cross), memory_mask, _pairs(past))
+        return (logits, *(t for pair in kv for t in pair))
 
 
 def _export(module: nn.Module, args: tuple, names_in: list[str], names_out: list[str], dynamic: dict, path: Path,
@@ -78,23 +95,25 @@ def export_graphs(model: OmniByteFormer, out: Path, opset: int) -> None:
 
     cfg = model.cfg
     model = model.eval().float()
+    n = cfg.decoder_layers
     batch, src, tgt, past, sp = Dim("batch", min=1, max=4096), Dim("src", min=1, max=cfg.max_src_len), \
         Dim("tgt", min=1, max=cfg.max_tgt_len), Dim("past", min=0, max=cfg.max_tgt_len), \
         Dim("patches", min=1, max=cfg.max_src_len // cfg.patch_size + 1)
     src_ids = torch.randint(0, 256, (3, 4 * cfg.patch_size + 3))
-    _export(EncoderGraph(model), (src_ids,), ["src_ids"], ["cross_k", "cross_v", "memory_mask"],
+    cross_names = [f"cross_{kv}_{i}" for i in range(n) for kv in "kv"]
+    _export(EncoderGraph(model), (src_ids,), ["src_ids"], ["memory_mask", *cross_names],
             {"src_ids": {0: batch, 1: src}}, out / ENCODER, opset)
     with torch.no_grad():
-        mem = model.encode(src_ids)
-        _, cache = model.decode_step(torch.randint(0, 256, (3, 3)), mem, model.empty_cache(3))
+        mask, *cross = EncoderGraph(model)(src_ids)
+        empty = [torch.zeros(3, cfg.n_heads, 0, cfg.d_model // cfg.n_heads)] * 2 * n
+        _, *cache = DecoderGraph(model)(torch.randint(0, 256, (3, 3)), mask, cross, empty)
     dec_ids = torch.randint(0, 256, (3, 2))
-    static = Dim.STATIC
-    kv = {0: static, 1: batch, 2: static, 3: past, 4: static}
-    mk = {0: static, 1: batch, 2: static, 3: sp, 4: static}
-    _export(DecoderGraph(model), (dec_ids, mem.k, mem.v, mem.mask, cache.k, cache.v),
-            ["dec_ids", "cross_k", "cross_v", "memory_mask", "past_k", "past_v"], ["logits", "present_k", "present_v"],
-            {"dec_ids": {0: batch, 1: tgt}, "cross_k": mk, "cross_v": mk, "memory_mask": {0: batch, 1: sp},
-             "past_k": kv, "past_v": kv}, out / DECODER, opset)
+    kv_dims, cross_dims = {0: batch, 2: past}, {0: batch, 2: sp}
+    _export(DecoderGraph(model), (dec_ids, mask, cross, cache),
+            ["dec_ids", "memory_mask", *cross_names, *(f"past_{kv}_{i}" for i in range(n) for kv in "kv")],
+            ["logits", *(f"present_{kv}_{i}" for i in range(n) for kv in "kv")],
+            {"dec_ids": {0: batch, 1: tgt}, "memory_mask": {0: batch, 1: sp}, "cross": [cross_dims] * 2 * n,
+             "past": [kv_dims] * 2 * n}, out / DECODER, opset)
 
 
 def parity(model: OmniByteFormer, onnx_dir: Path, real: list[bytes], *, encoder: str = ENCODER,
@@ -148,7 +167,7 @@ def export(model_dir: str | Path, out_dir: str | Path, cfg: ExportConfig, *, rea
         if cfg.int8:
             int8 = quantize_int8(model, tmp, real or [])
             files.update({f: sha256_file(tmp / f) for f in (Q_ENCODER, Q_DECODER)})
-        info = {"format": "obf-onnx", "version": 1, "config": model_cfg.to_dict(), "vocab": Vocab().to_dict(),
+        info = {"format": "obf-onnx", "version": GRAPH_VERSION, "config": model_cfg.to_dict(), "vocab": Vocab().to_dict(),
                 "opset": cfg.opset, "sha256": files, "parity": {"max_abs_diff": par["max"], "full": par["full"],
                                                                 "step": par["step"], "tolerance": cfg.max_abs_diff},
                 "int8": int8, "source": {"step": meta.get("step")},
@@ -170,7 +189,14 @@ def quantize_int8(model: OmniByteFormer, out: Path, real: list[bytes]) -> dict[s
     """Dynamic int8 quantisation of MatMul weights for CPU; parity reported (not enforced)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    for src, dst in ((ENCODER, Q_ENCODER), (DECODER, Q_DECODER)):
-        quantize_dynamic(str(out / src), str(out / dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser advises pre-processing on the root logger, every call
+    try:
+        for src, dst in ((ENCODER, Q_ENCODER), (DECODER, Q_DECODER)):
+            quantize_dynamic(str(out / src), str(out / dst), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul"])
+    finally:
+        root.setLevel(level)
     par = parity(model, out, real, encoder=Q_ENCODER, decoder=Q_DECODER)
     return {"encoder": Q_ENCODER, "decoder": Q_DECODER, "max_abs_diff": par["max"]}

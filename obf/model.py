@@ -46,7 +46,8 @@ class StaticKVCache(NamedTuple):
 
     The caller owns the buffers (the model stays stateless); `length` ids are filled. Growing a
     `KVCache` copies the whole cache every step; this writes one column, which is what makes
-    long generation cheap. The torch generator uses it; ONNX export keeps `KVCache`.
+    long generation cheap. The torch generator uses it; the ONNX graphs (obf/export.py) carry
+    their own per-layer cache.
     """
 
     k: Tensor  # (L, B, H, T_max, D)
@@ -61,6 +62,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.onnx.is_in_onnx_export():
+            # The same function in the form ONNX Runtime fuses into one SimplifiedLayerNormalization
+            # kernel (F.rms_norm exports as six elementwise nodes, rsqrt as Sqrt + Reciprocal).
+            return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
@@ -77,6 +82,25 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     x1, x2 = x[..., :d], x[..., d:]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+    """`F.scaled_dot_product_attention`: q (B, H, T, D), k / v (B, H, N, D), mask bool broadcastable
+    to (B, H, T, N) with True = may attend -> (B, H, T, D).
+
+    Under ONNX export the same math is written out: the exporter's own decomposition of SDPA
+    materialises K^T on every call (a Transpose node that took over a third of ONNX Runtime's decode
+    step on CPU), while `q @ k.transpose(-2, -1)` fuses into one MatMul.
+    """
+    if not torch.onnx.is_in_onnx_export():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+    w = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))  # (B, H, T, N)
+    if is_causal:
+        t, n = w.shape[-2:]
+        mask = torch.ones(t, n, dtype=torch.bool, device=q.device).tril(n - t)
+    if mask is not None:
+        w = w.masked_fill(~mask, -torch.inf)
+    return torch.matmul(torch.softmax(w, dim=-1), v)
 
 
 class SwiGLU(nn.Module):
@@ -123,14 +147,14 @@ class CrossAttention(nn.Module):
     def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         b, t, _ = x.shape
         q = self.q(x).view(b, t, self.h, self.d).transpose(1, 2)  # (B, H, T, D)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # mask (B, 1, 1, Sp)
+        y = attention(q, k, v, mask)  # mask (B, 1, 1, Sp)
         return self.out(y.transpose(1, 2).reshape(b, t, self.h * self.d))
 
     def one(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """`forward` for a single query position (B, 1, C): no transposes needed."""
         b = x.shape[0]
         q = self.q(x).view(b, 1, self.h, self.d).transpose(1, 2)  # (B, H, 1, D)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, 1, D)
+        y = attention(q, k, v, mask)  # (B, H, 1, D)
         return self.out(y.reshape(b, 1, self.h * self.d))
 
 
@@ -144,7 +168,7 @@ class EncoderBlock(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
         q, k, v = self.attn.qkv_heads(self.norm1(x), cos, sin)
-        x = x + self.attn.merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+        x = x + self.attn.merge(attention(q, k, v, mask))
         return x + self.mlp(self.norm2(x))
 
 
@@ -165,9 +189,9 @@ class DecoderBlock(nn.Module):
         if past_k is not None and past_v is not None:
             k = torch.cat((past_k, k), dim=2)  # (B, H, T_past + T, D)
             v = torch.cat((past_v, v), dim=2)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self_mask)
+            y = attention(q, k, v, self_mask)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = attention(q, k, v, is_causal=True)
         x = x + self.self_attn.merge(y)
         x = x + self.cross_attn(self.norm2(x), cross_k, cross_v, cross_mask)
         return x + self.mlp(self.norm3(x)), k, v
@@ -181,7 +205,7 @@ class DecoderBlock(nn.Module):
         k_buf[:, :, past:past + 1] = k
         v_buf[:, :, past:past + 1] = v
         b = x.shape[0]
-        y = F.scaled_dot_product_attention(q, k_buf[:, :, :past + 1], v_buf[:, :, :past + 1])  # (B, H, 1, D)
+        y = attention(q, k_buf[:, :, :past + 1], v_buf[:, :, :past + 1])  # (B, H, 1, D)
         x = x + self.self_attn.out(y.reshape(b, 1, -1))
         x = x + self.cross_attn.one(self.norm2(x), cross_k, cross_v, cross_mask)
         return x + self.mlp(self.norm3(x))
@@ -228,6 +252,13 @@ class OmniByteFormer(nn.Module):
 
     def encode(self, src_ids: Tensor) -> Memory:
         """src_ids (B, S) int64 -> Memory with cross K/V for every decoder layer."""
+        memory, mask = self.encode_states(src_ids)
+        ks, vs = zip(*(blk.cross_attn.project_memory(memory) for blk in self.decoder))
+        return Memory(torch.stack(ks), torch.stack(vs), mask)
+
+    def encode_states(self, src_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """src_ids (B, S) int64 -> encoder output (B, Sp, C) and patch mask (B, Sp), before the
+        decoder layers' cross K/V projections (which `encode` applies)."""
         b, s = src_ids.shape
         p = self.cfg.patch_size
         pad = (-s) % p
@@ -241,33 +272,38 @@ class OmniByteFormer(nn.Module):
         attn_mask = mask[:, None, None, :]  # (B, 1, 1, Sp)
         for block in self.encoder:
             x = block(x, cos, sin, attn_mask)
-        memory = self.enc_norm(x)  # (B, Sp, C)
-        ks, vs = zip(*(blk.cross_attn.project_memory(memory) for blk in self.decoder))
-        return Memory(torch.stack(ks), torch.stack(vs), mask)
+        return self.enc_norm(x), mask  # (B, Sp, C), (B, Sp)
 
     # ------------------------------------------------------------------ decoder
 
     def _decode(self, dec_ids: Tensor, memory: Memory, cache: KVCache | None) -> tuple[Tensor, KVCache]:
+        n = self.cfg.decoder_layers
+        past = None if cache is None else [(cache.k[i], cache.v[i]) for i in range(n)]
+        logits, kv = self.decode_layers(dec_ids, [(memory.k[i], memory.v[i]) for i in range(n)], memory.mask, past)
+        return logits, KVCache(torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv]))
+
+    def decode_layers(self, dec_ids: Tensor, cross: list[tuple[Tensor, Tensor]], memory_mask: Tensor,
+                      past: list[tuple[Tensor, Tensor]] | None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """The decoder over one (k, v) pair per layer: dec_ids (B, T), cross K/V (B, H, Sp, D) each,
+        memory_mask (B, Sp), past K/V (B, H, T_past, D) each or None -> logits (B, T, V) and the
+        per-layer K/V grown by T. `decode_step` stacks the layers; the ONNX decoder keeps them apart."""
         b, t = dec_ids.shape
-        past = 0 if cache is None else cache.k.shape[3]
-        cos = self.rope_cos[past:past + t]
-        sin = self.rope_sin[past:past + t]
+        n_past = 0 if past is None else past[0][0].shape[2]
+        cos = self.rope_cos[n_past:n_past + t]
+        sin = self.rope_sin[n_past:n_past + t]
         self_mask = None
-        if cache is not None:
-            q_pos = torch.arange(t, device=dec_ids.device) + past
-            k_pos = torch.arange(past + t, device=dec_ids.device)
+        if past is not None:
+            q_pos = torch.arange(t, device=dec_ids.device) + n_past
+            k_pos = torch.arange(n_past + t, device=dec_ids.device)
             self_mask = (k_pos[None, :] <= q_pos[:, None])[None, None]  # (1, 1, T, T_past + T)
-        cross_mask = memory.mask[:, None, None, :]  # (B, 1, 1, Sp)
+        cross_mask = memory_mask[:, None, None, :]  # (B, 1, 1, Sp)
         x = self.dec_embed(dec_ids)  # (B, T, C)
-        new_k, new_v = [], []
+        new = []
         for i, block in enumerate(self.decoder):
-            pk = None if cache is None else cache.k[i]
-            pv = None if cache is None else cache.v[i]
-            x, k, v = block(x, cos, sin, pk, pv, self_mask, memory.k[i], memory.v[i], cross_mask)
-            new_k.append(k)
-            new_v.append(v)
-        logits = self.head(self.dec_norm(x))  # (B, T, V)
-        return logits, KVCache(torch.stack(new_k), torch.stack(new_v))
+            pk, pv = (None, None) if past is None else past[i]
+            x, k, v = block(x, cos, sin, pk, pv, self_mask, cross[i][0], cross[i][1], cross_mask)
+            new.append((k, v))
+        return self.head(self.dec_norm(x)), new  # logits (B, T, V)
 
     def decode_step(self, dec_ids: Tensor, memory: Memory, cache: KVCache | StaticKVCache
                     ) -> tuple[Tensor, KVCache | StaticKVCache]:

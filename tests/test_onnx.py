@@ -54,6 +54,25 @@ def test_export_layout_and_parity(exported):
     assert meta == json.loads(json.dumps(info))
     assert meta["parity"]["max_abs_diff"] < 1e-3 and meta["opset"] >= 17
     assert set(meta["sha256"]) == {"encoder.onnx", "decoder.onnx"} and meta["vocab"]["size"] == 320
+    # one cache tensor per decoder layer (a stacked cache cost ONNX Runtime a copy of it every step)
+    backend = OnnxBackend(onnx, provider="cpu")
+    layers = meta["config"]["decoder_layers"]
+    per_layer = [f"{kv}_{i}" for i in range(layers) for kv in "kv"]
+    assert [i.name for i in backend.dec.get_inputs()] == ["dec_ids", "memory_mask", *(f"cross_{n}" for n in per_layer),
+                                                          *(f"past_{n}" for n in per_layer)]
+    assert [o.name for o in backend.dec.get_outputs()] == ["logits", *(f"present_{n}" for n in per_layer)]
+
+
+def test_graphs_of_an_older_layout_are_refused(exported, tmp_path):
+    import shutil
+
+    root, _, _ = exported
+    old = tmp_path / "onnx"
+    shutil.copytree(root / "onnx", old)
+    meta = json.loads((old / "obf.json").read_text())
+    (old / "obf.json").write_text(json.dumps({**meta, "version": 1}))
+    with pytest.raises(OnnxModelError, match="graph layout version 1.*re-run `obf export`"):
+        OnnxBackend(old, provider="cpu")
 
 
 def test_greedy_output_identical_torch_and_onnx(exported):

@@ -22,6 +22,7 @@ from obf.errors import ObfError
 from obf.vocab import Vocab
 
 ENCODER, DECODER, META = "encoder.onnx", "decoder.onnx", "obf.json"
+GRAPH_VERSION = 2  # the graphs' input/output layout (obf/export.py); 1 = stacked cache tensors
 
 
 class OnnxModelError(ObfError):
@@ -46,6 +47,9 @@ def read_meta(onnx_dir: str | Path) -> dict[str, Any]:
         meta["config"]["max_src_len"], meta["sha256"]  # noqa: B018  (presence check)
     except (ValueError, KeyError, TypeError) as e:
         raise OnnxModelError(f"{path}: corrupt or incompatible ({e})") from None
+    if meta.get("version") != GRAPH_VERSION:
+        raise OnnxModelError(f"{path}: graph layout version {meta.get('version')}, this obf runs version "
+                             f"{GRAPH_VERSION}; re-run `obf export` on the model")
     return meta
 
 
@@ -114,50 +118,58 @@ class OnnxBackend:
         self.patch_size = int(cfg["patch_size"])
         self.layers, self.heads = int(cfg["decoder_layers"]), int(cfg["n_heads"])
         self.head_dim = int(cfg["d_model"]) // self.heads
+        self.cross_names = [f"cross_{kv}_{i}" for i in range(self.layers) for kv in "kv"]
+        self.past_names = [f"past_{kv}_{i}" for i in range(self.layers) for kv in "kv"]
+        self.present_names = [f"present_{kv}_{i}" for i in range(self.layers) for kv in "kv"]
 
     # -- protocol ---------------------------------------------------------------------------
+    # memory: {"memory_mask", "cross_k_i", "cross_v_i": arrays or OrtValues on the device, "batch"}
+    # cache: [past_k_0, past_v_0, past_k_1, ...], each (B, H, T, D)
 
     def encode(self, src_ids: np.ndarray) -> dict[str, Any]:
         src = np.ascontiguousarray(src_ids, dtype=np.int64)
+        names = ["memory_mask", *self.cross_names]
         if self.cuda:
             io = self.enc.io_binding()
             io.bind_cpu_input("src_ids", src)
-            for name in ("cross_k", "cross_v", "memory_mask"):
+            for name in names:
                 io.bind_output(name, "cuda")
             self.enc.run_with_iobinding(io)
-            k, v, mask = io.get_outputs()
-            return {"cross_k": k, "cross_v": v, "memory_mask": mask, "batch": src.shape[0]}
-        k, v, mask = self.enc.run(None, {"src_ids": src})
-        return {"cross_k": k, "cross_v": v, "memory_mask": mask, "batch": src.shape[0]}
+            outs = io.get_outputs()
+        else:
+            outs = self.enc.run(names, {"src_ids": src})
+        return {**dict(zip(names, outs)), "batch": src.shape[0]}
 
-    def init_cache(self, memory: dict[str, Any]) -> tuple[Any, Any]:
-        shape = (self.layers, memory["batch"], self.heads, 0, self.head_dim)
-        z = np.zeros(shape, dtype=np.float32)
+    def init_cache(self, memory: dict[str, Any]) -> list[Any]:
+        b, h, d = memory["batch"], self.heads, self.head_dim
+        cache = [np.zeros((b, h, 0, d) if i % 2 == 0 else (b, h, 0, d), dtype=np.float32)
+                 for i in range(2 * self.layers)]
         if self.cuda:
-            return ort.OrtValue.ortvalue_from_numpy(z, "cuda", 0), ort.OrtValue.ortvalue_from_numpy(z.copy(), "cuda", 0)
-        return z, z.copy()
+            return [ort.OrtValue.ortvalue_from_numpy(z, "cuda", 0) for z in cache]
+        return cache
 
-    def _run_decoder(self, dec_ids: np.ndarray, memory: dict[str, Any], cache: tuple[Any, Any]
-                     ) -> tuple[np.ndarray, tuple[Any, Any]]:
+    def _run_decoder(self, dec_ids: np.ndarray, memory: dict[str, Any], cache: list[Any]
+                     ) -> tuple[np.ndarray, list[Any]]:
         dec = np.ascontiguousarray(dec_ids, dtype=np.int64)
         if self.cuda:
             io = self.dec.io_binding()
             io.bind_cpu_input("dec_ids", dec)
-            for name in ("cross_k", "cross_v", "memory_mask"):
+            for name in ("memory_mask", *self.cross_names):
                 io.bind_ortvalue_input(name, memory[name])
-            io.bind_ortvalue_input("past_k", cache[0])
-            io.bind_ortvalue_input("past_v", cache[1])
+            for name, value in zip(self.past_names, cache):
+                io.bind_ortvalue_input(name, value)
             io.bind_output("logits", "cpu")
-            io.bind_output("present_k", "cuda")
-            io.bind_output("present_v", "cuda")
+            for name in self.present_names:
+                io.bind_output(name, "cuda")
             self.dec.run_with_iobinding(io)
-            logits, k, v = io.get_outputs()
-            return logits.numpy(), (k, v)
-        logits, k, v = self.dec.run(None, {"dec_ids": dec, "cross_k": memory["cross_k"], "cross_v": memory["cross_v"],
-                                           "memory_mask": memory["memory_mask"], "past_k": cache[0], "past_v": cache[1]})
-        return logits, (k, v)
+            logits, *cache = io.get_outputs()
+            return logits.numpy(), cache
+        feeds = {"dec_ids": dec, "memory_mask": memory["memory_mask"], **{n: memory[n] for n in self.cross_names},
+                 **dict(zip(self.past_names, cache))}
+        logits, *cache = self.dec.run(["logits", *self.present_names], feeds)
+        return logits, cache
 
-    def step(self, tokens: np.ndarray, memory: dict[str, Any], cache: tuple[Any, Any]) -> tuple[np.ndarray, tuple[Any, Any]]:
+    def step(self, tokens: np.ndarray, memory: dict[str, Any], cache: list[Any]) -> tuple[np.ndarray, list[Any]]:
         logits, cache = self._run_decoder(np.asarray(tokens, dtype=np.int64)[:, None], memory, cache)
         return logits[:, -1], cache
 
