@@ -38,8 +38,9 @@ def evaluate_task(model_dir: str, data_dir: str, out: str, params_path: str | No
 
 
 @task(name="export")
-def export_task(model_dir: str, onnx_dir: str, params_path: str | None, overrides: list[str]) -> dict[str, Any]:
-    return stages.export(model_dir, onnx_dir, load_params(params_path, overrides), progress=False)
+def export_task(model_dir: str, onnx_dir: str, data_dir: str, params_path: str | None, overrides: list[str]
+                ) -> dict[str, Any]:
+    return stages.export(model_dir, onnx_dir, load_params(params_path, overrides), data=data_dir, progress=False)
 
 
 @task(name="publish", **STORAGE_RETRIES)
@@ -72,7 +73,7 @@ def train_flow(source: str, registry: str, name: str = "obf", params: str | None
     summary = train_task(data, model, params_path, overrides)
     log.info("trained %d steps, %.0f target bytes/s", summary["steps"], summary["target_bytes_per_s"])
     metrics = evaluate_task(model, data, str(work / "eval" / "metrics.json"), params_path, overrides)
-    export_info = export_task(model, onnx, params_path, overrides)
+    export_info = export_task(model, onnx, data, params_path, overrides)
     published = publish_task(onnx, registry, name)
     create_table_artifact(metrics_table(metrics), key="obf-metrics", description=f"{name}/{published['version']}")
     create_markdown_artifact((work / "eval" / "report.md").read_text(), key="obf-report",

@@ -57,7 +57,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from obf import stages
 
-    stages.export(args.model, args.out, _params(args), progress=not args.quiet)
+    stages.export(args.model, args.out, _params(args), data=args.data, progress=not args.quiet)
     return 0
 
 
@@ -72,7 +72,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ObfError(str(e)) from None
     status = stages.generate(args.model, args.inputs, args.out, _params(args), task=args.task,
                              target_modality=args.target_modality, opts=opts, provider=args.provider,
-                             batch_size=args.batch_size, max_input_bytes=args.max_input_bytes,
+                             precision=args.precision, batch_size=args.batch_size, max_input_bytes=args.max_input_bytes,
                              progress=not args.quiet)
     failed = [s for s in status if s["status"] != "ok"]
     for s in status:
@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "fails, leaving nothing behind, when it exceeds export.max_abs_diff.")
     p.add_argument("model", metavar="MODEL_DIR", help="model dir written by `obf train`")
     p.add_argument("--out", required=True, metavar="ONNX_DIR", help="ONNX dir to (re)create")
+    p.add_argument("--data", default=None, metavar="DATA_DIR",
+                   help="dataset (obf ingest) whose validation files the parity check and the int8 report "
+                        "also run on (default: random bytes only)")
     _add_params(p)
     p.set_defaults(func=cmd_export)
 
@@ -154,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
                    help="ONNX Runtime provider / torch device (auto = CUDA when it works)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="fp32 (default); int8: the quantised graphs of an ONNX dir exported with export.int8 "
+                        "(CPU); bf16: a checkpoint dir on torch")
     p.add_argument("--batch-size", type=int, default=8, help="inputs generated together")
     p.add_argument("--max-input-bytes", type=int, default=None, help="size cap per input (default ingest.max_file_bytes)")
     _add_params(p)

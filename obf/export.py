@@ -38,7 +38,7 @@ from obf.checkpoint import load_model, read_config
 from obf.config import ExportConfig
 from obf.errors import ObfError
 from obf.model import OmniByteFormer
-from obf.vocab import Vocab
+from obf.vocab import PAD, Vocab
 
 
 
@@ -116,9 +116,36 @@ def export_graphs(model: OmniByteFormer, out: Path, opset: int) -> None:
              "past": [kv_dims] * 2 * n}, out / DECODER, opset)
 
 
-def parity(model: OmniByteFormer, onnx_dir: Path, real: list[bytes], *, encoder: str = ENCODER,
+Sample = tuple[bytes, str]  # a real file's bytes and its modality
+
+
+def dataset_samples(data_dir: str | Path, per_modality: int = 2) -> list[Sample]:
+    """Up to `per_modality` files of each modality from a dataset's validation split (its training
+    split when it has no validation file of that modality), in index order."""
+    from obf.data import Dataset
+
+    ds = Dataset(data_dir)
+    out: list[Sample] = []
+    for modality in sorted({r.modality for r in ds.records}):
+        recs = ds.select(split="val", modality=modality) or ds.select(split="train", modality=modality)
+        out += [(ds.file_bytes(r).tobytes(), modality) for r in recs[:per_modality]]
+    return out
+
+
+def bits_per_byte(logits: np.ndarray, tgt: np.ndarray) -> float:
+    """Mean cross-entropy in bits of `tgt` (B, T) under `logits` (B, T, V), PAD targets ignored."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))  # (B, T, V)
+    keep = tgt != PAD
+    picked = np.take_along_axis(logp, np.where(keep, tgt, 0)[..., None], axis=-1)[..., 0]  # (B, T)
+    return float(-picked[keep].mean() / np.log(2))
+
+
+def parity(model: OmniByteFormer, onnx_dir: Path, real: list[Sample], *, encoder: str = ENCODER,
            decoder: str = DECODER) -> dict[str, float]:
-    """Max abs difference of logits, torch vs ONNX Runtime (CPU), full-window and cached-step paths."""
+    """Torch vs ONNX Runtime (CPU) on real samples and random bytes: max abs difference of logits on
+    the full-window and cached-step paths, and the bits per byte of each on the same targets."""
     from obf.backends.onnx import OnnxBackend
     from obf.data import collate, continue_example
 
@@ -126,17 +153,18 @@ def parity(model: OmniByteFormer, onnx_dir: Path, real: list[bytes], *, encoder:
     ort = OnnxBackend(onnx_dir, provider="cpu", encoder=encoder, decoder=decoder, verify=False, config=cfg.to_dict())
     rng = np.random.default_rng(0)
     examples = []
-    for i, data in enumerate(real or [rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()]):
+    for i, (data, modality) in enumerate(real or [(rng.integers(0, 256, 3000, dtype=np.uint8).tobytes(), "binary")]):
         arr = np.frombuffer(data, dtype=np.uint8)
         start = min(len(arr), cfg.max_src_len // 2 + i)
-        examples.append(continue_example(arr, start, "text", cfg.max_src_len, cfg.max_tgt_len))
-        examples.append(continue_example(arr, 0, "binary", cfg.max_src_len, cfg.max_tgt_len))
+        examples.append(continue_example(arr, start, modality, cfg.max_src_len, cfg.max_tgt_len))
+        examples.append(continue_example(arr, 0, modality, cfg.max_src_len, cfg.max_tgt_len))
     rand = rng.integers(0, 256, 2 * cfg.max_src_len, dtype=np.uint8)
     examples.append(continue_example(rand, cfg.max_src_len, "binary", cfg.max_src_len, cfg.max_tgt_len))
     b = collate(examples, multiple=max(8, cfg.patch_size))
     with torch.no_grad():
         ref = model(torch.from_numpy(b.src), torch.from_numpy(b.dec)).numpy()
-    full = float(np.abs(ort.logits(b.src, b.dec) - ref).max())
+    got = ort.logits(b.src, b.dec)
+    full = float(np.abs(got - ref).max())
     # cached steps: the first 8 decoder positions one by one
     mem = ort.encode(b.src)
     cache = ort.init_cache(mem)
@@ -144,12 +172,16 @@ def parity(model: OmniByteFormer, onnx_dir: Path, real: list[bytes], *, encoder:
     for t in range(min(8, b.dec.shape[1])):
         logits, cache = ort.step(b.dec[:, t], mem, cache)
         step = max(step, float(np.abs(logits - ref[:, t]).max()))
-    return {"full": full, "step": step, "max": max(full, step)}
+    return {"full": full, "step": step, "max": max(full, step), "bpb_torch": bits_per_byte(ref, b.tgt),
+            "bpb": bits_per_byte(got, b.tgt)}
 
 
-def export(model_dir: str | Path, out_dir: str | Path, cfg: ExportConfig, *, real: list[bytes] | None = None,
+def export(model_dir: str | Path, out_dir: str | Path, cfg: ExportConfig, *, real: list[Sample] | None = None,
            progress: bool = True) -> dict[str, Any]:
-    """Export MODEL_DIR to ONNX_DIR atomically; fail (leaving nothing) when parity is out of tolerance."""
+    """Export MODEL_DIR to ONNX_DIR atomically; fail (leaving nothing) when parity is out of tolerance.
+
+    `real`: (bytes, modality) samples the parity check (and the int8 report) run on beside random
+    bytes; `obf export --data DATA` takes them from a dataset's validation split."""
     model_cfg, meta = read_config(model_dir)
     model = load_model(model_dir, device="cpu").eval()
     out = Path(out_dir)
@@ -169,7 +201,8 @@ def export(model_dir: str | Path, out_dir: str | Path, cfg: ExportConfig, *, rea
             files.update({f: sha256_file(tmp / f) for f in (Q_ENCODER, Q_DECODER)})
         info = {"format": "obf-onnx", "version": GRAPH_VERSION, "config": model_cfg.to_dict(), "vocab": Vocab().to_dict(),
                 "opset": cfg.opset, "sha256": files, "parity": {"max_abs_diff": par["max"], "full": par["full"],
-                                                                "step": par["step"], "tolerance": cfg.max_abs_diff},
+                                                                "step": par["step"], "tolerance": cfg.max_abs_diff,
+                                                                "samples": len(real or [])},
                 "int8": int8, "source": {"step": meta.get("step")},
                 "ingest": meta.get("ingest")}  # the canonical forms the model was trained on
         (tmp / META).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
@@ -179,14 +212,18 @@ def export(model_dir: str | Path, out_dir: str | Path, cfg: ExportConfig, *, rea
         raise
     if progress:
         print(f"export: {out} (opset {cfg.opset}), parity max abs diff {par['max']:.2e}", file=sys.stderr)
+        if int8:
+            print(f"export: int8 graphs: bits per byte {int8['bpb_int8']:.4f} vs {int8['bpb_fp32']:.4f} in fp32 "
+                  f"(max abs logit diff {int8['max_abs_diff']:.2e})", file=sys.stderr)
     return info
 
 
 Q_ENCODER, Q_DECODER = "encoder.int8.onnx", "decoder.int8.onnx"
 
 
-def quantize_int8(model: OmniByteFormer, out: Path, real: list[bytes]) -> dict[str, Any]:
-    """Dynamic int8 quantisation of MatMul weights for CPU; parity reported (not enforced)."""
+def quantize_int8(model: OmniByteFormer, out: Path, real: list[Sample]) -> dict[str, Any]:
+    """Dynamic int8 quantisation of MatMul weights for CPU; its logit difference and its bits per
+    byte beside the fp32 model's on the parity samples are reported, not enforced."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
@@ -199,4 +236,5 @@ def quantize_int8(model: OmniByteFormer, out: Path, real: list[bytes]) -> dict[s
     finally:
         root.setLevel(level)
     par = parity(model, out, real, encoder=Q_ENCODER, decoder=Q_DECODER)
-    return {"encoder": Q_ENCODER, "decoder": Q_DECODER, "max_abs_diff": par["max"]}
+    return {"encoder": Q_ENCODER, "decoder": Q_DECODER, "max_abs_diff": par["max"], "bpb_fp32": par["bpb_torch"],
+            "bpb_int8": par["bpb"]}

@@ -35,16 +35,20 @@ def evaluate(model_dir: str, data: str, out: str | Path, params: Params, *, per_
     return _evaluate(model_dir, data, out, params, per_file=per_file, provider=provider, progress=progress)
 
 
-def export(model_dir: str | Path, out_dir: str | Path, params: Params, *, progress: bool = True) -> dict:
-    """Training checkpoint -> ONNX dir (encoder.onnx, decoder.onnx, obf.json), parity-checked."""
+def export(model_dir: str | Path, out_dir: str | Path, params: Params, *, data: str | Path | None = None,
+           progress: bool = True) -> dict:
+    """Training checkpoint -> ONNX dir (encoder.onnx, decoder.onnx, obf.json), parity-checked on
+    random bytes and, given a dataset `data`, on a few of its validation files."""
+    from obf.export import dataset_samples
     from obf.export import export as _export
 
-    return _export(model_dir, out_dir, params.export, progress=progress)
+    real = dataset_samples(data) if data is not None else None
+    return _export(model_dir, out_dir, params.export, real=real, progress=progress)
 
 
 def generate(model_dir: str, inputs: list[str], out_dir: str, params: Params, *, task: str = "continue",
-             target_modality: str | None = None, opts=None, provider: str = "auto", batch_size: int = 8,
-             max_input_bytes: int | None = None, progress: bool = True) -> list[dict]:
+             target_modality: str | None = None, opts=None, provider: str = "auto", precision: str = "fp32",
+             batch_size: int = 8, max_input_bytes: int | None = None, progress: bool = True) -> list[dict]:
     """Input files -> one valid output file each in `out_dir`; returns a status per input."""
     from tqdm import tqdm
 
@@ -53,7 +57,7 @@ def generate(model_dir: str, inputs: list[str], out_dir: str, params: Params, *,
     from obf.generation import generate_files, ingest_config_of, prepare
     from obf.sampling import SamplingOptions
 
-    backend = open_backend(model_dir, provider=provider)
+    backend = open_backend(model_dir, provider=provider, precision=precision)
     cap = max_input_bytes or params.ingest.max_file_bytes
     canon = ingest_config_of(backend)  # the forms the model was trained on
     prepared = [prepare(src, canon, max_input_bytes=cap) for src in inputs]

@@ -90,14 +90,23 @@ class OnnxBackend:
     """encode / init_cache / step / logits over ONNX Runtime."""
 
     def __init__(self, onnx_dir: str | Path, *, provider: str = "auto", threads: int | None = None,
-                 encoder: str = ENCODER, decoder: str = DECODER, verify: bool = True,
+                 precision: str = "fp32", encoder: str = ENCODER, decoder: str = DECODER, verify: bool = True,
                  config: dict[str, Any] | None = None) -> None:
-        """`verify=False` with an explicit `config` is for the export's own parity check only."""
+        """`precision` int8 runs the dynamically quantised graphs of `export.int8` (made for CPU).
+        `verify=False` with an explicit `config` is for the export's own parity check only."""
         if provider not in ("auto", "cpu", "cuda"):
             raise OnnxModelError(f"provider must be auto, cpu or cuda, got {provider!r}")
+        if precision not in ("fp32", "int8"):
+            raise OnnxModelError(f"ONNX graphs run in fp32 or int8, not {precision!r}")
         self.dir = Path(onnx_dir)
+        self.precision = precision
         if verify:
             self.meta = read_meta(self.dir)
+            if precision == "int8":
+                if not self.meta.get("int8"):
+                    raise OnnxModelError(f"{self.dir}: exported without int8 graphs; re-export with "
+                                         "`--set export.int8=true`")
+                encoder, decoder = self.meta["int8"]["encoder"], self.meta["int8"]["decoder"]
             verify_graphs(self.dir, self.meta, [encoder, decoder])
             cfg = self.meta["config"]
         else:
@@ -142,8 +151,7 @@ class OnnxBackend:
 
     def init_cache(self, memory: dict[str, Any]) -> list[Any]:
         b, h, d = memory["batch"], self.heads, self.head_dim
-        cache = [np.zeros((b, h, 0, d) if i % 2 == 0 else (b, h, 0, d), dtype=np.float32)
-                 for i in range(2 * self.layers)]
+        cache = [np.zeros((b, h, 0, d), dtype=np.float32) for _ in range(2 * self.layers)]
         if self.cuda:
             return [ort.OrtValue.ortvalue_from_numpy(z, "cuda", 0) for z in cache]
         return cache
@@ -180,5 +188,5 @@ class OnnxBackend:
         return logits
 
 
-def load(onnx_dir: str, *, provider: str = "auto") -> OnnxBackend:
-    return OnnxBackend(onnx_dir, provider=provider)
+def load(onnx_dir: str, *, provider: str = "auto", precision: str = "fp32") -> OnnxBackend:
+    return OnnxBackend(onnx_dir, provider=provider, precision=precision)
