@@ -28,15 +28,15 @@ from obf.registry import resolve
 from obf.sampling import SamplingOptions
 
 STATE, RUNS = "_state", "_runs"
-_BACKENDS: dict[tuple[str, str], Any] = {}  # one ONNX Runtime backend per model dir and process
+_BACKENDS: dict[tuple[str, str, str], Any] = {}  # one ONNX Runtime backend per model dir, provider, precision
 
 
-def _backend(model_dir: str, provider: str) -> Any:
+def _backend(model_dir: str, provider: str, precision: str) -> Any:
     from obf.backends.onnx import OnnxBackend
 
-    key = (model_dir, provider)
+    key = (model_dir, provider, precision)
     if key not in _BACKENDS:
-        _BACKENDS[key] = OnnxBackend(model_dir, provider=provider)
+        _BACKENDS[key] = OnnxBackend(model_dir, provider=provider, precision=precision)
     return _BACKENDS[key]
 
 
@@ -71,9 +71,10 @@ def list_task(input_url: str, output_url: str, version: str) -> tuple[list[stora
 
 @task(name="generate-batch", retries=1, retry_delay_seconds=5)
 def generate_batch(entries: list[storage.Entry], model_dir: str, version: str, output_url: str, task_name: str,
-                   max_bytes: int, max_input_bytes: int, seed: int, provider: str) -> list[dict[str, Any]]:
+                   max_bytes: int, max_input_bytes: int, seed: int, provider: str, precision: str = "fp32"
+                   ) -> list[dict[str, Any]]:
     """Generate, write (one PUT each) and record a batch of inputs; a bad input fails alone."""
-    backend = _backend(model_dir, provider)
+    backend = _backend(model_dir, provider, precision)
     canon = ingest_config_of(backend)
     prepared = [prepare(e.url, canon, max_input_bytes=max_input_bytes) for e in entries]
     results = generate_files(backend, prepared, task=task_name, opts=SamplingOptions(max_bytes=max_bytes, seed=seed),
@@ -87,7 +88,7 @@ def generate_batch(entries: list[storage.Entry], model_dir: str, version: str, o
         url = storage.join(output_url, key)
         storage.write_bytes_atomic(url, r.output)
         rec = {"input": e.key, "fingerprint": fingerprint(e), "output": key, "modality": r.modality,
-               "bytes": len(r.output), "model_version": version, "status": "ok"}
+               "bytes": len(r.output), "model_version": version, "precision": precision, "status": "ok"}
         storage.write_bytes_atomic(storage.join(output_url, state_key(version, e)),
                                    (json.dumps(rec, sort_keys=True) + "\n").encode())
         out.append({"input": e.key, "status": "ok", "output": key, "modality": r.modality})
@@ -108,8 +109,10 @@ class BatchGenerateFailed(RuntimeError):
 @flow(name="batch-generate", log_prints=True)
 def batch_generate(input_url: str, output_url: str, registry: str, name: str = "obf", version: str = "latest",
                    task_name: str = "continue", max_bytes: int = 512, batch_size: int = 8,
-                   max_input_bytes: int = 16 * 1024 * 1024, seed: int = 0, provider: str = "auto") -> dict[str, Any]:
-    """Generate an output for every input not yet done with this model version."""
+                   max_input_bytes: int = 16 * 1024 * 1024, seed: int = 0, provider: str = "auto",
+                   precision: str = "fp32") -> dict[str, Any]:
+    """Generate an output for every input not yet done with this model version. `precision` int8
+    runs the model's quantised graphs (published when it was exported with `export.int8`) on CPU."""
     log = get_run_logger()
     if storage.join(output_url, "").startswith(storage.join(input_url, "")):
         raise ValueError("output_url must not lie inside input_url (outputs would become inputs)")
@@ -130,7 +133,7 @@ def batch_generate(input_url: str, output_url: str, registry: str, name: str = "
     log.info("model %s/%s: %d inputs, %d to do, %d already done", name, resolved, len(entries), len(pending),
              sum(s["status"] == "skipped" for s in statuses.values()))
     futures = [generate_batch.submit(pending[i:i + batch_size], model_dir, resolved, output_url, task_name, max_bytes,
-                                     max_input_bytes, seed, provider)
+                                     max_input_bytes, seed, provider, precision)
                for i in range(0, len(pending), batch_size)]
     for fut, start in zip(futures, range(0, len(pending), batch_size)):
         try:
@@ -141,7 +144,8 @@ def batch_generate(input_url: str, output_url: str, registry: str, name: str = "
                 statuses[e.key] = {"input": e.key, "status": "failed", "error": f"batch failed: {err}"}
     run_id = str(flow_run.get_id() or f"local-{int(time.time())}")
     counts = {k: sum(s["status"] == k for s in statuses.values()) for k in ("ok", "skipped", "failed")}
-    manifest = {"flow_run_id": run_id, "model": {"name": name, "version": resolved, "registry": registry},
+    manifest = {"flow_run_id": run_id, "model": {"name": name, "version": resolved, "registry": registry,
+                                                 "precision": precision},
                 "input_url": input_url, "output_url": output_url, "counts": counts,
                 "inputs": [statuses[k] for k in sorted(statuses)]}
     url = manifest_task(output_url, run_id, manifest)

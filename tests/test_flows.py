@@ -3,6 +3,7 @@ poisoned inputs, crash + rerun, Dask), a real `prefect deployment run`, and DVC 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -153,6 +154,24 @@ def test_batch_generate_idempotent_incremental_and_poison(harness, onnx_model, s
     assert "does not decode" in failed["image/broken.png"] and "over the cap" in failed["binary/huge.bin"]
     assert "unsafe key" in failed["text/../escape.txt"]
     assert not any(".." in k or k.startswith("escape") for k in _outputs(out))
+
+
+def test_batch_generate_in_int8(harness, onnx_model, s3_bucket, tmp_path, monkeypatch):
+    """A model exported with export.int8 publishes its quantised graphs; the flow runs them on request."""
+    from flows.generate import batch_generate
+
+    monkeypatch.setenv("OBF_CACHE", str(tmp_path / "cache"))
+    root = onnx_model.parent
+    params = load_params(None, TINY)
+    export(root / "model", tmp_path / "onnx8", dataclasses.replace(params.export, int8=True), progress=False)
+    reg, inp, out = f"{s3_bucket}/models8", f"{s3_bucket}/in8", f"{s3_bucket}/out8"
+    publish(tmp_path / "onnx8", reg, "obf")
+    upload(RAW, inp, MIXED[:4])
+    res = batch_generate(input_url=inp, output_url=out, registry=reg, max_bytes=48, batch_size=4, precision="int8")
+    assert (res["ok"], res["failed"]) == (4, 0)
+    assert _manifests(out)[0]["model"]["precision"] == "int8"
+    for key in _outputs(out):
+        assert opens(storage.read_bytes(f"{out}/{key}"), key.split("/")[0]), key
 
 
 def test_crash_mid_run_then_rerun_leaves_no_gap_or_duplicate(onnx_model, s3_server, s3_bucket, tmp_path):
