@@ -50,7 +50,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from obf import stages
 
     stages.evaluate(args.model, args.data, args.out, _params(args), per_file=args.per_file,
-                    provider=args.provider, progress=not args.quiet)
+                    provider=args.provider, precision=args.precision, progress=not args.quiet)
     return 0
 
 
@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="METRICS_JSON", help="where to write metrics.json")
     p.add_argument("--per-file", action="store_true", help="add a per-file list to metrics.json")
     p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto", help="device / ONNX Runtime provider")
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="fp32 (default); int8: an ONNX dir's quantised graphs (export.int8); bf16: a checkpoint on torch")
     _add_params(p)
     p.set_defaults(func=cmd_evaluate)
 

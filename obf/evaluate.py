@@ -172,13 +172,14 @@ def _ratio(num: float, den: float) -> float:
 
 
 def evaluate(model_dir: str, data: str, out: str | Path, params: Params, *, per_file: bool = False,
-             provider: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Score MODEL on DATA; write metrics.json to `out`, and report.md, bpb.csv, samples/ beside it."""
+             provider: str = "auto", precision: str = "fp32", progress: bool = True) -> dict[str, Any]:
+    """Score MODEL on DATA; write metrics.json to `out`, and report.md, bpb.csv, samples/ beside it.
+    `precision` as for `open_backend` (int8: an ONNX dir's quantised graphs; bf16: a checkpoint)."""
     from obf.backends import open_backend
     from obf.generation import ingest_config_of
 
     cfg = params.evaluate
-    backend = open_backend(model_dir, provider=provider)
+    backend = open_backend(model_dir, provider=provider, precision=precision)
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="obf-eval-") as tmp:
         # files given as a folder are canonicalised like the model's training data

@@ -28,11 +28,12 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
 
 
 def evaluate(model_dir: str, data: str, out: str | Path, params: Params, *, per_file: bool = False,
-             provider: str = "auto", progress: bool = True) -> dict:
+             provider: str = "auto", precision: str = "fp32", progress: bool = True) -> dict:
     """Model (checkpoint or ONNX dir) + data (dataset dir, folder or URL) -> metrics.json, report.md, bpb.csv."""
     from obf.evaluate import evaluate as _evaluate
 
-    return _evaluate(model_dir, data, out, params, per_file=per_file, provider=provider, progress=progress)
+    return _evaluate(model_dir, data, out, params, per_file=per_file, provider=provider, precision=precision,
+                     progress=progress)
 
 
 def export(model_dir: str | Path, out_dir: str | Path, params: Params, *, data: str | Path | None = None,

@@ -157,6 +157,16 @@ def test_int8_export_reports_its_bpb_and_generates(exported, tmp_path):
     assert backend.precision == "int8"
     out = generate(backend, [b"def heap"], ["text"], opts=SamplingOptions(max_bytes=40, stop_at_eos=False))
     assert len(out[0]) == 40
+    from obf.evaluate import evaluate
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for rel in ("text/bisect.py", "binary/true.elf"):
+        (data / rel.replace("/", "_")).write_bytes((RAW / rel).read_bytes())
+    fp32 = evaluate(str(tmp_path / "q"), str(data), tmp_path / "a" / "metrics.json", params, progress=False)
+    int8 = evaluate(str(tmp_path / "q"), str(data), tmp_path / "b" / "metrics.json", params, precision="int8",
+                    progress=False)
+    assert 0 < abs(int8["overall"]["bpb"] - fp32["overall"]["bpb"]) < 0.1  # other graphs, nearly the same model
     with pytest.raises(OnnxModelError, match="exported without int8 graphs"):
         OnnxBackend(root / "onnx", provider="cpu", precision="int8")
     with pytest.raises(ObfError, match="fp32 or int8, not bf16"):
