@@ -287,7 +287,7 @@ class OmniByteFormer(nn.Module):
         """The decoder over one (k, v) pair per layer: dec_ids (B, T), cross K/V (B, H, Sp, D) each,
         memory_mask (B, Sp), past K/V (B, H, T_past, D) each or None -> logits (B, T, V) and the
         per-layer K/V grown by T. `decode_step` stacks the layers; the ONNX decoder keeps them apart."""
-        b, t = dec_ids.shape
+        t = dec_ids.shape[1]
         n_past = 0 if past is None else past[0][0].shape[2]
         cos = self.rope_cos[n_past:n_past + t]
         sin = self.rope_sin[n_past:n_past + t]
