@@ -33,13 +33,12 @@ import torch
 from torch import Tensor, nn
 
 from obf import storage
-from obf.backends.onnx import DECODER, ENCODER, GRAPH_VERSION, META, sha256_file
+from obf.backends.onnx import DECODER, ENCODER, GRAPH_VERSION, META, kv_names, sha256_file
 from obf.checkpoint import load_model, read_config
 from obf.config import ExportConfig
 from obf.errors import ObfError
 from obf.model import OmniByteFormer
 from obf.vocab import PAD, Vocab
-
 
 
 class ExportError(ObfError):
@@ -100,7 +99,7 @@ def export_graphs(model: OmniByteFormer, out: Path, opset: int) -> None:
         Dim("tgt", min=1, max=cfg.max_tgt_len), Dim("past", min=0, max=cfg.max_tgt_len), \
         Dim("patches", min=1, max=cfg.max_src_len // cfg.patch_size + 1)
     src_ids = torch.randint(0, 256, (3, 4 * cfg.patch_size + 3))
-    cross_names = [f"cross_{kv}_{i}" for i in range(n) for kv in "kv"]
+    cross_names = kv_names("cross", n)
     _export(EncoderGraph(model), (src_ids,), ["src_ids"], ["memory_mask", *cross_names],
             {"src_ids": {0: batch, 1: src}}, out / ENCODER, opset)
     with torch.no_grad():
@@ -110,8 +109,7 @@ def export_graphs(model: OmniByteFormer, out: Path, opset: int) -> None:
     dec_ids = torch.randint(0, 256, (3, 2))
     kv_dims, cross_dims = {0: batch, 2: past}, {0: batch, 2: sp}
     _export(DecoderGraph(model), (dec_ids, mask, cross, cache),
-            ["dec_ids", "memory_mask", *cross_names, *(f"past_{kv}_{i}" for i in range(n) for kv in "kv")],
-            ["logits", *(f"present_{kv}_{i}" for i in range(n) for kv in "kv")],
+            ["dec_ids", "memory_mask", *cross_names, *kv_names("past", n)], ["logits", *kv_names("present", n)],
             {"dec_ids": {0: batch, 1: tgt}, "memory_mask": {0: batch, 1: sp}, "cross": [cross_dims] * 2 * n,
              "past": [kv_dims] * 2 * n}, out / DECODER, opset)
 

@@ -25,6 +25,11 @@ ENCODER, DECODER, META = "encoder.onnx", "decoder.onnx", "obf.json"
 GRAPH_VERSION = 2  # the graphs' input/output layout (obf/export.py); 1 = stacked cache tensors
 
 
+def kv_names(prefix: str, layers: int) -> list[str]:
+    """Graph input/output names of per-layer K/V tensors: `cross` -> [cross_k_0, cross_v_0, ...]."""
+    return [f"{prefix}_{kv}_{i}" for i in range(layers) for kv in "kv"]
+
+
 class OnnxModelError(ObfError):
     """An ONNX model dir is missing, corrupt, tampered with or cannot run on the asked provider."""
 
@@ -135,9 +140,9 @@ class OnnxBackend:
         self.patch_size = int(cfg["patch_size"])
         self.layers, self.heads = int(cfg["decoder_layers"]), int(cfg["n_heads"])
         self.head_dim = int(cfg["d_model"]) // self.heads
-        self.cross_names = [f"cross_{kv}_{i}" for i in range(self.layers) for kv in "kv"]
-        self.past_names = [f"past_{kv}_{i}" for i in range(self.layers) for kv in "kv"]
-        self.present_names = [f"present_{kv}_{i}" for i in range(self.layers) for kv in "kv"]
+        self.cross_names = kv_names("cross", self.layers)
+        self.past_names = kv_names("past", self.layers)
+        self.present_names = kv_names("present", self.layers)
 
     # -- protocol ---------------------------------------------------------------------------
     # memory: {"memory_mask", "cross_k_i", "cross_v_i": arrays or OrtValues on the device, "batch"}
