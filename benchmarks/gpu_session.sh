@@ -13,5 +13,6 @@ timeout 270 python3 benchmarks/gpu_train.py data/dataset --preset base --minutes
 timeout 120 python3 benchmarks/train_step.py --device cuda --rounds 3 --steps 10 2>&1 | tail -10 | tee "$out/train_step.txt"
 timeout 170 python3 benchmarks/generate.py --devices cuda --providers cpu --batches 1 8 64 --rounds 2 2>&1 \
   | grep -v '^W1' | tail -16 | tee "$out/generate.txt"
+timeout 120 python3 -m pytest -q -rs tests/test_onnx.py -k cuda 2>&1 | tail -3 | tee "$out/onnx_cuda_test.txt"  # skips without a usable CUDA provider
 cp benchmarks/results/*.json "$out/" 2>/dev/null
 ls -la "$out"

@@ -11,6 +11,7 @@ import tempfile
 import wave
 
 import av
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -124,6 +125,23 @@ print('ok')
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_cuda_provider_matches_cpu(exported):
+    """The CUDA path (IO binding, per-layer cache kept on the device); skips where CUDA can't run."""
+    root, _, _ = exported
+    try:
+        gpu = OnnxBackend(root / "onnx", provider="cuda")
+    except OnnxModelError as e:
+        pytest.skip(f"no usable CUDA provider here ({e})")
+    assert gpu.cuda and gpu.providers[0] == "CUDAExecutionProvider"
+    cpu = OnnxBackend(root / "onnx", provider="cpu")
+    rng = np.random.default_rng(0)
+    src, dec = rng.integers(0, 256, (3, 100)), rng.integers(0, 256, (3, 40))
+    assert np.abs(gpu.logits(src, dec) - cpu.logits(src, dec)).max() < 1e-2
+    ctx = [(RAW / "text/heapq.py").read_bytes()[:300], b"\x00\x01"]
+    out = generate(gpu, ctx, ["text", "binary"], opts=SamplingOptions(max_bytes=100, stop_at_eos=False))
+    assert [len(o) for o in out] == [100, 100]  # two 64-byte decoder windows each
 
 
 def test_tampered_graph_is_refused(exported, tmp_path):
