@@ -31,7 +31,7 @@ from obf.backends.onnx import OnnxBackend  # noqa: E402
 from obf.backends.torch import TorchBackend  # noqa: E402
 from obf.checkpoint import save_model  # noqa: E402
 from obf.config import ExportConfig, ModelConfig  # noqa: E402
-from obf.export import Q_DECODER, Q_ENCODER, export  # noqa: E402
+from obf.export import export  # noqa: E402
 from obf.model import OmniByteFormer  # noqa: E402
 from obf.sampling import SamplingOptions, generate  # noqa: E402
 from obf.train import cpu_bf16_pays  # noqa: E402
@@ -104,8 +104,8 @@ def main() -> None:
         print(f"onnx {prov}: {backend.providers}")
         engines[f"onnx_{prov}"] = obf_runner(backend, args.new)
         if args.int8 and prov == "cpu":
-            engines["onnx_cpu_int8"] = obf_runner(OnnxBackend(work / "onnx", provider=prov, encoder=Q_ENCODER,
-                                                              decoder=Q_DECODER), args.new)
+            engines["onnx_cpu_int8"] = obf_runner(OnnxBackend(work / "onnx", provider=prov, precision="int8"),
+                                                  args.new)
     for dev in args.devices:
         engines[f"torch_{dev}_fp32"] = obf_runner(TorchBackend(model.to(dev), device=dev), args.new)
         if dev == "cuda" or cpu_bf16_pays():

@@ -20,14 +20,9 @@ def open_backend(model_dir: str | Path, *, provider: str = "auto", precision: st
     if (d / "obf.json").is_file():
         from obf.backends.onnx import load as load_onnx
 
-        if precision not in ("fp32", "int8"):
-            raise ObfError(f"{d}: ONNX graphs run in fp32 or int8, not {precision} (bf16 is for checkpoint dirs)")
         return load_onnx(str(d), provider=provider, precision=precision)
     if (d / "config.json").is_file():
         from obf.backends.torch import load as load_torch
-
-        if precision not in ("fp32", "bf16"):
-            raise ObfError(f"{d}: a checkpoint runs in fp32 or bf16, not {precision} (int8 is for `obf export` dirs)")
 
         device = {"auto": "auto", "cpu": "cpu", "cuda": "cuda"}.get(provider, "auto")
         return load_torch(str(d), device=device, precision=precision)

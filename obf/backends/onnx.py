@@ -110,7 +110,8 @@ class OnnxBackend:
         if provider not in ("auto", "cpu", "cuda"):
             raise OnnxModelError(f"provider must be auto, cpu or cuda, got {provider!r}")
         if precision not in ("fp32", "int8"):
-            raise OnnxModelError(f"ONNX graphs run in fp32 or int8, not {precision!r}")
+            raise OnnxModelError(f"{onnx_dir}: ONNX graphs run in fp32 or int8, not {precision} "
+                                 "(bf16 is for checkpoint dirs)")
         self.dir = Path(onnx_dir)
         self.precision = precision
         if verify:
