@@ -156,6 +156,7 @@ def test_worker_processes_and_threads_build_the_same_dataset(tmp_path, monkeypat
     src = tmp_path / "src"
     _copy_some(src, SOME)
     shutil.copy(RAW / "text/heapq.py", src / "dup.py")
+    shutil.copy(RAW / "image/coffee.jpg", src / "audio/aaa.jpg")  # an early duplicate: most files move up
     (src / "big.bin").write_bytes(os.urandom(CFG.max_file_bytes + 1))
     cfg = IngestConfig(max_file_bytes=CFG.max_file_bytes, canonicalize=canonicalize, shard_bytes=200_000)
     if sys.platform == "linux":
@@ -170,7 +171,13 @@ def test_worker_processes_and_threads_build_the_same_dataset(tmp_path, monkeypat
     for name in names:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     manifest = json.loads((a / "manifest.json").read_text())
-    assert manifest["duplicates"] == [{"source": "text/heapq.py", "same_as": "dup.py"}]  # the first listed is kept
+    assert manifest["duplicates"] == [{"source": "image/coffee.jpg", "same_as": "audio/aaa.jpg"},
+                                      {"source": "text/heapq.py", "same_as": "dup.py"}]  # the first listed is kept
+    ds = Dataset(a)
+    for r in ds.records:  # every file sits, whole, where the index says
+        src_key = {"audio/aaa.jpg": "image/coffee.jpg", "dup.py": "text/heapq.py"}.get(r.key, r.key)
+        if not canonicalize:
+            assert ds.file_bytes(r).tobytes() == (RAW / src_key).read_bytes(), r.key
     assert [r["source"] for r in manifest["rejected"]] == ["big.bin"]
 
 
@@ -188,6 +195,24 @@ def test_a_file_that_changes_after_hashing_is_an_error(tmp_path):
         copier = _Copier(pool)
         copier.add("f.bin", (str(f), str(shard), 0, 1200))
         copier.finish()
+
+
+def test_one_pass_store_refuses_a_file_whose_size_changed(tmp_path):
+    """Plain local ingest writes each file into a range sized from the listing: a file that grew
+    or shrank since is an error, and a grown one never writes past its range."""
+    from obf import storage
+    from obf.data import _ShardWriter, _store_chunk, _store_local, _fork_pool
+
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"x" * 1000)
+    shard = tmp_path / "shard.bin"
+    shard.write_bytes(b"\0" * 1000)
+    size, digest, sniffed, error = _store_chunk([(str(f), str(shard), 0, 999)])[0]
+    assert size > 999 and error is None
+    assert shard.read_bytes() == b"x" * 999 + b"\0"  # nothing past the range
+    entry = storage.Entry(key="f.bin", url=str(f), size=1200)  # listed before it shrank
+    with _fork_pool() as pool, pytest.raises(DataError, match="f.bin: changed while being ingested"):
+        list(_store_local([entry], _ShardWriter(tmp_path / "ds", 1 << 20, 1200), pool))
 
 
 def test_copy_falls_back_where_copy_file_range_is_refused(tmp_path, monkeypatch):
