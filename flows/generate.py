@@ -1,8 +1,11 @@
 """`batch-generate`: every new object under `input_url` -> a generated file under `output_url`.
 
 Runs ONNX Runtime (never torch) with a model resolved from the registry. Idempotent: an input
-already done for the same model version (same key, size and ETag/hash) is skipped, so a second
-run processes nothing and a rerun after a crash fills in only what is missing. Outputs keep the
+already done for the same model version and the same generation settings (task, max_bytes,
+seed, precision; same key, size and ETag/hash) is skipped, so a second run processes nothing
+and a rerun after a crash fills in only what is missing; a run with other settings generates
+every input again (its outputs replace the earlier ones, and each state record says which
+settings made its output). Outputs keep the
 input's relative key with the extension of their modality, one PUT per object; the state of each
 input is written after its output. Every run writes `_runs/<flow-run-id>.json` listing each
 input with its status, output and error, and ends Failed (after all other inputs are written)
@@ -45,11 +48,26 @@ def fingerprint(entry: storage.Entry) -> str:
     return f"{entry.key}|{entry.size}|{entry.etag or ''}"
 
 
-def state_key(version: str, entry: storage.Entry) -> str:
-    """Where the record of one input version done by one model version lives. The name alone says
-    "done", so a run learns what to skip from one listing, without reading any record."""
-    digest = hashlib.sha256(fingerprint(entry).encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{STATE}/{version}/{digest}.json"
+def settings_id(task_name: str, max_bytes: int, seed: int, precision: str) -> str:
+    """The generation settings that change an output (the provider does not: CUDA and CPU run the
+    same graphs)."""
+    return f"{task_name}|{max_bytes}|{seed}|{precision}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def state_dir(version: str, entry: storage.Entry) -> str:
+    """The folder of the records of one input version done by one model version."""
+    return f"{STATE}/{version}/{_digest(fingerprint(entry))}"
+
+
+def state_key(version: str, entry: storage.Entry, settings: str) -> str:
+    """The record that one input version was done by one model version with one set of settings.
+    The name alone says "done", so a run learns what to skip from one listing, without reading any
+    record. An input's folder holds at most one record: the settings its current output came from."""
+    return f"{state_dir(version, entry)}/{_digest(settings)[:32]}.json"
 
 
 @task(name="resolve-model", retries=3, retry_delay_seconds=[2, 10, 30])
@@ -71,9 +89,13 @@ def list_task(input_url: str, output_url: str, version: str) -> tuple[list[stora
 
 @task(name="generate-batch", retries=1, retry_delay_seconds=5)
 def generate_batch(entries: list[storage.Entry], model_dir: str, version: str, output_url: str, task_name: str,
-                   max_bytes: int, max_input_bytes: int, seed: int, provider: str, precision: str = "fp32"
-                   ) -> list[dict[str, Any]]:
-    """Generate, write (one PUT each) and record a batch of inputs; a bad input fails alone."""
+                   max_bytes: int, max_input_bytes: int, seed: int, provider: str, precision: str = "fp32",
+                   stale: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """Generate, write (one PUT each) and record a batch of inputs; a bad input fails alone.
+
+    `stale` names, per input, the records of other settings whose output this run replaces: they
+    are deleted before the new output is written, so a crash in between leaves no record that
+    vouches for the wrong output (the input is simply done again next time)."""
     backend = _backend(model_dir, provider, precision)
     canon = ingest_config_of(backend)
     prepared = [prepare(e.url, canon, max_input_bytes=max_input_bytes) for e in entries]
@@ -86,10 +108,14 @@ def generate_batch(entries: list[storage.Entry], model_dir: str, version: str, o
             continue
         key = output_key(e.key, r.extension)
         url = storage.join(output_url, key)
+        for old in (stale or {}).get(e.key, []):
+            storage.remove(storage.join(output_url, old))
         storage.write_bytes_atomic(url, r.output)
         rec = {"input": e.key, "fingerprint": fingerprint(e), "output": key, "modality": r.modality,
-               "bytes": len(r.output), "model_version": version, "precision": precision, "status": "ok"}
-        storage.write_bytes_atomic(storage.join(output_url, state_key(version, e)),
+               "bytes": len(r.output), "model_version": version, "task": task_name, "max_bytes": max_bytes,
+               "seed": seed, "precision": precision, "status": "ok"}
+        settings = settings_id(task_name, max_bytes, seed, precision)
+        storage.write_bytes_atomic(storage.join(output_url, state_key(version, e, settings)),
                                    (json.dumps(rec, sort_keys=True) + "\n").encode())
         out.append({"input": e.key, "status": "ok", "output": key, "modality": r.modality})
     return out
@@ -111,13 +137,15 @@ def batch_generate(input_url: str, output_url: str, registry: str, name: str = "
                    task_name: str = "continue", max_bytes: int = 512, batch_size: int = 8,
                    max_input_bytes: int = 16 * 1024 * 1024, seed: int = 0, provider: str = "auto",
                    precision: str = "fp32") -> dict[str, Any]:
-    """Generate an output for every input not yet done with this model version. `precision` int8
-    runs the model's quantised graphs (published when it was exported with `export.int8`) on CPU."""
+    """Generate an output for every input not yet done with this model version and these settings.
+    `precision` int8 runs the model's quantised graphs (published when it was exported with
+    `export.int8`) on CPU."""
     log = get_run_logger()
     if storage.join(output_url, "").startswith(storage.join(input_url, "")):
         raise ValueError("output_url must not lie inside input_url (outputs would become inputs)")
     model_dir, resolved = resolve_task(registry, name, version)
     entries, done = list_task(input_url, output_url, resolved)
+    settings = settings_id(task_name, max_bytes, seed, precision)
     statuses: dict[str, dict[str, Any]] = {}
     pending: list[storage.Entry] = []
     for e in entries:
@@ -126,14 +154,19 @@ def batch_generate(input_url: str, output_url: str, registry: str, name: str = "
         except storage.StorageError as err:
             statuses[e.key] = {"input": e.key, "status": "failed", "error": str(err)}
             continue
-        if state_key(resolved, e) in done:  # same key, size and ETag, done by this model version
+        if state_key(resolved, e, settings) in done:  # same key, size and ETag, same model and settings
             statuses[e.key] = {"input": e.key, "status": "skipped"}
         else:
             pending.append(e)
     log.info("model %s/%s: %d inputs, %d to do, %d already done", name, resolved, len(entries), len(pending),
              sum(s["status"] == "skipped" for s in statuses.values()))
+    records_of: dict[str, list[str]] = {}  # an input's state folder -> its records (of other settings)
+    for k in done:
+        records_of.setdefault(k.rsplit("/", 1)[0], []).append(k)
+    stale = {e.key: records_of[d] for e in pending if (d := state_dir(resolved, e)) in records_of}
     futures = [generate_batch.submit(pending[i:i + batch_size], model_dir, resolved, output_url, task_name, max_bytes,
-                                     max_input_bytes, seed, provider, precision)
+                                     max_input_bytes, seed, provider, precision,
+                                     {e.key: stale[e.key] for e in pending[i:i + batch_size] if e.key in stale})
                for i in range(0, len(pending), batch_size)]
     for fut, start in zip(futures, range(0, len(pending), batch_size)):
         try:

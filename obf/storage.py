@@ -196,6 +196,18 @@ def exists(url: str) -> bool:
     return fs.exists(path)
 
 
+def remove(url: str) -> None:
+    """Delete one file or object; one that is not there is fine."""
+    if is_local(url):
+        local_path(url).unlink(missing_ok=True)
+        return
+    fs, path = url_to_fs(url)
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
+
+
 def write_bytes_atomic(url: str, data: bytes) -> None:
     """Write `data` so that readers see the old object or the whole new one, never a part.
 

@@ -108,7 +108,7 @@ def _manifests(out_url: str) -> list[dict]:
 
 
 def test_batch_generate_idempotent_incremental_and_poison(harness, onnx_model, s3_bucket, tmp_path, monkeypatch):
-    from flows.generate import BatchGenerateFailed, batch_generate
+    from flows.generate import BatchGenerateFailed, batch_generate, fingerprint
 
     monkeypatch.setenv("OBF_CACHE", str(tmp_path / "cache"))
     reg, inp, out = f"{s3_bucket}/models", f"{s3_bucket}/in", f"{s3_bucket}/out"
@@ -139,6 +139,18 @@ def test_batch_generate_idempotent_incremental_and_poison(harness, onnx_model, s
     storage.write_bytes_atomic(f"{inp}/text/this_py.txt", b"a new version of this file\n" * 3)
     fourth = batch_generate(**kw)
     assert (fourth["ok"], fourth["skipped"]) == (1, len(MIXED))
+
+    # other settings are another job: every output is made again, replacing the old one, and the
+    # one record per input says which settings made it; going back regenerates again
+    n = len(MIXED) + 1
+    for max_bytes, made in ((40, n), (40, 0), (48, n)):
+        res = batch_generate(**{**kw, "max_bytes": max_bytes})
+        assert (res["ok"], res["skipped"]) == (made, n - made), max_bytes
+        current = {fingerprint(e) for e in storage.list_files(inp)}  # (an input's old version keeps its record)
+        records = [r for e in storage.list_files(f"{out}/_state")
+                   if (r := json.loads(storage.read_bytes(e.url)))["fingerprint"] in current]
+        assert len(records) == n and {(r["max_bytes"], r["task"], r["precision"]) for r in records} == {
+            (max_bytes, "continue", "fp32")}
 
     # poisoned inputs: undecodable media, over the size cap, an unsafe key
     storage.write_bytes_atomic(f"{inp}/image/broken.png", b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
