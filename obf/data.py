@@ -46,6 +46,7 @@ from obf import storage
 from obf.config import IngestConfig
 from obf.errors import ObfError
 from obf.formats import FormatError, Sniffed, canonicalize, sniff
+from obf.system import usable_cpus
 from obf.vocab import (BOS, EOS, MODALITIES, N_SENTINELS, PAD, encoder_input, modality_id, paired_input,
                        sentinel_id, task_id)
 
@@ -384,18 +385,11 @@ def _process_pool_usable() -> bool:
     other thread can hold a lock the children might need: daemon helpers (tqdm's monitor) are
     fine, a Prefect task runner's worker threads are not, so inside a flow threads do the work."""
     others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
-    return sys.platform == "linux" and not others and _cpus() > 1
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    return sys.platform == "linux" and not others and usable_cpus() > 1
 
 
 def _workers() -> int:
-    return min(_cpus(), 8)
+    return min(usable_cpus(), 8)
 
 
 def _fork_pool() -> ProcessPoolExecutor:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from obf.errors import ObfError
+from obf.system import usable_cpus
 from obf.vocab import Vocab
 
 ENCODER, DECODER, META = "encoder.onnx", "decoder.onnx", "obf.json"
@@ -69,18 +69,10 @@ def verify_graphs(onnx_dir: str | Path, meta: dict[str, Any], names: list[str]) 
             raise OnnxModelError(f"{p}: sha256 does not match obf.json (tampered or mixed up); refusing to load")
 
 
-def _usable_cpus() -> int:
-    """The cores this process may run on (its affinity, e.g. a container's cpuset), not the host's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _session(path: Path, provider: str, threads: int | None) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads or _usable_cpus()
+    so.intra_op_num_threads = threads or usable_cpus()
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     if provider == "cpu" or "CUDAExecutionProvider" not in ort.get_available_providers():
