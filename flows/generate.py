@@ -5,9 +5,8 @@ already done for the same model version and the same generation settings (task, 
 seed, precision; same key, size and ETag/hash) is skipped, so a second run processes nothing
 and a rerun after a crash fills in only what is missing; a run with other settings generates
 every input again (its outputs replace the earlier ones, and each state record says which
-settings made its output). Outputs keep the
-input's relative key with the extension of their modality, one PUT per object; the state of each
-input is written after its output. Every run writes `_runs/<flow-run-id>.json` listing each
+settings made its output). Outputs keep the input's relative key with the extension of their
+modality, one PUT per object; the state of each input is written after its output. Every run writes `_runs/<flow-run-id>.json` listing each
 input with its status, output and error, and ends Failed (after all other inputs are written)
 when any input failed.
 
