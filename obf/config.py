@@ -141,7 +141,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | bf16 | fp32
     compile: bool = False
     steps: int = 600
-    minutes: float = 0.0  # wall-clock budget; 0 = steps only
+    minutes: float = 0.0  # wall-clock budget over the whole run, resumes included; 0 = steps only
     batch_size: int = 16
     lr: float = 2e-3
     min_lr_ratio: float = 0.1

@@ -71,11 +71,13 @@ def loss_bits(logits: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, to
     return ce / LN2, (tgt != PAD).sum()
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to lr * min_lr_ratio at `steps`."""
+def lr_at(step: int, cfg: TrainConfig, time_progress: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio at `steps` — or, with a `minutes`
+    budget, at whichever budget runs out first: `time_progress` is the share of the minutes spent,
+    so a run that the clock ends still ends annealed rather than cut off at a high rate."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    progress = min(1.0, max((step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps), time_progress))
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -158,6 +160,31 @@ def _check_resume_state(state: dict[str, Any], model_cfg: ModelConfig, train_cfg
         raise CheckpointError(f"resume: the checkpoint was trained with {state.get('world_size')} processes, not {world}")
 
 
+class _Budget:
+    """The `train.minutes` clock: seconds of training spent (across resumes) as a share of the budget.
+
+    Under DDP every rank takes rank 0's reading, so the learning rate and the step that ends the
+    run are the same on all ranks (a rank that stopped alone would leave the others hanging in
+    their next gradient all-reduce)."""
+
+    def __init__(self, budget_s: float, spent_before: float, d: Dist, device: torch.device) -> None:
+        self.budget_s, self.before, self.d, self.device = budget_s, spent_before, d, device
+        self.t0 = time.monotonic()
+
+    def spent(self) -> float:
+        return self.before + time.monotonic() - self.t0
+
+    def progress(self) -> float:
+        if self.budget_s <= 0:
+            return 0.0
+        share = self.spent() / self.budget_s
+        if self.d.world > 1:
+            t = torch.tensor([share], dtype=torch.float64, device=self.device)
+            dist.broadcast(t, src=0)
+            share = float(t.item())
+        return share
+
+
 def _to_device(b: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return tuple(torch.from_numpy(a).to(device, non_blocking=True) for a in (b.src, b.dec, b.tgt))  # type: ignore[return-value]
 
@@ -218,20 +245,22 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": opt.state_dict(), "step": step, "torch_rng": torch.get_rng_state(),
             "model_config": mcfg.to_dict(), "train_config": {"seed": tcfg.seed, "batch_size": tcfg.batch_size},
-            "world_size": d.world,
+            "world_size": d.world, "seconds": clock.spent(),
         })
         save_model(model_dir, model, mcfg, step=step, extra={"val_bpb": val or {}, "ingest": ds.manifest.get("ingest")})
 
-    deadline = time.monotonic() + tcfg.minutes * 60 if tcfg.minutes > 0 else math.inf
+    clock = _Budget(tcfg.minutes * 60, float(state.get("seconds", 0.0)) if state else 0.0, d, device)
     bar = tqdm(total=tcfg.steps, initial=start_step, desc="train", unit="step", disable=not (progress and d.main),
                file=sys.stderr, dynamic_ncols=True)
     step = start_step
     last_val: dict[str, float] | None = None
     t0, bytes_seen, tokens_window, time_window = time.perf_counter(), 0, 0, time.perf_counter()
     loss_value = float("nan")
+    time_progress = clock.progress()
+    final = step >= tcfg.steps or time_progress >= 1.0
     try:
-        while step < tcfg.steps and time.monotonic() < deadline:
-            lr = lr_at(step, tcfg)
+        while not final:
+            lr = lr_at(step, tcfg, time_progress)
             for g in opt.param_groups:
                 g["lr"] = lr
             base = (step * d.world + d.rank) * tcfg.batch_size
@@ -264,7 +293,8 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
                 live.log_metric("train/bytes_per_s", rate)
             if now - time_window > 30:
                 tokens_window, time_window = 0, now
-            final = step >= tcfg.steps or time.monotonic() >= deadline
+            time_progress = clock.progress()  # the same on every rank, so all stop at the same step
+            final = step >= tcfg.steps or time_progress >= 1.0
             if d.main and val_sampler is not None and (step % tcfg.eval_every == 0 or final):
                 last_val = validation_bpb(model, val_sampler, tcfg, device, bf16)
                 if live is not None:

@@ -118,6 +118,49 @@ def test_ddp_two_gloo_ranks_see_disjoint_samples(dataset, tmp_path):
     assert json.loads((tmp_path / "ddp" / "train_summary.json").read_text())["world_size"] == 2
 
 
+def test_lr_schedule_follows_the_budget_that_ends_first():
+    from obf.train import lr_at
+
+    cfg = load_params(None, ["train.steps=1000", "train.warmup_steps=10", "train.lr=0.001", "train.min_lr_ratio=0.1"]).train
+    assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(10, cfg) == pytest.approx(1e-3)
+    assert lr_at(505, cfg) == pytest.approx(lr_at(10, cfg, 0.5))  # half the steps == half the minutes
+    assert lr_at(100, cfg, 1.0) == pytest.approx(1e-4) and lr_at(999, cfg, 0.2) == lr_at(999, cfg)
+
+
+def test_minutes_budget_ends_annealed_and_counts_across_resume(dataset, tmp_path):
+    """A run ended by `train.minutes` has decayed its learning rate to the floor; a resumed run
+    gets only what is left of the budget."""
+    sets = [f"--set={s}" for s in [*TINY, "train.steps=1000000", "train.eval_every=1000000", "train.lr=0.002",
+                                    "train.min_lr_ratio=0.1", "train.checkpoint_every=1000000"]]
+    out = tmp_path / "timed"
+    r = obf("train", str(dataset), "--out", str(out), "-q", "--set=train.minutes=0.08", *sets, timeout=120)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert 10 < summary["steps"] < 1_000_000 and summary["seconds"] < 30
+    lrs = [float(line.split()[1]) for line in (out / "dvclive/plots/metrics/train/lr.tsv").read_text().splitlines()[1:]]
+    assert lrs[-1] < 0.0002 * 1.1 < max(lrs)  # annealed to lr * min_lr_ratio by the deadline
+    steps = summary["steps"]
+    r = obf("train", str(dataset), "--out", str(out), "-q", "--resume", "--set=train.minutes=0.16", *sets, timeout=120)
+    assert r.returncode == 0, r.stderr
+    resumed = json.loads((out / "train_summary.json").read_text())
+    assert resumed["start_step"] == steps < resumed["steps"] and resumed["seconds"] < 30  # about half was left
+
+
+def test_ddp_ranks_stop_together_on_a_minutes_budget(dataset, tmp_path):
+    """The clock is rank 0's: all ranks end at the same step (one stopping alone would hang the
+    others in their next all-reduce)."""
+    log = tmp_path / "samples"
+    r = subprocess.run(
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "obf.train", str(dataset),
+         "--out", str(tmp_path / "ddp"), "-q", "--sample-log", str(log),
+         *[f"--set={s}" for s in [*TINY, "train.steps=1000000", "train.minutes=0.1", "train.device=cpu",
+                                  "train.eval_every=1000000", "train.checkpoint_every=1000000"]]],
+        capture_output=True, text=True, env=env(), timeout=300, cwd=tempfile.gettempdir())
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [len(open(f"{log}.rank{k}").readlines()) for k in (0, 1)]
+    assert lines[0] == lines[1] > 0
+
+
 @pytest.fixture(scope="module")
 def text_only(tmp_path_factory) -> Path:
     """A dataset with text files only: no video, no pairs."""
