@@ -38,7 +38,7 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 
@@ -53,6 +53,9 @@ from obf.vocab import (BOS, EOS, MODALITIES, N_SENTINELS, PAD, encoder_input, mo
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
 INDEX = "index.jsonl"
+
+
+_T = TypeVar("_T")
 
 
 class DataError(ObfError):
@@ -207,20 +210,25 @@ def _copy_range(src: int, dst: int, size: int, offset: int) -> int:
     return done
 
 
-def _copy_batch(jobs: list[tuple[str, str, int, int]]) -> list[bool]:
-    """`_copy_into` a batch of (source, shard path, offset, size), in a worker process; each
-    shard is opened once per batch."""
+def _on_shards(jobs: list[tuple[str, str, int, int]], work: Callable[[str, int, int, int], _T]) -> list[_T]:
+    """`work(source path, shard fd, offset, size)` for each (source, shard path, offset, size) job,
+    in a worker process; each shard is opened once per batch of jobs."""
     shards: dict[str, int] = {}
     try:
         out = []
         for src, shard, offset, size in jobs:
             if shard not in shards:
                 shards[shard] = os.open(shard, os.O_WRONLY)
-            out.append(_copy_into(src, shards[shard], offset, size))
+            out.append(work(src, shards[shard], offset, size))
         return out
     finally:
         for fd in shards.values():
             os.close(fd)
+
+
+def _copy_batch(jobs: list[tuple[str, str, int, int]]) -> list[bool]:
+    """`_copy_into` a batch of (source, shard path, offset, size) jobs."""
+    return _on_shards(jobs, _copy_into)
 
 
 class _Copier:
@@ -342,20 +350,9 @@ def _store_file(path: str, dst: int, offset: int, size: int, buf: bytearray) -> 
 
 
 def _store_chunk(jobs: list[tuple[str, str, int, int]]) -> list[tuple[int, str | None, Sniffed | None, str | None]]:
-    """`_store_file` a run of (source path, shard path, offset, size) in a worker process; each
-    shard is opened once per run."""
+    """`_store_file` a run of (source path, shard path, offset, size) jobs, with one block buffer."""
     buf = bytearray(_BLOCK)
-    shards: dict[str, int] = {}
-    try:
-        out = []
-        for src, shard, offset, size in jobs:
-            if shard not in shards:
-                shards[shard] = os.open(shard, os.O_WRONLY)
-            out.append(_store_file(src, shards[shard], offset, size, buf))
-        return out
-    finally:
-        for fd in shards.values():
-            os.close(fd)
+    return _on_shards(jobs, lambda src, fd, offset, size: _store_file(src, fd, offset, size, buf))
 
 
 def _load_chunk(chunk: list[storage.Entry], cfg: IngestConfig) -> list[tuple]:
