@@ -38,7 +38,7 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
@@ -393,27 +393,31 @@ def _fork_pool() -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=_workers(), mp_context=multiprocessing.get_context("fork"))
 
 
+def _in_flight(pool: ProcessPoolExecutor, fn: Callable[..., _T], jobs: Iterable[tuple[Any, tuple]]
+               ) -> Iterator[tuple[Any, _T]]:
+    """`fn(*args)` in the worker pool for each (key, args) job, a few per worker in flight at a time
+    (memory stays bounded by those), yielding (key, result) in submission order."""
+    window = 4 * _workers()
+    pending: deque[tuple[Any, Future[_T]]] = deque()
+    for key, args in jobs:
+        pending.append((key, pool.submit(fn, *args)))
+        if len(pending) >= window:
+            key, fut = pending.popleft()
+            yield key, fut.result()
+    while pending:
+        key, fut = pending.popleft()
+        yield key, fut.result()
+
+
 def _load_local(entries: list[storage.Entry], cfg: IngestConfig, pool: ProcessPoolExecutor) -> Iterator[_Loaded]:
     """`_load` local files in worker processes, yielding results in order.
 
-    Hashing and sniffing are CPU work under the GIL's thumb; processes run them on every core,
-    and the same workers copy the bytes into the shards (`_Copier`). Memory stays bounded by the
-    chunks in flight (a few MB each).
+    Hashing and canonicalising are CPU work under the GIL's thumb; processes run them on every
+    core, and the same workers copy unchanged files into the shards (`_Copier`).
     """
-    window = 4 * _workers()
-    pending: deque[tuple[list[storage.Entry], Future[list[tuple]]]] = deque()
-
-    def done() -> Iterator[_Loaded]:
-        chunk, fut = pending.popleft()
-        for e, (size, digest, stored, sn, error, copy_from) in zip(chunk, fut.result()):
+    for chunk, results in _in_flight(pool, _load_chunk, ((c, (c, cfg)) for c in _chunks(entries))):
+        for e, (size, digest, stored, sn, error, copy_from) in zip(chunk, results):
             yield _Loaded(e if size == e.size else replace(e, size=size), digest, stored, sn, error, copy_from)
-
-    for chunk in _chunks(entries):
-        pending.append((chunk, pool.submit(_load_chunk, chunk, cfg)))
-        if len(pending) >= window:
-            yield from done()
-    while pending:
-        yield from done()
 
 
 def _store_local(entries: list[storage.Entry], writer: _ShardWriter, pool: ProcessPoolExecutor) -> Iterator[_Loaded]:
@@ -425,26 +429,20 @@ def _store_local(entries: list[storage.Entry], writer: _ShardWriter, pool: Proce
     file whose size changed since it was listed is an error: its range no longer fits it.
     """
     places = [writer.reserve(e.size) for e in entries]  # creates every shard file up front
-    window = 4 * _workers()
-    pending: deque[tuple[int, list[storage.Entry], Future[list[tuple]]]] = deque()
 
-    def done() -> Iterator[_Loaded]:
-        first, chunk, fut = pending.popleft()
-        for i, (e, (size, digest, sn, error)) in enumerate(zip(chunk, fut.result()), first):
+    def jobs() -> Iterator[tuple[list[tuple[storage.Entry, tuple[int, int]]], tuple]]:
+        first = 0
+        for chunk in _chunks(entries):
+            placed = list(zip(chunk, places[first:first + len(chunk)]))
+            first += len(chunk)
+            yield placed, ([(storage.local_str(e.url), writer.path(shard), offset, e.size)
+                            for e, (shard, offset) in placed],)
+
+    for placed, results in _in_flight(pool, _store_chunk, jobs()):
+        for (e, place), (size, digest, sn, error) in zip(placed, results):
             if error is None and size != e.size:
                 raise DataError(f"{e.key}: changed while being ingested; run ingest again")
-            yield _Loaded(e, digest, None, sn, error, place=places[i])
-
-    first = 0
-    for chunk in _chunks(entries):
-        jobs = [(storage.local_str(e.url), writer.path(places[i][0]), places[i][1], e.size)
-                for i, e in enumerate(chunk, first)]
-        pending.append((first, chunk, pool.submit(_store_chunk, jobs)))
-        first += len(chunk)
-        if len(pending) >= window:
-            yield from done()
-    while pending:
-        yield from done()
+            yield _Loaded(e, digest, None, sn, error, place=place)
 
 
 def _compact(writer: _ShardWriter, records: list[Record]) -> list[Record]:
