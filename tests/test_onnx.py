@@ -56,13 +56,36 @@ def test_export_layout_and_parity(exported):
     assert meta == json.loads(json.dumps(info))
     assert meta["parity"]["max_abs_diff"] < 1e-3 and meta["opset"] >= 17
     assert set(meta["sha256"]) == {"encoder.onnx", "decoder.onnx"} and meta["vocab"]["size"] == 320
-    # one cache tensor per decoder layer (a stacked cache cost ONNX Runtime a copy of it every step)
+    # one fixed-size cache buffer per decoder layer and K/V, updated in place by the fused attention
     backend = OnnxBackend(onnx, provider="cpu")
-    layers = meta["config"]["decoder_layers"]
-    per_layer = [f"{kv}_{i}" for i in range(layers) for kv in "kv"]
-    assert [i.name for i in backend.dec.get_inputs()] == ["dec_ids", "memory_mask", *(f"cross_{n}" for n in per_layer),
+    cfg = meta["config"]
+    per_layer = [f"{kv}_{i}" for i in range(cfg["decoder_layers"]) for kv in "kv"]
+    assert [i.name for i in backend.dec.get_inputs()] == ["dec_ids", "past_len", "memory_mask",
+                                                          *(f"cross_{n}" for n in per_layer),
                                                           *(f"past_{n}" for n in per_layer)]
     assert [o.name for o in backend.dec.get_outputs()] == ["logits", *(f"present_{n}" for n in per_layer)]
+    ops = {n.op_type for n in __import__("onnx").load(onnx / "decoder.onnx").graph.node}
+    assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization"} <= ops and "Concat" not in ops
+
+
+def test_decoder_cache_is_written_in_place(exported):
+    """Each step writes its K/V into column `length` of the bound buffers, leaves the others as
+    they were, and a full cache is a clear error rather than a silent overwrite."""
+    root, _, info = exported
+    backend = OnnxBackend(root / "onnx", provider="cpu")
+    memory = backend.encode(np.full((2, 40), 70, dtype=np.int64))
+    cache = backend.init_cache(memory)
+    assert cache.capacity == info["config"]["max_tgt_len"] + 1
+    before = [b.numpy().copy() for b in cache.buffers]
+    _, cache = backend.step(np.array([1, 2]), memory, cache)
+    _, cache = backend.step(np.array([3, 4]), memory, cache)
+    for old, buf in zip(before, cache.buffers):
+        new = buf.numpy()
+        assert np.abs(new[:, :, :2]).sum() > 0 and np.array_equal(new[:, :, 2:], old[:, :, 2:])
+    for _ in range(cache.capacity - 2):
+        backend.step(np.array([5, 6]), memory, cache)
+    with pytest.raises(ValueError, match="cache is full"):
+        backend.step(np.array([5, 6]), memory, cache)
 
 
 def test_graphs_of_an_older_layout_are_refused(exported, tmp_path):

@@ -2,9 +2,12 @@
 
 `OnnxBackend(onnx_dir, provider="auto")` verifies the sha256 of each graph against `obf.json`
 (a tampered or mixed-up dir is refused), then opens the encoder and decoder sessions. Provider
-`auto` asks for CUDA, then CPU, and reports what it really got (`providers`). On CUDA the
-self-attention cache and cross K/V stay on the device between steps (IO binding); only the
-logits of the newest position come back to the host.
+`auto` asks for CUDA, then CPU, and reports what it really got (`providers`). The decoder's
+self-attention cache is a set of fixed-size buffers bound (IO binding) as both the `past_*` inputs
+and the `present_*` outputs, so the graph writes each step's K/V into them in place. They live in
+host memory on every provider: ONNX Runtime's CUDA GroupQueryAttention kernel takes fp16/bf16
+only, so with our fp32 graphs that node (and the cache it owns) runs on the CPU provider even in
+a CUDA session, while the matrix products and the cross K/V stay on the GPU.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from obf.system import usable_cpus
 from obf.vocab import Vocab
 
 ENCODER, DECODER, META = "encoder.onnx", "decoder.onnx", "obf.json"
-GRAPH_VERSION = 2  # the graphs' input/output layout (obf/export.py); 1 = stacked cache tensors
+GRAPH_VERSION = 3  # the graphs' input/output layout (obf/export.py); 2 = a cache grown by Concat, 1 = stacked
 
 
 def kv_names(prefix: str, layers: int) -> list[str]:
@@ -139,7 +142,7 @@ class OnnxBackend:
 
     # -- protocol ---------------------------------------------------------------------------
     # memory: {"memory_mask", "cross_k_i", "cross_v_i": arrays or OrtValues on the device, "batch"}
-    # cache: [past_k_0, past_v_0, past_k_1, ...], each (B, H, T, D)
+    # cache: a _Cache (fixed-size buffers written in place; one per encoded batch)
 
     def encode(self, src_ids: np.ndarray) -> dict[str, Any]:
         src = np.ascontiguousarray(src_ids, dtype=np.int64)
@@ -155,43 +158,61 @@ class OnnxBackend:
             outs = self.enc.run(names, {"src_ids": src})
         return {**dict(zip(names, outs)), "batch": src.shape[0]}
 
-    def init_cache(self, memory: dict[str, Any]) -> list[Any]:
-        b, h, d = memory["batch"], self.heads, self.head_dim
-        cache = [np.zeros((b, h, 0, d), dtype=np.float32) for _ in range(2 * self.layers)]
-        if self.cuda:
-            return [ort.OrtValue.ortvalue_from_numpy(z, "cuda", 0) for z in cache]
-        return cache
+    def init_cache(self, memory: dict[str, Any]) -> _Cache:
+        return _Cache(self, memory, new_ids=1)
 
-    def _run_decoder(self, dec_ids: np.ndarray, memory: dict[str, Any], cache: list[Any]
-                     ) -> tuple[np.ndarray, list[Any]]:
-        dec = np.ascontiguousarray(dec_ids, dtype=np.int64)
-        if self.cuda:
-            io = self.dec.io_binding()
-            io.bind_cpu_input("dec_ids", dec)
-            for name in ("memory_mask", *self.cross_names):
-                io.bind_ortvalue_input(name, memory[name])
-            for name, value in zip(self.past_names, cache):
-                io.bind_ortvalue_input(name, value)
-            io.bind_output("logits", "cpu")
-            for name in self.present_names:
-                io.bind_output(name, "cuda")
-            self.dec.run_with_iobinding(io)
-            logits, *cache = io.get_outputs()
-            return logits.numpy(), cache
-        feeds = {"dec_ids": dec, "memory_mask": memory["memory_mask"], **{n: memory[n] for n in self.cross_names},
-                 **dict(zip(self.past_names, cache))}
-        logits, *cache = self.dec.run(["logits", *self.present_names], feeds)
-        return logits, cache
-
-    def step(self, tokens: np.ndarray, memory: dict[str, Any], cache: list[Any]) -> tuple[np.ndarray, list[Any]]:
-        logits, cache = self._run_decoder(np.asarray(tokens, dtype=np.int64)[:, None], memory, cache)
+    def step(self, tokens: np.ndarray, memory: dict[str, Any], cache: _Cache) -> tuple[np.ndarray, _Cache]:
+        logits = cache.run(np.asarray(tokens, dtype=np.int64)[:, None])  # (B, 1, V)
         return logits[:, -1], cache
 
     def logits(self, src_ids: np.ndarray, dec_ids: np.ndarray) -> np.ndarray:
         """Teacher-forced logits (B, T, V) for src (B, S) and decoder input (B, T)."""
         memory = self.encode(src_ids)
-        logits, _ = self._run_decoder(dec_ids, memory, self.init_cache(memory))
-        return logits
+        return _Cache(self, memory, new_ids=dec_ids.shape[1]).run(dec_ids)
+
+
+class _Cache:
+    """One encoded batch's decoder state: 2L buffers (B, H, T_max, D), `length` ids filled, and
+    the IO binding that ties them, the batch's memory and a logits buffer to the decoder session.
+
+    Everything is bound once per batch, as OrtValues over numpy arrays this object keeps (an
+    OrtValue on the host wraps its array, no copy); a step writes its ids and `past_len` into their
+    arrays and runs. The same buffer is bound as `past_*` input and `present_*` output, which is
+    what lets ONNX Runtime's GroupQueryAttention write the new K/V in place instead of copying.
+    """
+
+    def __init__(self, backend: OnnxBackend, memory: dict[str, Any], new_ids: int) -> None:
+        b = memory["batch"]
+        self.session, self.length, self.capacity = backend.dec, 0, backend.max_tgt_len + 1
+        self.new_ids = new_ids  # ids per call: 1 for generation, T for teacher-forced logits
+        self.memory = memory  # bound below; kept alive with the binding
+        shape = (b, backend.heads, self.capacity, backend.head_dim)
+        self.buffers = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32)) for _ in range(2 * backend.layers)]
+        self.out = ort.OrtValue.ortvalue_from_numpy(np.zeros((b, new_ids, backend.vocab_size), np.float32))
+        self.ids = np.zeros((b, new_ids), np.int64)  # (B, new_ids), rewritten every call
+        self.past_len = np.zeros((), np.int64)
+        io = self.io = backend.dec.io_binding()
+        io.bind_ortvalue_input("dec_ids", ort.OrtValue.ortvalue_from_numpy(self.ids))
+        io.bind_ortvalue_input("past_len", ort.OrtValue.ortvalue_from_numpy(self.past_len))
+        for name in ("memory_mask", *backend.cross_names):  # numpy on CPU, OrtValues on the device on CUDA
+            value = memory[name]
+            io.bind_ortvalue_input(name, value if isinstance(value, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(value))
+        for past, present, buf in zip(backend.past_names, backend.present_names, self.buffers):
+            io.bind_ortvalue_input(past, buf)
+            io.bind_ortvalue_output(present, buf)
+        io.bind_ortvalue_output("logits", self.out)
+
+    def run(self, dec_ids: np.ndarray) -> np.ndarray:
+        """dec_ids (B, new_ids) after the `length` cached ids -> logits (B, new_ids, V) float32."""
+        if dec_ids.shape != self.ids.shape:
+            raise ValueError(f"this cache takes ids of shape {self.ids.shape} per call, got {dec_ids.shape}")
+        if self.length + self.new_ids > self.capacity:
+            raise ValueError(f"the decoder cache is full ({self.length} of {self.capacity} ids)")
+        self.ids[...] = dec_ids
+        self.past_len[...] = self.length
+        self.session.run_with_iobinding(self.io)
+        self.length += self.new_ids
+        return self.out.numpy().copy()  # numpy() is a view of the buffer the next call overwrites
 
 
 def load(onnx_dir: str, *, provider: str = "auto", precision: str = "fp32") -> OnnxBackend:
