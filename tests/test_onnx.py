@@ -12,6 +12,7 @@ import wave
 
 import av
 import numpy as np
+import onnx as onnx_ir
 import pytest
 from PIL import Image
 
@@ -64,7 +65,7 @@ def test_export_layout_and_parity(exported):
                                                           *(f"cross_{n}" for n in per_layer),
                                                           *(f"past_{n}" for n in per_layer)]
     assert [o.name for o in backend.dec.get_outputs()] == ["logits", *(f"present_{n}" for n in per_layer)]
-    ops = {n.op_type for n in __import__("onnx").load(onnx / "decoder.onnx").graph.node}
+    ops = {n.op_type for n in onnx_ir.load(onnx / "decoder.onnx").graph.node}
     assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization"} <= ops and "Concat" not in ops
 
 
