@@ -84,6 +84,13 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+def rotate_one(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """`apply_rotary` in three ops for the one-id decode step: x (..., D); cos = [cos, cos] and
+    sin = [-sin, sin] (D,), one position's tables. `roll` swaps the halves, so this is
+    (x1 cos - x2 sin, x2 cos + x1 sin), the same floats as `apply_rotary`."""
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
     """`F.scaled_dot_product_attention`: q (B, H, T, D), k / v (B, H, N, D), mask bool broadcastable
     to (B, H, T, N) with True = may attend -> (B, H, T, D).
@@ -200,12 +207,16 @@ class DecoderBlock(nn.Module):
                       cross_k: Tensor, cross_v: Tensor, cross_mask: Tensor) -> Tensor:
         """One new id (x: B, 1, C) after `past` cached ones: writes its K/V into column `past` of
         k_buf / v_buf (B, H, T_max, D) and attends to columns 0..past. No mask is needed: the
-        newest id may see every cached one."""
-        q, k, v = self.self_attn.qkv_heads(self.norm1(x), cos, sin)  # each (B, H, 1, D)
-        k_buf[:, :, past:past + 1] = k
-        v_buf[:, :, past:past + 1] = v
-        b = x.shape[0]
-        y = attention(q, k_buf[:, :, :past + 1], v_buf[:, :, :past + 1])  # (B, H, 1, D)
+        newest id may see every cached one. cos / sin: `rotate_one`'s (D,) tables.
+
+        Written for few ops (a decode step on CPU costs per op, not per flop): q and k rotate
+        together, and no transposes are needed for a single position."""
+        b, h, d = x.shape[0], self.self_attn.h, self.self_attn.d
+        qkv = self.self_attn.qkv(self.norm1(x)).view(b, 3, h, d)  # (B, 3, H, D)
+        qk = rotate_one(qkv[:, :2], cos, sin)  # (B, 2, H, D): q and k
+        k_buf[:, :, past] = qk[:, 1]
+        v_buf[:, :, past] = qkv[:, 2]
+        y = attention(qk[:, 0, :, None], k_buf[:, :, :past + 1], v_buf[:, :, :past + 1])  # (B, H, 1, D)
         x = x + self.self_attn.out(y.reshape(b, 1, -1))
         x = x + self.cross_attn.one(self.norm2(x), cross_k, cross_v, cross_mask)
         return x + self.mlp(self.norm3(x))
@@ -323,7 +334,8 @@ class OmniByteFormer(nn.Module):
             raise ValueError(f"a StaticKVCache takes one id per step, got {t}")
         if past >= cache.k.shape[3]:
             raise ValueError(f"the StaticKVCache is full ({past} ids)")
-        cos, sin = self.rope_cos[past:past + 1], self.rope_sin[past:past + 1]
+        c, s = self.rope_cos[past], self.rope_sin[past]  # (D/2,) each
+        cos, sin = torch.cat((c, c)), torch.cat((-s, s))  # (D,), in the model's dtype like its buffers
         cross_mask = memory.mask[:, None, None, :]  # (B, 1, 1, Sp)
         x = self.dec_embed(dec_ids)  # (B, 1, C)
         for i, block in enumerate(self.decoder):
