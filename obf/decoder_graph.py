@@ -64,7 +64,7 @@ def decoder_graph(model: OmniByteFormer, opset: int) -> onnx.ModelProto:
     eps = float(cfg.norm_eps)
 
     def linear(x: str, weight: str, out: str) -> str:  # x (..., in) @ W^T -> (..., out)
-        return g.op("MatMul", [x, g.const(f"{weight}.T", w[weight].T.astype(np.float32))], out)
+        return g.op("MatMul", [x, g.const(f"{weight}.T", w[weight].T)], out)
 
     # Positions: GroupQueryAttention wants each row's last position (seqlens_k, int32) and the
     # total length (a scalar); every row of a batch steps together, so they are the same.
@@ -74,7 +74,8 @@ def decoder_graph(model: OmniByteFormer, opset: int) -> onnx.ModelProto:
                  to=TensorProto.INT32)  # () int32
     seqlens = g.op("Expand", [g.op("Sub", [total, g.const("one_i32", np.array(1, np.int32))], "last"), b],
                    "seqlens_k")  # (B,) int32
-    cos, sin = g.const("rope_cos", model.rope_cos.numpy()), g.const("rope_sin", model.rope_sin.numpy())  # (n, D/2)
+    rope = {name: getattr(model, name).float().cpu().numpy() for name in ("rope_cos", "rope_sin")}  # not in state_dict
+    cos, sin = g.const("rope_cos", rope["rope_cos"]), g.const("rope_sin", rope["rope_sin"])  # (n, D/2) each
     # Cross-attention mask as an additive bias: 0 where a patch holds a real id, -1e30 elsewhere.
     keep = g.op("Unsqueeze", ["memory_mask", g.const("axes_1_2", np.array([1, 2], np.int64))], "keep")  # (B,1,1,Sp)
     bias = g.op("Where", [keep, g.const("zero", np.array(0.0, np.float32)),
