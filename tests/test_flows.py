@@ -196,9 +196,13 @@ def test_crash_mid_run_then_rerun_leaves_no_gap_or_duplicate(onnx_model, s3_serv
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "OBF_CACHE": str(tmp_path / "cache"),
            "PREFECT_API_URL": "", "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true", "OMP_NUM_THREADS": "1"}
     env.pop("PREFECT_API_URL")
+    # One worker, so outputs land one by one: Prefect's default thread pool runs all 30 batches at
+    # once and they may all finish (and write) within a second, leaving nothing to crash between.
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            "from prefect.task_runners import ThreadPoolTaskRunner\n"
             "from flows.generate import batch_generate\n"
-            f"batch_generate(input_url={inp!r}, output_url={out!r}, registry={reg!r}, max_bytes=1500, batch_size=1)\n")
+            "flow = batch_generate.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))\n"
+            f"flow(input_url={inp!r}, output_url={out!r}, registry={reg!r}, max_bytes=1500, batch_size=1)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
