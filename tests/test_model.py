@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from obf.backends.torch import TorchBackend
 from obf.config import ModelConfig
-from obf.model import OmniByteFormer
+from obf.model import OmniByteFormer, explicit_attention
 from obf.sampling import SamplingOptions, generate
 from obf.vocab import BOS, N_BYTES, PAD, VOCAB_SIZE, encoder_input
 
@@ -63,6 +63,24 @@ def test_causal_changing_target_t_never_changes_earlier_logits(p):
         assert torch.equal(out[:, : t + 1], base[:, : t + 1])
         if t + 1 < 20:
             assert not torch.allclose(out[:, t + 1:], base[:, t + 1:])
+
+
+def test_training_attention_equals_sdpa():
+    """On CPU the training forward (gradients on) runs `explicit_attention`, inference runs
+    `F.scaled_dot_product_attention`: the same logits, padding and causal masks included."""
+    m = tiny(4)
+    src, tgt = rand_ids(2, 40), rand_ids(2, 20)
+    src[1, 25:] = PAD
+    trained = m(src, shift_right(tgt))
+    assert trained.requires_grad
+    with torch.no_grad():
+        inferred = m(src, shift_right(tgt))
+    torch.testing.assert_close(trained.detach(), inferred, atol=1e-5, rtol=1e-5)
+    # a causal window after a cache (T < N): the newest query sees every key
+    q, k, v = torch.randn(2, 3, 5, 16), torch.randn(2, 3, 9, 16), torch.randn(2, 3, 9, 16)
+    bottom_right = torch.ones(5, 9, dtype=torch.bool).tril(9 - 5)
+    torch.testing.assert_close(explicit_attention(q, k, v, is_causal=True),
+                               F.scaled_dot_product_attention(q, k, v, attn_mask=bottom_right))
 
 
 @pytest.mark.parametrize("p", PATCHES)
