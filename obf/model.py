@@ -170,13 +170,6 @@ class CrossAttention(nn.Module):
         y = attention(q, k, v, mask)  # mask (B, 1, 1, Sp)
         return self.out(y.transpose(1, 2).reshape(b, t, self.h * self.d))
 
-    def one(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-        """`forward` for a single query position (B, 1, C): no transposes needed."""
-        b = x.shape[0]
-        q = self.q(x).view(b, 1, self.h, self.d).transpose(1, 2)  # (B, H, 1, D)
-        y = attention(q, k, v, mask)  # (B, H, 1, D)
-        return self.out(y.reshape(b, 1, self.h * self.d))
-
 
 class EncoderBlock(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -218,21 +211,28 @@ class DecoderBlock(nn.Module):
 
     def step_in_place(self, x: Tensor, cos: Tensor, sin: Tensor, k_buf: Tensor, v_buf: Tensor, past: int,
                       cross_k: Tensor, cross_v: Tensor, cross_mask: Tensor) -> Tensor:
-        """One new id (x: B, 1, C) after `past` cached ones: writes its K/V into column `past` of
-        k_buf / v_buf (B, H, T_max, D) and attends to columns 0..past. No mask is needed: the
+        """One new id per row (x: B, C) after `past` cached ones: writes its K/V into column `past`
+        of k_buf / v_buf (B, H, T_max, D) and attends to columns 0..past. No mask is needed: the
         newest id may see every cached one. cos / sin: `rotate_one`'s (D,) tables.
 
-        Written for few ops (a decode step on CPU costs per op, not per flop): q and k rotate
-        together, and no transposes are needed for a single position."""
+        The same function as `forward` for one position, written for the fewest torch ops, since a
+        decode step on CPU costs per op, not per flop (a batch-1 step is ~13 small matrix-vector
+        products): the weights are used through `F` directly rather than module calls, rows stay
+        (B, C) so no transposes are needed, q and k rotate together, and each output projection
+        adds into the residual inside one `addmm`."""
         b, h, d = x.shape[0], self.self_attn.h, self.self_attn.d
-        qkv = self.self_attn.qkv(self.norm1(x)).view(b, 3, h, d)  # (B, 3, H, D)
+        c, eps = x.shape[-1:], self.norm1.eps
+        qkv = F.linear(F.rms_norm(x, c, self.norm1.weight, eps), self.self_attn.qkv.weight).view(b, 3, h, d)
         qk = rotate_one(qkv[:, :2], cos, sin)  # (B, 2, H, D): q and k
         k_buf[:, :, past] = qk[:, 1]
         v_buf[:, :, past] = qkv[:, 2]
-        y = attention(qk[:, 0, :, None], k_buf[:, :, :past + 1], v_buf[:, :, :past + 1])  # (B, H, 1, D)
-        x = x + self.self_attn.out(y.reshape(b, 1, -1))
-        x = x + self.cross_attn.one(self.norm2(x), cross_k, cross_v, cross_mask)
-        return x + self.mlp(self.norm3(x))
+        y = F.scaled_dot_product_attention(qk[:, 0, :, None], k_buf[:, :, :past + 1], v_buf[:, :, :past + 1])
+        x = torch.addmm(x, y.reshape(b, h * d), self.self_attn.out.weight.t())  # y (B, H, 1, D)
+        q = F.linear(F.rms_norm(x, c, self.norm2.weight, eps), self.cross_attn.q.weight).view(b, h, 1, d)
+        y = F.scaled_dot_product_attention(q, cross_k, cross_v, cross_mask)  # (B, H, 1, D)
+        x = torch.addmm(x, y.reshape(b, h * d), self.cross_attn.out.weight.t())
+        gate, up = F.linear(F.rms_norm(x, c, self.norm3.weight, eps), self.mlp.gate_up.weight).chunk(2, dim=-1)
+        return torch.addmm(x, F.silu(gate) * up, self.mlp.down.weight.t())  # (B, C)
 
 
 class OmniByteFormer(nn.Module):
@@ -260,6 +260,9 @@ class OmniByteFormer(nn.Module):
         cos, sin = rotary_tables(n_pos, cfg.head_dim, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)  # (n_pos, D/2)
         self.register_buffer("rope_sin", sin, persistent=False)
+        # rotate_one's tables for the one-id decode step: [cos, cos] and [-sin, sin], (n_pos, D) each
+        self.register_buffer("rope_cos_step", torch.cat((cos, cos), dim=-1), persistent=False)
+        self.register_buffer("rope_sin_step", torch.cat((-sin, sin), dim=-1), persistent=False)
         self.register_buffer("patch_offsets", torch.arange(p) * v, persistent=False)  # (P,)
         self.reset_parameters()
 
@@ -347,13 +350,13 @@ class OmniByteFormer(nn.Module):
             raise ValueError(f"a StaticKVCache takes one id per step, got {t}")
         if past >= cache.k.shape[3]:
             raise ValueError(f"the StaticKVCache is full ({past} ids)")
-        c, s = self.rope_cos[past], self.rope_sin[past]  # (D/2,) each
-        cos, sin = torch.cat((c, c)), torch.cat((-s, s))  # (D,), in the model's dtype like its buffers
+        cos, sin = self.rope_cos_step[past], self.rope_sin_step[past]  # (D,) each
         cross_mask = memory.mask[:, None, None, :]  # (B, 1, 1, Sp)
-        x = self.dec_embed(dec_ids)  # (B, 1, C)
+        x = F.embedding(dec_ids[:, 0], self.dec_embed.weight)  # (B, C)
         for i, block in enumerate(self.decoder):
             x = block.step_in_place(x, cos, sin, cache.k[i], cache.v[i], past, memory.k[i], memory.v[i], cross_mask)
-        logits = self.head(self.dec_norm(x))  # (B, 1, V)
+        x = F.rms_norm(x, x.shape[-1:], self.dec_norm.weight, self.dec_norm.eps)
+        logits = F.linear(x, self.head.weight)[:, None]  # (B, 1, V)
         return logits, StaticKVCache(cache.k, cache.v, past + 1)
 
     def static_cache(self, batch: int, capacity: int | None = None, device: torch.device | None = None,
