@@ -150,7 +150,7 @@ def batch_generate(input_url: str, output_url: str, registry: str, name: str = "
                    precision: str = "fp32") -> dict[str, Any]:
     """Generate an output for every input not yet done with this model version and these settings.
     `precision` int8 runs the model's quantised graphs (published when it was exported with
-    `export.int8`) on CPU."""
+    `export.int8`) on CPU; fp16 its fp16 graphs (`export.fp16`), made for the CUDA provider."""
     log = get_run_logger()
     if storage.join(output_url, "").startswith(storage.join(input_url, "")):
         raise ValueError("output_url must not lie inside input_url (outputs would become inputs)")

@@ -124,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="METRICS_JSON", help="where to write metrics.json")
     p.add_argument("--per-file", action="store_true", help="add a per-file list to metrics.json")
     p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto", help="device / ONNX Runtime provider")
-    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
-                   help="fp32 (default); int8: an ONNX dir's quantised graphs (export.int8); bf16: a checkpoint on torch")
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8", "fp16"), default="fp32",
+                   help="fp32 (default); int8: an ONNX dir's quantised graphs (export.int8); fp16: an ONNX dir's "
+                        "fp16 graphs (export.fp16, for CUDA); bf16: a checkpoint on torch")
     _add_params(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -136,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL_DIR", help="model dir written by `obf train`")
     p.add_argument("--out", required=True, metavar="ONNX_DIR", help="ONNX dir to (re)create")
     p.add_argument("--data", default=None, metavar="DATA_DIR",
-                   help="dataset (obf ingest) whose validation files the parity check and the int8 report "
+                   help="dataset (obf ingest) whose validation files the parity check and the int8 / fp16 reports "
                         "also run on (default: random bytes only)")
     _add_params(p)
     p.set_defaults(func=cmd_export)
@@ -159,9 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
                    help="ONNX Runtime provider / torch device (auto = CUDA when it works)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8", "fp16"), default="fp32",
                    help="fp32 (default); int8: the quantised graphs of an ONNX dir exported with export.int8 "
-                        "(CPU); bf16: a checkpoint dir on torch")
+                        "(CPU); fp16: its fp16 graphs (export.fp16; CUDA, cache kept on the GPU); bf16: a "
+                        "checkpoint dir on torch")
     p.add_argument("--batch-size", type=int, default=8, help="inputs generated together")
     p.add_argument("--max-input-bytes", type=int, default=None, help="size cap per input (default ingest.max_file_bytes)")
     _add_params(p)

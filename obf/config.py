@@ -222,6 +222,7 @@ class ExportConfig:
     opset: int = 18
     max_abs_diff: float = 1e-3  # parity tolerance on logits, torch vs ONNX Runtime (fp32)
     int8: bool = False  # also write dynamically quantised int8 graphs for CPU
+    fp16: bool = False  # also write fp16 graphs for the CUDA provider (cache kept on the GPU)
 
     def validate(self, s: str = "export") -> None:
         _require(17 <= self.opset <= 23, f"{s}.opset", f"must be in 17..23, got {self.opset}")

@@ -17,12 +17,14 @@ residual add. Written by hand it uses ONNX Runtime's fused kernels instead:
 * One packed QKV and one gate/up product per layer; ONNX Runtime fuses `x * sigmoid(x)`.
 
 The math is exactly `OmniByteFormer.decode_layers`; `obf.export.parity` checks it against the
-torch model on every export. Interface (L decoder layers, i = 0..L-1):
+torch model on every export. `dtype="fp16"` writes the same graph with fp16 weights, cache and
+cross K/V (logits stay fp32) for the CUDA provider, whose GroupQueryAttention kernel takes fp16 and
+not fp32. Interface (L decoder layers, i = 0..L-1):
 
   inputs  dec_ids (B, T) int64; past_len () int64, ids already in the cache; memory_mask (B, Sp)
           bool; cross_k_i, cross_v_i (B, H, Sp, D); past_k_i, past_v_i (B, H, T_max, D)
-  outputs logits (B, T, V); present_k_i, present_v_i (B, H, T_max, D): the buffers with the T
-          new ids' K/V written at positions past_len .. past_len + T - 1
+  outputs logits (B, T, V) float32; present_k_i, present_v_i (B, H, T_max, D): the buffers with
+          the T new ids' K/V written at positions past_len .. past_len + T - 1
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from onnx import TensorProto, helper, numpy_helper
 from obf.model import OmniByteFormer
 
 MS = "com.microsoft"
+# dtype -> (numpy type, ONNX type, the additive bias of a masked patch: far below any score, and
+# finite in that type so that exp() of it is 0 rather than NaN)
+DTYPES = {"fp32": (np.float32, TensorProto.FLOAT, -1e30), "fp16": (np.float16, TensorProto.FLOAT16, -3e4)}
 
 
 class _Builder:
@@ -55,11 +60,13 @@ class _Builder:
         return self.node(op, inputs, [output], domain, **attrs)[0]
 
 
-def decoder_graph(model: OmniByteFormer, opset: int) -> onnx.ModelProto:
-    """The decoder of `model` (fp32) as an ONNX model in graph layout v3 (see the module doc)."""
+def decoder_graph(model: OmniByteFormer, opset: int, dtype: str = "fp32") -> onnx.ModelProto:
+    """The decoder of `model` as an ONNX model in graph layout v3 (see the module doc), computing in
+    `dtype` (fp32 or fp16; the weights are rounded from the model's fp32 copy)."""
+    np_type, onnx_type, masked = DTYPES[dtype]
     cfg = model.cfg
     c, h, d, n_layers, v = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.decoder_layers, cfg.vocab_size
-    w = {k: t.detach().float().cpu().numpy() for k, t in model.state_dict().items()}
+    w = {k: t.detach().float().cpu().numpy().astype(np_type) for k, t in model.state_dict().items()}
     g = _Builder()
     eps = float(cfg.norm_eps)
 
@@ -74,12 +81,13 @@ def decoder_graph(model: OmniByteFormer, opset: int) -> onnx.ModelProto:
                  to=TensorProto.INT32)  # () int32
     seqlens = g.op("Expand", [g.op("Sub", [total, g.const("one_i32", np.array(1, np.int32))], "last"), b],
                    "seqlens_k")  # (B,) int32
-    rope = {name: getattr(model, name).float().cpu().numpy() for name in ("rope_cos", "rope_sin")}  # not in state_dict
+    rope = {name: getattr(model, name).float().cpu().numpy().astype(np_type)  # not in state_dict
+            for name in ("rope_cos", "rope_sin")}
     cos, sin = g.const("rope_cos", rope["rope_cos"]), g.const("rope_sin", rope["rope_sin"])  # (n, D/2) each
-    # Cross-attention mask as an additive bias: 0 where a patch holds a real id, -1e30 elsewhere.
+    # Cross-attention mask as an additive bias: 0 where a patch holds a real id, `masked` elsewhere.
     keep = g.op("Unsqueeze", ["memory_mask", g.const("axes_1_2", np.array([1, 2], np.int64))], "keep")  # (B,1,1,Sp)
-    bias = g.op("Where", [keep, g.const("zero", np.array(0.0, np.float32)),
-                          g.const("masked", np.array(-1e30, np.float32))], "cross_bias")
+    bias = g.op("Where", [keep, g.const("zero", np.array(0.0, np_type)),
+                          g.const("masked", np.array(masked, np_type))], "cross_bias")
     heads = g.const("shape_bthd", np.array([0, 0, h, d], np.int64))
     merged = g.const("shape_btc", np.array([0, 0, c], np.int64))
     ff = g.const("split_ff", np.array([cfg.d_ff, cfg.d_ff], np.int64))
@@ -119,18 +127,20 @@ def decoder_graph(model: OmniByteFormer, opset: int) -> onnx.ModelProto:
                           [f"l{i}.gate", f"l{i}.up"], axis=-1)
         act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate], f"l{i}.sig")], f"l{i}.silu"), up], f"l{i}.act")
         x = linear(act, p + "mlp.down.weight", f"l{i}.mlp_out")  # the branch the next norm adds
-    logits = linear(norm(x, "dec_norm.weight", "final"), "head.weight", "logits")  # (B, T, V)
+    logits = linear(norm(x, "dec_norm.weight", "final"), "head.weight", "logits" if dtype == "fp32" else "logits16")
+    if dtype != "fp32":
+        logits = g.op("Cast", [logits], "logits", to=TensorProto.FLOAT)  # (B, T, V) float32 on every dtype
     assert logits == "logits"
 
-    f32, cache_dims = TensorProto.FLOAT, ["batch", h, "cache", d]
+    cache_dims = ["batch", h, "cache", d]
     inputs = [helper.make_tensor_value_info("dec_ids", TensorProto.INT64, ["batch", "tgt"]),
               helper.make_tensor_value_info("past_len", TensorProto.INT64, []),
               helper.make_tensor_value_info("memory_mask", TensorProto.BOOL, ["batch", "patches"])]
-    inputs += [helper.make_tensor_value_info(f"cross_{kv}_{i}", f32, ["batch", h, "patches", d])
+    inputs += [helper.make_tensor_value_info(f"cross_{kv}_{i}", onnx_type, ["batch", h, "patches", d])
                for i in range(n_layers) for kv in "kv"]
-    inputs += [helper.make_tensor_value_info(f"past_{kv}_{i}", f32, cache_dims) for i in range(n_layers) for kv in "kv"]
-    outputs = [helper.make_tensor_value_info("logits", f32, ["batch", "tgt", v])]
-    outputs += [helper.make_tensor_value_info(f"present_{kv}_{i}", f32, cache_dims)
+    inputs += [helper.make_tensor_value_info(f"past_{kv}_{i}", onnx_type, cache_dims) for i in range(n_layers) for kv in "kv"]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "tgt", v])]
+    outputs += [helper.make_tensor_value_info(f"present_{kv}_{i}", onnx_type, cache_dims)
                 for i in range(n_layers) for kv in "kv"]
     graph = helper.make_graph(g.nodes, "obf_decoder", inputs, outputs, g.inits)
     opsets = [helper.make_opsetid("", opset), helper.make_opsetid(MS, 1)]

@@ -15,7 +15,9 @@ Batch, source and target lengths are dynamic; T_max is the decoder window + 1. T
 written to a temp dir and renamed into place only when the ONNX Runtime logits match the torch
 model within `export.max_abs_diff` (1e-3) on real and random inputs, so a failed export leaves
 nothing behind. `export.int8` adds `decoder.int8.onnx` / `encoder.int8.onnx` (dynamic
-quantisation for CPU) with their parity reported, not enforced.
+quantisation for CPU) and `export.fp16` adds `decoder.fp16.onnx` / `encoder.fp16.onnx` (for the
+CUDA provider: an fp16 decoder, fed by the fp32 encoder whose cross K/V outputs are cast to fp16),
+each with its parity reported, not enforced.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
-from onnx import TensorProto
+from onnx import TensorProto, helper
 from torch import Tensor, nn
 
 from obf import storage
@@ -68,7 +71,12 @@ def _export(module: nn.Module, args: tuple, names_in: list[str], names_out: list
         prog = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic, input_names=names_in,
                                  output_names=names_out, opset_version=opset, external_data=False, verbose=False,
                                  optimize=True)
-    prog.save(str(path))
+    graph = prog.model_proto
+    # The exporter records each node's Python stack trace (absolute source paths and line numbers):
+    # drop that per-node metadata so the graph's bytes, and its sha256, depend on the model only.
+    for node in [*graph.graph.node, *(n for f in graph.functions for n in f.node)]:
+        del node.metadata_props[:]
+    onnx.save(graph, str(path))
 
 
 def export_graphs(model: OmniByteFormer, out: Path, opset: int) -> None:
@@ -163,15 +171,18 @@ def export(model_dir: str | Path, out_dir: str | Path, cfg: ExportConfig, *, rea
         if not par["max"] <= cfg.max_abs_diff:
             raise ExportError(f"parity check failed: max abs logit difference {par['max']:.2e} > {cfg.max_abs_diff:g}")
         files = {ENCODER: sha256_file(tmp / ENCODER), DECODER: sha256_file(tmp / DECODER)}
-        int8 = None
+        int8 = fp16 = None
         if cfg.int8:
             int8 = quantize_int8(model, tmp, real or [])
             files.update({f: sha256_file(tmp / f) for f in (Q_ENCODER, Q_DECODER)})
+        if cfg.fp16:
+            fp16 = half_graphs(model, tmp, cfg.opset, real or [])
+            files.update({f: sha256_file(tmp / f) for f in (H_ENCODER, H_DECODER)})
         info = {"format": "obf-onnx", "version": GRAPH_VERSION, "config": model_cfg.to_dict(), "vocab": Vocab().to_dict(),
                 "opset": cfg.opset, "sha256": files, "parity": {"max_abs_diff": par["max"], "full": par["full"],
                                                                 "step": par["step"], "tolerance": cfg.max_abs_diff,
                                                                 "samples": len(real or [])},
-                "int8": int8, "source": {"step": meta.get("step")},
+                "int8": int8, "fp16": fp16, "source": {"step": meta.get("step")},
                 "ingest": meta.get("ingest")}  # the canonical forms the model was trained on
         (tmp / META).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         storage.replace_dir(tmp, out)
@@ -180,9 +191,10 @@ def export(model_dir: str | Path, out_dir: str | Path, cfg: ExportConfig, *, rea
         raise
     if progress:
         print(f"export: {out} (opset {cfg.opset}), parity max abs diff {par['max']:.2e}", file=sys.stderr)
-        if int8:
-            print(f"export: int8 graphs: bits per byte {int8['bpb_int8']:.4f} vs {int8['bpb_fp32']:.4f} in fp32 "
-                  f"(max abs logit diff {int8['max_abs_diff']:.2e})", file=sys.stderr)
+        for name, q in (("int8", int8), ("fp16", fp16)):
+            if q:
+                print(f"export: {name} graphs: bits per byte {q['bpb_' + name]:.4f} vs {q['bpb_fp32']:.4f} in fp32 "
+                      f"(max abs logit diff {q['max_abs_diff']:.2e})", file=sys.stderr)
     return info
 
 
@@ -208,3 +220,36 @@ def quantize_int8(model: OmniByteFormer, out: Path, real: list[Sample]) -> dict[
     par = parity(model, out, real, encoder=Q_ENCODER, decoder=Q_DECODER)
     return {"encoder": Q_ENCODER, "decoder": Q_DECODER, "max_abs_diff": par["max"], "bpb_fp32": par["bpb_torch"],
             "bpb_int8": par["bpb"]}
+
+
+H_ENCODER, H_DECODER = "encoder.fp16.onnx", "decoder.fp16.onnx"
+
+
+def cast_outputs(model: onnx.ModelProto, names: list[str], to: int) -> onnx.ModelProto:
+    """`model` with each output in `names` cast to ONNX type `to` (same names, new type)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # a copy to edit
+    graph = model.graph
+    for name in names:
+        inner = f"{name}_before_cast"
+        for node in graph.node:
+            node.output[:] = [inner if o == name else o for o in node.output]
+            node.input[:] = [inner if i == name else i for i in node.input]
+        graph.node.append(helper.make_node("Cast", [inner], [name], name=f"{name}/Cast", to=to))
+        out = next(o for o in graph.output if o.name == name)
+        out.type.tensor_type.elem_type = to
+    return model
+
+
+def half_graphs(model: OmniByteFormer, out: Path, opset: int, real: list[Sample]) -> dict[str, Any]:
+    """The fp16 graph pair for the CUDA provider: the decoder written in fp16 (weights, cache and
+    cross K/V; logits stay fp32) and the fp32 encoder with its cross K/V outputs cast to fp16. On
+    CUDA this is what keeps the self-attention cache on the device (the fp32 decoder's attention
+    runs on the CPU provider there). Parity and bits per byte are measured here on the CPU provider,
+    reported, not enforced."""
+    cross = kv_names("cross", model.cfg.decoder_layers)
+    enc = cast_outputs(onnx.load(str(out / ENCODER)), cross, TensorProto.FLOAT16)
+    (out / H_ENCODER).write_bytes(enc.SerializeToString())
+    (out / H_DECODER).write_bytes(decoder_graph(model, opset, "fp16").SerializeToString())
+    par = parity(model, out, real, encoder=H_ENCODER, decoder=H_DECODER)
+    return {"encoder": H_ENCODER, "decoder": H_DECODER, "max_abs_diff": par["max"], "bpb_fp32": par["bpb_torch"],
+            "bpb_fp16": par["bpb"]}

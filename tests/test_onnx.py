@@ -211,10 +211,64 @@ def test_int8_export_reports_its_bpb_and_generates(exported, tmp_path):
     assert 0 < abs(int8["overall"]["bpb"] - fp32["overall"]["bpb"]) < 0.1  # other graphs, nearly the same model
     with pytest.raises(OnnxModelError, match="exported without int8 graphs"):
         OnnxBackend(root / "onnx", provider="cpu", precision="int8")
-    with pytest.raises(ObfError, match="fp32 or int8, not bf16"):
+    with pytest.raises(ObfError, match="fp32, int8 or fp16, not bf16"):
         open_backend(root / "onnx", precision="bf16")
     with pytest.raises(ObfError, match="fp32 or bf16, not int8"):
         open_backend(root / "model", precision="int8")
+
+
+@pytest.fixture(scope="module")
+def exported_fp16(exported):
+    """The same model exported with the fp16 graph pair beside the fp32 one."""
+    root, params, _ = exported
+    info = export(root / "model", root / "onnx16", dataclasses.replace(params.export, fp16=True),
+                  real=[((RAW / "text/heapq.py").read_bytes(), "text")], progress=False)
+    return root / "onnx16", info
+
+
+def test_fp16_export_matches_fp32_on_cpu(exported, exported_fp16):
+    """The fp16 pair (made for CUDA) is hashed in obf.json, types its cache and cross K/V fp16 with
+    fp32 logits, and gives the fp32 pair's logits and greedy bytes on the CPU provider."""
+    root, _, _ = exported
+    onnx16, info = exported_fp16
+    h = info["fp16"]
+    assert {"encoder.fp16.onnx", "decoder.fp16.onnx"} <= set(info["sha256"])
+    assert h["max_abs_diff"] < 0.05 and abs(h["bpb_fp16"] - h["bpb_fp32"]) < 0.01, h
+    half = OnnxBackend(onnx16, provider="cpu", precision="fp16")
+    full = OnnxBackend(onnx16, provider="cpu")
+    types = {i.name: i.type for i in half.dec.get_inputs()}
+    assert types["past_k_0"] == types["cross_v_0"] == "tensor(float16)" and half.cache_dtype == np.float16
+    assert half.dec.get_outputs()[0].type == "tensor(float)" and not half.cache_on_device
+    assert [o.type for o in half.enc.get_outputs()][1:] == ["tensor(float16)"] * (2 * half.layers)
+    rng = np.random.default_rng(1)
+    src, dec = rng.integers(0, 256, (3, 100)), rng.integers(0, 256, (3, 40))
+    assert np.abs(half.logits(src, dec) - full.logits(src, dec)).max() < 0.05
+    ctx = [(RAW / "text/heapq.py").read_bytes()[:300], b"\x00\x01"]
+    opts = SamplingOptions(max_bytes=100, stop_at_eos=False)
+    a, b = generate(half, ctx, ["text", "binary"], opts=opts), generate(full, ctx, ["text", "binary"], opts=opts)
+    assert [len(o) for o in a] == [100, 100]
+    assert sum(x == y for p, q in zip(a, b) for x, y in zip(p, q)) >= 180  # near-ties may flip a byte or two
+    with pytest.raises(OnnxModelError, match="exported without fp16 graphs"):
+        OnnxBackend(root / "onnx", provider="cpu", precision="fp16")
+
+
+def test_fp16_on_cuda_keeps_the_cache_on_the_device(exported_fp16):
+    """The fp16 pair on the CUDA provider: cache buffers on the GPU, logits as on CPU; skips where
+    CUDA can't run."""
+    onnx16, _ = exported_fp16
+    try:
+        gpu = OnnxBackend(onnx16, provider="cuda", precision="fp16")
+    except OnnxModelError as e:
+        pytest.skip(f"no usable CUDA provider here ({e})")
+    assert gpu.cache_on_device
+    cache = gpu.init_cache(gpu.encode(np.full((2, 10), 65, np.int64)))
+    assert all(buf.device_name() == "cuda" for buf in cache.buffers)
+    cpu = OnnxBackend(onnx16, provider="cpu")
+    rng = np.random.default_rng(0)
+    src, dec = rng.integers(0, 256, (3, 100)), rng.integers(0, 256, (3, 40))
+    assert np.abs(gpu.logits(src, dec) - cpu.logits(src, dec)).max() < 0.05
+    out = generate(gpu, [b"def heap", b"\x00"], ["text", "binary"], opts=SamplingOptions(max_bytes=100, stop_at_eos=False))
+    assert [len(o) for o in out] == [100, 100]
 
 
 def test_failed_parity_leaves_nothing(exported, tmp_path):

@@ -14,8 +14,8 @@ from obf.errors import ObfError
 
 
 def open_backend(model_dir: str | Path, *, provider: str = "auto", precision: str = "fp32") -> Any:
-    """A backend over MODEL_DIR. `precision`: fp32 for both runtimes, int8 for an ONNX export made
-    with `export.int8`, bf16 for a checkpoint on torch."""
+    """A backend over MODEL_DIR. `precision`: fp32 for both runtimes, int8 / fp16 for an ONNX export
+    made with `export.int8` / `export.fp16`, bf16 for a checkpoint on torch."""
     d = Path(model_dir)
     if (d / "obf.json").is_file():
         from obf.backends.onnx import load as load_onnx

@@ -4,10 +4,14 @@
 (a tampered or mixed-up dir is refused), then opens the encoder and decoder sessions. Provider
 `auto` asks for CUDA, then CPU, and reports what it really got (`providers`). The decoder's
 self-attention cache is a set of fixed-size buffers bound (IO binding) as both the `past_*` inputs
-and the `present_*` outputs, so the graph writes each step's K/V into them in place. They live in
-host memory on every provider: ONNX Runtime's CUDA GroupQueryAttention kernel takes fp16/bf16
-only, so with our fp32 graphs that node (and the cache it owns) runs on the CPU provider even in
-a CUDA session, while the matrix products and the cross K/V stay on the GPU.
+and the `present_*` outputs, so the graph writes each step's K/V into them in place.
+
+Where the cache lives follows from ONNX Runtime's CUDA GroupQueryAttention kernel, which takes
+fp16/bf16 and not fp32. With the fp32 graphs that node (and the cache it owns) runs on the CPU
+provider even in a CUDA session, so the cache stays in host memory while the matrix products and
+the cross K/V run on the GPU. `precision="fp16"` runs the fp16 graph pair (`export.fp16`), whose
+every node has a CUDA kernel: on CUDA its cache buffers are allocated on the device and never
+leave it; only the ids go in and the logits come out each step.
 """
 
 from __future__ import annotations
@@ -100,22 +104,23 @@ class OnnxBackend:
     def __init__(self, onnx_dir: str | Path, *, provider: str = "auto", threads: int | None = None,
                  precision: str = "fp32", encoder: str = ENCODER, decoder: str = DECODER, verify: bool = True,
                  config: dict[str, Any] | None = None) -> None:
-        """`precision` int8 runs the dynamically quantised graphs of `export.int8` (made for CPU).
+        """`precision` int8 runs the dynamically quantised graphs of `export.int8` (made for CPU),
+        fp16 the graphs of `export.fp16` (made for CUDA; they also run, slowly, on CPU).
         `verify=False` with an explicit `config` is for the export's own parity check only."""
         if provider not in ("auto", "cpu", "cuda"):
             raise OnnxModelError(f"provider must be auto, cpu or cuda, got {provider!r}")
-        if precision not in ("fp32", "int8"):
-            raise OnnxModelError(f"{onnx_dir}: ONNX graphs run in fp32 or int8, not {precision} "
+        if precision not in ("fp32", "int8", "fp16"):
+            raise OnnxModelError(f"{onnx_dir}: ONNX graphs run in fp32, int8 or fp16, not {precision} "
                                  "(bf16 is for checkpoint dirs)")
         self.dir = Path(onnx_dir)
         self.precision = precision
         if verify:
             self.meta = read_meta(self.dir)
-            if precision == "int8":
-                if not self.meta.get("int8"):
-                    raise OnnxModelError(f"{self.dir}: exported without int8 graphs; re-export with "
-                                         "`--set export.int8=true`")
-                encoder, decoder = self.meta["int8"]["encoder"], self.meta["int8"]["decoder"]
+            if precision != "fp32":
+                if not self.meta.get(precision):
+                    raise OnnxModelError(f"{self.dir}: exported without {precision} graphs; re-export with "
+                                         f"`--set export.{precision}=true`")
+                encoder, decoder = self.meta[precision]["encoder"], self.meta[precision]["decoder"]
             verify_graphs(self.dir, self.meta, [encoder, decoder])
             cfg = self.meta["config"]
         else:
@@ -130,6 +135,11 @@ class OnnxBackend:
             raise OnnxModelError(f"{self.dir}: cannot load graphs ({str(e).splitlines()[0][:200]})") from None
         self.providers = self.dec.get_providers()
         self.cuda = self.providers[0] == "CUDAExecutionProvider"
+        # the cache's element type is the graph's (fp32, or fp16 for the fp16 pair); it lives on the
+        # GPU only where the graph's attention runs there, i.e. in fp16 on CUDA
+        past = next(i for i in self.dec.get_inputs() if i.name == "past_k_0")
+        self.cache_dtype = np.float16 if past.type == "tensor(float16)" else np.float32
+        self.cache_on_device = self.cuda and self.cache_dtype == np.float16
         self.max_src_len = int(cfg["max_src_len"])
         self.max_tgt_len = int(cfg["max_tgt_len"])
         self.vocab_size = int(cfg["vocab_size"])
@@ -179,6 +189,8 @@ class _Cache:
     OrtValue on the host wraps its array, no copy); a step writes its ids and `past_len` into their
     arrays and runs. The same buffer is bound as `past_*` input and `present_*` output, which is
     what lets ONNX Runtime's GroupQueryAttention write the new K/V in place instead of copying.
+    With `cache_on_device` the buffers are allocated on the GPU instead (nothing reads a position
+    before the kernel has written it, so they need no zeroing).
     """
 
     def __init__(self, backend: OnnxBackend, memory: dict[str, Any], new_ids: int) -> None:
@@ -187,7 +199,12 @@ class _Cache:
         self.new_ids = new_ids  # ids per call: 1 for generation, T for teacher-forced logits
         self.memory = memory  # bound below; kept alive with the binding
         shape = (b, backend.heads, self.capacity, backend.head_dim)
-        self.buffers = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32)) for _ in range(2 * backend.layers)]
+        if backend.cache_on_device:
+            self.buffers = [ort.OrtValue.ortvalue_from_shape_and_type(shape, backend.cache_dtype, "cuda", 0)
+                            for _ in range(2 * backend.layers)]
+        else:
+            self.buffers = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, backend.cache_dtype))
+                            for _ in range(2 * backend.layers)]
         self.out = ort.OrtValue.ortvalue_from_numpy(np.zeros((b, new_ids, backend.vocab_size), np.float32))
         self.ids = np.zeros((b, new_ids), np.int64)  # (B, new_ids), rewritten every call
         self.past_len = np.zeros((), np.int64)

@@ -29,7 +29,7 @@ class TorchBackend:
     def __init__(self, model: OmniByteFormer, *, device: str | torch.device | None = None,
                  precision: str = "fp32") -> None:
         if precision not in ("fp32", "bf16", "auto"):
-            raise ObfError(f"a checkpoint runs in fp32 or bf16, not {precision} (int8 is for `obf export` dirs)")
+            raise ObfError(f"a checkpoint runs in fp32 or bf16, not {precision} (int8 and fp16 are for `obf export` dirs)")
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.dtype = run_dtype(self.device, precision)
         model = model.eval().to(self.device)
