@@ -213,7 +213,9 @@ class DecoderBlock(nn.Module):
                       cross_k: Tensor, cross_v: Tensor, cross_mask: Tensor) -> Tensor:
         """One new id per row (x: B, C) after `past` cached ones: writes its K/V into column `past`
         of k_buf / v_buf (B, H, T_max, D) and attends to columns 0..past. No mask is needed: the
-        newest id may see every cached one. cos / sin: `rotate_one`'s (D,) tables.
+        newest id may see every cached one. cos / sin: `rotate_one`'s (D,) tables. Attention runs in
+        the dtype of the cache and cross K/V, which may be wider than the weights' (see
+        `TorchBackend`: bf16 weights with fp32 attention on CPU).
 
         The same function as `forward` for one position, written for the fewest torch ops, since a
         decode step on CPU costs per op, not per flop (a batch-1 step is ~13 small matrix-vector
@@ -224,12 +226,13 @@ class DecoderBlock(nn.Module):
         c, eps = x.shape[-1:], self.norm1.eps
         qkv = F.linear(F.rms_norm(x, c, self.norm1.weight, eps), self.self_attn.qkv.weight).view(b, 3, h, d)
         qk = rotate_one(qkv[:, :2], cos, sin)  # (B, 2, H, D): q and k
-        k_buf[:, :, past] = qk[:, 1]
+        k_buf[:, :, past] = qk[:, 1]  # (cast to the cache's dtype)
         v_buf[:, :, past] = qkv[:, 2]
-        y = F.scaled_dot_product_attention(qk[:, 0, :, None], k_buf[:, :, :past + 1], v_buf[:, :, :past + 1])
-        x = torch.addmm(x, y.reshape(b, h * d), self.self_attn.out.weight.t())  # y (B, H, 1, D)
+        q = qk[:, 0, :, None].to(k_buf.dtype)  # (B, H, 1, D)
+        y = F.scaled_dot_product_attention(q, k_buf[:, :, :past + 1], v_buf[:, :, :past + 1]).to(x.dtype)
+        x = torch.addmm(x, y.reshape(b, h * d), self.self_attn.out.weight.t())
         q = F.linear(F.rms_norm(x, c, self.norm2.weight, eps), self.cross_attn.q.weight).view(b, h, 1, d)
-        y = F.scaled_dot_product_attention(q, cross_k, cross_v, cross_mask)  # (B, H, 1, D)
+        y = F.scaled_dot_product_attention(q.to(cross_k.dtype), cross_k, cross_v, cross_mask).to(x.dtype)
         x = torch.addmm(x, y.reshape(b, h * d), self.cross_attn.out.weight.t())
         gate, up = F.linear(F.rms_norm(x, c, self.norm3.weight, eps), self.mlp.gate_up.weight).chunk(2, dim=-1)
         return torch.addmm(x, F.silu(gate) * up, self.mlp.down.weight.t())  # (B, C)

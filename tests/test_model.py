@@ -146,6 +146,26 @@ def test_in_place_cache_steps_equal_full_forward(p):
         m.decode_step(dec[:, :1], mem, full_cache)
 
 
+def test_bf16_backend_steps_match_fp32_with_fp32_attention_on_cpu():
+    """bf16 weights on CPU keep the decode step's attention (cache and cross K/V) in fp32; its
+    logits stay within bf16 rounding of the fp32 model's, through a padded batch."""
+    m = tiny(4)
+    src = rand_ids(3, 50)
+    src[1, 20:] = PAD
+    full, half = TorchBackend(m), TorchBackend(m, precision="bf16")
+    assert half.dtype == torch.bfloat16 and half.attn_dtype == torch.float32
+    mem_f, mem_h = full.encode(src.numpy()), half.encode(src.numpy())
+    assert mem_h.k.dtype == torch.float32
+    cache_f, cache_h = full.init_cache(mem_f), half.init_cache(mem_h)
+    assert cache_h.k.dtype == torch.float32
+    tokens = np.full(3, BOS)
+    for _ in range(20):
+        lf, cache_f = full.step(tokens, mem_f, cache_f)
+        lh, cache_h = half.step(tokens, mem_h, cache_h)
+        assert lh.dtype == np.float32 and np.abs(lh - lf).max() < 0.1
+        tokens = lf.argmax(-1)
+
+
 def test_no_leak_random_bytes_stay_near_8_bits():
     """A tiny model trained on uniformly random bytes must not beat 8 bits per byte on held-out data.
 
