@@ -9,7 +9,6 @@ Pillow + PyAV. Run: python data/build_sample_corpus.py /tmp/src
 from __future__ import annotations
 
 import importlib.util
-import io
 import marshal
 import os
 import shutil
