@@ -44,7 +44,7 @@ class SamplingOptions:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
     seed: int = 0
-    stop_at_eos: bool = True
+    stop_at_eos: bool = True  # False: EOS is never sampled, so every row emits exactly max_bytes
 
     def __post_init__(self) -> None:
         if self.max_bytes < 0:
@@ -57,11 +57,12 @@ class SamplingOptions:
             raise ValueError("top_p must be in (0, 1]")
 
 
-def mask_non_bytes(logits: np.ndarray) -> np.ndarray:
-    """(B, V) logits with every id that is neither a byte nor EOS set to -inf."""
+def mask_non_bytes(logits: np.ndarray, keep_eos: bool = True) -> np.ndarray:
+    """(B, V) logits with every id that is neither a byte nor (with `keep_eos`) EOS set to -inf."""
     out = np.full_like(logits, -np.inf)
     out[:, :N_BYTES] = logits[:, :N_BYTES]
-    out[:, EOS] = logits[:, EOS]
+    if keep_eos:
+        out[:, EOS] = logits[:, EOS]
     return out
 
 
@@ -99,7 +100,7 @@ def sample(logits: np.ndarray, opts: SamplingOptions, rng: np.random.Generator) 
 def next_tokens(backend: Backend, tokens: np.ndarray, memory: Any, cache: Any, opts: SamplingOptions,
                 rng: np.random.Generator) -> tuple[np.ndarray, Any]:
     logits, cache = backend.step(tokens, memory, cache)
-    return sample(mask_non_bytes(logits), opts, rng), cache
+    return sample(mask_non_bytes(logits, keep_eos=opts.stop_at_eos), opts, rng), cache
 
 
 def pad_batch(rows: Sequence[Sequence[int]], multiple: int = 1) -> np.ndarray:

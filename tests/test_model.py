@@ -11,7 +11,7 @@ from obf.backends.torch import TorchBackend
 from obf.config import ModelConfig
 from obf.model import OmniByteFormer, explicit_attention
 from obf.sampling import SamplingOptions, generate
-from obf.vocab import BOS, N_BYTES, PAD, VOCAB_SIZE, encoder_input
+from obf.vocab import BOS, EOS, N_BYTES, PAD, VOCAB_SIZE, encoder_input
 
 PATCHES = [1, 2, 4, 8, 16]
 
@@ -227,4 +227,8 @@ def test_mask_non_bytes_only_bytes_or_eos():
     logits = np.zeros((4, VOCAB_SIZE), dtype=np.float32)
     logits[:, N_BYTES + 5:] = 50.0  # huge mass on special ids
     ids = sample(mask_non_bytes(logits), SamplingOptions(temperature=1.0), np.random.default_rng(0))
+    assert (ids < N_BYTES).all()
+    logits[:, EOS] = 100.0  # EOS far ahead: sampled while rows stop at it, never once they don't
+    assert (sample(mask_non_bytes(logits), SamplingOptions(), np.random.default_rng(0)) == EOS).all()
+    ids = sample(mask_non_bytes(logits, keep_eos=False), SamplingOptions(temperature=1.0), np.random.default_rng(0))
     assert (ids < N_BYTES).all()
