@@ -147,6 +147,7 @@ def main() -> None:
             ratios[f"torch_{dev}_vs_best_t5_{dev}_b{b}"] = torch_best[b] / t5_best
             for prov in args.providers:
                 ratios[f"onnx_{prov}_vs_torch_{dev}_b{b}"] = rates[f"onnx_{prov}"][b] / torch_best[b]
+                ratios[f"onnx_{prov}_vs_torch_{dev}_fp32_b{b}"] = rates[f"onnx_{prov}"][b] / rates[f"torch_{dev}_fp32"][b]
                 ratios[f"onnx_{prov}_vs_t5_{dev}_b{b}"] = rates[f"onnx_{prov}"][b] / rates[f"t5_{dev}"][b]
                 ratios[f"onnx_{prov}_vs_best_t5_{dev}_b{b}"] = rates[f"onnx_{prov}"][b] / t5_best
             for prov in args.providers if args.fp16 else []:
