@@ -55,6 +55,22 @@ class StaticKVCache(NamedTuple):
     length: int
 
 
+class StepWeights(NamedTuple):
+    """The decoder's weights laid out for the one-id decode step (`OmniByteFormer.step_weights`).
+
+    Every matrix is stored transposed, (in, out) and contiguous, and each RMSNorm gain is folded
+    into the matrix that reads the normalised rows (rms(x) * g @ W^T = rms(x) @ (W * g)^T), so a
+    step is plain `mm` / `addmm` calls with no per-call transpose or gain multiply. On CPU a
+    batch-1 step pays per op more than per flop; this layout made it 20-30% faster. Derived data:
+    build it again after the weights change.
+    """
+
+    embed: Tensor  # (V, C) decoder embedding
+    layers: tuple[tuple[Tensor, ...], ...]  # per layer: qkv (C, 3C), out (C, C), cross q (C, C),
+    #                                         cross out (C, C), gate_up (C, 2F), down (F, C)
+    head: Tensor  # (C, V), the final norm's gain folded in
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -87,8 +103,8 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 def rotate_one(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """`apply_rotary` in three ops for the one-id decode step: x (..., D); cos = [cos, cos] and
     sin = [-sin, sin] (D,), one position's tables. `roll` swaps the halves, so this is
-    (x1 cos - x2 sin, x2 cos + x1 sin), the same floats as `apply_rotary`."""
-    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
+    (x1 cos - x2 sin, x2 cos + x1 sin), `apply_rotary`'s values (to the last bit or so)."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
@@ -209,33 +225,39 @@ class DecoderBlock(nn.Module):
         x = x + self.cross_attn(self.norm2(x), cross_k, cross_v, cross_mask)
         return x + self.mlp(self.norm3(x)), k, v
 
-    def step_in_place(self, x: Tensor, cos: Tensor, sin: Tensor, k_buf: Tensor, v_buf: Tensor, past: int,
-                      cross_k: Tensor, cross_v: Tensor, cross_mask: Tensor) -> Tensor:
-        """One new id per row (x: B, C) after `past` cached ones: writes its K/V into column `past`
-        of k_buf / v_buf (B, H, T_max, D) and attends to columns 0..past. No mask is needed: the
-        newest id may see every cached one. cos / sin: `rotate_one`'s (D,) tables. Attention runs in
-        the dtype of the cache and cross K/V, which may be wider than the weights' (see
-        `TorchBackend`: bf16 weights with fp32 attention on CPU).
+    def step_in_place(self, x: Tensor, w: tuple[Tensor, ...], cos: Tensor, sin: Tensor, k_buf: Tensor,
+                      v_buf: Tensor, past: int, cross_k: Tensor, cross_v: Tensor, cross_mask: Tensor | None
+                      ) -> Tensor:
+        """One new id per row (x: B, C) after `past` cached ones, with this layer's `StepWeights`
+        entry `w`: writes its K/V into column `past` of k_buf / v_buf (B, H, T_max, D) and attends
+        to columns 0..past. No self mask is needed: the newest id may see every cached one. cos /
+        sin: `rotate_one`'s (D,) tables. Attention runs in the dtype of the cache and cross K/V,
+        which may be wider than the weights' (see `TorchBackend`: bf16 weights with fp32 attention
+        on CPU).
 
         The same function as `forward` for one position, written for the fewest torch ops, since a
         decode step on CPU costs per op, not per flop (a batch-1 step is ~13 small matrix-vector
-        products): the weights are used through `F` directly rather than module calls, rows stay
-        (B, C) so no transposes are needed, q and k rotate together, and each output projection
-        adds into the residual inside one `addmm`."""
+        products): rows stay (B, C) so no transposes are needed, views are taken with
+        `select` / `narrow` rather than indexing, q and k rotate together, and each output
+        projection adds into the residual inside one `addmm`."""
         b, h, d = x.shape[0], self.self_attn.h, self.self_attn.d
         c, eps = x.shape[-1:], self.norm1.eps
-        qkv = F.linear(F.rms_norm(x, c, self.norm1.weight, eps), self.self_attn.qkv.weight).view(b, 3, h, d)
-        qk = rotate_one(qkv[:, :2], cos, sin)  # (B, 2, H, D): q and k
-        k_buf[:, :, past] = qk[:, 1]  # (cast to the cache's dtype)
-        v_buf[:, :, past] = qkv[:, 2]
-        q = qk[:, 0, :, None].to(k_buf.dtype)  # (B, H, 1, D)
-        y = F.scaled_dot_product_attention(q, k_buf[:, :, :past + 1], v_buf[:, :, :past + 1]).to(x.dtype)
-        x = torch.addmm(x, y.reshape(b, h * d), self.self_attn.out.weight.t())
-        q = F.linear(F.rms_norm(x, c, self.norm2.weight, eps), self.cross_attn.q.weight).view(b, h, 1, d)
-        y = F.scaled_dot_product_attention(q.to(cross_k.dtype), cross_k, cross_v, cross_mask).to(x.dtype)
-        x = torch.addmm(x, y.reshape(b, h * d), self.cross_attn.out.weight.t())
-        gate, up = F.linear(F.rms_norm(x, c, self.norm3.weight, eps), self.mlp.gate_up.weight).chunk(2, dim=-1)
-        return torch.addmm(x, F.silu(gate) * up, self.mlp.down.weight.t())  # (B, C)
+        w_qkv, w_out, w_cq, w_cout, w_gate_up, w_down = w
+        qkv = torch.mm(F.rms_norm(x, c, None, eps), w_qkv).view(b, 3, h, d)
+        qk = rotate_one(qkv.narrow(1, 0, 2), cos, sin)  # (B, 2, H, D): q and k
+        k_buf.select(2, past).copy_(qk.select(1, 1))  # (casts to the cache's dtype)
+        v_buf.select(2, past).copy_(qkv.select(1, 2))
+        q = qk.select(1, 0).unsqueeze(2)  # (B, H, 1, D)
+        if q.dtype != k_buf.dtype:
+            q = q.to(k_buf.dtype)
+        n = past + 1
+        y = F.scaled_dot_product_attention(q, k_buf.narrow(2, 0, n), v_buf.narrow(2, 0, n))
+        x = torch.addmm(x, y.view(b, h * d).to(x.dtype), w_out)
+        q = torch.mm(F.rms_norm(x, c, None, eps), w_cq).view(b, h, 1, d)
+        y = F.scaled_dot_product_attention(q.to(cross_k.dtype), cross_k, cross_v, cross_mask)
+        x = torch.addmm(x, y.view(b, h * d).to(x.dtype), w_cout)
+        gate, up = torch.mm(F.rms_norm(x, c, None, eps), w_gate_up).chunk(2, dim=-1)
+        return torch.addmm(x, F.silu(gate).mul_(up), w_down)  # (B, C)
 
 
 class OmniByteFormer(nn.Module):
@@ -335,18 +357,38 @@ class OmniByteFormer(nn.Module):
             new.append((k, v))
         return self.head(self.dec_norm(x)), new  # logits (B, T, V)
 
-    def decode_step(self, dec_ids: Tensor, memory: Memory, cache: KVCache | StaticKVCache
-                    ) -> tuple[Tensor, KVCache | StaticKVCache]:
+    def decode_step(self, dec_ids: Tensor, memory: Memory, cache: KVCache | StaticKVCache,
+                    weights: StepWeights | None = None) -> tuple[Tensor, KVCache | StaticKVCache]:
         """One or more new decoder ids (B, T) after a cache of T_past ids -> logits (B, T, V), cache.
 
         With a `KVCache` the returned cache is a new, longer one. With a `StaticKVCache` (one id
-        per call) the buffers are written in place and returned with `length + 1`.
+        per call) the buffers are written in place and returned with `length + 1`; pass
+        `weights=model.step_weights()` to reuse the step's weight layout across calls (without it,
+        each call builds one).
         """
         if isinstance(cache, StaticKVCache):
-            return self._decode_in_place(dec_ids, memory, cache)
+            return self._decode_in_place(dec_ids, memory, cache, self.step_weights() if weights is None else weights)
         return self._decode(dec_ids, memory, cache)
 
-    def _decode_in_place(self, dec_ids: Tensor, memory: Memory, cache: StaticKVCache) -> tuple[Tensor, StaticKVCache]:
+    @torch.no_grad()
+    def step_weights(self, dtype: torch.dtype | None = None) -> StepWeights:
+        """The decoder's weights as the one-id step reads them (see `StepWeights`), folded in the
+        weights' own precision and then cast to `dtype` (default: unchanged)."""
+
+        def t(weight: Tensor, gain: Tensor | None = None) -> Tensor:
+            w = weight if gain is None else weight * gain  # (out, in) * (in,)
+            return w.t().contiguous().to(dtype or w.dtype)  # (in, out)
+
+        layers = tuple(
+            (t(blk.self_attn.qkv.weight, blk.norm1.weight), t(blk.self_attn.out.weight),
+             t(blk.cross_attn.q.weight, blk.norm2.weight), t(blk.cross_attn.out.weight),
+             t(blk.mlp.gate_up.weight, blk.norm3.weight), t(blk.mlp.down.weight))
+            for blk in self.decoder)
+        embed = self.dec_embed.weight.detach().to(dtype or self.dec_embed.weight.dtype)
+        return StepWeights(embed, layers, t(self.head.weight, self.dec_norm.weight))
+
+    def _decode_in_place(self, dec_ids: Tensor, memory: Memory, cache: StaticKVCache, weights: StepWeights
+                         ) -> tuple[Tensor, StaticKVCache]:
         b, t = dec_ids.shape
         past = cache.length
         if t != 1:
@@ -355,11 +397,12 @@ class OmniByteFormer(nn.Module):
             raise ValueError(f"the StaticKVCache is full ({past} ids)")
         cos, sin = self.rope_cos_step[past], self.rope_sin_step[past]  # (D,) each
         cross_mask = memory.mask[:, None, None, :]  # (B, 1, 1, Sp)
-        x = F.embedding(dec_ids[:, 0], self.dec_embed.weight)  # (B, C)
+        x = F.embedding(dec_ids.view(b), weights.embed)  # (B, C)
         for i, block in enumerate(self.decoder):
-            x = block.step_in_place(x, cos, sin, cache.k[i], cache.v[i], past, memory.k[i], memory.v[i], cross_mask)
-        x = F.rms_norm(x, x.shape[-1:], self.dec_norm.weight, self.dec_norm.eps)
-        logits = F.linear(x, self.head.weight)[:, None]  # (B, 1, V)
+            x = block.step_in_place(x, weights.layers[i], cos, sin, cache.k[i], cache.v[i], past,
+                                    memory.k[i], memory.v[i], cross_mask)
+        x = F.rms_norm(x, x.shape[-1:], None, self.dec_norm.eps)
+        logits = torch.mm(x, weights.head).unsqueeze(1)  # (B, 1, V)
         return logits, StaticKVCache(cache.k, cache.v, past + 1)
 
     def static_cache(self, batch: int, capacity: int | None = None, device: torch.device | None = None,

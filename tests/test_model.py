@@ -123,21 +123,29 @@ def test_cached_steps_equal_full_forward(p):
 @pytest.mark.parametrize("p", PATCHES)
 def test_in_place_cache_steps_equal_full_forward(p):
     """The generator's preallocated cache (written in place, one-query attention) gives the
-    same logits as the full forward, with padded sources in the batch."""
+    same logits as the full forward, with padded sources in the batch. The norm gains are made
+    unequal first, so folding them into the step's weights (`StepWeights`) is checked too."""
     m = tiny(p)
+    with torch.no_grad():
+        for name, prm in m.named_parameters():
+            if "norm" in name:
+                prm.uniform_(0.5, 1.5)
     src, tgt = rand_ids(3, 50), rand_ids(3, 30)
     src[1, 20:] = PAD  # a shorter source: its padding must stay masked in cross-attention
     dec = shift_right(tgt)
     with torch.no_grad():
         full = m(src, dec)
         mem = m.encode(src)
+        weights = m.step_weights()
         cache = m.static_cache(3, capacity=32)
         steps = []
         for t in range(30):
-            logits, cache = m.decode_step(dec[:, t:t + 1], mem, cache)
+            logits, cache = m.decode_step(dec[:, t:t + 1], mem, cache, weights)
             steps.append(logits)
+        again, _ = m.decode_step(dec[:, :1], mem, m.static_cache(3))  # builds its own StepWeights
     assert cache.length == 30 and cache.k.shape == (1, 3, 2, 32, 32)
     assert (torch.cat(steps, dim=1) - full).abs().max().item() < 1e-4
+    assert torch.equal(again, steps[0])
     with pytest.raises(ValueError, match="one id per step"):
         m.decode_step(dec[:, :2], mem, m.static_cache(3))
     full_cache = m.static_cache(3, capacity=1)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from obf.errors import ObfError
-from obf.model import Memory, OmniByteFormer, StaticKVCache
+from obf.model import Memory, OmniByteFormer, StaticKVCache, StepWeights
 
 
 def run_dtype(device: torch.device, precision: str) -> torch.dtype:
@@ -20,6 +20,9 @@ def run_dtype(device: torch.device, precision: str) -> torch.dtype:
 
 class TorchBackend:
     """encode / init_cache / step with the torch model, under inference mode.
+
+    The decode step reads the decoder's weights from a `StepWeights` built once here (each
+    matrix transposed, norm gains folded in).
 
     In bf16 the backend runs a bf16 copy of the weights rather than fp32 weights under autocast:
     autocast re-casts every weight on every call, which is most of a decode step's cost at small
@@ -37,6 +40,7 @@ class TorchBackend:
         self.dtype = run_dtype(self.device, precision)
         model = model.eval().to(self.device)
         self.model = model if self.dtype == torch.float32 else copy.deepcopy(model).to(self.dtype)
+        self.step_weights: StepWeights = model.step_weights(self.dtype)  # folded in fp32, then cast
         self.attn_dtype = torch.float32 if self.device.type == "cpu" else self.dtype  # decode-step attention
         self.precision = precision
         self.max_src_len = model.cfg.max_src_len
@@ -59,9 +63,10 @@ class TorchBackend:
 
     @torch.inference_mode()
     def step(self, tokens: np.ndarray, memory: Memory, cache: StaticKVCache) -> tuple[np.ndarray, StaticKVCache]:
-        logits, cache = self.model.decode_step(self._ids(tokens)[:, None], memory, cache)  # (B, 1, V)
+        ids = self._ids(tokens).unsqueeze(1)  # (B, 1)
+        logits, cache = self.model.decode_step(ids, memory, cache, self.step_weights)  # (B, 1, V)
         assert isinstance(cache, StaticKVCache)
-        return logits[:, -1].float().cpu().numpy(), cache
+        return logits.select(1, 0).float().cpu().numpy(), cache
 
     @torch.inference_mode()
     def logits(self, src_ids: np.ndarray, dec_ids: np.ndarray) -> np.ndarray:
