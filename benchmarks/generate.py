@@ -156,7 +156,8 @@ def main() -> None:
                 ratios[f"onnx_cpu_int8_vs_t5_cpu_int8_b{b}"] = rates["onnx_cpu_int8"][b] / rates["t5_cpu_int8"][b]
     for k, v in ratios.items():
         print(f"  {k:34s} {v:6.2f}x")
-    name = "_".join(["generate", f"p{args.patch}", "ort", *args.providers, "torch", *args.devices] + (["int8"] if args.int8 else []) + (["fp16"] if args.fp16 else []))
+    ort = ["ort", *args.providers] if args.providers else []
+    name = "_".join(["generate", f"p{args.patch}", *ort, "torch", *args.devices] + (["int8"] if args.int8 else []) + (["fp16"] if args.fp16 else []))
     save(name, {"bytes_per_s": rates, "ratios": ratios, "new_bytes": args.new, "src_bytes": S, "patch_size": args.patch})
 
 
