@@ -232,3 +232,27 @@ def test_copy_falls_back_where_copy_file_range_is_refused(tmp_path, monkeypatch)
     shard.write_bytes(b"head")
     assert _copy_batch([(str(f), str(shard), 4, len(payload))]) == [True]
     assert shard.read_bytes() == b"head" + payload
+
+
+def test_icons_that_differ_only_in_alpha_ingest_as_two_files(tmp_path):
+    """Canonical images keep transparency: same colour values, different alpha -> two files, each
+    a 32-bit BMP whose alpha Pillow reads back."""
+    import io
+
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, alpha in (("solid.png", 255), ("clear.png", 0), ("half.png", 128)):
+        im = Image.new("RGBA", (24, 24), (30, 120, 200, 255))
+        for x in range(6, 18):
+            im.putpixel((x, x), (30, 120, 200, alpha))
+        im.save(src / name)
+    m = ingest(str(src), tmp_path / "ds", CFG, progress=False)
+    assert m["files"] == 3 and not m.get("duplicates")
+    ds = Dataset(tmp_path / "ds")
+    alphas = {}
+    for r in ds.records:
+        with Image.open(io.BytesIO(ds.file_bytes(r).tobytes())) as im:
+            alphas[r.key] = im.convert("RGBA").getpixel((10, 10))[3]
+    assert alphas == {"solid.png": 255, "clear.png": 0, "half.png": 128}
