@@ -5,8 +5,9 @@ already done for the same model version and the same generation settings (task, 
 seed, precision; same key, size and ETag/hash) is skipped, so a second run processes nothing
 and a rerun after a crash fills in only what is missing; a run with other settings generates
 every input again (its outputs replace the earlier ones, and each state record says which
-settings made its output). Outputs keep the input's relative key with the extension of their
-modality, one PUT per object; the state of each input is written after its output. Every run writes `_runs/<flow-run-id>.json` listing each
+settings made its output). Outputs keep the input's whole relative key and add the extension of
+their modality (`a/b.png` -> `a/b.png.bmp`, `obf.generation.output_key`), so distinct inputs
+never share an output, one PUT per object; the state of each input is written after its output. Every run writes `_runs/<flow-run-id>.json` listing each
 input with its status, output and error, and ends Failed (after all other inputs are written)
 when any input failed.
 
@@ -31,6 +32,7 @@ from obf import storage
 from obf.generation import generate_files, ingest_config_of, output_key, prepare
 from obf.registry import resolve
 from obf.sampling import SamplingOptions
+from obf.vocab import MODALITIES
 
 STATE, RUNS = "_state", "_runs"
 DEFAULT_WORKERS = 4  # batches in flight at once; fp32 ran fastest with 4 of 1 / 2 / 4 on 2 cores (benchmarks/)
@@ -51,10 +53,11 @@ def fingerprint(entry: storage.Entry) -> str:
     return f"{entry.key}|{entry.size}|{entry.etag or ''}"
 
 
-def settings_id(task_name: str, max_bytes: int, seed: int, precision: str) -> str:
+def settings_id(task_name: str, max_bytes: int, seed: int, precision: str, target_modality: str | None = None,
+                prefix_bytes: int | None = None, prefix_fraction: float | None = None) -> str:
     """The generation settings that change an output (the provider does not: CUDA and CPU run the
     same graphs)."""
-    return f"{task_name}|{max_bytes}|{seed}|{precision}"
+    return f"{task_name}|{max_bytes}|{seed}|{precision}|{target_modality}|{prefix_bytes}|{prefix_fraction}"
 
 
 def _digest(text: str) -> str:
@@ -101,17 +104,21 @@ def list_task(input_url: str, output_url: str, version: str) -> tuple[list[stora
 @task(name="generate-batch", retries=1, retry_delay_seconds=5)
 def generate_batch(entries: list[storage.Entry], model_dir: str, version: str, output_url: str, task_name: str,
                    max_bytes: int, max_input_bytes: int, seed: int, provider: str, precision: str = "fp32",
-                   stale: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+                   stale: dict[str, list[str]] | None = None, target_modality: str | None = None,
+                   prefix_bytes: int | None = None, prefix_fraction: float | None = None) -> list[dict[str, Any]]:
     """Generate, write (one PUT each) and record a batch of inputs; a bad input fails alone.
 
     `stale` names, per input, the records of other settings whose output this run replaces: they
     are deleted before the new output is written, so a crash in between leaves no record that
-    vouches for the wrong output (the input is simply done again next time)."""
+    vouches for the wrong output (the input is simply done again next time). An output those
+    settings wrote under another key (another extension: a paired target of another modality) is
+    deleted once the new one is written, so each input keeps exactly one output."""
     backend = _backend(model_dir, provider, precision)
     canon = ingest_config_of(backend)
     prepared = [prepare(e.url, canon, max_input_bytes=max_input_bytes) for e in entries]
     results = generate_files(backend, prepared, task=task_name, opts=SamplingOptions(max_bytes=max_bytes, seed=seed),
-                             batch_size=len(prepared))
+                             batch_size=len(prepared), target_modality=target_modality, prefix_bytes=prefix_bytes,
+                             prefix_fraction=prefix_fraction)
     out = []
     for e, r in zip(entries, results):
         if r.error is not None:
@@ -119,13 +126,22 @@ def generate_batch(entries: list[storage.Entry], model_dir: str, version: str, o
             continue
         key = output_key(e.key, r.extension)
         url = storage.join(output_url, key)
+        old_outputs = set()
         for old in (stale or {}).get(e.key, []):
+            try:
+                old_outputs.add(json.loads(storage.read_bytes(storage.join(output_url, old)))["output"])
+            except (storage.StorageError, ValueError, KeyError):
+                pass  # a record gone or unreadable names no output to clean up
             storage.remove(storage.join(output_url, old))
         storage.write_bytes_atomic(url, r.output)
+        for old_key in old_outputs - {key}:
+            storage.remove(storage.join(output_url, old_key))
         rec = {"input": e.key, "fingerprint": fingerprint(e), "output": key, "modality": r.modality,
-               "bytes": len(r.output), "model_version": version, "task": task_name, "max_bytes": max_bytes,
-               "seed": seed, "precision": precision, "status": "ok"}
-        settings = settings_id(task_name, max_bytes, seed, precision)
+               "bytes": len(r.output), "kept": r.kept, "generated": r.generated, "model_version": version,
+               "task": task_name, "target_modality": target_modality, "prefix_bytes": prefix_bytes,
+               "prefix_fraction": prefix_fraction, "max_bytes": max_bytes, "seed": seed, "precision": precision,
+               "status": "ok"}
+        settings = settings_id(task_name, max_bytes, seed, precision, target_modality, prefix_bytes, prefix_fraction)
         storage.write_bytes_atomic(storage.join(output_url, state_key(version, e, settings)),
                                    (json.dumps(rec, sort_keys=True) + "\n").encode())
         out.append({"input": e.key, "status": "ok", "output": key, "modality": r.modality})
@@ -147,16 +163,26 @@ class BatchGenerateFailed(RuntimeError):
 def batch_generate(input_url: str, output_url: str, registry: str, name: str = "obf", version: str = "latest",
                    task_name: str = "continue", max_bytes: int = 512, batch_size: int = 8,
                    max_input_bytes: int = 16 * 1024 * 1024, seed: int = 0, provider: str = "auto",
-                   precision: str = "fp32") -> dict[str, Any]:
+                   precision: str = "fp32", target_modality: str | None = None, prefix_bytes: int | None = None,
+                   prefix_fraction: float | None = None) -> dict[str, Any]:
     """Generate an output for every input not yet done with this model version and these settings.
+
+    `task_name` continue (the input's start and what the model makes after it; with `prefix_bytes`
+    / `prefix_fraction` an image, audio or video file keeps that start and is completed to its
+    declared size, without them it is extended by about `max_bytes`) or paired (a target of
+    `target_modality`, default the input's, as `obf generate --task paired --target-modality`).
     `precision` int8 runs the model's quantised graphs (published when it was exported with
     `export.int8`) on CPU; fp16 its fp16 graphs (`export.fp16`), made for the CUDA provider."""
     log = get_run_logger()
+    if task_name not in ("continue", "paired"):
+        raise ValueError(f"task_name must be continue or paired, not {task_name!r}")
+    if target_modality is not None and (task_name != "paired" or target_modality not in MODALITIES):
+        raise ValueError(f"target_modality is for task_name='paired' and one of {', '.join(MODALITIES)}")
     if storage.join(output_url, "").startswith(storage.join(input_url, "")):
         raise ValueError("output_url must not lie inside input_url (outputs would become inputs)")
     model_dir, resolved = resolve_task(registry, name, version)
     entries, done = list_task(input_url, output_url, resolved)
-    settings = settings_id(task_name, max_bytes, seed, precision)
+    settings = settings_id(task_name, max_bytes, seed, precision, target_modality, prefix_bytes, prefix_fraction)
     statuses: dict[str, dict[str, Any]] = {}
     pending: list[storage.Entry] = []
     for e in entries:
@@ -177,7 +203,8 @@ def batch_generate(input_url: str, output_url: str, registry: str, name: str = "
     stale = {e.key: records_of[d] for e in pending if (d := state_dir(resolved, e)) in records_of}
     futures = [generate_batch.submit(pending[i:i + batch_size], model_dir, resolved, output_url, task_name, max_bytes,
                                      max_input_bytes, seed, provider, precision,
-                                     {e.key: stale[e.key] for e in pending[i:i + batch_size] if e.key in stale})
+                                     {e.key: stale[e.key] for e in pending[i:i + batch_size] if e.key in stale},
+                                     target_modality, prefix_bytes, prefix_fraction)
                for i in range(0, len(pending), batch_size)]
     for fut, start in zip(futures, range(0, len(pending), batch_size)):
         try:

@@ -73,12 +73,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     status = stages.generate(args.model, args.inputs, args.out, _params(args), task=args.task,
                              target_modality=args.target_modality, opts=opts, provider=args.provider,
                              precision=args.precision, batch_size=args.batch_size, max_input_bytes=args.max_input_bytes,
-                             progress=not args.quiet)
+                             prefix_bytes=args.prefix_bytes, prefix_fraction=args.prefix_fraction,
+                             overwrite=args.overwrite, progress=not args.quiet)
     failed = [s for s in status if s["status"] != "ok"]
     for s in status:
         if s["status"] == "ok":
             if not args.quiet:
-                print(f"{s['input']} -> {s['output']} ({s['modality']}, {s['bytes']} bytes)")
+                print(f"{s['input']} -> {s['output']} ({s['modality']}, {s['bytes']} bytes: {s['kept']} kept, "
+                      f"{s['generated']} generated; {s['note']})")
         else:
             print(f"obf generate: {s['input']}: {s['error']}", file=sys.stderr)
     if failed:
@@ -145,15 +147,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="input files -> generated files that open",
                        description="For each INPUT (path or fsspec URL), generate with the model (ONNX dir on ONNX "
                                    "Runtime, or a training checkpoint on torch) and write a valid file of its "
-                                   "modality to DIR. Inputs are batched; a bad input is reported and the others "
-                                   "still complete; exit code 1 if any input failed.")
+                                   "modality to DIR as <input name><output extension> (a.png -> a.png.bmp), so "
+                                   "distinct inputs never share an output. continue on an image, audio or video "
+                                   "file: with --prefix-bytes/--prefix-fraction, keep that start of the canonical "
+                                   "BMP/WAV/Y4M and generate the rest of the file its header declares (BMP rows are "
+                                   "stored bottom-up: the kept start is the bottom of the picture); without, extend "
+                                   "the whole file by about --max-bytes (whole rows, sample frames or frames) with "
+                                   "its header updated. Text and binary: until end of file or --max-bytes. Inputs "
+                                   "are batched; a bad input is reported and the others still complete; exit code 1 "
+                                   "if any input failed.")
     p.add_argument("model", metavar="MODEL", help="ONNX dir (obf export) or model dir (obf train)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="input files (paths or URLs)")
     p.add_argument("--out", required=True, metavar="DIR", help="output dir or URL prefix")
     p.add_argument("--task", choices=("continue", "paired"), default="continue",
-                   help="continue: the input followed by its continuation; paired: the input's paired target")
+                   help="continue: the input's start followed by what the model makes; paired: the input's paired target")
     p.add_argument("--target-modality", default=None, help="modality of the paired target (default: the input's)")
-    p.add_argument("--max-bytes", type=int, default=1024, help="bytes to generate per input (default 1024)")
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument("--prefix-bytes", type=int, default=None, metavar="N",
+                      help="continue: keep the first N bytes of the canonical input (at least its header; whole "
+                           "rows / sample frames) and generate the rest")
+    keep.add_argument("--prefix-fraction", type=float, default=None, metavar="F",
+                      help="continue: keep this fraction, in [0, 1), of the canonical input (of an image, audio or "
+                           "video file: of what follows its header, so 0.5 keeps half the rows) and generate the rest")
+    p.add_argument("--max-bytes", type=int, default=1024,
+                   help="text/binary and paired: bytes to generate at most; continue on a whole image/audio/video: "
+                        "about this many more, rounded to whole rows/sample frames/frames, at least one (default 1024)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output file that obf did not write (default: refuse)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely bytes (0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")

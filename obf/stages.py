@@ -49,36 +49,61 @@ def export(model_dir: str | Path, out_dir: str | Path, params: Params, *, data: 
 
 def generate(model_dir: str, inputs: list[str], out_dir: str, params: Params, *, task: str = "continue",
              target_modality: str | None = None, opts=None, provider: str = "auto", precision: str = "fp32",
-             batch_size: int = 8, max_input_bytes: int | None = None, progress: bool = True) -> list[dict]:
-    """Input files -> one valid output file each in `out_dir`; returns a status per input."""
+             batch_size: int = 8, max_input_bytes: int | None = None, prefix_bytes: int | None = None,
+             prefix_fraction: float | None = None, overwrite: bool = False, progress: bool = True) -> list[dict]:
+    """Input files -> one valid output file each in `out_dir`, named `output_name`; returns a status per input.
+
+    An output file that exists and that obf did not write (the dir's ledger, `generation.LEDGER`,
+    has no matching sha256 for it) is refused for its input unless `overwrite`; of two inputs
+    with the same base name, the second is refused. Nothing is ever deleted."""
     from tqdm import tqdm
 
     from obf import storage
     from obf.backends import open_backend
-    from obf.generation import generate_files, ingest_config_of, prepare
+    from obf.formats import EXTENSIONS
+    from obf.generation import (Prepared, generate_files, ingest_config_of, output_name, prepare, read_ledger,
+                                record_outputs, written_by_obf)
     from obf.sampling import SamplingOptions
 
     backend = open_backend(model_dir, provider=provider, precision=precision)
     cap = max_input_bytes or params.ingest.max_file_bytes
     canon = ingest_config_of(backend)  # the forms the model was trained on
     prepared = [prepare(src, canon, max_input_bytes=cap) for src in inputs]
+    ledger = read_ledger(out_dir)
+    owners: dict[str, str] = {}  # base name -> the input that has it
+    for i, p in enumerate(prepared):
+        if p.error is not None:
+            continue
+        base = output_name(p.source, "")
+        name = output_name(p.source, EXTENSIONS[target_modality or p.modality if task == "paired" else p.modality])
+        dest = storage.join(out_dir, name)
+        if base in owners:
+            prepared[i] = Prepared(p.source, error=f"same file name as {owners[base]}: their outputs would collide")
+        elif not overwrite and storage.exists(dest) and not written_by_obf(ledger, out_dir, name):
+            prepared[i] = Prepared(p.source, error=f"{dest} exists and obf did not write it; --overwrite replaces it")
+        else:
+            owners[base] = p.source
     with tqdm(total=len(inputs), desc="generate", unit="file", disable=not progress) as bar:
         bar.update(sum(p.error is not None for p in prepared))
         results = generate_files(backend, prepared, task=task, target_modality=target_modality,
-                                 opts=opts or SamplingOptions(), batch_size=batch_size, on_batch=bar.update)
-    status, used = [], set()
+                                 opts=opts or SamplingOptions(), batch_size=batch_size, prefix_bytes=prefix_bytes,
+                                 prefix_fraction=prefix_fraction, on_batch=bar.update)
+    status, written = [], {}
     for r in results:
         if r.error is not None:
             status.append({"input": r.source, "status": "failed", "error": r.error})
             continue
-        stem = Path(r.source.rstrip("/").rsplit("/", 1)[-1]).stem or "output"
-        name, n = f"{stem}{r.extension}", 1
-        while name in used:
-            n += 1
-            name = f"{stem}-{n}{r.extension}"
-        used.add(name)
+        name = output_name(r.source, r.extension)
         dest = storage.join(out_dir, name)
+        if name != output_name(r.source, EXTENSIONS[r.modality]) and storage.exists(dest) and not overwrite \
+                and not written_by_obf(ledger, out_dir, name):  # a paired output kept in its own format (.png)
+            status.append({"input": r.source, "status": "failed",
+                           "error": f"{dest} exists and obf did not write it; --overwrite replaces it"})
+            continue
         storage.write_bytes_atomic(dest, r.output)
+        written[name] = r.output
         status.append({"input": r.source, "status": "ok", "output": dest, "modality": r.modality,
-                       "bytes": len(r.output)})
+                       "bytes": len(r.output), "kept": r.kept, "generated": r.generated, "note": r.note})
+    if written:
+        record_outputs(out_dir, written)
     return status

@@ -295,10 +295,99 @@ def test_cli_generate_reports_bad_inputs_and_completes_the_rest(exported, tmp_pa
     assert r.returncode == 1
     assert "missing.txt" in r.stderr and "over the cap" in r.stderr and "image does not decode" in r.stderr
     assert "3 of 5 inputs failed" in r.stderr
-    names = sorted(p.name for p in out.iterdir())
-    assert names == ["bisect.txt", "coffee.bmp"]
-    assert (out / "bisect.txt").read_bytes().startswith((RAW / "text/bisect.py").read_bytes())
-    assert opens((out / "coffee.bmp").read_bytes(), "image")
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert names == ["bisect.py.txt", "coffee.jpg.bmp"]  # the input's whole name + the output's extension
+    assert (out / "bisect.py.txt").read_bytes().startswith((RAW / "text/bisect.py").read_bytes())
+    assert opens((out / "coffee.jpg.bmp").read_bytes(), "image")
+
+
+def _cli_generate(root, inputs, out, *extra):
+    return subprocess.run([sys.executable, "-m", "obf.cli", "generate", str(root / "onnx"), *map(str, inputs),
+                           "--out", str(out), "--provider", "cpu", "-q", *extra],
+                          capture_output=True, text=True, cwd=tempfile.gettempdir())
+
+
+def _media_inputs(tmp_path):
+    """A 64x64 BMP, a WAV and a Y4M, in the canonical forms the model knows."""
+    from obf.formats import canonicalize
+
+    cfg = load_params(None, TINY).ingest
+    im = io.BytesIO()
+    Image.open(RAW / "image/astronaut.png").convert("RGB").resize((64, 64)).save(im, format="BMP")
+    files = {"in.bmp": im.getvalue(), "in.wav": (RAW / "audio/numbers.wav").read_bytes(),
+             "in.y4m": (RAW / "video/hubble_pan.y4m").read_bytes()}
+    paths = []
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(canonicalize(data, cfg)[0])
+        paths.append(tmp_path / name)
+    return paths
+
+
+def test_generate_completes_bmp_wav_y4m_from_a_prefix_to_their_declared_size(exported, tmp_path):
+    """Done when of #18: the kept part equals the input, the rest is the model's, and the file is
+    whole and opens as generated (its header and size unchanged, so no repair was needed)."""
+    from obf.completion import complete
+    from obf.formats import sniff
+
+    root, _, _ = exported
+    bmp, wav, y4m = _media_inputs(tmp_path)
+    r = _cli_generate(root, [bmp, wav, y4m], tmp_path / "out", "--prefix-bytes", "3000")
+    assert r.returncode == 0, r.stderr
+    backend = OnnxBackend(root / "onnx", provider="cpu")
+    for src, modality in ((bmp, "image"), (wav, "audio"), (y4m, "video")):
+        data = src.read_bytes()
+        got = (tmp_path / "out" / f"{src.name}{src.suffix}").read_bytes()
+        p = complete(data, modality, 3000)
+        assert len(got) == len(data) and got[:len(p.keep)] == p.keep and len(p.keep) >= 2900
+        made = generate(backend, [p.keep], [modality], opts=SamplingOptions(max_bytes=1024), specs=[p.spec])[0]
+        assert got[len(p.keep):] == made and made != data[len(p.keep):]
+        assert opens(p.keep + made, modality) and sniff(got).format == sniff(data).format
+    with Image.open(tmp_path / "out" / "in.bmp.bmp") as im:
+        assert im.size == (64, 64)
+    with wave.open(str(tmp_path / "out" / "in.wav.wav")) as w, wave.open(str(wav)) as w0:
+        assert w.getnframes() == w0.getnframes()
+    with av.open(str(tmp_path / "out" / "in.y4m.y4m")) as c, av.open(str(y4m)) as c0:
+        assert len(list(c.decode(video=0))) == len(list(c0.decode(video=0)))
+
+
+def test_continue_on_a_whole_media_file_extends_it_with_its_header_updated(exported, tmp_path):
+    from obf.completion import extend
+
+    root, _, _ = exported
+    bmp, wav, y4m = _media_inputs(tmp_path)
+    r = _cli_generate(root, [bmp, wav, y4m], tmp_path / "out", "--max-bytes", "2000")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    with Image.open(out / "in.bmp.bmp") as im, Image.open(bmp) as im0:
+        assert im.size == (64, 64 + 10)  # 2000 bytes -> 10 rows of 192 bytes
+        assert im.crop((0, 10, 64, 74)).tobytes() == im0.tobytes()  # bottom-up: new rows on top
+    with wave.open(str(out / "in.wav.wav")) as w, wave.open(str(wav)) as w0:
+        assert w.getnframes() == w0.getnframes() + 2000
+    with av.open(str(out / "in.y4m.y4m")) as c, av.open(str(y4m)) as c0:
+        assert len(list(c.decode(video=0))) == len(list(c0.decode(video=0))) + 1
+    backend = OnnxBackend(root / "onnx", provider="cpu")
+    for src, modality in ((bmp, "image"), (wav, "audio"), (y4m, "video")):  # the new part is the model's
+        p = extend(src.read_bytes(), modality, 2000)
+        made = generate(backend, [p.keep], [modality], opts=SamplingOptions(max_bytes=2000), specs=[p.spec])[0]
+        assert (out / f"{src.name}{src.suffix}").read_bytes() == p.keep + made
+
+
+def test_generate_never_overwrites_what_it_did_not_write(exported, tmp_path):
+    root, _, _ = exported
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bisect.py.txt").write_bytes(b"mine")
+    r = _cli_generate(root, [RAW / "text/bisect.py"], out, "--max-bytes", "16")
+    assert r.returncode == 1 and "obf did not write it" in r.stderr
+    assert (out / "bisect.py.txt").read_bytes() == b"mine"
+    assert _cli_generate(root, [RAW / "text/bisect.py"], out, "--max-bytes", "16", "--overwrite").returncode == 0
+    assert _cli_generate(root, [RAW / "text/bisect.py"], out, "--max-bytes", "16").returncode == 0  # its own: fine
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "bisect.py").write_bytes(b"another file of the same name\n")
+    r = _cli_generate(root, [RAW / "text/bisect.py", other / "bisect.py"], tmp_path / "two", "--max-bytes", "16")
+    assert r.returncode == 1 and "same file name as" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [".obf-generate.json", "bisect.py.txt"]
 
 
 def test_evaluate_checkpoint_and_onnx_give_the_same_bpb(exported, tmp_path):
@@ -314,3 +403,35 @@ def test_evaluate_checkpoint_and_onnx_give_the_same_bpb(exported, tmp_path):
     for m in a["modalities"]:
         assert abs(a["modalities"][m]["bpb"] - b["modalities"][m]["bpb"]) < 1e-3
     assert abs(a["overall"]["bpb"] - b["overall"]["bpb"]) < 1e-3
+
+
+def test_report_shows_each_sample_beside_its_source(exported, tmp_path):
+    """Each sample completes a real file (its start kept); images and video frames are PNGs next to
+    the source's, audio is linked with a waveform, text is inline."""
+    from obf.evaluate import evaluate
+
+    root, params, _ = exported
+    data = tmp_path / "data"
+    data.mkdir()
+    for rel in INPUTS.values():
+        (data / rel.replace("/", "_")).write_bytes((RAW / rel).read_bytes())
+    params = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, sample_bytes=600,
+                                                                      denoise_windows=2))
+    m = evaluate(str(root / "onnx"), str(data), tmp_path / "eval" / "metrics.json", params, progress=False)
+    report = (tmp_path / "eval" / "report.md").read_text()
+    for mod in ("image", "video"):
+        s = m["modalities"][mod]["sample"]
+        assert f"![sample]({s['preview']})" in report and f"![source]({s['source_preview']})" in report
+        with Image.open(tmp_path / "eval" / s["preview"]) as a, Image.open(tmp_path / "eval" / s["source_preview"]) as b:
+            assert a.format == b.format == "PNG" and a.size == b.size and min(a.size) >= 96
+        assert s["opens_raw"] and 0 < s["generated_bytes"] <= 600 + 1542
+    audio = m["modalities"]["audio"]["sample"]
+    assert f"[sample]({audio['file']})" in report and f"[source]({audio['source_file']})" in report
+    text = m["modalities"]["text"]["sample"]
+    assert text["kept_tail"] in report and "generated_hex" in m["modalities"]["binary"]["sample"]
+    for mod, s in ((k, v["sample"]) for k, v in m["modalities"].items()):  # the start of a real file, kept
+        sample = (tmp_path / "eval" / s["file"]).read_bytes()
+        src = data / INPUTS[mod].replace("/", "_")
+        assert s["prefix_bytes"] > 0 and s["source"] == src.name
+        if mod in ("text", "binary"):
+            assert sample[:s["prefix_bytes"]] == src.read_bytes()[:s["prefix_bytes"]]
