@@ -194,8 +194,8 @@ class EvaluateConfig:
     denoise_windows: int = 16  # per modality
     noise_density: float = 0.15
     mean_span: float = 3.0
-    sample_prefix_bytes: int = 512  # real prefix each sample continues (at most half the file)
-    sample_bytes: int = 512  # bytes generated per sample
+    sample_prefix_fraction: float = 0.5  # share of each sample file kept (more when the rest exceeds sample_bytes)
+    sample_bytes: int = 4096  # bytes generated per sample, at most (media: whole rows / frames)
     temperature: float = 0.8
     top_k: int = 0
     top_p: float = 0.95
@@ -208,7 +208,7 @@ class EvaluateConfig:
         _require(self.denoise_windows >= 0, f"{s}.denoise_windows", "must not be negative")
         _require(0 < self.noise_density < 1, f"{s}.noise_density", "must be in (0, 1)")
         _require(self.mean_span >= 1, f"{s}.mean_span", "must be at least 1")
-        _require(self.sample_prefix_bytes >= 0, f"{s}.sample_prefix_bytes", "must not be negative")
+        _require(0 <= self.sample_prefix_fraction < 1, f"{s}.sample_prefix_fraction", "must be in [0, 1)")
         _require(self.sample_bytes >= 0, f"{s}.sample_bytes", "must not be negative")
         _require(self.temperature >= 0, f"{s}.temperature", "must not be negative")
         _require(self.top_k >= 0, f"{s}.top_k", "must not be negative")
