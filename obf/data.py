@@ -559,9 +559,11 @@ def ingest(source: str, out_dir: str | Path, cfg: IngestConfig, *, progress: boo
     """Ingest every file under `source` (folder or fsspec URL) into `out_dir`; return the manifest.
 
     The dataset is built in a temp dir beside `out_dir` and renamed into place at the end, so a
-    failure leaves any previous dataset untouched and no half-written dir behind.
+    failure leaves any previous dataset untouched and no half-written dir behind. `out_dir` may
+    only be new, empty or an earlier `obf ingest` output, never the source or around it.
     """
     out = Path(out_dir)
+    storage.check_output_dir(out, "ingest", [source])
     entries = storage.list_files(source)
     if not entries:
         raise DataError(f"{source}: holds no file to ingest")
@@ -571,6 +573,7 @@ def ingest(source: str, out_dir: str | Path, cfg: IngestConfig, *, progress: boo
     tmp = storage.temp_dir_beside(out)
     try:
         manifest = _ingest_into(entries, pairs, tmp, cfg, remote=not storage.is_local(source), progress=progress)
+        storage.mark_output_dir(tmp, "ingest")
         storage.replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -183,6 +183,29 @@ def _files_of(data: str, cfg: EvaluateConfig, ingest_cfg: IngestConfig, workdir:
     return files, split
 
 
+_SIGNATURES = {"report.md": b"# Evaluation of `", "bpb.csv": b"label,modality,method,bpb\n"}
+
+
+def check_outputs(out: Path, inputs: list[str]) -> None:
+    """Refuse (one line, nothing touched) to write where evaluation would replace what obf did not
+    write: `out` (metrics.json), report.md and bpb.csv beside it must be absent or evaluation
+    outputs (recognised by their content), samples/ absent, empty or an earlier evaluation's."""
+    storage.check_output_dir(out.parent / "samples", "evaluate", inputs)
+    for path in (out, out.parent / "report.md", out.parent / "bpb.csv"):
+        if not path.exists():
+            continue
+        head = path.read_bytes()[:256] if path.is_file() else b""
+        if path == out:
+            try:
+                ours = {"model", "data", "modalities", "overall"} <= set(json.loads(path.read_bytes()))
+            except (ValueError, TypeError):
+                ours = False
+        else:
+            ours = head.startswith(_SIGNATURES[path.name])
+        if not ours:
+            raise DataError(f"{path}: exists and is not an obf evaluate output; remove it or choose another --out")
+
+
 def _ratio(num: float, den: float) -> float:
     return num / den if den else float("nan")
 
@@ -195,8 +218,9 @@ def evaluate(model_dir: str, data: str, out: str | Path, params: Params, *, per_
     from obf.generation import ingest_config_of
 
     cfg = params.evaluate
-    backend = open_backend(model_dir, provider=provider, precision=precision)
     out = Path(out)
+    check_outputs(out, [model_dir, data])
+    backend = open_backend(model_dir, provider=provider, precision=precision)
     with tempfile.TemporaryDirectory(prefix="obf-eval-") as tmp:
         # files given as a folder are canonicalised like the model's training data
         files, split = _files_of(data, cfg, ingest_config_of(backend), Path(tmp), progress)
@@ -222,6 +246,7 @@ def evaluate(model_dir: str, data: str, out: str | Path, params: Params, *, per_
             per_mod[m] = {"files": len(idx), "bytes": nbytes, "bpb": _ratio(sum(bits[i] for i in idx), nbytes),
                           "baselines": base, "denoise_accuracy": acc, "denoise_bpb": dbpb, "denoise_masked_bytes": masked,
                           "sample": samples[m]}
+        storage.mark_output_dir(tmp_samples, "evaluate")
         storage.replace_dir(tmp_samples, samples_dir)
     finally:
         shutil.rmtree(tmp_samples, ignore_errors=True)

@@ -158,9 +158,10 @@ def export(model_dir: str | Path, out_dir: str | Path, cfg: ExportConfig, *, rea
 
     `real`: (bytes, modality) samples the parity check (and the int8 report) run on beside random
     bytes; `obf export --data DATA` takes them from a dataset's validation split."""
+    out = Path(out_dir)
+    storage.check_output_dir(out, "export", [str(model_dir)])
     model_cfg, meta = read_config(model_dir)
     model = load_model(model_dir, device="cpu").eval()
-    out = Path(out_dir)
     tmp = storage.temp_dir_beside(out)
     try:
         try:
@@ -185,6 +186,7 @@ def export(model_dir: str | Path, out_dir: str | Path, cfg: ExportConfig, *, rea
                 "int8": int8, "fp16": fp16, "source": {"step": meta.get("step")},
                 "ingest": meta.get("ingest")}  # the canonical forms the model was trained on
         (tmp / META).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        storage.mark_output_dir(tmp, "export")
         storage.replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

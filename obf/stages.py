@@ -40,9 +40,11 @@ def export(model_dir: str | Path, out_dir: str | Path, params: Params, *, data: 
            progress: bool = True) -> dict:
     """Training checkpoint -> ONNX dir (encoder.onnx, decoder.onnx, obf.json), parity-checked on
     random bytes and, given a dataset `data`, on a few of its validation files."""
+    from obf import storage
     from obf.export import dataset_samples
     from obf.export import export as _export
 
+    storage.check_output_dir(out_dir, "export", [str(model_dir), None if data is None else str(data)])
     real = dataset_samples(data) if data is not None else None
     return _export(model_dir, out_dir, params.export, real=real, progress=progress)
 

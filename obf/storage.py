@@ -7,12 +7,14 @@ Writes are atomic: a temp file + rename locally, a single PUT per object on obje
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -22,6 +24,10 @@ from obf.errors import ObfError
 
 class StorageError(ObfError):
     """A storage location is missing, unreadable or unsafe."""
+
+
+class NotFoundError(StorageError):
+    """A file, folder or prefix that is not there (as opposed to one that could not be read)."""
 
 
 def is_local(url: str) -> bool:
@@ -141,7 +147,7 @@ def list_files(url: str) -> list[Entry]:
         if root.is_file():
             return [_classify_local(str(root), root.name)]
         if not root.is_dir():
-            raise StorageError(f"{url}: no such file or directory")
+            raise NotFoundError(f"{url}: no such file or directory")
         return sorted(_walk_local(root), key=lambda e: e.key)
     fs, path = url_to_fs(url)
     path = path.rstrip("/")
@@ -152,11 +158,11 @@ def list_files(url: str) -> list[Entry]:
                           etag=_etag(info))]
         found = fs.find(path, detail=True)
     except FileNotFoundError:
-        raise StorageError(f"{url}: no such file or prefix") from None
+        raise NotFoundError(f"{url}: no such file or prefix") from None
     except PermissionError as e:
         raise StorageError(f"{url}: permission denied ({e})") from None
     if not found and not fs.exists(path):
-        raise StorageError(f"{url}: no such file or prefix")
+        raise NotFoundError(f"{url}: no such file or prefix")
     protocol = url.split("://", 1)[0]
     out = []
     for p, info in found.items():
@@ -182,7 +188,7 @@ def read_bytes(url: str) -> bytes:
         with fsspec.open(url, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        raise StorageError(f"{url}: not found") from None
+        raise NotFoundError(f"{url}: not found") from None
     except PermissionError:
         raise StorageError(f"{url}: permission denied") from None
     except IsADirectoryError:
@@ -248,6 +254,47 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+OUTPUT_MARK = ".obf-output"  # in every dir an obf command builds: {"command": ...}
+
+
+def _within(a: Path, b: Path) -> bool:
+    """True when `a` is `b` or lies inside it."""
+    return a == b or b in a.parents
+
+
+def check_output_dir(dest: str | Path, command: str, inputs: Sequence[str | Path | None] = ()) -> None:
+    """Refuse, with one line, an output dir that a command may not replace: one that equals, holds
+    or lies inside one of its (local) inputs, or an existing dir that is neither empty nor marked
+    (`OUTPUT_MARK`) as written by the same obf command. Nothing is touched."""
+    out = Path(dest).resolve()
+    for inp in inputs:
+        if inp is None or not is_local(str(inp)):
+            continue
+        src = local_path(str(inp)).resolve()
+        if _within(out, src) or _within(src, out):
+            relation = "is" if out == src else ("holds" if _within(src, out) else "lies inside")
+            raise StorageError(f"{dest}: the output dir {relation} the input {inp}; choose another output")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise StorageError(f"{dest}: exists and is not a directory; obf writes its output dir there")
+    if not any(out.iterdir()):
+        return
+    mark = out / OUTPUT_MARK
+    try:
+        owner = json.loads(mark.read_text())["command"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise StorageError(f"{dest}: exists and was not written by obf {command}; remove it or choose another "
+                           "output (obf replaces only what it wrote)") from None
+    if owner != command:
+        raise StorageError(f"{dest}: was written by obf {owner}, not obf {command}; choose another output")
+
+
+def mark_output_dir(tmp: Path, command: str) -> None:
+    """Mark a dir being built as the output of `command`, so a later run may replace it."""
+    (tmp / OUTPUT_MARK).write_text(json.dumps({"command": command}) + "\n")
 
 
 def replace_dir(new: Path, dest: Path) -> None:

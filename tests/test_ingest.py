@@ -256,3 +256,47 @@ def test_icons_that_differ_only_in_alpha_ingest_as_two_files(tmp_path):
         with Image.open(io.BytesIO(ds.file_bytes(r).tobytes())) as im:
             alphas[r.key] = im.convert("RGBA").getpixel((10, 10))[3]
     assert alphas == {"solid.png": 255, "clear.png": 0, "half.png": 128}
+
+
+def test_ingest_never_replaces_what_it_did_not_write(tmp_path):
+    """`obf ingest data/raw --out data` used to delete data/raw: an output dir that holds, equals or
+    lies inside the source, or that another program wrote, is refused and nothing is touched."""
+    src = tmp_path / "data" / "raw"
+    _copy_some(src, SOME[:2])
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+
+    def run(out):
+        return subprocess.run([sys.executable, "-m", "obf.cli", "ingest", str(src), "--out", str(out), "-q"],
+                              capture_output=True, text=True)
+
+    for out, why in ((tmp_path / "data", "holds the input"), (src, "is the input"), (src / "text", "lies inside")):
+        r = run(out)
+        assert r.returncode == 1 and why in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    r = run(mine)
+    assert r.returncode == 1 and "not written by obf ingest" in r.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == sorted([*before, mine.relative_to(tmp_path),
+                                                                                 (mine / "notes.txt").relative_to(tmp_path)])
+    ds = tmp_path / "ds"
+    assert run(ds).returncode == 0 and run(ds).returncode == 0  # its own output: replaced
+    (tmp_path / "empty").mkdir()
+    assert run(tmp_path / "empty").returncode == 0
+
+
+def test_one_picture_in_two_formats_is_one_file(tmp_path):
+    """Dedupe (and so the split) goes by the canonical bytes the model sees: a PNG and a lossless
+    TIFF of the same pixels become the same BMP and are stored once."""
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with Image.open(RAW / "image/astronaut.png") as im:
+        small = im.convert("RGB").resize((40, 40))
+    small.save(src / "a.png")
+    small.save(src / "b.tif")
+    m = ingest(str(src), tmp_path / "ds", CFG, progress=False)
+    assert m["files"] == 1 and m["duplicates"] == [{"source": "b.tif", "same_as": "a.png"}]
+    off = ingest(str(src), tmp_path / "raw", IngestConfig(canonicalize=False), progress=False)
+    assert off["files"] == 2  # stored as they are, they are two different files
