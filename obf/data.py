@@ -2,7 +2,7 @@
 
 Layout of an ingested dataset dir::
 
-    manifest.json      counts per modality and split, rejected inputs (the DESIGN.md contract)
+    manifest.json      counts per modality and split, rejected inputs (the contract other code relies on)
     index.jsonl        one record per stored file: key, sha256, modality, format, split,
                        shard, offset, length
     shards/000000.bin  raw uint8 bytes of many files back to back (np.memmap-able)
@@ -13,8 +13,9 @@ hashed and written to the file's shard range (handed out in listing order before
 the gaps that duplicates leave are closed at the end); with it, workers hash and canonicalise,
 and files stored unchanged are copied into place by the kernel. Remote sources, and any ingest
 run inside a multi-threaded host such as a Prefect task runner, are worked by threads that read
-each file once. All paths give byte-identical datasets. Splits come from the sha256 of the
-content, so adding files never moves existing ones.
+each file once. All paths give byte-identical datasets. Dedupe and splits go by the sha256 of
+the stored (canonical) bytes, the bytes the model sees, so adding files never moves existing
+ones and one picture in two formats is one file.
 
 Paired examples (for the `paired` task) are files under an `inputs/` folder whose relative name
 also exists under a sibling `targets/` folder, or the `{input, target}` lines of a `pairs.jsonl`
@@ -67,7 +68,7 @@ class Record:
     """One stored file of a dataset."""
 
     key: str  # relative key in the source
-    sha256: str  # of the original bytes (dedupe + split)
+    sha256: str  # of the stored (canonical) bytes (dedupe + split)
     modality: str
     format: str  # format of the stored bytes (after canonicalisation)
     split: str
@@ -270,7 +271,7 @@ class _Copier:
 
 @dataclass
 class _Loaded:
-    """One source file after the worker stage: its original sha256 and the bytes to store."""
+    """One source file after the worker stage: the sha256 of the bytes to store, and those bytes."""
 
     entry: storage.Entry
     sha256: str | None = None
@@ -297,14 +298,16 @@ def _load(e: storage.Entry, cfg: IngestConfig, hold_plain: bool = True) -> _Load
         return _Loaded(e, error="empty file")
     if len(data) > cfg.max_file_bytes:
         return _Loaded(e, error=f"larger than ingest.max_file_bytes ({len(data)} > {cfg.max_file_bytes})")
-    digest = hashlib.sha256(data).hexdigest()
     if cfg.canonicalize:
         try:
             stored, sn = canonicalize(data, cfg)
         except FormatError as fe:
-            return _Loaded(e, digest, error=str(fe))
+            return _Loaded(e, error=str(fe))
     else:
         stored, sn = data, sniff(data)
+    # dedupe and split by the bytes the model sees: a PNG and a JPEG of one picture that become
+    # the same BMP are one file, and never one in train and the other in validation
+    digest = hashlib.sha256(stored).hexdigest()
     if stored is data and not hold_plain:
         e = e if len(data) == e.size else replace(e, size=len(data))
         return _Loaded(e, digest, None, sn, copy_from=str(storage.local_path(e.url)))
