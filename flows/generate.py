@@ -18,6 +18,7 @@ batches over a Dask cluster (see README).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -49,8 +50,26 @@ def _backend(model_dir: str, provider: str, precision: str) -> Any:
 
 
 def fingerprint(entry: storage.Entry) -> str:
-    """What identifies one version of an input: its key, size and ETag (local files have no ETag)."""
+    """What identifies one version of an input: its key, size and ETag (for local files, which have
+    no ETag, the sha256 of the content that `list_task` puts there)."""
     return f"{entry.key}|{entry.size}|{entry.etag or ''}"
+
+
+def with_content_hashes(entries: list[storage.Entry]) -> list[storage.Entry]:
+    """Local entries with `etag` set to `sha256:<hex>` of their content, so that a same-size edit is
+    a new version of the input (key and size alone would call it done)."""
+    out = []
+    for e in entries:
+        if e.etag is None and e.error is None and storage.is_local(e.url):
+            with open(storage.local_str(e.url), "rb") as f:
+                e = dataclasses.replace(e, etag="sha256:" + hashlib.file_digest(f, "sha256").hexdigest())
+        out.append(e)
+    return out
+
+
+def own_key(key: str) -> bool:
+    """Keys under the flow's own bookkeeping prefixes: never inputs."""
+    return key.split("/", 1)[0] in (STATE, RUNS)
 
 
 def settings_id(task_name: str, max_bytes: int, seed: int, precision: str, target_modality: str | None = None,
@@ -92,11 +111,14 @@ def resolve_task(registry: str, name: str, version: str) -> tuple[str, str]:
 
 @task(name="list-inputs", retries=3, retry_delay_seconds=[2, 10, 30])
 def list_task(input_url: str, output_url: str, version: str) -> tuple[list[storage.Entry], set[str]]:
-    """Inputs under input_url, and the state keys already written for this model version."""
-    inputs = storage.list_files(input_url)
+    """Inputs under input_url, and the state keys already written for this model version.
+
+    Only "no state yet" reads as nothing done: any other failure to list `_state/` fails the task
+    (and so, after its retries, the run), rather than regenerating every input."""
+    inputs = with_content_hashes(storage.list_files(input_url))
     try:
         states = storage.list_files(storage.join(output_url, f"{STATE}/{version}"))
-    except storage.StorageError:
+    except storage.NotFoundError:
         states = []
     return inputs, {f"{STATE}/{version}/{e.key}" for e in states}
 
@@ -180,6 +202,8 @@ def batch_generate(input_url: str, output_url: str, registry: str, name: str = "
         raise ValueError(f"target_modality is for task_name='paired' and one of {', '.join(MODALITIES)}")
     if storage.join(output_url, "").startswith(storage.join(input_url, "")):
         raise ValueError("output_url must not lie inside input_url (outputs would become inputs)")
+    if any(storage.join(input_url, "").startswith(storage.join(output_url, p + "/")) for p in (STATE, RUNS)):
+        raise ValueError(f"input_url lies under output_url's {STATE}/ or {RUNS}/: batch-generate's own bookkeeping")
     model_dir, resolved = resolve_task(registry, name, version)
     entries, done = list_task(input_url, output_url, resolved)
     settings = settings_id(task_name, max_bytes, seed, precision, target_modality, prefix_bytes, prefix_fraction)
@@ -190,6 +214,10 @@ def batch_generate(input_url: str, output_url: str, registry: str, name: str = "
             storage.safe_key(e.key)
         except storage.StorageError as err:
             statuses[e.key] = {"input": e.key, "status": "failed", "error": str(err)}
+            continue
+        if own_key(e.key):
+            statuses[e.key] = {"input": e.key, "status": "failed",
+                               "error": f"under {e.key.split('/', 1)[0]}/, batch-generate's own bookkeeping prefix"}
             continue
         if state_key(resolved, e, settings) in done:  # same key, size and ETag, same model and settings
             statuses[e.key] = {"input": e.key, "status": "skipped"}

@@ -10,7 +10,8 @@ Parameters come from the environment so that the same file serves any buckets:
     OBF_INPUT       batch-generate input prefix       (default s3://obf-inbox/in)
     OBF_OUTPUT      batch-generate output prefix      (default s3://obf-outbox/out)
     OBF_CRON        nightly schedule, cron syntax     (default "0 2 * * *", UTC)
-    OBF_PARAMS      params file for train-flow        (default params.yaml)
+    OBF_PARAMS      params file for train-flow        (default: this project's params.yaml;
+                                                       "none" = the built-in defaults)
     OBF_OVERRIDES   ';'-separated section.key=value overrides for train-flow (default none)
 """
 
@@ -20,7 +21,8 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from prefect import serve  # noqa: E402
 from prefect.schedules import Cron  # noqa: E402
@@ -36,7 +38,7 @@ def deployments() -> list:
     train = train_flow.to_deployment(
         name="default",
         parameters={"source": env("OBF_SOURCE", "s3://obf-raw/raw"), "registry": registry, "name": name,
-                    "params": env("OBF_PARAMS", "params.yaml"), "overrides": overrides},
+                    "params": env("OBF_PARAMS", str(ROOT / "params.yaml")), "overrides": overrides},
         description="Ingest, train, evaluate, export and publish a model from raw files on storage.")
     nightly = batch_generate.to_deployment(
         name="nightly",

@@ -60,12 +60,15 @@ def metrics_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 @flow(name="train-flow", log_prints=True)
 def train_flow(source: str, registry: str, name: str = "obf", params: str | None = "params.yaml",
                overrides: list[str] | None = None, workdir: str | None = None) -> dict[str, Any]:
-    """Train a model on the files at `source` and publish it to `registry` as `name`."""
+    """Train a model on the files at `source` and publish it to `registry` as `name`.
+
+    `params`: a params file (a path that does not exist fails the run before any work), or None /
+    "none" for the built-in defaults; `overrides` apply on top, as `--set` does."""
     log = get_run_logger()
     overrides = list(overrides or [])
-    params_path = params if params and Path(params).is_file() else None
-    if params and params_path is None:
-        log.info("params file %s not found; using built-in defaults and overrides", params)
+    params_path = None if params is None or params.lower() == "none" else params
+    load_params(params_path, overrides)  # fail now, not after ingest, on a missing file or bad value
+    log.info("params: %s, overrides: %s", params_path or "built-in defaults", overrides or "none")
     work = Path(workdir or tempfile.mkdtemp(prefix="obf-train-flow-"))
     data, model, onnx = str(work / "dataset"), str(work / "model"), str(work / "onnx")
     manifest = ingest_task(source, data, params_path, overrides)

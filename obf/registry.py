@@ -51,7 +51,7 @@ def list_versions(registry: str, name: str) -> list[str]:
     base = storage.join(registry, _check_name("name", name))
     try:
         entries = storage.list_files(base)
-    except storage.StorageError:
+    except storage.NotFoundError:
         return []
     return sorted({e.key.split("/", 1)[0] for e in entries if e.key.endswith("/" + MANIFEST)})
 

@@ -233,7 +233,10 @@ def test_crash_mid_run_then_rerun_leaves_no_gap_or_duplicate(onnx_model, s3_serv
             "from flows.generate import batch_generate\n"
             "flow = batch_generate.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))\n"
             f"flow(input_url={inp!r}, output_url={out!r}, registry={reg!r}, max_bytes=1500, batch_size=1)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # its own session: the kill below takes the ephemeral Prefect server the run starts with it
+    # (killed alone, the run would leave that server serving with no parent)
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         try:
@@ -243,11 +246,12 @@ def test_crash_mid_run_then_rerun_leaves_no_gap_or_duplicate(onnx_model, s3_serv
             pass
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # kill -9 of the run and everything it started
     proc.wait()
     partial = _outputs(out)
     assert 3 <= len(partial) < 30
-    rerun = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                           start_new_session=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert _outputs(out) == sorted(f"{n}.txt" for n in names)  # every input once, none missing
     man = [m for m in _manifests(out) if m["counts"]["failed"] == 0][-1]
@@ -312,7 +316,7 @@ def test_prefect_deployment_run_against_a_real_server(prefect_server, s3_bucket,
     env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(home), "OBF_CACHE": str(tmp_path / "cache"),
            "OBF_SOURCE": f"{s3_bucket}/raw", "OBF_REGISTRY": f"{s3_bucket}/models", "OBF_NAME": "served",
            "OBF_INPUT": f"{s3_bucket}/in", "OBF_OUTPUT": f"{s3_bucket}/out",
-           "OBF_OVERRIDES": ";".join([*TINY, "ingest.val_fraction=0.3"]), "OBF_PARAMS": "none.yaml",
+           "OBF_OVERRIDES": ";".join([*TINY, "ingest.val_fraction=0.3"]), "OBF_PARAMS": "none",
            "OMP_NUM_THREADS": "1"}
     upload(RAW, f"{s3_bucket}/raw", MIXED + ["text/heapq.py"])
     upload(RAW, f"{s3_bucket}/in", MIXED[:3])
@@ -378,3 +382,51 @@ def test_dvc_push_and_pull_to_an_s3_remote(s3_bucket, tmp_path):
     r = run("dvc", "pull")
     assert r.returncode == 0, r.stderr[-2000:]
     assert (repo / "data/dataset/manifest.json").read_bytes() == before
+
+
+def test_batch_generate_local_inputs_by_content_and_own_prefixes_refused(harness, onnx_model, s3_bucket, tmp_path,
+                                                                          monkeypatch):
+    """Local inputs have no ETag: a same-size edit must still be a new version. Keys under the
+    flow's own _state/ and _runs/ are never inputs."""
+    from flows.generate import BatchGenerateFailed, batch_generate
+
+    monkeypatch.setenv("OBF_CACHE", str(tmp_path / "cache"))
+    reg = f"{s3_bucket}/models"
+    publish(onnx_model, reg, "obf")
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    (inp / "a.txt").write_text("first version\n")
+    (inp / "b.txt").write_text("another file\n")
+    kw = dict(input_url=str(inp), output_url=str(out), registry=reg, max_bytes=16)
+    assert batch_generate(**kw)["ok"] == 2
+    (inp / "a.txt").write_text("FIRST VERSION\n")  # same size, new content
+    res = batch_generate(**kw)
+    assert (res["ok"], res["skipped"]) == (1, 1)
+    assert (out / "a.txt.txt").read_text().startswith("FIRST VERSION")
+    (inp / "_state").mkdir()
+    (inp / "_state" / "x.txt").write_text("looks like bookkeeping\n")
+    with pytest.raises(BatchGenerateFailed, match="1 of 3"):
+        batch_generate(**kw)
+    failed = [i for m in _manifests(str(out)) for i in m["inputs"] if i["status"] == "failed"]
+    assert failed and failed[0]["input"] == "_state/x.txt" and "bookkeeping" in failed[0]["error"]
+    with pytest.raises(ValueError, match="bookkeeping"):
+        batch_generate(**{**kw, "input_url": str(out / "_runs")})
+
+
+def test_a_state_listing_that_fails_fails_the_run_instead_of_redoing_everything(onnx_model, s3_bucket, monkeypatch):
+    """Only "no state yet" means nothing is done; a listing that fails otherwise (here an injected
+    permission error on _state/) must not read as "nothing done"."""
+    from flows.generate import list_task
+
+    real = storage.list_files
+
+    def failing(url):
+        if "/_state/" in url:
+            raise storage.StorageError(f"{url}: permission denied (injected)")
+        return real(url)
+
+    storage.write_bytes_atomic(f"{s3_bucket}/in/a.txt", b"hello\n")
+    assert list_task.fn(f"{s3_bucket}/in", f"{s3_bucket}/out", "v0001")[1] == set()  # not there yet: fine
+    monkeypatch.setattr(storage, "list_files", failing)
+    with pytest.raises(storage.StorageError, match="permission denied"):
+        list_task.fn(f"{s3_bucket}/in", f"{s3_bucket}/out", "v0001")
