@@ -17,7 +17,8 @@ from obf.errors import ObfError
 
 def _add_params(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", metavar="PATH",
-                   help="params file (default: params.yaml; missing default file = built-in defaults)")
+                   help="params file (default: params.yaml; a missing file is an error; `none` = the built-in "
+                        "defaults, which differ from the project's params.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one param, repeatable (like `dvc exp run -S`)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")

@@ -155,6 +155,7 @@ class TrainConfig:
     modality_weights: dict[str, float] = field(default_factory=dict)  # explicit weights; {} = off
     noise_density: float = 0.15
     mean_span: float = 3.0
+    random_bytes_weight: float = 0.0  # share of continue examples that predict uniform random bytes (calibration)
     eval_every: int = 200
     eval_batches: int = 4
     checkpoint_every: int = 200
@@ -179,6 +180,7 @@ class TrainConfig:
             _require(v >= 0, f"{s}.modality_weights.{k}", "must not be negative")
         _require(0 < self.noise_density < 1, f"{s}.noise_density", "must be in (0, 1)")
         _require(self.mean_span >= 1, f"{s}.mean_span", "must be at least 1")
+        _require(0 <= self.random_bytes_weight < 1, f"{s}.random_bytes_weight", "must be in [0, 1)")
         _require(self.eval_every >= 1, f"{s}.eval_every", "must be at least 1")
         _require(self.eval_batches >= 1, f"{s}.eval_batches", "must be at least 1")
         _require(self.checkpoint_every >= 1, f"{s}.checkpoint_every", "must be at least 1")
@@ -343,15 +345,19 @@ def params_from_dict(raw: dict[str, Any]) -> Params:
 
 
 def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
-    """Read params.yaml (missing file = all defaults), apply overrides, validate."""
+    """Read a params file, apply overrides, validate.
+
+    `path` None or "none" asks for the built-in defaults (the dataclasses above, which are not
+    params.yaml's values). A file that is not there is an error, also the default params.yaml:
+    running outside the project must not train silently with other settings."""
     raw: dict[str, Any] = {}
-    if path is not None:
+    if path is not None and str(path).lower() != "none":
         p = Path(path)
-        if p.exists():
-            try:
-                raw = yaml.safe_load(p.read_text()) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-        elif str(path) != "params.yaml":
-            raise ConfigError(f"{p}: params file not found")
+        if not p.is_file():
+            raise ConfigError(f"{p}: params file not found (run in the project folder, give --params PATH, "
+                              "or --params none for the built-in defaults)")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     return params_from_dict(apply_overrides(raw, overrides))

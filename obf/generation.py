@@ -53,13 +53,19 @@ class Result:
 
 
 def ingest_config_of(backend: Any) -> IngestConfig:
-    """The canonical forms (image size, audio rate, ...) the model was trained on, else the defaults."""
+    """The canonical forms (image size, audio rate, ...) the model was trained on. A model that
+    recorded none gets the defaults; recorded settings that do not parse are an error, never a
+    silent fall-back to forms the model did not see."""
     meta = getattr(backend, "meta", None) or {}
-    saved = meta.get("ingest") or {}
-    try:
-        return IngestConfig(**saved)
-    except TypeError:
+    saved = meta.get("ingest")
+    if saved is None:
         return IngestConfig()
+    try:
+        cfg = IngestConfig(**saved)
+        cfg.validate()
+    except (TypeError, ObfError) as e:
+        raise ObfError(f"the model's recorded ingest settings do not parse ({e}); re-export it with this obf") from None
+    return cfg
 
 
 def prepare(source: str, ingest_cfg: IngestConfig, *, max_input_bytes: int, data: bytes | None = None) -> Prepared:

@@ -1,12 +1,27 @@
+import subprocess
+import sys
+
 import pytest
 
 from obf.config import ConfigError, ModelConfig, load_params, params_from_dict
 
+from .conftest import ROOT
+
 
 def test_defaults_load_from_repo_params():
-    p = load_params("params.yaml")
-    assert p.ingest.canonicalize is True
-    assert p.model.d_model > 0
+    """The project's params.yaml is read (not the built-ins, which differ: patch size 1 vs 8)."""
+    p = load_params(ROOT / "params.yaml")
+    assert p.ingest.canonicalize is True and p.model.preset == "small"
+    assert p.model.patch_size == 8 and p != load_params(None) and load_params("none") == load_params(None)
+
+
+def test_a_missing_default_params_file_is_an_error_not_the_built_ins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the project: no params.yaml here
+    with pytest.raises(ConfigError, match="params.yaml: params file not found.*--params none"):
+        load_params()
+    r = subprocess.run([sys.executable, "-m", "obf.cli", "ingest", str(ROOT / "data" / "raw" / "text"),
+                        "--out", str(tmp_path / "ds"), "-q"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 1 and "params file not found" in r.stderr and not (tmp_path / "ds").exists()
 
 
 @pytest.mark.parametrize(
