@@ -6,12 +6,17 @@ MODEL_DIR layout::
     config.json         {"model": ModelConfig, "vocab": Vocab, "step": N}
     train_state.pt      weights + optimizer + step + RNG states + data position, for exact resume
 
-Every file is written to a temp file and renamed. Nothing is loaded with pickle:
+Every file is written to a temp file, fsynced and renamed, and the folder is fsynced after the
+rename. A checkpoint writes the weights, then config.json (with the weights' sha256), then the
+train state (with the same sha256) last: the state is the commit point. A crash in between leaves
+a pair whose hashes disagree, which `load_model` refuses with a clear error and a resume repairs
+(it rewrites the weights of the state it resumes from). Nothing is loaded with pickle:
 `torch.load(..., weights_only=True)` only accepts tensors and plain containers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -47,6 +52,20 @@ def _atomic(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fd = os.open(path.parent, os.O_RDONLY)  # the rename itself is durable only once the folder is
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def weights_sha256(model_dir: str | Path) -> str | None:
+    """sha256 of model.safetensors in `model_dir` (None when there is none)."""
+    path = Path(model_dir) / WEIGHTS
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _clean_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -60,13 +79,15 @@ def _clean_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_model(model_dir: str | Path, model: torch.nn.Module, cfg: ModelConfig, *, step: int = 0,
-               extra: dict[str, Any] | None = None) -> None:
-    """Write model.safetensors and config.json atomically."""
+               extra: dict[str, Any] | None = None) -> str:
+    """Write model.safetensors, then config.json naming its sha256, each atomically; return the sha256."""
     d = Path(model_dir)
     sd = _clean_state_dict(model)
     _atomic(d / WEIGHTS, lambda p: save_file(sd, p, metadata={"format": "pt"}))
-    meta = {"model": cfg.to_dict(), "vocab": Vocab().to_dict(), "step": step, **(extra or {})}
+    sha = weights_sha256(d)
+    meta = {"model": cfg.to_dict(), "vocab": Vocab().to_dict(), "step": step, "weights_sha256": sha, **(extra or {})}
     _atomic(d / CONFIG, lambda p: Path(p).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n"))
+    return sha
 
 
 def read_config(model_dir: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
@@ -86,10 +107,13 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu"):
     """Load an OmniByteFormer from model.safetensors + config.json (no pickle)."""
     from obf.model import OmniByteFormer
 
-    cfg, _ = read_config(model_dir)
+    cfg, meta = read_config(model_dir)
     path = Path(model_dir) / WEIGHTS
     if not path.is_file():
         raise CheckpointError(f"{model_dir}: missing {WEIGHTS}")
+    if meta.get("weights_sha256") and weights_sha256(model_dir) != meta["weights_sha256"]:
+        raise CheckpointError(f"{path}: does not match config.json (a checkpoint was interrupted); "
+                              "`obf train ... --resume` repairs it")
     try:
         sd = load_file(str(path), device=str(device))
     except Exception as e:  # safetensors raises its own error types for corrupt headers

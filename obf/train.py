@@ -12,6 +12,9 @@ weights, the optimizer, the step and the RNG states, written atomically every
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+
 import json
 import math
 import os
@@ -25,7 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from obf.checkpoint import CheckpointError, load_train_state, save_model, save_train_state
+from obf.checkpoint import CheckpointError, load_train_state, save_model, save_train_state, weights_sha256
 from obf.config import ConfigError, ModelConfig, Params, TrainConfig
 from obf.data import Batch, Dataset, DataError, ExampleSampler, collate, continue_example
 from obf.model import OmniByteFormer
@@ -150,12 +153,30 @@ def validation_bpb(model: OmniByteFormer, sampler: ExampleSampler, cfg: TrainCon
 # --------------------------------------------------------------------------- the loop
 
 
-def _check_resume_state(state: dict[str, Any], model_cfg: ModelConfig, train_cfg: TrainConfig, world: int) -> None:
+BUDGET_KEYS = ("steps", "minutes")  # what a resumed run may change: how long it trains
+
+
+def _resume_train_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The train settings a resume must share with the checkpoint: all but the budget."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in BUDGET_KEYS}
+
+
+def _check_resume_state(state: dict[str, Any], model_cfg: ModelConfig, train_cfg: TrainConfig, world: int,
+                        data_sha256: str) -> None:
+    """Refuse, with one line, a resume that would continue another run: another dataset (by the
+    sha256 of its manifest), model section, train setting other than `steps` / `minutes`, or
+    number of processes."""
     if state.get("model_config") != model_cfg.to_dict():
         raise CheckpointError("resume: the checkpoint's model config differs from params (model section)")
-    for key in ("seed", "batch_size"):
-        if state.get("train_config", {}).get(key) != getattr(train_cfg, key):
-            raise CheckpointError(f"resume: train.{key} differs from the checkpoint's; resume needs the same value")
+    saved = state.get("train_config", {})
+    now = _resume_train_config(train_cfg)
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) != now.get(key):
+            raise CheckpointError(f"resume: train.{key} differs from the checkpoint's ({saved.get(key)!r} vs "
+                                  f"{now.get(key)!r}); only train.steps and train.minutes may change")
+    if state.get("data_sha256") != data_sha256:
+        raise CheckpointError("resume: the dataset differs from the one the checkpoint was trained on "
+                              "(manifest.json changed); train from scratch without --resume")
     if state.get("world_size", 1) != world:
         raise CheckpointError(f"resume: the checkpoint was trained with {state.get('world_size')} processes, not {world}")
 
@@ -202,13 +223,15 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
     sampler_kw = dict(max_src_len=mcfg.max_src_len, max_tgt_len=mcfg.max_tgt_len,
                       balance_modalities=tcfg.balance_modalities, modality_weights=tcfg.modality_weights,
                       noise_density=tcfg.noise_density, mean_span=tcfg.mean_span)
-    train_sampler = ExampleSampler(ds, "train", task_weights=tcfg.task_weights, seed=tcfg.seed, **sampler_kw)
+    train_sampler = ExampleSampler(ds, "train", task_weights=tcfg.task_weights, seed=tcfg.seed,
+                                   random_bytes_weight=tcfg.random_bytes_weight, **sampler_kw)
     try:
         val_sampler: ExampleSampler | None = ExampleSampler(
             ds, "val", task_weights={"continue": 1.0}, seed=tcfg.seed, **{**sampler_kw, "modality_weights": {}})
     except DataError:
         val_sampler = None
     state = load_train_state(model_dir) if resume else None
+    data_sha256 = hashlib.sha256((Path(data_dir) / "manifest.json").read_bytes()).hexdigest()
 
     d = init_distributed(tcfg.device)
     device = resolve_device(tcfg.device)
@@ -220,11 +243,14 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
     opt = make_optimizer(model, tcfg, device)
     start_step = 0
     if state is not None:
-        _check_resume_state(state, mcfg, tcfg, d.world)
+        _check_resume_state(state, mcfg, tcfg, d.world, data_sha256)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
+        if d.main and weights_sha256(model_dir) != state.get("weights_sha256"):
+            # a crash between the weights and the state: serve the state's weights again
+            save_model(model_dir, model, mcfg, step=start_step, extra={"ingest": ds.manifest.get("ingest")})
     model.train()
     net: torch.nn.Module = model
     if tcfg.compile:
@@ -241,13 +267,14 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
     def checkpoint(step: int, val: dict[str, float] | None) -> None:
         if not d.main:
             return
-        save_train_state(model_dir, {
+        sha = save_model(model_dir, model, mcfg, step=step, extra={"val_bpb": val or {},
+                                                                    "ingest": ds.manifest.get("ingest")})
+        save_train_state(model_dir, {  # last: the state is the commit point of a checkpoint
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": opt.state_dict(), "step": step, "torch_rng": torch.get_rng_state(),
-            "model_config": mcfg.to_dict(), "train_config": {"seed": tcfg.seed, "batch_size": tcfg.batch_size},
-            "world_size": d.world, "seconds": clock.spent(),
+            "model_config": mcfg.to_dict(), "train_config": _resume_train_config(tcfg), "data_sha256": data_sha256,
+            "world_size": d.world, "seconds": clock.spent(), "weights_sha256": sha,
         })
-        save_model(model_dir, model, mcfg, step=step, extra={"val_bpb": val or {}, "ingest": ds.manifest.get("ingest")})
 
     clock = _Budget(tcfg.minutes * 60, float(state.get("seconds", 0.0)) if state else 0.0, d, device)
     bar = tqdm(total=tcfg.steps, initial=start_step, desc="train", unit="step", disable=not (progress and d.main),

@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,9 +51,10 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def obf(*args, **kw):
-    """Run `obf` outside the repo, so the built-in defaults apply rather than the pipeline's params.yaml."""
+    """Run `obf` outside the repo with the built-in defaults (`--params none`), not the pipeline's params.yaml."""
     kw.setdefault("cwd", tempfile.gettempdir())
-    return subprocess.run([sys.executable, "-m", "obf.cli", *args], capture_output=True, text=True, env=env(), **kw)
+    return subprocess.run([sys.executable, "-m", "obf.cli", *args, "--params", "none"], capture_output=True, text=True,
+                          env=env(), **kw)
 
 
 def test_overfit_one_small_batch(dataset):
@@ -82,7 +84,8 @@ def test_sigkill_then_resume_is_bitwise_identical(dataset, tmp_path):
     sets = [f"--set={s}" for s in [*TINY, "train.steps=400", "train.checkpoint_every=20", "train.eval_every=1000"]]
     full = obf("train", str(dataset), "--out", str(tmp_path / "full"), "-q", *sets)
     assert full.returncode == 0, full.stderr
-    cmd = [sys.executable, "-m", "obf.cli", "train", str(dataset), "--out", str(tmp_path / "cut"), "-q", *sets]
+    cmd = [sys.executable, "-m", "obf.cli", "train", str(dataset), "--out", str(tmp_path / "cut"), "-q", *sets,
+           "--params", "none"]
     proc = subprocess.Popen(cmd, env=env(), cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cfg = tmp_path / "cut" / "config.json"
     deadline = time.time() + 120
@@ -95,8 +98,13 @@ def test_sigkill_then_resume_is_bitwise_identical(dataset, tmp_path):
     proc.wait()
     killed_at = json.loads(cfg.read_text())["step"]
     assert 40 <= killed_at < 400
+    saved_step = torch.load(tmp_path / "cut" / "train_state.pt", weights_only=True)["step"]
+    assert killed_at - 20 <= saved_step <= killed_at  # (the state is written last, after config.json)
     resumed = obf("train", str(dataset), "--out", str(tmp_path / "cut"), "-q", "--resume", *sets)
     assert resumed.returncode == 0, resumed.stderr
+    # it resumed from the saved step, not from 0 (training is deterministic, so equal weights alone
+    # would not show it)
+    assert json.loads((tmp_path / "cut" / "train_summary.json").read_text())["start_step"] == saved_step
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -107,7 +115,7 @@ def test_ddp_two_gloo_ranks_see_disjoint_samples(dataset, tmp_path):
     log = tmp_path / "samples"
     r = subprocess.run(
         [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "obf.train", str(dataset),
-         "--out", str(tmp_path / "ddp"), "-q", "--sample-log", str(log),
+         "--out", str(tmp_path / "ddp"), "-q", "--params", "none", "--sample-log", str(log),
          *[f"--set={s}" for s in [*TINY, "train.steps=6", "train.device=cpu"]]],
         capture_output=True, text=True, env=env(), timeout=300, cwd=tempfile.gettempdir())
     assert r.returncode == 0, r.stderr[-3000:]
@@ -152,7 +160,7 @@ def test_ddp_ranks_stop_together_on_a_minutes_budget(dataset, tmp_path):
     log = tmp_path / "samples"
     r = subprocess.run(
         [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "obf.train", str(dataset),
-         "--out", str(tmp_path / "ddp"), "-q", "--sample-log", str(log),
+         "--out", str(tmp_path / "ddp"), "-q", "--params", "none", "--sample-log", str(log),
          *[f"--set={s}" for s in [*TINY, "train.steps=1000000", "train.minutes=0.1", "train.device=cpu",
                                   "train.eval_every=1000000", "train.checkpoint_every=1000000"]]],
         capture_output=True, text=True, env=env(), timeout=300, cwd=tempfile.gettempdir())
@@ -168,6 +176,47 @@ def text_only(tmp_path_factory) -> Path:
     params = load_params(None, ["ingest.val_fraction=0.0", "ingest.test_fraction=0.0"])
     ingest(str(make_raw(root / "raw", ["text/heapq.py", "text/shlex.py"])), root / "ds", params.ingest, progress=False)
     return root / "ds"
+
+
+def test_resume_refuses_another_dataset_or_setting_but_not_a_longer_budget(text_only, dataset, tmp_path):
+    out = str(tmp_path / "m")
+    sets = [f"--set={s}" for s in [*TINY, "train.steps=4", "train.eval_every=1000"]]
+    assert obf("train", str(text_only), "--out", out, "-q", *sets).returncode == 0
+    for extra, expect in ((["--set", "train.lr=0.01"], "train.lr differs"),
+                          (["--set", "train.task_weights={continue: 0.5, denoise: 0.5}"], "train.task_weights differs"),
+                          (["--set", "model.d_ff=64"], "model config differs")):
+        r = obf("train", str(text_only), "--out", out, "-q", "--resume", *sets, *extra)
+        assert r.returncode == 1 and expect in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    r = obf("train", str(dataset), "--out", out, "-q", "--resume", *sets)
+    assert r.returncode == 1 and "dataset differs" in r.stderr
+    r = obf("train", str(text_only), "--out", out, "-q", "--resume", *sets, "--set", "train.steps=6",
+            "--set", "train.minutes=5")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "m" / "train_summary.json").read_text())["start_step"] == 4
+
+
+def test_a_checkpoint_cut_between_weights_and_state_is_refused_then_repaired_by_resume(text_only, tmp_path):
+    """Weights newer than the train state (a crash after the weights were renamed into place, before
+    the state was): serving refuses the pair; a resume rewrites the state's weights and goes on."""
+    from safetensors.torch import save_file
+
+    from obf.checkpoint import CheckpointError, load_model, weights_sha256
+
+    out = tmp_path / "m"
+    sets = [f"--set={s}" for s in [*TINY, "train.steps=4", "train.eval_every=1000"]]
+    assert obf("train", str(text_only), "--out", str(out), "-q", *sets).returncode == 0
+    good = weights_sha256(out)
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    assert state["weights_sha256"] == good == json.loads((out / "config.json").read_text())["weights_sha256"]
+    other = {k: torch.zeros_like(v) for k, v in state["model"].items()}
+    save_file(other, str(out / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="does not match config.json"):
+        load_model(out)
+    r = obf("train", str(text_only), "--out", str(out), "-q", "--resume", *sets)  # at its last step: no training
+    assert r.returncode == 0, r.stderr
+    load_model(out)  # a matching pair again: the state's own weights, rewritten by the resume
+    assert weights_sha256(out) == good
+    assert torch.load(out / "train_state.pt", weights_only=True)["weights_sha256"] == weights_sha256(out)
 
 
 def test_bad_inputs_are_clear_errors(text_only, tmp_path):
@@ -226,3 +275,25 @@ def test_train_stage_through_dvc_repro(tmp_path):
     assert shown.returncode == 0 and "loss_bpb" in shown.stdout
     plots = run("dvc", "plots", "show", "--json")
     assert plots.returncode == 0 and "loss_bpb" in plots.stdout
+
+
+def test_random_byte_examples_predict_random_bytes_from_a_random_context(text_only):
+    """train.random_bytes_weight: that share of continue examples predicts uniform random bytes
+    after a real file start, with random bytes already in the context; the rest are unchanged."""
+    from obf.data import Dataset, ExampleSampler
+    from obf.vocab import modality_id
+
+    ds = Dataset(text_only)
+    kw = dict(max_src_len=128, max_tgt_len=32, task_weights={"continue": 1.0}, seed=3)
+    plain = ExampleSampler(ds, "train", **kw)
+    mixed = ExampleSampler(ds, "train", random_bytes_weight=0.5, **kw)
+    texts = [bytes(ds.file_bytes(r)) for r in ds.records]
+    noise = [e for e in (mixed.example(i) for i in range(200)) if e.modality == "binary"]
+    assert 70 <= len(noise) <= 130  # about half
+    for e in noise:
+        tgt = bytes(e.tgt)
+        assert len(tgt) == 32 and not any(tgt in t for t in texts)  # targets come from no real file
+        assert e.src[0] == modality_id("binary") and len(e.src) >= 2 + 16  # >= 16 random bytes of context
+    assert all(plain.example(i).modality == "text" for i in range(50))
+    counts = np.bincount(np.frombuffer(b"".join(bytes(e.tgt) for e in noise), np.uint8), minlength=256)
+    assert counts.min() > 0  # every byte value occurs: uniform, not a pattern
