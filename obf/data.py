@@ -810,8 +810,9 @@ class ExampleSampler:
     def __init__(self, ds: Dataset, split: str, *, max_src_len: int, max_tgt_len: int,
                  task_weights: dict[str, float], balance_modalities: bool = True,
                  modality_weights: dict[str, float] | None = None, noise_density: float = 0.15,
-                 mean_span: float = 3.0, seed: int = 0) -> None:
+                 mean_span: float = 3.0, seed: int = 0, random_bytes_weight: float = 0.0) -> None:
         self.ds = ds
+        self.random_bytes_weight = random_bytes_weight
         self.split = split
         self.max_src_len, self.max_tgt_len = max_src_len, max_tgt_len
         self.noise_density, self.mean_span = noise_density, mean_span
@@ -864,6 +865,8 @@ class ExampleSampler:
         data = self.ds.file_bytes(r)
         if task == "denoise":
             return self._denoise(r, data, rng, index)
+        if self.random_bytes_weight and rng.random() < self.random_bytes_weight:
+            return self._random_bytes(data, rng, index)
         start = 0 if rng.random() < 0.1 else int(rng.integers(0, len(data) + 1))
         return continue_example(data, start, r.modality, self.max_src_len, self.max_tgt_len, index)
 
@@ -874,6 +877,18 @@ class ExampleSampler:
         start = int(rng.integers(0, len(data) - n + 1))
         payload, tgt = span_corrupt(np.asarray(data[start:start + n]), rng, self.noise_density, self.mean_span)
         return Example([modality_id(r.modality), task_id("denoise"), *payload], tgt, "denoise", r.modality, index)
+
+    def _random_bytes(self, data: np.ndarray, rng: np.random.Generator, index: int) -> Example:
+        """A `continue` example over uniform random bytes behind the real start (up to 64 bytes) of a
+        file: what a compressed or encrypted payload looks like to a byte model. The context always
+        holds some of the random bytes, so the lesson is "after bytes that look random, expect any
+        byte" (about 8 bits each), not "after this header". This is what keeps the model calibrated
+        on payloads it cannot predict instead of confidently wrong (worse than storing them)."""
+        head = bytes(data[:int(rng.integers(0, 65))])
+        noise = rng.integers(0, 256, self.max_src_len + self.max_tgt_len, dtype=np.uint8).tobytes()
+        start = len(head) + int(rng.integers(16, self.max_src_len))
+        return continue_example(np.frombuffer(head + noise, np.uint8), start, "binary", self.max_src_len,
+                                self.max_tgt_len, index)
 
     def _paired(self, inp: Record, tgt: Record, index: int) -> Example:
         src = paired_input(bytes(self.ds.file_bytes(inp)), inp.modality, tgt.modality, self.max_src_len)

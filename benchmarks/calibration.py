@@ -1,0 +1,94 @@
+"""Calibration: bits per byte of a trained model on bytes nobody can predict, beside the best compressor.
+
+A model honest about what it does not know scores about 8 bits per byte on random bytes and on
+already-compressed payloads (target 7.9-8.05); one that scores more is worse than storing them.
+The files are made here, so none was seen in training: three files of uniform random bytes, a
+gzip stream and a raw LZMA2 stream of real text, and the IDAT payload (a zlib stream) of a PNG.
+
+    python benchmarks/calibration.py data/model            # or an exported ONNX dir
+
+Prints one row per file (model bpb, best compressor bpb and which) and saves
+benchmarks/results/calibration.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import lzma
+import struct
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import save  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def png_idat(png: bytes) -> bytes:
+    """The concatenated IDAT chunk data of a PNG: its compressed pixel stream."""
+    pos, out = 8, []
+    while pos + 8 <= len(png):
+        size, kind = struct.unpack_from(">I4s", png, pos)
+        if kind == b"IDAT":
+            out.append(png[pos + 8:pos + 8 + size])
+        pos += 12 + size
+    return b"".join(out)
+
+
+def unpredictable_files(seed: int = 2026) -> dict[str, bytes]:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    text = (ROOT / "data" / "raw" / "text" / "GPL-3.txt").read_bytes()
+    png = io.BytesIO()
+    with Image.open(ROOT / "data" / "raw" / "image" / "astronaut.png") as im:
+        im.convert("RGB").save(png, format="PNG", optimize=True)  # re-encoded: not the file trained on
+    files = {f"random{i}.bin": rng.integers(0, 256, 16384, dtype=np.uint8).tobytes() for i in range(3)}
+    files["text.gz"] = gzip.compress(text, 9, mtime=0)
+    files["text.lzma2"] = lzma.compress(text, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": 9}])
+    files["png.idat"] = png_idat(png.getvalue())[:32768]
+    return files
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model", help="model dir (obf train) or ONNX dir (obf export)")
+    args = ap.parse_args()
+
+    from obf.config import load_params
+    from obf.evaluate import evaluate
+
+    files = unpredictable_files()
+    with tempfile.TemporaryDirectory() as tmp:
+        held = Path(tmp) / "held"
+        held.mkdir()
+        for name, data in files.items():
+            (held / name).write_bytes(data)
+        params = load_params(ROOT / "params.yaml", ["evaluate.sample_bytes=16", "evaluate.denoise_windows=0"])
+        m = evaluate(args.model, str(held), Path(tmp) / "eval" / "metrics.json", params, per_file=True, progress=False)
+    from obf.evaluate import compressed_sizes
+
+    rows = []
+    print(f"{'file':<12} {'bytes':>7} {'model bpb':>10} {'best bpb':>9}  best compressor")
+    for f in m["files"]:
+        sizes = compressed_sizes(files[f["path"]])
+        best = min((k for k in sizes if k != "best"), key=lambda k: sizes[k])
+        row = {"file": f["path"], "bytes": f["bytes"], "model_bpb": f["bpb"],
+               "best_bpb": 8 * sizes["best"] / f["bytes"], "best": best}
+        rows.append(row)
+        print(f"{row['file']:<12} {row['bytes']:>7} {row['model_bpb']:>10.3f} {row['best_bpb']:>9.3f}  {best}")
+    inside = sum(7.9 <= r["model_bpb"] <= 8.05 for r in rows)
+    print(f"{inside} of {len(rows)} files within 7.9-8.05 bpb")
+    save("calibration", {"model": args.model, "files": rows, "within_7_9_to_8_05": inside})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
