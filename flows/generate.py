@@ -1,15 +1,19 @@
 """`batch-generate`: every new object under `input_url` -> a generated file under `output_url`.
 
 Runs ONNX Runtime (never torch) with a model resolved from the registry. Idempotent: an input
-already done for the same model version and the same generation settings (task, max_bytes,
-seed, precision; same key, size and ETag/hash) is skipped, so a second run processes nothing
-and a rerun after a crash fills in only what is missing; a run with other settings generates
-every input again (its outputs replace the earlier ones, and each state record says which
-settings made its output). Outputs keep the input's whole relative key and add the extension of
-their modality (`a/b.png` -> `a/b.png.bmp`, `obf.generation.output_key`), so distinct inputs
-never share an output, one PUT per object; the state of each input is written after its output. Every run writes `_runs/<flow-run-id>.json` listing each
-input with its status, output and error, and ends Failed (after all other inputs are written)
-when any input failed.
+already done for the same model version and the same generation settings (task, target
+modality, prefix, max_bytes, seed, precision; same key, size and ETag, or content sha256 for
+local files) is skipped, so a second run processes nothing and a rerun after a crash fills in
+only what is missing; a run with other settings generates every input again (its outputs
+replace the earlier ones, and each state record says which settings made its output).
+
+Outputs keep the input's whole relative key and add the extension of their modality
+(`a/b.png` -> `a/b.png.bmp`, `obf.generation.output_key`), so distinct inputs never share an
+output; one PUT per object; the state of each input is written after its output. Overlapping
+runs on one output prefix generate each input once: a run works on an input only under its
+claim in `_claims/`, taken with S3 conditional writes (`try_claim`). Every run writes
+`_runs/<flow-run-id>.json` listing each input with its status, output and error, and ends Failed
+(after all other inputs are written) when any input failed.
 
 Concurrency comes from the task runner: a thread pool of `DEFAULT_WORKERS` threads (or
 `PREFECT_TASK_RUNNER_THREAD_POOL_MAX_WORKERS` when set), or `prefect_dask.DaskTaskRunner` to spread
@@ -22,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import time
+import uuid
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -35,7 +40,8 @@ from obf.registry import resolve
 from obf.sampling import SamplingOptions
 from obf.vocab import MODALITIES
 
-STATE, RUNS = "_state", "_runs"
+STATE, RUNS, CLAIMS = "_state", "_runs", "_claims"
+DEFAULT_CLAIM_TTL_S = 1800  # a crashed run's claims block other runs this long at most; must exceed a batch's time
 DEFAULT_WORKERS = 4  # batches in flight at once; fp32 ran fastest with 4 of 1 / 2 / 4 on 2 cores (benchmarks/)
 _BACKENDS: dict[tuple[str, str, str], Any] = {}  # one ONNX Runtime backend per model dir, provider, precision
 
@@ -69,7 +75,7 @@ def with_content_hashes(entries: list[storage.Entry]) -> list[storage.Entry]:
 
 def own_key(key: str) -> bool:
     """Keys under the flow's own bookkeeping prefixes: never inputs."""
-    return key.split("/", 1)[0] in (STATE, RUNS)
+    return key.split("/", 1)[0] in (STATE, RUNS, CLAIMS)
 
 
 def settings_id(task_name: str, max_bytes: int, seed: int, precision: str, target_modality: str | None = None,
@@ -93,6 +99,43 @@ def state_key(version: str, entry: storage.Entry, settings: str) -> str:
     The name alone says "done", so a run learns what to skip from one listing, without reading any
     record. An input's folder holds at most one record: the settings its current output came from."""
     return f"{state_dir(version, entry)}/{_digest(settings)[:32]}.json"
+
+
+def claim_key(version: str, entry: storage.Entry, settings: str) -> str:
+    """The claim one run holds on one input version while it generates it (model version, settings)."""
+    return f"{CLAIMS}/{state_dir(version, entry)[len(STATE) + 1:]}/{_digest(settings)[:32]}.json"
+
+
+def try_claim(url: str, run_id: str, ttl_s: float) -> bool:
+    """Take the claim at `url` for this run: True when it is ours now, False when another run holds
+    a live one. Conditional writes make the race safe: of two runs creating the claim at once one
+    PUT (If-None-Match: *) fails, and an expired claim of a crashed run is taken over with
+    If-Match on the version that was read, so of two runs taking it over only one wins."""
+    body = json.dumps({"run": run_id, "expires": time.time() + ttl_s}).encode()
+    for _ in range(3):
+        try:
+            storage.write_if(url, body, etag=None)
+            return True
+        except storage.ConflictError:
+            pass
+        try:
+            data, tag = storage.read_with_etag(url)
+        except storage.NotFoundError:
+            continue  # released in between: try to create it again
+        try:
+            held = json.loads(data)
+        except ValueError:
+            held = {}
+        if held.get("run") == run_id:
+            return True  # ours: a PUT retried after its first answer was lost
+        if float(held.get("expires", 0)) > time.time():
+            return False
+        try:
+            storage.write_if(url, body, etag=tag)
+            return True
+        except storage.ConflictError:
+            return False  # another run took the expired claim first
+    return False
 
 
 def default_task_runner() -> ThreadPoolTaskRunner:
@@ -127,14 +170,48 @@ def list_task(input_url: str, output_url: str, version: str) -> tuple[list[stora
 def generate_batch(entries: list[storage.Entry], model_dir: str, version: str, output_url: str, task_name: str,
                    max_bytes: int, max_input_bytes: int, seed: int, provider: str, precision: str = "fp32",
                    stale: dict[str, list[str]] | None = None, target_modality: str | None = None,
-                   prefix_bytes: int | None = None, prefix_fraction: float | None = None) -> list[dict[str, Any]]:
+                   prefix_bytes: int | None = None, prefix_fraction: float | None = None, run_id: str = "",
+                   claim_ttl_s: float = DEFAULT_CLAIM_TTL_S) -> list[dict[str, Any]]:
     """Generate, write (one PUT each) and record a batch of inputs; a bad input fails alone.
 
     `stale` names, per input, the records of other settings whose output this run replaces: they
     are deleted before the new output is written, so a crash in between leaves no record that
     vouches for the wrong output (the input is simply done again next time). An output those
     settings wrote under another key (another extension: a paired target of another modality) is
-    deleted once the new one is written, so each input keeps exactly one output."""
+    deleted once the new one is written, so each input keeps exactly one output.
+
+    Overlapping runs: an input is generated only under this run's claim (`try_claim`); one that
+    another run holds, or that another run finished while this one waited, is skipped. The claim
+    is dropped once the input's output and state are written (or it failed); a crashed run's
+    claims expire after `claim_ttl_s`."""
+    settings = settings_id(task_name, max_bytes, seed, precision, target_modality, prefix_bytes, prefix_fraction)
+    out: list[dict[str, Any]] = []
+    mine: list[storage.Entry] = []
+    for e in entries:
+        claim = storage.join(output_url, claim_key(version, e, settings))
+        if not try_claim(claim, run_id or "anonymous", claim_ttl_s):
+            out.append({"input": e.key, "status": "skipped", "note": "claimed by another run"})
+        elif storage.exists(storage.join(output_url, state_key(version, e, settings))):
+            storage.remove(claim)  # another run finished it while this one waited
+            out.append({"input": e.key, "status": "skipped", "note": "already done (by another run, or an earlier try of this batch)"})
+        else:
+            mine.append(e)
+    try:
+        return out + _generate_claimed(mine, model_dir, version, output_url, task_name, max_bytes, max_input_bytes,
+                                       seed, provider, precision, stale, target_modality, prefix_bytes,
+                                       prefix_fraction, settings)
+    finally:
+        for e in mine:
+            storage.remove(storage.join(output_url, claim_key(version, e, settings)))
+
+
+def _generate_claimed(entries: list[storage.Entry], model_dir: str, version: str, output_url: str, task_name: str,
+                      max_bytes: int, max_input_bytes: int, seed: int, provider: str, precision: str,
+                      stale: dict[str, list[str]] | None, target_modality: str | None, prefix_bytes: int | None,
+                      prefix_fraction: float | None, settings: str) -> list[dict[str, Any]]:
+    """Generate, write and record inputs this run holds the claims of."""
+    if not entries:
+        return []
     backend = _backend(model_dir, provider, precision)
     canon = ingest_config_of(backend)
     prepared = [prepare(e.url, canon, max_input_bytes=max_input_bytes) for e in entries]
@@ -142,7 +219,7 @@ def generate_batch(entries: list[storage.Entry], model_dir: str, version: str, o
                              batch_size=len(prepared), target_modality=target_modality, prefix_bytes=prefix_bytes,
                              prefix_fraction=prefix_fraction)
     out = []
-    for e, r in zip(entries, results):
+    for e, r in zip(entries, results, strict=True):
         if r.error is not None:
             out.append({"input": e.key, "status": "failed", "error": r.error})
             continue
@@ -163,7 +240,6 @@ def generate_batch(entries: list[storage.Entry], model_dir: str, version: str, o
                "task": task_name, "target_modality": target_modality, "prefix_bytes": prefix_bytes,
                "prefix_fraction": prefix_fraction, "max_bytes": max_bytes, "seed": seed, "precision": precision,
                "status": "ok"}
-        settings = settings_id(task_name, max_bytes, seed, precision, target_modality, prefix_bytes, prefix_fraction)
         storage.write_bytes_atomic(storage.join(output_url, state_key(version, e, settings)),
                                    (json.dumps(rec, sort_keys=True) + "\n").encode())
         out.append({"input": e.key, "status": "ok", "output": key, "modality": r.modality})
@@ -186,7 +262,7 @@ def batch_generate(input_url: str, output_url: str, registry: str, name: str = "
                    task_name: str = "continue", max_bytes: int = 512, batch_size: int = 8,
                    max_input_bytes: int = 16 * 1024 * 1024, seed: int = 0, provider: str = "auto",
                    precision: str = "fp32", target_modality: str | None = None, prefix_bytes: int | None = None,
-                   prefix_fraction: float | None = None) -> dict[str, Any]:
+                   prefix_fraction: float | None = None, claim_ttl_s: float = DEFAULT_CLAIM_TTL_S) -> dict[str, Any]:
     """Generate an output for every input not yet done with this model version and these settings.
 
     `task_name` continue (the input's start and what the model makes after it; with `prefix_bytes`
@@ -194,7 +270,10 @@ def batch_generate(input_url: str, output_url: str, registry: str, name: str = "
     declared size, without them it is extended by about `max_bytes`) or paired (a target of
     `target_modality`, default the input's, as `obf generate --task paired --target-modality`).
     `precision` int8 runs the model's quantised graphs (published when it was exported with
-    `export.int8`) on CPU; fp16 its fp16 graphs (`export.fp16`), made for the CUDA provider."""
+    `export.int8`) on CPU; fp16 its fp16 graphs (`export.fp16`), made for the CUDA provider.
+    Runs may overlap on one output prefix (a scheduled run while a manual one goes on): each
+    input is generated under a per-input claim (`_claims/`, S3 conditional writes), so no input is
+    generated by both; a crashed run's claims expire after `claim_ttl_s` seconds."""
     log = get_run_logger()
     if task_name not in ("continue", "paired"):
         raise ValueError(f"task_name must be continue or paired, not {task_name!r}")
@@ -229,10 +308,11 @@ def batch_generate(input_url: str, output_url: str, registry: str, name: str = "
     for k in done:
         records_of.setdefault(k.rsplit("/", 1)[0], []).append(k)
     stale = {e.key: records_of[d] for e in pending if (d := state_dir(resolved, e)) in records_of}
+    run_id = str(flow_run.get_id() or f"local-{uuid.uuid4().hex}")
     futures = [generate_batch.submit(pending[i:i + batch_size], model_dir, resolved, output_url, task_name, max_bytes,
                                      max_input_bytes, seed, provider, precision,
                                      {e.key: stale[e.key] for e in pending[i:i + batch_size] if e.key in stale},
-                                     target_modality, prefix_bytes, prefix_fraction)
+                                     target_modality, prefix_bytes, prefix_fraction, run_id, claim_ttl_s)
                for i in range(0, len(pending), batch_size)]
     for fut, start in zip(futures, range(0, len(pending), batch_size)):
         try:
@@ -241,7 +321,6 @@ def batch_generate(input_url: str, output_url: str, registry: str, name: str = "
         except Exception as err:  # the whole batch failed (after retries): record each input
             for e in pending[start:start + batch_size]:
                 statuses[e.key] = {"input": e.key, "status": "failed", "error": f"batch failed: {err}"}
-    run_id = str(flow_run.get_id() or f"local-{int(time.time())}")
     counts = {k: sum(s["status"] == k for s in statuses.values()) for k in ("ok", "skipped", "failed")}
     manifest = {"flow_run_id": run_id, "model": {"name": name, "version": resolved, "registry": registry,
                                                  "precision": precision},

@@ -5,8 +5,11 @@ Layout::
     <registry>/<name>/<version>/encoder.onnx, decoder.onnx, obf.json, manifest.json
     <registry>/<name>/latest.json        {"name", "version", "manifest_sha256"}
 
-`publish` uploads the files of an exported ONNX dir, then their `manifest.json` (sha256 and size
-of each), and writes `latest.json` last, so a reader never resolves a half-published version.
+`publish` first claims its version (`<version>/.claim`, created with a conditional write, so of
+two concurrent publishers only one gets a version number; the other takes the next), uploads the
+files of an exported ONNX dir, then their `manifest.json` (sha256 and size of each, also a
+conditional create), and moves `latest.json` last, with a compare-and-swap that never moves it
+back to an older version. A reader never resolves a half-published version.
 `resolve` reads `latest.json` (or a pinned version), downloads into a local cache, verifies
 every sha256, and returns the cached dir; a verified cache is reused without downloading.
 """
@@ -25,7 +28,7 @@ from typing import Any
 from obf import storage
 from obf.errors import ObfError
 
-MANIFEST, LATEST = "manifest.json", "latest.json"
+MANIFEST, LATEST, CLAIM = "manifest.json", "latest.json", ".claim"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -57,36 +60,103 @@ def list_versions(registry: str, name: str) -> list[str]:
 
 
 def _next_version(registry: str, name: str) -> str:
-    nums = [int(v[1:]) for v in list_versions(registry, name) if re.fullmatch(r"v\d+", v)]
+    """One past the highest version that is published or claimed by a publish in progress."""
+    base = storage.join(registry, name)
+    try:
+        keys = [e.key for e in storage.list_files(base)]
+    except storage.NotFoundError:
+        keys = []
+    taken = {k.split("/", 1)[0] for k in keys if k.endswith(("/" + MANIFEST, "/" + CLAIM))}
+    nums = [int(v[1:]) for v in taken if re.fullmatch(r"v\d+", v)]
     return f"v{(max(nums) + 1) if nums else 1:04d}"
 
 
+def _version_number(version: str) -> int | None:
+    return int(version[1:]) if re.fullmatch(r"v\d+", version) else None
+
+
 def publish(onnx_dir: str | Path, registry: str, name: str, version: str | None = None) -> dict[str, Any]:
-    """Publish an exported ONNX dir as `<registry>/<name>/<version>/`; returns the manifest."""
+    """Publish an exported ONNX dir as `<registry>/<name>/<version>/`; returns the manifest.
+
+    Safe to run concurrently: each publish gets a version of its own, and `latest.json` only
+    ever moves forward (to a higher `vNNNN`; a named version other than `vNNNN` moves it when
+    published)."""
     src = Path(onnx_dir)
     if not (src / "obf.json").is_file():
         raise RegistryError(f"{src}: not an exported ONNX dir (no obf.json)")
     _check_name("name", name)
-    version = _check_name("version", version or _next_version(registry, name))
-    if version == "latest":
+    if version is not None and _check_name("version", version) == "latest":
         raise RegistryError("version 'latest' is reserved")
-    base = storage.join(storage.join(registry, name), version)
-    if storage.exists(storage.join(base, MANIFEST)):
-        raise RegistryError(f"{name}/{version} is already published; versions are immutable")
+    root = storage.join(registry, name)
+    token = json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "at": time.time(),
+                        "nonce": os.urandom(8).hex()}).encode()
+    for _ in range(100):
+        candidate = version or _next_version(registry, name)
+        base = storage.join(root, candidate)
+        if storage.exists(storage.join(base, MANIFEST)):
+            if version:
+                raise RegistryError(f"{name}/{candidate} is already published; versions are immutable")
+            continue
+        try:
+            storage.write_if(storage.join(base, CLAIM), token, etag=None)
+            break
+        except storage.ConflictError:
+            if _read_or_none(storage.join(base, CLAIM)) == token:
+                break  # ours: the PUT was retried after its first answer was lost
+            if version:
+                raise RegistryError(f"{name}/{candidate} is being or was published by another process") from None
+    else:
+        raise RegistryError(f"{name}: no free version after 100 tries")
     files = {}
     for p in sorted(src.iterdir()):
         if p.is_file() and not p.name.startswith("."):
             data = p.read_bytes()
             storage.write_bytes_atomic(storage.join(base, p.name), data)
             files[p.name] = {"sha256": _sha(data), "bytes": len(data)}
-    manifest = {"name": name, "version": version, "files": files,
+    manifest = {"name": name, "version": candidate, "files": files,
                 "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     blob = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    storage.write_bytes_atomic(storage.join(base, MANIFEST), blob)
-    latest = {"name": name, "version": version, "manifest_sha256": _sha(blob)}
-    storage.write_bytes_atomic(storage.join(storage.join(registry, name), LATEST),
-                               (json.dumps(latest, indent=2, sort_keys=True) + "\n").encode())
+    try:
+        storage.write_if(storage.join(base, MANIFEST), blob, etag=None)
+    except storage.ConflictError:
+        # our own PUT, retried after its first answer was lost, finds its own manifest there
+        if storage.read_bytes(storage.join(base, MANIFEST)) != blob:
+            raise RegistryError(f"{name}/{candidate} was published by another process meanwhile") from None
+    _move_latest(root, name, candidate, _sha(blob))
     return manifest
+
+
+def _read_or_none(url: str) -> bytes | None:
+    try:
+        return storage.read_bytes(url)
+    except storage.NotFoundError:
+        return None
+
+
+def _move_latest(root: str, name: str, version: str, manifest_sha: str) -> None:
+    """Point latest.json at `version` unless it already names a higher one (compare-and-swap)."""
+    url = storage.join(root, LATEST)
+    blob = (json.dumps({"name": name, "version": version, "manifest_sha256": manifest_sha}, indent=2,
+                       sort_keys=True) + "\n").encode()
+    mine = _version_number(version)
+    for _ in range(100):
+        try:
+            current, tag = storage.read_with_etag(url)
+        except storage.NotFoundError:
+            current, tag = None, None
+        if current is not None:
+            try:
+                theirs = _version_number(str(json.loads(current).get("version", "")))
+            except ValueError:
+                theirs = None
+            if mine is not None and theirs is not None and theirs >= mine:
+                return  # a newer version is latest already: never move back
+        try:
+            storage.write_if(url, blob, etag=tag)
+            return
+        except storage.ConflictError:
+            continue  # someone moved it meanwhile: look again
+    raise RegistryError(f"{name}: latest.json kept changing; left as it is")
 
 
 def _read_json(url: str, what: str) -> tuple[dict[str, Any], bytes]:

@@ -4,6 +4,7 @@ poisoned inputs, crash + rerun, Dask), a real `prefect deployment run`, and DVC 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -82,6 +83,29 @@ def test_registry_publish_resolve_verify(onnx_model, s3_bucket, tmp_path):
     assert not (tmp_path / "cache2" / "obf" / "v0001").exists()
     with pytest.raises(RegistryError, match="not found"):
         resolve(reg, "nope", cache_dir=tmp_path / "cache")
+
+
+def test_concurrent_publishes_never_interleave_and_latest_only_moves_forward(onnx_model, s3_bucket):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from obf.registry import _move_latest
+
+    reg = f"{s3_bucket}/models"
+    with ThreadPoolExecutor(4) as pool:
+        manifests = list(pool.map(lambda _: publish(onnx_model, reg, "obf"), range(6)))
+    assert sorted(m["version"] for m in manifests) == [f"v{i:04d}" for i in range(1, 7)]  # one version each
+    want = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in onnx_model.iterdir()
+            if not p.name.startswith(".")}
+    for m in manifests:  # every version whole: its own files, none of another publisher's
+        stored = json.loads(storage.read_bytes(f"{reg}/obf/{m['version']}/manifest.json"))
+        assert {k: v["sha256"] for k, v in stored["files"].items()} == want
+        for fname, sha in want.items():
+            assert hashlib.sha256(storage.read_bytes(f"{reg}/obf/{m['version']}/{fname}")).hexdigest() == sha
+    assert json.loads(storage.read_bytes(f"{reg}/obf/latest.json"))["version"] == "v0006"
+    _move_latest(f"{reg}/obf", "obf", "v0003", "0" * 64)  # a slow publisher of an older version finishing last
+    assert json.loads(storage.read_bytes(f"{reg}/obf/latest.json"))["version"] == "v0006"
+    with pytest.raises(RegistryError, match="already published"):
+        publish(onnx_model, reg, "obf", version="v0002")
 
 
 def test_train_flow_from_s3_publishes_a_verifiable_model(harness, s3_bucket, tmp_path):
@@ -232,7 +256,8 @@ def test_crash_mid_run_then_rerun_leaves_no_gap_or_duplicate(onnx_model, s3_serv
             "from prefect.task_runners import ThreadPoolTaskRunner\n"
             "from flows.generate import batch_generate\n"
             "flow = batch_generate.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))\n"
-            f"flow(input_url={inp!r}, output_url={out!r}, registry={reg!r}, max_bytes=1500, batch_size=1)\n")
+            f"flow(input_url={inp!r}, output_url={out!r}, registry={reg!r}, max_bytes=1500, batch_size=1,"
+            " claim_ttl_s=2)\n")
     # its own session: the kill below takes the ephemeral Prefect server the run starts with it
     # (killed alone, the run would leave that server serving with no parent)
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -250,6 +275,7 @@ def test_crash_mid_run_then_rerun_leaves_no_gap_or_duplicate(onnx_model, s3_serv
     proc.wait()
     partial = _outputs(out)
     assert 3 <= len(partial) < 30
+    time.sleep(2.5)  # the killed run's claim on the input it was making expires
     rerun = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
                            start_new_session=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
@@ -430,3 +456,84 @@ def test_a_state_listing_that_fails_fails_the_run_instead_of_redoing_everything(
     monkeypatch.setattr(storage, "list_files", failing)
     with pytest.raises(storage.StorageError, match="permission denied"):
         list_task.fn(f"{s3_bucket}/in", f"{s3_bucket}/out", "v0001")
+
+
+def test_two_runs_started_at_once_generate_each_input_once(harness, onnx_model, s3_bucket, tmp_path):
+    """A scheduled run starting while a manual one goes on, on one output prefix: two processes,
+    started together, walk the same inputs in the same order one at a time. Claims taken with
+    conditional writes let exactly one of them make each input; every state record is its maker's."""
+    from prefect.settings import PREFECT_API_URL
+
+    reg, inp, out = f"{s3_bucket}/models", f"{s3_bucket}/in", f"{s3_bucket}/out"
+    publish(onnx_model, reg, "obf")
+    names = [f"doc{i:02d}.txt" for i in range(16)]
+    for i, n in enumerate(names):
+        storage.write_bytes_atomic(f"{inp}/{n}", f"document {i}\n".encode() * 30)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "OBF_CACHE": str(tmp_path / "cache"),
+           "OMP_NUM_THREADS": "1"}
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            "from prefect.task_runners import ThreadPoolTaskRunner\n"
+            "from flows.generate import batch_generate\n"
+            "flow = batch_generate.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))\n"
+            f"flow(input_url={inp!r}, output_url={out!r}, registry={reg!r}, max_bytes=400, batch_size=1)\n")
+    runs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             start_new_session=True) for _ in range(2)]
+    for r in runs:
+        _, err = r.communicate(timeout=300)
+        assert r.returncode == 0, err[-2000:]
+    manifests = _manifests(out)
+    made = [{i["input"] for i in m["inputs"] if i["status"] == "ok"} for m in manifests]
+    assert len(made) == 2 and not made[0] & made[1] and made[0] | made[1] == set(names)  # each input once
+    assert all(made), made  # they did overlap: each run made some (else this test proves nothing)
+    claimed = [i for m in manifests for i in m["inputs"] if i.get("note", "").startswith(("claimed", "already"))]
+    assert claimed  # and met the other's claims or finished work
+    assert _outputs(out) == sorted(f"{n}.txt" for n in names)
+    records = [json.loads(storage.read_bytes(e.url)) for e in storage.list_files(f"{out}/_state")]
+    assert sorted(r["input"] for r in records) == names
+    with pytest.raises(storage.StorageError):
+        storage.list_files(f"{out}/_claims")  # every claim released
+
+
+@pytest.fixture
+def faulty_s3(s3_server, s3_bucket, monkeypatch):
+    """The bucket reached through a seeded fault-injecting proxy (tests/s3_faults.py): ~11% of S3
+    requests fail as 503 SlowDown, 500 after the request took effect, or a dropped connection."""
+    import s3fs
+
+    from .s3_faults import FaultProxy
+
+    proxy = FaultProxy(s3_server, rate=0.11, seed=1234)
+    proxy.enabled = False  # set-up goes through clean; the test turns faults on
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield proxy
+    proxy.close()
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_flows_complete_under_s3_faults_with_every_output_once(harness, faulty_s3, s3_bucket, tmp_path, monkeypatch):
+    from flows.generate import batch_generate
+    from flows.train import train_flow
+
+    monkeypatch.setenv("OBF_CACHE", str(tmp_path / "cache"))
+    upload(RAW, f"{s3_bucket}/raw", MIXED)
+    names = [f"doc{i:02d}.txt" for i in range(12)]
+    for i, n in enumerate(names):
+        storage.write_bytes_atomic(f"{s3_bucket}/in/{n}", f"line {i}\n".encode() * 20)
+    faulty_s3.enabled = True
+    trained = train_flow(source=f"{s3_bucket}/raw", registry=f"{s3_bucket}/models", name="f", params=None,
+                         overrides=[*TINY, "ingest.val_fraction=0.3"], workdir=str(tmp_path / "work"))
+    res = batch_generate(input_url=f"{s3_bucket}/in", output_url=f"{s3_bucket}/out", registry=f"{s3_bucket}/models",
+                         name="f", max_bytes=24, batch_size=3)
+    again = batch_generate(input_url=f"{s3_bucket}/in", output_url=f"{s3_bucket}/out", registry=f"{s3_bucket}/models",
+                           name="f", max_bytes=24, batch_size=3)
+    faulty_s3.enabled = False
+    assert sum(faulty_s3.faults.values()) >= 10, faulty_s3.faults  # the faults really happened
+    assert trained["version"] == "v0001"
+    assert (res["ok"], res["failed"]) == (len(names), 0) and (again["ok"], again["skipped"]) == (0, len(names))
+    assert _outputs(f"{s3_bucket}/out") == sorted(f"{n}.txt" for n in names)  # every output exactly once
+    records = [json.loads(storage.read_bytes(e.url)) for e in storage.list_files(f"{s3_bucket}/out/_state")]
+    assert sorted(r["input"] for r in records) == names
+    assert [v for v in storage.list_files(f"{s3_bucket}/models/f") if v.key.endswith("manifest.json")][0].key == \
+        "v0001/manifest.json"
+    path, _ = resolve(f"{s3_bucket}/models", "f", cache_dir=tmp_path / "cache2")  # whole and verified
