@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from obf.checkpoint import CheckpointError, load_train_state, save_model, save_train_state, weights_sha256
+from obf.checkpoint import CheckpointError, load_train_state, save_checkpoint
 from obf.config import ConfigError, ModelConfig, Params, TrainConfig
 from obf.data import Batch, Dataset, DataError, ExampleSampler, collate, continue_example
 from obf.model import OmniByteFormer
@@ -248,9 +248,6 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
         opt.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
-        if d.main and weights_sha256(model_dir) != state.get("weights_sha256"):
-            # a crash between the weights and the state: serve the state's weights again
-            save_model(model_dir, model, mcfg, step=start_step, extra={"ingest": ds.manifest.get("ingest")})
     model.train()
     net: torch.nn.Module = model
     if tcfg.compile:
@@ -267,14 +264,12 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
     def checkpoint(step: int, val: dict[str, float] | None) -> None:
         if not d.main:
             return
-        sha = save_model(model_dir, model, mcfg, step=step, extra={"val_bpb": val or {},
-                                                                    "ingest": ds.manifest.get("ingest")})
-        save_train_state(model_dir, {  # last: the state is the commit point of a checkpoint
+        save_checkpoint(model_dir, model, mcfg, {
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": opt.state_dict(), "step": step, "torch_rng": torch.get_rng_state(),
             "model_config": mcfg.to_dict(), "train_config": _resume_train_config(tcfg), "data_sha256": data_sha256,
-            "world_size": d.world, "seconds": clock.spent(), "weights_sha256": sha,
-        })
+            "world_size": d.world, "seconds": clock.spent(),
+        }, step=step, extra={"val_bpb": val or {}, "ingest": ds.manifest.get("ingest")})
 
     clock = _Budget(tcfg.minutes * 60, float(state.get("seconds", 0.0)) if state else 0.0, d, device)
     bar = tqdm(total=tcfg.steps, initial=start_step, desc="train", unit="step", disable=not (progress and d.main),

@@ -62,3 +62,39 @@ def s3_bucket(s3_server):
     fs.mkdir(name)
     s3fs.S3FileSystem.clear_instance_cache()
     yield f"s3://{name}"
+
+
+def _prefect_servers() -> set[int]:
+    """PIDs of Prefect API servers (uvicorn running prefect.server) on this machine."""
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"uvicorn" in b" ".join(cmd) and any(b"prefect.server" in part for part in cmd):
+            pids.add(int(proc.name))
+    return pids
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leave_nothing_running():
+    """Every service a test starts is stopped, also when tests fail: a Prefect server that a test
+    left serving (a killed flow run's ephemeral server, a harness whose parent died) is stopped at
+    the end of the session and named, so the leak is seen and fixed rather than left behind."""
+    import signal
+    import sys
+
+    before = _prefect_servers()
+    yield
+    left = _prefect_servers() - before
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    if left:
+        print(f"\nconftest: stopped {len(left)} Prefect server(s) the tests left running: {sorted(left)}",
+              file=sys.stderr)

@@ -478,9 +478,15 @@ def test_two_runs_started_at_once_generate_each_input_once(harness, onnx_model, 
             f"flow(input_url={inp!r}, output_url={out!r}, registry={reg!r}, max_bytes=400, batch_size=1)\n")
     runs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              start_new_session=True) for _ in range(2)]
-    for r in runs:
-        _, err = r.communicate(timeout=300)
-        assert r.returncode == 0, err[-2000:]
+    try:
+        for r in runs:
+            _, err = r.communicate(timeout=300)
+            assert r.returncode == 0, err[-2000:]
+    finally:
+        for r in runs:
+            if r.poll() is None:
+                os.killpg(r.pid, signal.SIGKILL)
+                r.wait()
     manifests = _manifests(out)
     made = [{i["input"] for i in m["inputs"] if i["status"] == "ok"} for m in manifests]
     assert len(made) == 2 and not made[0] & made[1] and made[0] | made[1] == set(names)  # each input once
