@@ -178,12 +178,12 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu"):
     path = Path(model_dir) / WEIGHTS
     if not path.is_file():
         raise CheckpointError(f"{model_dir}: missing {WEIGHTS}")
-    if meta.get("weights_sha256") and weights_sha256(model_dir) != meta["weights_sha256"]:
-        raise CheckpointError(f"{path}: does not match config.json (changed after obf wrote it)")
     try:
         sd = load_file(str(path), device=str(device))
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise CheckpointError(f"{path}: corrupt weights ({str(e).splitlines()[0]})") from None
+    if meta.get("weights_sha256") and weights_sha256(model_dir) != meta["weights_sha256"]:
+        raise CheckpointError(f"{path}: does not match config.json (changed after obf wrote it)")
     model = OmniByteFormer(cfg).to(device)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:

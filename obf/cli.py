@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train the encoder-decoder on an ingested dataset (continue / denoise / "
                                    "paired objectives mixed by train.task_weights). Writes model.safetensors, "
                                    "config.json and a resumable train_state.pt to MODEL_DIR, and DVCLive metrics. "
-                                   "For several processes: torchrun --nproc_per_node N -m obf.train DATA --out DIR.")
+                                   "For several processes: torchrun --nproc_per_node N -m obf train DATA --out DIR.")
     p.add_argument("data", metavar="DATA", help="dataset dir written by `obf ingest`")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model dir to write")
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/train_state.pt (exact)")

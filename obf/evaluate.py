@@ -34,10 +34,10 @@ from obf import storage
 from obf.config import EvaluateConfig, IngestConfig, Params
 from obf.data import Dataset, DataError, collate, continue_example, ingest, span_corrupt
 from obf.formats import opens, to_file
+from obf.metrics import LN2, log_probs_of
 from obf.sampling import SamplingOptions, generate
-from obf.vocab import MODALITIES, N_BYTES, PAD, modality_id, task_id
+from obf.vocab import MODALITIES, N_BYTES, modality_id, task_id
 
-LN2 = float(np.log(2.0))
 
 
 # --------------------------------------------------------------------------- baselines
@@ -74,16 +74,6 @@ def compressed_sizes(data: bytes) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- scoring
-
-
-def log_probs_of(logits: np.ndarray, tgt: np.ndarray) -> np.ndarray:
-    """Natural-log probability of each target id. logits (B, T, V), tgt (B, T) -> (B, T); PAD -> 0."""
-    x = logits.astype(np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    lse = (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))[..., 0]
-    safe = np.where(tgt == PAD, 0, tgt)
-    lp = np.take_along_axis(x, safe[..., None], axis=-1)[..., 0] - lse
-    return np.where(tgt == PAD, 0.0, lp)
 
 
 def file_windows(data: np.ndarray | bytes, modality: str, max_src_len: int, max_tgt_len: int,

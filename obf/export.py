@@ -42,8 +42,9 @@ from obf.checkpoint import load_model, read_config
 from obf.config import ExportConfig
 from obf.decoder_graph import decoder_graph
 from obf.errors import ObfError
+from obf.metrics import bits_per_byte
 from obf.model import OmniByteFormer
-from obf.vocab import PAD, Vocab
+from obf.vocab import Vocab
 
 
 class ExportError(ObfError):
@@ -106,16 +107,6 @@ def dataset_samples(data_dir: str | Path, per_modality: int = 2) -> list[Sample]
         recs = ds.select(split="val", modality=modality) or ds.select(split="train", modality=modality)
         out += [(ds.file_bytes(r).tobytes(), modality) for r in recs[:per_modality]]
     return out
-
-
-def bits_per_byte(logits: np.ndarray, tgt: np.ndarray) -> float:
-    """Mean cross-entropy in bits of `tgt` (B, T) under `logits` (B, T, V), PAD targets ignored."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=-1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))  # (B, T, V)
-    keep = tgt != PAD
-    picked = np.take_along_axis(logp, np.where(keep, tgt, 0)[..., None], axis=-1)[..., 0]  # (B, T)
-    return float(-picked[keep].mean() / np.log(2))
 
 
 def parity(model: OmniByteFormer, onnx_dir: Path, real: list[Sample], *, encoder: str = ENCODER,

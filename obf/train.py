@@ -1,7 +1,7 @@
 """The training loop: objectives from obf.data, AdamW, warm-up + cosine, bf16 autocast, DDP.
 
 Single process: `obf train DATA --out MODEL_DIR`. Many processes:
-`torchrun --nproc_per_node N -m obf.train DATA --out MODEL_DIR` (gloo on CPU, NCCL on CUDA);
+`torchrun --nproc_per_node N -m obf train DATA --out MODEL_DIR` (gloo on CPU, NCCL on CUDA);
 each rank draws distinct sample indices, rank 0 alone writes checkpoints and metrics.
 `train.batch_size` is per rank.
 
@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from obf.checkpoint import CheckpointError, load_train_state, save_checkpoint
 from obf.config import ConfigError, ModelConfig, Params, TrainConfig
 from obf.data import Batch, Dataset, DataError, ExampleSampler, collate, continue_example
+from obf.metrics import LN2
 from obf.model import OmniByteFormer
 from obf.vocab import PAD
 
-LN2 = math.log(2.0)
 
 
 # --------------------------------------------------------------------------- devices and precision
@@ -362,17 +362,3 @@ def _open_live(path: str | Path, *, resume: bool):
         print("train: dvclive is not installed; no DVCLive metrics or plots are written", file=sys.stderr)
         return None
     return Live(dir=str(path), resume=resume, dvcyaml=None, save_dvc_exp=False, report=None)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m obf.train ...` (used by torchrun) = `obf train ...`."""
-    from obf.cli import main as cli_main
-
-    code = cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

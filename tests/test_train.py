@@ -117,7 +117,7 @@ def test_sigkill_then_resume_is_bitwise_identical(dataset, tmp_path):
 def test_ddp_two_gloo_ranks_see_disjoint_samples(dataset, tmp_path):
     log = tmp_path / "samples"
     r = subprocess.run(
-        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "obf.train", str(dataset),
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "obf", "train", str(dataset),
          "--out", str(tmp_path / "ddp"), "-q", "--params", "none", "--sample-log", str(log),
          *[f"--set={s}" for s in [*TINY, "train.steps=6", "train.device=cpu"]]],
         capture_output=True, text=True, env=env(), timeout=300, cwd=tempfile.gettempdir())
@@ -162,7 +162,7 @@ def test_ddp_ranks_stop_together_on_a_minutes_budget(dataset, tmp_path):
     others in their next all-reduce)."""
     log = tmp_path / "samples"
     r = subprocess.run(
-        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "obf.train", str(dataset),
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "obf", "train", str(dataset),
          "--out", str(tmp_path / "ddp"), "-q", "--params", "none", "--sample-log", str(log),
          *[f"--set={s}" for s in [*TINY, "train.steps=1000000", "train.minutes=0.1", "train.device=cpu",
                                   "train.eval_every=1000000", "train.checkpoint_every=1000000"]]],
