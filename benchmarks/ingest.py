@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import save  # noqa: E402
 from obf.config import IngestConfig  # noqa: E402
-from obf.data import ingest  # noqa: E402
+from obf.ingest import ingest  # noqa: E402
 
 RAW = Path(__file__).resolve().parents[1] / "data" / "raw"
 

@@ -32,7 +32,9 @@ import numpy as np
 
 from obf import storage
 from obf.config import EvaluateConfig, IngestConfig, Params
-from obf.data import Dataset, DataError, collate, continue_example, ingest, span_corrupt
+from obf.dataset import Dataset, DataError
+from obf.ingest import ingest
+from obf.objectives import collate, continue_example, span_corrupt
 from obf.formats import opens, to_file
 from obf.metrics import LN2, log_probs_of
 from obf.sampling import SamplingOptions, generate
@@ -120,7 +122,7 @@ def whole_file_bits(backend: Any, files: list[tuple[np.ndarray, str]], batch_siz
 
 def denoise_scores(backend: Any, files: list[tuple[np.ndarray, str]], cfg: EvaluateConfig) -> tuple[float, float, int]:
     """(accuracy, bits per masked byte, masked bytes) of teacher-forced span restoration."""
-    from obf.data import Example, denoise_window_len
+    from obf.objectives import Example, denoise_window_len
 
     rng = np.random.default_rng(cfg.seed)
     win = min(backend.max_src_len - 2, denoise_window_len(backend.max_tgt_len, cfg.noise_density, cfg.mean_span))

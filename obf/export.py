@@ -99,7 +99,7 @@ Sample = tuple[bytes, str]  # a real file's bytes and its modality
 def dataset_samples(data_dir: str | Path, per_modality: int = 2) -> list[Sample]:
     """Up to `per_modality` files of each modality from a dataset's validation split (its training
     split when it has no validation file of that modality), in index order."""
-    from obf.data import Dataset
+    from obf.dataset import Dataset
 
     ds = Dataset(data_dir)
     out: list[Sample] = []
@@ -114,7 +114,7 @@ def parity(model: OmniByteFormer, onnx_dir: Path, real: list[Sample], *, encoder
     """Torch vs ONNX Runtime (CPU) on real samples and random bytes: max abs difference of logits on
     the full-window and cached-step paths, and the bits per byte of each on the same targets."""
     from obf.backends.onnx import OnnxBackend
-    from obf.data import collate, continue_example
+    from obf.objectives import collate, continue_example
 
     cfg = model.cfg
     ort = OnnxBackend(onnx_dir, provider="cpu", encoder=encoder, decoder=decoder, verify=False, config=cfg.to_dict())

@@ -13,7 +13,7 @@ from obf.config import Params
 
 def ingest(source: str, out_dir: str | Path, params: Params, *, progress: bool = True) -> dict:
     """Raw files at `source` (folder or fsspec URL) -> byte dataset in `out_dir`; returns the manifest."""
-    from obf.data import ingest as _ingest
+    from obf.ingest import ingest as _ingest
 
     return _ingest(source, out_dir, params.ingest, progress=progress)
 

@@ -1,4 +1,4 @@
-"""The training loop: objectives from obf.data, AdamW, warm-up + cosine, bf16 autocast, DDP.
+"""The training loop: objectives from obf.objectives, AdamW, warm-up + cosine, bf16 autocast, DDP.
 
 Single process: `obf train DATA --out MODEL_DIR`. Many processes:
 `torchrun --nproc_per_node N -m obf train DATA --out MODEL_DIR` (gloo on CPU, NCCL on CUDA);
@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from obf.checkpoint import CheckpointError, load_train_state, save_checkpoint
 from obf.config import ConfigError, ModelConfig, Params, TrainConfig
-from obf.data import Batch, Dataset, DataError, ExampleSampler, collate, continue_example
+from obf.dataset import Dataset, DataError
+from obf.objectives import Batch, ExampleSampler, collate, continue_example
 from obf.metrics import LN2
 from obf.model import OmniByteFormer
 from obf.vocab import PAD

@@ -15,7 +15,7 @@ import pytest
 import zstandard
 
 from obf.config import load_params
-from obf.data import ingest
+from obf.ingest import ingest
 from obf.evaluate import evaluate
 from obf.train import train
 

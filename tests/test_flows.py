@@ -20,7 +20,7 @@ from PIL import Image
 
 from obf import storage
 from obf.config import load_params
-from obf.data import ingest
+from obf.ingest import ingest
 from obf.export import export
 from obf.formats import opens
 from obf.registry import RegistryError, publish, resolve

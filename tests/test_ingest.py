@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from obf.config import IngestConfig
-from obf.data import DataError, Dataset, ingest
+from obf.dataset import DataError, Dataset
+from obf.ingest import ingest
 from obf.storage import write_bytes_atomic
 
 from .conftest import RAW
@@ -151,7 +152,7 @@ def test_cli_ingest_and_errors(tmp_path):
 def test_worker_processes_and_threads_build_the_same_dataset(tmp_path, monkeypatch, canonicalize):
     """Local sources are hashed and copied by forked workers; remote ones by threads. Both
     paths must give byte-identical datasets (duplicates and rejects included)."""
-    from obf import data
+    from obf import ingest as ingest_module
 
     src = tmp_path / "src"
     _copy_some(src, SOME)
@@ -160,9 +161,9 @@ def test_worker_processes_and_threads_build_the_same_dataset(tmp_path, monkeypat
     (src / "big.bin").write_bytes(os.urandom(CFG.max_file_bytes + 1))
     cfg = IngestConfig(max_file_bytes=CFG.max_file_bytes, canonicalize=canonicalize, shard_bytes=200_000)
     if sys.platform == "linux":
-        assert data._process_pool_usable()
+        assert ingest_module._process_pool_usable()
     ingest(str(src), tmp_path / "procs", cfg, progress=False)
-    monkeypatch.setattr(data, "_process_pool_usable", lambda: False)
+    monkeypatch.setattr(ingest_module, "_process_pool_usable", lambda: False)
     ingest(str(src), tmp_path / "threads", cfg, progress=False)
     a, b = tmp_path / "procs", tmp_path / "threads"
     names = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
@@ -182,7 +183,8 @@ def test_worker_processes_and_threads_build_the_same_dataset(tmp_path, monkeypat
 
 
 def test_a_file_that_changes_after_hashing_is_an_error(tmp_path):
-    from obf.data import _copy_batch, _Copier, _fork_pool
+    from obf.ingest import _fork_pool
+    from obf.shards import Copier, _copy_batch
 
     f = tmp_path / "f.bin"
     f.write_bytes(b"x" * 1000)
@@ -192,7 +194,7 @@ def test_a_file_that_changes_after_hashing_is_an_error(tmp_path):
     assert shard.read_bytes() == b"x" * 1000
     assert _copy_batch([(str(f), str(shard), 1000, 999)]) == [False]  # it "grew" after it was hashed
     with _fork_pool() as pool, pytest.raises(DataError, match="f.bin: changed while being ingested"):
-        copier = _Copier(pool)
+        copier = Copier(pool)
         copier.add("f.bin", (str(f), str(shard), 0, 1200))
         copier.finish()
 
@@ -201,7 +203,8 @@ def test_one_pass_store_refuses_a_file_whose_size_changed(tmp_path):
     """Plain local ingest writes each file into a range sized from the listing: a file that grew
     or shrank since is an error, and a grown one never writes past its range."""
     from obf import storage
-    from obf.data import _ShardWriter, _store_chunk, _store_local, _fork_pool
+    from obf.ingest import _fork_pool, _store_chunk, _store_local
+    from obf.shards import ShardWriter
 
     f = tmp_path / "f.bin"
     f.write_bytes(b"x" * 1000)
@@ -212,14 +215,14 @@ def test_one_pass_store_refuses_a_file_whose_size_changed(tmp_path):
     assert shard.read_bytes() == b"x" * 999 + b"\0"  # nothing past the range
     entry = storage.Entry(key="f.bin", url=str(f), size=1200)  # listed before it shrank
     with _fork_pool() as pool, pytest.raises(DataError, match="f.bin: changed while being ingested"):
-        list(_store_local([entry], _ShardWriter(tmp_path / "ds", 1 << 20, 1200), pool))
+        list(_store_local([entry], ShardWriter(tmp_path / "ds", 1 << 20, 1200), pool))
 
 
 def test_copy_falls_back_where_copy_file_range_is_refused(tmp_path, monkeypatch):
     """Filesystems or kernels without copy_file_range (EXDEV, ENOSYS, ...) get a pread/pwrite copy."""
     import errno
 
-    from obf.data import _copy_batch
+    from obf.shards import _copy_batch
 
     def refuse(*_args):
         raise OSError(errno.EXDEV, "Invalid cross-device link")

@@ -19,7 +19,7 @@ from PIL import Image
 from obf.backends.onnx import OnnxBackend, OnnxModelError
 from obf.backends.torch import load as load_torch
 from obf.config import load_params
-from obf.data import ingest
+from obf.ingest import ingest
 from obf.export import export
 from obf.formats import opens
 from obf.generation import generate_files, prepare

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from obf.config import load_params
-from obf.data import Dataset, ExampleSampler, ingest
+from obf.dataset import Dataset
+from obf.ingest import ingest
+from obf.objectives import ExampleSampler
 from obf.model import OmniByteFormer
 from obf.train import loss_bits
 
@@ -300,7 +302,6 @@ def test_train_stage_through_dvc_repro(tmp_path):
 def test_random_byte_examples_predict_random_bytes_from_a_random_context(text_only):
     """train.random_bytes_weight: that share of continue examples predicts uniform random bytes
     after a real file start, with random bytes already in the context; the rest are unchanged."""
-    from obf.data import Dataset, ExampleSampler
     from obf.vocab import modality_id
 
     ds = Dataset(text_only)

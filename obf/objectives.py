@@ -1,0 +1,204 @@
+"""Training objectives -> examples -> batches: `continue`, `denoise` (T5 span corruption),
+`paired`, drawn by `ExampleSampler` from one split of a `Dataset`, padded by `collate`.
+
+Sample `i` is a pure function of (seed, i), which is what makes resume exact and DDP ranks
+disjoint.
+"""
+
+from __future__ import annotations
+
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from obf.dataset import DataError, Dataset, Record
+from obf.vocab import (BOS, EOS, MODALITIES, N_SENTINELS, PAD, encoder_input, modality_id, paired_input,
+                       sentinel_id, task_id)
+
+@dataclass(frozen=True)
+class Example:
+    """One training example: encoder ids and decoder targets (EOS included when the file ends)."""
+
+    src: list[int]
+    tgt: list[int]
+    task: str
+    modality: str
+    index: int  # global sample index it was drawn for
+
+
+@dataclass
+class Batch:
+    src: np.ndarray  # (B, S) int64, right-padded with PAD
+    dec: np.ndarray  # (B, T) int64: [BOS] + tgt[:-1], PAD after the end
+    tgt: np.ndarray  # (B, T) int64, PAD where there is no target (ignored by the loss)
+    modalities: list[str]
+    tasks: list[str]
+    indices: list[int]
+
+
+def _random_segmentation(rng: np.random.Generator, total: int, parts: int) -> np.ndarray:
+    """`parts` positive ints summing to `total` (total >= parts), uniformly at random."""
+    cuts = np.sort(rng.choice(np.arange(1, total), size=parts - 1, replace=False)) if parts > 1 else np.array([], int)
+    return np.diff(np.concatenate([[0], cuts, [total]]))
+
+
+def span_corrupt(window: np.ndarray, rng: np.random.Generator, density: float, mean_span: float
+                 ) -> tuple[list[int], list[int]]:
+    """T5-style span corruption of a byte window -> (encoder payload ids, target ids incl. EOS)."""
+    n = len(window)
+    noise = min(max(1, round(n * density)), n - 1)
+    spans = max(1, min(N_SENTINELS, round(noise / mean_span), n - noise))
+    noise_lens = _random_segmentation(rng, noise, spans)
+    keep_lens = _random_segmentation(rng, n - noise, spans)
+    src: list[int] = []
+    tgt: list[int] = []
+    pos = 0
+    for i in range(spans):
+        src.extend(window[pos:pos + keep_lens[i]].tolist())
+        pos += keep_lens[i]
+        src.append(sentinel_id(i))
+        tgt.append(sentinel_id(i))
+        tgt.extend(window[pos:pos + noise_lens[i]].tolist())
+        pos += noise_lens[i]
+    tgt.append(EOS)
+    return src, tgt
+
+
+def denoise_window_len(tgt_len: int, density: float, mean_span: float) -> int:
+    """Largest window whose corrupted spans + sentinels + EOS fit in `tgt_len` targets."""
+    n = int((tgt_len - 2) / (density * (1 + 1 / mean_span)))
+    while n > 2 and min(max(1, round(n * density)), n - 1) + max(1, round(round(n * density) / mean_span)) + 1 > tgt_len:
+        n -= 1
+    return max(2, n)
+
+
+class ExampleSampler:
+    """Draws examples of the `continue`, `denoise` and `paired` objectives from one split.
+
+    Sample `i` is a pure function of (seed, i): resuming at a sample index reproduces the data
+    exactly, and DDP ranks that take distinct indices see disjoint samples.
+    """
+
+    def __init__(self, ds: Dataset, split: str, *, max_src_len: int, max_tgt_len: int,
+                 task_weights: dict[str, float], balance_modalities: bool = True,
+                 modality_weights: dict[str, float] | None = None, noise_density: float = 0.15,
+                 mean_span: float = 3.0, seed: int = 0, random_bytes_weight: float = 0.0) -> None:
+        self.ds = ds
+        self.random_bytes_weight = random_bytes_weight
+        self.split = split
+        self.max_src_len, self.max_tgt_len = max_src_len, max_tgt_len
+        self.noise_density, self.mean_span = noise_density, mean_span
+        self.seed = seed
+        records = ds.select(split=split)
+        if not records:
+            raise DataError(f"{ds.root}: no file in split {split!r}")
+        self.by_modality = {m: [r for r in records if r.modality == m] for m in MODALITIES}
+        self.by_modality = {m: rs for m, rs in self.by_modality.items() if rs}
+        by_key = {r.key: r for r in ds.records}
+        self.pairs = [(r, by_key[r.pair]) for r in records if r.pair and r.pair in by_key]
+
+        if modality_weights:
+            for m, w in modality_weights.items():
+                if w > 0 and m not in self.by_modality:
+                    raise DataError(f"train.modality_weights.{m} > 0 but split {split!r} has no {m} file")
+            mw = {m: float(modality_weights.get(m, 0.0)) for m in self.by_modality}
+        elif balance_modalities:
+            mw = {m: 1.0 for m in self.by_modality}
+        else:
+            mw = {m: float(sum(r.length for r in rs)) for m, rs in self.by_modality.items()}
+        if sum(mw.values()) <= 0:
+            raise DataError("train.modality_weights: no positive weight for a modality present in the data")
+        self.modalities = list(mw)
+        self.modality_p = np.array([mw[m] for m in self.modalities]) / sum(mw.values())
+        # Within a modality, files are drawn by length so that every byte is equally likely.
+        self.file_p = {m: np.array([r.length for r in rs], float) / sum(r.length for r in rs)
+                       for m, rs in self.by_modality.items()}
+
+        tw = {t: float(w) for t, w in task_weights.items() if w > 0}
+        if "paired" in tw and not self.pairs:
+            raise DataError(f"train.task_weights.paired > 0 but split {split!r} has no paired files "
+                            "(inputs/ + targets/ folders or pairs.jsonl)")
+        self.tasks = list(tw)
+        self.task_p = np.array([tw[t] for t in self.tasks]) / sum(tw.values())
+        self.denoise_len = denoise_window_len(max_tgt_len, noise_density, mean_span)
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, index])
+
+    def example(self, index: int, task: str | None = None) -> Example:
+        rng = self.rng(index)
+        task = task or self.tasks[rng.choice(len(self.tasks), p=self.task_p)]
+        if task == "paired":
+            inp, tgt = self.pairs[rng.integers(len(self.pairs))]
+            return self._paired(inp, tgt, index)
+        m = self.modalities[rng.choice(len(self.modalities), p=self.modality_p)]
+        rs = self.by_modality[m]
+        r = rs[rng.choice(len(rs), p=self.file_p[m])]
+        data = self.ds.file_bytes(r)
+        if task == "denoise":
+            return self._denoise(r, data, rng, index)
+        if self.random_bytes_weight and rng.random() < self.random_bytes_weight:
+            return self._random_bytes(data, rng, index)
+        start = 0 if rng.random() < 0.1 else int(rng.integers(0, len(data) + 1))
+        return continue_example(data, start, r.modality, self.max_src_len, self.max_tgt_len, index)
+
+    def _denoise(self, r: Record, data: np.ndarray, rng: np.random.Generator, index: int) -> Example:
+        n = min(len(data), self.max_src_len - 2, self.denoise_len)
+        if n < 2:
+            return continue_example(data, 0, r.modality, self.max_src_len, self.max_tgt_len, index)
+        start = int(rng.integers(0, len(data) - n + 1))
+        payload, tgt = span_corrupt(np.asarray(data[start:start + n]), rng, self.noise_density, self.mean_span)
+        return Example([modality_id(r.modality), task_id("denoise"), *payload], tgt, "denoise", r.modality, index)
+
+    def _random_bytes(self, data: np.ndarray, rng: np.random.Generator, index: int) -> Example:
+        """A `continue` example over uniform random bytes behind the real start (up to 64 bytes) of a
+        file: what a compressed or encrypted payload looks like to a byte model. The context always
+        holds some of the random bytes, so the lesson is "after bytes that look random, expect any
+        byte" (about 8 bits each), not "after this header". This is what keeps the model calibrated
+        on payloads it cannot predict instead of confidently wrong (worse than storing them)."""
+        head = bytes(data[:int(rng.integers(0, 65))])
+        noise = rng.integers(0, 256, self.max_src_len + self.max_tgt_len, dtype=np.uint8).tobytes()
+        start = len(head) + int(rng.integers(16, self.max_src_len))
+        return continue_example(np.frombuffer(head + noise, np.uint8), start, "binary", self.max_src_len,
+                                self.max_tgt_len, index)
+
+    def _paired(self, inp: Record, tgt: Record, index: int) -> Example:
+        src = paired_input(bytes(self.ds.file_bytes(inp)), inp.modality, tgt.modality, self.max_src_len)
+        return Example(src, window_targets(self.ds.file_bytes(tgt), 0, self.max_tgt_len), "paired", tgt.modality, index)
+
+    def batch(self, indices: list[int]) -> Batch:
+        return collate([self.example(i) for i in indices])
+
+
+def window_targets(data: np.ndarray | bytes, start: int, max_tgt_len: int) -> list[int]:
+    """Targets of the decoder window at `start`: up to max_tgt_len bytes, EOS if the file ends."""
+    chunk = list(bytes(data[start:start + max_tgt_len]))
+    if start + max_tgt_len > len(data):
+        chunk.append(EOS)
+    return chunk
+
+
+def continue_example(data: np.ndarray, start: int, modality: str, max_src_len: int, max_tgt_len: int,
+                     index: int = 0) -> Example:
+    """The `continue` objective: encoder sees the bytes before `start`, decoder predicts from `start`."""
+    ctx = bytes(data[max(0, start - (max_src_len - 2)):start])
+    return Example(encoder_input(modality, "continue", ctx, max_src_len),
+                   window_targets(data, start, max_tgt_len), "continue", modality, index)
+
+
+def collate(examples: list[Example], multiple: int = 8) -> Batch:
+    """Pad a list of examples into arrays; lengths rounded up to `multiple` for kernel-friendly shapes."""
+    s = max(len(e.src) for e in examples)
+    s += (-s) % multiple
+    t = max(len(e.tgt) for e in examples)
+    src = np.full((len(examples), s), PAD, dtype=np.int64)
+    dec = np.full((len(examples), t), PAD, dtype=np.int64)
+    tgt = np.full((len(examples), t), PAD, dtype=np.int64)
+    for i, e in enumerate(examples):
+        src[i, :len(e.src)] = e.src
+        tgt[i, :len(e.tgt)] = e.tgt
+        dec[i, 0] = BOS
+        dec[i, 1:len(e.tgt)] = e.tgt[:-1]
+    return Batch(src, dec, tgt, [e.modality for e in examples], [e.task for e in examples],
+                 [e.index for e in examples])
