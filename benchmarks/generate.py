@@ -37,7 +37,7 @@ from obf.config import ExportConfig, ModelConfig  # noqa: E402
 from obf.export import export  # noqa: E402
 from obf.model import OmniByteFormer  # noqa: E402
 from obf.sampling import SamplingOptions, generate  # noqa: E402
-from obf.train import cpu_bf16_pays  # noqa: E402
+from obf.devices import cpu_bf16_pays  # noqa: E402
 
 D, H, FF, ENC, DEC, S = 256, 4, 1024, 6, 2, 512
 # Idle time before each timed run, so that every engine starts on a quiet machine: ONNX Runtime's

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import save, train_flops_per_step  # noqa: E402
 from obf.config import ModelConfig  # noqa: E402
 from obf.model import OmniByteFormer  # noqa: E402
-from obf.train import cpu_bf16_pays, loss_bits  # noqa: E402
+from obf.devices import cpu_bf16_pays  # noqa: E402
+from obf.train import loss_bits  # noqa: E402
 from obf.vocab import BOS  # noqa: E402
 
 D, H, FF, ENC, DEC, B, S, T = 256, 4, 1024, 6, 2, 8, 512, 256

@@ -23,6 +23,7 @@ batches over a Dask cluster (see README).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -43,16 +44,12 @@ from obf.vocab import MODALITIES
 STATE, RUNS, CLAIMS = "_state", "_runs", "_claims"
 DEFAULT_CLAIM_TTL_S = 1800  # a crashed run's claims block other runs this long at most; must exceed a batch's time
 DEFAULT_WORKERS = 4  # batches in flight at once; fp32 ran fastest with 4 of 1 / 2 / 4 on 2 cores (benchmarks/)
-_BACKENDS: dict[tuple[str, str, str], Any] = {}  # one ONNX Runtime backend per model dir, provider, precision
-
-
+@functools.cache
 def _backend(model_dir: str, provider: str, precision: str) -> Any:
+    """One ONNX Runtime backend per model dir, provider and precision, shared by a run's batches."""
     from obf.backends.onnx import OnnxBackend
 
-    key = (model_dir, provider, precision)
-    if key not in _BACKENDS:
-        _BACKENDS[key] = OnnxBackend(model_dir, provider=provider, precision=precision)
-    return _BACKENDS[key]
+    return OnnxBackend(model_dir, provider=provider, precision=precision)
 
 
 def fingerprint(entry: storage.Entry) -> str:

@@ -16,7 +16,9 @@ exported ONNX dir give the same numbers.
 from __future__ import annotations
 
 import bz2
+import csv
 import gzip
+import io
 import json
 import lzma
 import re
@@ -408,9 +410,10 @@ def render_report(metrics: dict[str, Any]) -> str:
 
 def render_csv(metrics: dict[str, Any]) -> str:
     """One row per (modality, method) for `dvc plots show` bar charts."""
-    lines = ["label,modality,method,bpb"]
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["label", "modality", "method", "bpb"])
     for name, v in _rows(metrics):
-        lines.append(f"{name} / model,{name},model,{v['bpb']:.6f}")
-        for k, b in v["baselines"].items():
-            lines.append(f"{name} / {k},{name},{k},{b:.6f}")
-    return "\n".join(lines) + "\n"
+        for method, bpb in (("model", v["bpb"]), *v["baselines"].items()):
+            w.writerow([f"{name} / {method}", name, method, f"{bpb:.6f}"])
+    return out.getvalue()

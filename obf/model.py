@@ -35,7 +35,11 @@ class Memory(NamedTuple):
 
 
 class KVCache(NamedTuple):
-    """Decoder self-attention cache. T may be 0 before the first step."""
+    """Decoder self-attention cache that grows by concatenation; T may be 0 before the first step.
+
+    Why two cache designs: this one takes any number of ids per call (a chunk of a prompt, or a
+    whole window) and is the plain reference the fast one-id `StaticKVCache` step is tested
+    against; generation (the torch backend) uses only `StaticKVCache`."""
 
     k: Tensor  # (L, B, H, T, D)
     v: Tensor  # (L, B, H, T, D)

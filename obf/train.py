@@ -29,9 +29,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from obf.checkpoint import CheckpointError, load_train_state, save_checkpoint
-from obf.config import ConfigError, ModelConfig, Params, TrainConfig
+from obf.config import ModelConfig, Params, TrainConfig
 from obf.dataset import Dataset, DataError
 from obf.objectives import Batch, ExampleSampler, collate, continue_example
+from obf.devices import resolve_device, use_bf16
 from obf.metrics import LN2
 from obf.model import OmniByteFormer
 from obf.vocab import PAD
@@ -39,31 +40,6 @@ from obf.vocab import PAD
 
 
 # --------------------------------------------------------------------------- devices and precision
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda was asked for but no CUDA device is available")
-    return torch.device(name)
-
-
-def cpu_bf16_pays() -> bool:
-    """bf16 matrix products beat fp32 on CPUs with AVX512-BF16 or AMX (4x on this project's CI CPU)."""
-    cpu = torch.cpu
-    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
-
-
-def use_bf16(device: torch.device, precision: str) -> bool:
-    if precision == "bf16":
-        return True
-    if precision == "fp32":
-        return False
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_bf16_pays()
 
 
 # --------------------------------------------------------------------------- loss and schedule
@@ -235,7 +211,7 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
     data_sha256 = hashlib.sha256((Path(data_dir) / "manifest.json").read_bytes()).hexdigest()
 
     d = init_distributed(tcfg.device)
-    device = resolve_device(tcfg.device)
+    device = resolve_device(tcfg.device, "train.device")
     if device.type == "cuda" and d.world > 1:
         device = torch.device("cuda", d.local_rank)  # one GPU per rank
     bf16 = use_bf16(device, tcfg.precision)

@@ -7,15 +7,9 @@ import copy
 import numpy as np
 import torch
 
+from obf.devices import resolve_device, use_bf16
 from obf.errors import ObfError
 from obf.model import Memory, OmniByteFormer, StaticKVCache, StepWeights
-
-
-def run_dtype(device: torch.device, precision: str) -> torch.dtype:
-    """bf16 when asked for (or `auto` on a CUDA device with bf16 support); fp32 otherwise."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float32
 
 
 class TorchBackend:
@@ -37,7 +31,7 @@ class TorchBackend:
         if precision not in ("fp32", "bf16", "auto"):
             raise ObfError(f"a checkpoint runs in fp32 or bf16, not {precision} (int8 and fp16 are for `obf export` dirs)")
         self.device = torch.device(device) if device else next(model.parameters()).device
-        self.dtype = run_dtype(self.device, precision)
+        self.dtype = torch.bfloat16 if use_bf16(self.device, precision) else torch.float32
         model = model.eval().to(self.device)
         self.model = model if self.dtype == torch.float32 else copy.deepcopy(model).to(self.dtype)
         self.step_weights: StepWeights = model.step_weights(self.dtype)  # folded in fp32, then cast
@@ -78,7 +72,7 @@ def load(model_dir: str, *, device: str = "auto", precision: str = "fp32") -> To
     """A TorchBackend over a training checkpoint dir (model.safetensors + config.json)."""
     from obf.checkpoint import load_model, read_config
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = resolve_device(device, "provider")
     backend = TorchBackend(load_model(model_dir, device=dev), device=dev, precision=precision)
     backend.meta = read_config(model_dir)[1]
     return backend
