@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from obf.config import ModelConfig
+from obf.storage import temp_file_beside
 from obf.errors import ObfError
 from obf.vocab import Vocab
 
@@ -54,8 +54,7 @@ def _fsync_dir(d: Path) -> None:
 
 def _write_temp(d: Path, name: str, write) -> str:
     """Write one file under a temp name in `d` (fsynced); return the temp name."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=d)
-    os.fchmod(fd, 0o644)
+    fd, tmp = temp_file_beside(d / name)
     os.close(fd)
     try:
         write(tmp)

@@ -227,9 +227,8 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     if is_local(url):
         path = local_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = temp_file_beside(path)
         try:
-            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what a plain open() would
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -275,7 +274,7 @@ def write_if(url: str, data: bytes, *, etag: str | None) -> None:
     if is_local(url):
         path = local_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = temp_file_beside(path)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -324,6 +323,14 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def temp_file_beside(path: Path) -> tuple[int, str]:
+    """A new temp file (fd, name) in `path`'s folder, with the mode a plain `open()` would give
+    (mkstemp's is 0600): what every atomic writer of obf writes into before its rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
 
 
 OUTPUT_MARK = ".obf-output"  # in every dir an obf command builds: {"command": ...}
