@@ -64,3 +64,18 @@ def test_missing_params_file_is_an_error(tmp_path):
 def test_model_config_round_trip():
     c = ModelConfig.from_preset("small", patch_size=4)
     assert ModelConfig.from_dict(c.to_dict()) == c
+
+
+def test_a_models_recorded_ingest_settings_that_do_not_parse_are_an_error():
+    """Never a silent fall-back to canonical forms the model was not trained on."""
+    from types import SimpleNamespace
+
+    from obf.config import IngestConfig
+    from obf.errors import ObfError
+    from obf.generation import ingest_config_of
+
+    assert ingest_config_of(SimpleNamespace(meta={})) == IngestConfig()  # recorded none: the defaults
+    assert ingest_config_of(SimpleNamespace(meta={"ingest": {"image_max_side": 32}})).image_max_side == 32
+    for bad in ({"image_max_side": 32, "colour": "yes"}, {"audio_sample_width": 3}):
+        with pytest.raises(ObfError, match="recorded ingest settings do not parse"):
+            ingest_config_of(SimpleNamespace(meta={"ingest": bad}))

@@ -108,6 +108,17 @@ def test_concurrent_publishes_never_interleave_and_latest_only_moves_forward(onn
         publish(onnx_model, reg, "obf", version="v0002")
 
 
+def test_train_flow_with_a_missing_params_file_fails_before_any_work(harness, s3_bucket, tmp_path):
+    from flows.train import train_flow
+
+    from obf.config import ConfigError
+
+    with pytest.raises(ConfigError, match="params file not found"):
+        train_flow(source=f"{s3_bucket}/raw", registry=f"{s3_bucket}/models", params=str(tmp_path / "nope.yaml"),
+                   workdir=str(tmp_path / "work"))
+    assert not (tmp_path / "work").exists()
+
+
 def test_train_flow_from_s3_publishes_a_verifiable_model(harness, s3_bucket, tmp_path):
     from flows.train import train_flow
 
