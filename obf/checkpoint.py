@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from obf.config import ModelConfig
-from obf.storage import temp_file_beside
+from obf.storage import write_temp_beside
 from obf.errors import ObfError
 from obf.vocab import Vocab
 
@@ -54,16 +54,7 @@ def _fsync_dir(d: Path) -> None:
 
 def _write_temp(d: Path, name: str, write) -> str:
     """Write one file under a temp name in `d` (fsynced); return the temp name."""
-    fd, tmp = temp_file_beside(d / name)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp).name
+    return Path(write_temp_beside(d / name, write)).name
 
 
 def _sha_file(path: Path) -> str:

@@ -15,7 +15,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -226,20 +226,11 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     """
     if is_local(url):
         path = local_path(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = temp_file_beside(path)
+        tmp = write_temp_beside(path, lambda p: Path(p).write_bytes(data))
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        finally:
+            Path(tmp).unlink(missing_ok=True)  # gone after a rename; left only by a failed one
         return
     fs, path = url_to_fs(url)
     fs.pipe_file(path, data)
@@ -273,13 +264,8 @@ def write_if(url: str, data: bytes, *, etag: str | None) -> None:
     two local processes."""
     if is_local(url):
         path = local_path(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = temp_file_beside(path)
+        tmp = write_temp_beside(path, lambda p: Path(p).write_bytes(data))
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             if etag is None:
                 try:
                     os.link(tmp, path)
@@ -325,12 +311,22 @@ def _umask() -> int:
     return mask
 
 
-def temp_file_beside(path: Path) -> tuple[int, str]:
-    """A new temp file (fd, name) in `path`'s folder, with the mode a plain `open()` would give
-    (mkstemp's is 0600): what every atomic writer of obf writes into before its rename."""
+def write_temp_beside(path: Path, write: Callable[[str], None]) -> str:
+    """Write a new temp file in `path`'s folder with `write(temp_path)`, fsync it, and return its
+    path: what every atomic writer of obf (files, conditional writes, checkpoints) renames into
+    place. The mode is what a plain `open()` would give (mkstemp's is 0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())
-    return fd, tmp
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        os.close(fd)
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 OUTPUT_MARK = ".obf-output"  # in every dir an obf command builds: {"command": ...}
