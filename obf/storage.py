@@ -248,9 +248,12 @@ def read_with_etag(url: str) -> tuple[bytes, str]:
     fs.invalidate_cache(path)  # a listing cache must not hand back an older version's tag
     try:
         tag = _etag(fs.info(path))
+        # one plain GET: a file object would insist that the object keep the tag it opened with,
+        # and fail when a concurrent writer replaced it, which is exactly the case to read here
+        data = fs.cat_file(path)
     except FileNotFoundError:
         raise NotFoundError(f"{url}: not found") from None
-    return read_bytes(url), tag or ""
+    return data, tag or ""
 
 
 def write_if(url: str, data: bytes, *, etag: str | None) -> None:
