@@ -1,0 +1,76 @@
+"""Settings A/B at equal training time: validation bits per byte per modality beside the best compressor.
+
+Each variant trains on the same ingested dataset for the same wall-clock budget
+(`train.minutes`; the learning rate anneals by the deadline, so every variant ends finished),
+then is evaluated on the validation split like `dvc repro` does. The question each row answers:
+given the same minutes on this machine, which settings make the better model?
+
+    python benchmarks/defaults_ab.py data/dataset --minutes 5 \\
+        --variant default --variant "p4: model.patch_size=4" --variant "no-noise: train.random_bytes_weight=0"
+
+A variant is `name: section.key=value, ...` on top of params.yaml (`default` = params.yaml as is).
+Runs one variant at a time (they would share the 2 cores otherwise). Prints a table and saves
+benchmarks/results/defaults_ab.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import save  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, _, sets = text.partition(":")
+    return name.strip(), [s.strip() for s in sets.split(",") if s.strip()]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("data", help="an ingested dataset (obf ingest), e.g. data/dataset")
+    ap.add_argument("--minutes", type=float, default=5.0, help="training budget per variant")
+    ap.add_argument("--variant", action="append", default=[], help="'name: section.key=value, ...'")
+    args = ap.parse_args()
+
+    from obf.config import load_params
+    from obf.evaluate import evaluate
+    from obf.train import train
+
+    variants = [parse_variant(v) for v in (args.variant or ["default"])]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="obf-ab-") as tmp:
+        for name, sets in variants:
+            params = load_params(ROOT / "params.yaml", [*sets, f"train.minutes={args.minutes}", "train.steps=1000000",
+                                                        "train.eval_every=1000000", "train.checkpoint_every=1000000"])
+            model = Path(tmp) / name / "model"
+            summary = train(args.data, model, params, progress=False)
+            m = evaluate(str(model), args.data, Path(tmp) / name / "eval" / "metrics.json", params, progress=False)
+            row = {"variant": name, "sets": sets, "steps": summary["steps"], "seconds": summary["seconds"],
+                   "target_bytes_per_s": summary["target_bytes_per_s"],
+                   "bpb": {k: v["bpb"] for k, v in m["modalities"].items()},
+                   "best": {k: v["baselines"]["best"] for k, v in m["modalities"].items()},
+                   "overall": m["overall"]["bpb"], "overall_best": m["overall"]["baselines"]["best"]}
+            rows.append(row)
+            print(f"{name}: {row['steps']} steps in {row['seconds']:.0f} s, overall {row['overall']:.3f} "
+                  f"(best compressor {row['overall_best']:.3f})", flush=True)
+    mods = list(rows[0]["bpb"])
+    print("\n| variant | steps | " + " | ".join(mods) + " | overall |")
+    print("|---|---:|" + "---:|" * (len(mods) + 1))
+    print("| best compressor | | " + " | ".join(f"{rows[0]['best'][k]:.3f}" for k in mods)
+          + f" | {rows[0]['overall_best']:.3f} |")
+    for r in rows:
+        print(f"| {r['variant']} | {r['steps']} | " + " | ".join(f"{r['bpb'][k]:.3f}" for k in mods)
+              + f" | {r['overall']:.3f} |")
+    save("defaults_ab", {"minutes": args.minutes, "data": args.data, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
