@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from obf.formats import FormatError, y4m_frame_size, bmp_layout, set_bmp_rows
+from obf.formats import FormatError, bmp_layout, set_bmp_rows, wav_layout, y4m_frame_size
 from obf.sampling import RowSpec
 
 _FRAME = b"FRAME\n"
@@ -61,19 +61,8 @@ class _Layout:
 
 def _wav(data: bytes) -> _Layout | None:
     """Header + sample frames of a PCM WAV whose data chunk is its last (what obf writes)."""
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        return None
-    pos, block = 12, 0
-    while pos + 8 <= len(data):
-        cid, size = data[pos:pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
-        if cid == b"fmt " and pos + 24 <= len(data):
-            tag, channels, _, _, block, bits = struct.unpack_from("<HHIIHH", data, pos + 8)
-            if tag != 1 or not 1 <= channels <= 8 or bits not in (8, 16, 24, 32) or block != channels * bits // 8:
-                return None
-        elif cid == b"data":
-            return _Layout(pos + 8, block, size // block, "sample frame") if block else None
-        pos += 8 + size + (size & 1)
-    return None
+    lay = wav_layout(data)
+    return _Layout(lay.offset, lay.block, lay.size // lay.block, "sample frame") if lay else None
 
 
 def _y4m(data: bytes) -> _Layout | None:

@@ -47,9 +47,6 @@ from obf.vocab import MODALITIES, N_BYTES, modality_id, task_id
 # --------------------------------------------------------------------------- baselines
 
 
-STRICT = ("deflate_raw", "lzma2_raw", "zstd_raw")  # the streams alone, without any container
-
-
 def compressed_sizes(data: bytes) -> dict[str, int]:
     """Compressed size in bytes of `data` under each standard compressor, and `best`, the smallest.
 
@@ -188,14 +185,14 @@ def check_outputs(out: Path, inputs: list[str]) -> None:
     for path in (out, out.parent / "report.md", out.parent / "bpb.csv"):
         if not path.exists():
             continue
-        head = path.read_bytes()[:256] if path.is_file() else b""
+        content = path.read_bytes() if path.is_file() else b""
         if path == out:
             try:
-                ours = {"model", "data", "modalities", "overall"} <= set(json.loads(path.read_bytes()))
+                ours = {"model", "data", "modalities", "overall"} <= set(json.loads(content))
             except (ValueError, TypeError):
                 ours = False
         else:
-            ours = head.startswith(_SIGNATURES[path.name])
+            ours = content.startswith(_SIGNATURES[path.name])
         if not ours:
             raise DataError(f"{path}: exists and is not an obf evaluate output; remove it or choose another --out")
 

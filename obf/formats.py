@@ -404,8 +404,24 @@ def repair_bmp(data: bytes, *, default_side: int | None = None) -> bytes:
     return header + info + pixels
 
 
-def _wav_fields(data: bytes) -> tuple[int, int, int, bytes] | None:
-    """(channels, rate, width, payload) from a RIFF/WAVE prefix, or None if implausible."""
+@dataclass(frozen=True)
+class WavLayout:
+    """What a PCM WAV header declares: format fields, and where its data chunk starts and how
+    many bytes it says it holds."""
+
+    channels: int
+    rate: int
+    width: int  # bytes per sample
+    offset: int  # first byte of the data chunk's payload
+    size: int  # payload bytes the data chunk declares
+
+    @property
+    def block(self) -> int:
+        return self.channels * self.width
+
+
+def wav_layout(data: bytes) -> WavLayout | None:
+    """The layout of a RIFF/WAVE prefix (plausible PCM fields, then a data chunk), or None."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return None
     pos, fields = 12, None
@@ -417,7 +433,7 @@ def _wav_fields(data: bytes) -> tuple[int, int, int, bytes] | None:
             if tag == 1 and 1 <= ch <= 8 and 1000 <= rate <= 192000 and bits in (8, 16, 24, 32):
                 fields = (ch, rate, bits // 8)
         elif cid == b"data":
-            return (*fields, data[body:]) if fields else None
+            return WavLayout(*fields, body, size) if fields else None
         if size > len(data):
             break
         pos = body + size + (size & 1)
@@ -426,9 +442,9 @@ def _wav_fields(data: bytes) -> tuple[int, int, int, bytes] | None:
 
 def repair_wav(data: bytes, *, rate: int = 8000, width: int = 1, channels: int = 1) -> bytes:
     """A valid PCM WAV: header fields from the bytes when plausible, sizes recomputed."""
-    parsed = _wav_fields(data)
-    if parsed:
-        channels, rate, width, payload = parsed
+    lay = wav_layout(data)
+    if lay:
+        channels, rate, width, payload = lay.channels, lay.rate, lay.width, data[lay.offset:]
     else:
         payload = data
     block = channels * width
