@@ -15,9 +15,8 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-import fsspec
 from fsspec.core import url_to_fs
 
 from obf.errors import ObfError
@@ -142,6 +141,15 @@ def _classify_local(full: str, key: str) -> Entry:
     return Entry(key=key, url=full, size=st.st_size)
 
 
+def _remote(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem and path of a remote URL, without a listings cache.
+
+    Other processes write into the prefixes obf lists (concurrent publishes, overlapping
+    batch-generate runs), and s3fs would answer "not found" for an object missing from a listing
+    it cached earlier in this process. Every remote call asks the store itself."""
+    return url_to_fs(url, use_listings_cache=False)
+
+
 def list_files(url: str) -> list[Entry]:
     """Every file under `url` (a folder or prefix), sorted by key. A single file lists itself.
 
@@ -154,7 +162,7 @@ def list_files(url: str) -> list[Entry]:
         if not root.is_dir():
             raise NotFoundError(f"{url}: no such file or directory")
         return sorted(_walk_local(root), key=lambda e: e.key)
-    fs, path = url_to_fs(url)
+    fs, path = _remote(url)
     path = path.rstrip("/")
     try:
         if fs.isfile(path):
@@ -190,8 +198,8 @@ def read_bytes(url: str) -> bytes:
     try:
         if is_local(url):
             return local_path(url).read_bytes()
-        with fsspec.open(url, "rb") as f:
-            return f.read()
+        fs, path = _remote(url)
+        return fs.cat_file(path)
     except FileNotFoundError:
         raise NotFoundError(f"{url}: not found") from None
     except PermissionError:
@@ -203,7 +211,7 @@ def read_bytes(url: str) -> bytes:
 def exists(url: str) -> bool:
     if is_local(url):
         return local_path(url).exists()
-    fs, path = url_to_fs(url)
+    fs, path = _remote(url)
     return fs.exists(path)
 
 
@@ -212,7 +220,7 @@ def remove(url: str) -> None:
     if is_local(url):
         local_path(url).unlink(missing_ok=True)
         return
-    fs, path = url_to_fs(url)
+    fs, path = _remote(url)
     try:
         fs.rm_file(path)
     except FileNotFoundError:
@@ -232,7 +240,7 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
         finally:
             Path(tmp).unlink(missing_ok=True)  # gone after a rename; left only by a failed one
         return
-    fs, path = url_to_fs(url)
+    fs, path = _remote(url)
     fs.pipe_file(path, data)
 
 
@@ -244,8 +252,7 @@ def read_with_etag(url: str) -> tuple[bytes, str]:
     if is_local(url):
         data = read_bytes(url)
         return data, "sha256:" + hashlib.sha256(data).hexdigest()
-    fs, path = url_to_fs(url)
-    fs.invalidate_cache(path)  # a listing cache must not hand back an older version's tag
+    fs, path = _remote(url)
     try:
         tag = _etag(fs.info(path))
         # one plain GET: a file object would insist that the object keep the tag it opened with,
@@ -285,7 +292,7 @@ def write_if(url: str, data: bytes, *, etag: str | None) -> None:
         finally:
             Path(tmp).unlink(missing_ok=True)
         return
-    fs, path = url_to_fs(url)
+    fs, path = _remote(url)
     try:
         if etag is None:
             fs.pipe_file(path, data, mode="create")

@@ -41,3 +41,20 @@ def test_s3_list_read_write(s3_bucket):
     assert [(e.key, e.size) for e in entries] == [("deep/y.bin", 2), ("x.txt", 5)]
     assert all(e.etag for e in entries)
     assert storage.read_bytes(entries[1].url) == b"hello"
+
+
+def test_s3_a_listing_never_hides_an_object_written_after_it(s3_bucket):
+    """Another process writes into a prefix this process listed: reads must see the new object.
+
+    s3fs caches listings per instance; a cached listing of `v/` without `m.json` used to make
+    `read_bytes` and `exists` of `v/m.json` fail with "not found" (a flaky concurrent-publish
+    test on CI showed it)."""
+    import s3fs
+
+    storage.write_bytes_atomic(f"{s3_bucket}/v/a.txt", b"a")
+    assert [e.key for e in storage.list_files(s3_bucket)] == ["v/a.txt"]
+    other = s3fs.S3FileSystem(skip_instance_cache=True)  # another process, as far as caches go
+    other.pipe_file(f"{s3_bucket[5:]}/v/m.json", b"{}")
+    assert storage.exists(f"{s3_bucket}/v/m.json")
+    assert storage.read_bytes(f"{s3_bucket}/v/m.json") == b"{}"
+    assert [e.key for e in storage.list_files(f"{s3_bucket}/v")] == ["a.txt", "m.json"]
