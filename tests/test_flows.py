@@ -134,7 +134,8 @@ def test_train_flow_from_s3_publishes_a_verifiable_model(harness, s3_bucket, tmp
 
 
 def _outputs(out_url: str) -> list[str]:
-    return sorted(e.key for e in storage.list_files(out_url) if not e.key.startswith(("_runs/", "_state/")))
+    """The output files under `out_url`: not the flow's own records or its in-flight claims."""
+    return sorted(e.key for e in storage.list_files(out_url) if not e.key.startswith(("_runs/", "_state/", "_claims/")))
 
 
 def _manifests(out_url: str) -> list[dict]:
