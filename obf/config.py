@@ -91,6 +91,7 @@ class ModelConfig:
     vocab_size: int = VOCAB_SIZE
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
+    causal_encoder: bool = True  # patch i sees patches <= i (long-context training; see obf.model)
     preset: str = ""  # the preset this config started from, for humans
 
     def __post_init__(self) -> None:
@@ -125,7 +126,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        return _build(cls, "model", d)
+        """From a saved config; one saved before `causal_encoder` existed had a bidirectional encoder."""
+        return _build(cls, "model", {"causal_encoder": False, **d})
 
 
 def _default_task_weights() -> dict[str, float]:
@@ -156,6 +158,10 @@ class TrainConfig:
     noise_density: float = 0.15
     mean_span: float = 3.0
     random_bytes_weight: float = 0.0  # share of continue examples that predict uniform random bytes (calibration)
+    windows: int = 1  # decoder windows per `continue` example, served by one causal encoder pass
+    src_len: int = 0  # encoder context of ordinary steps in bytes (0 = model.max_src_len)
+    long_every: int = 0  # every Nth step is a long step: one chunk at the full model.max_src_len (0 = none)
+    long_windows: int = 16  # decoder windows of a long step's chunk
     eval_every: int = 200
     eval_batches: int = 4
     checkpoint_every: int = 200
@@ -181,6 +187,10 @@ class TrainConfig:
         _require(0 < self.noise_density < 1, f"{s}.noise_density", "must be in (0, 1)")
         _require(self.mean_span >= 1, f"{s}.mean_span", "must be at least 1")
         _require(0 <= self.random_bytes_weight < 1, f"{s}.random_bytes_weight", "must be in [0, 1)")
+        _require(self.windows >= 1, f"{s}.windows", "must be at least 1")
+        _require(self.src_len >= 0, f"{s}.src_len", "must not be negative")
+        _require(self.long_every >= 0, f"{s}.long_every", "must not be negative")
+        _require(self.long_windows >= 1, f"{s}.long_windows", "must be at least 1")
         _require(self.eval_every >= 1, f"{s}.eval_every", "must be at least 1")
         _require(self.eval_batches >= 1, f"{s}.eval_batches", "must be at least 1")
         _require(self.checkpoint_every >= 1, f"{s}.checkpoint_every", "must be at least 1")
@@ -341,6 +351,16 @@ def params_from_dict(raw: dict[str, Any]) -> Params:
         else:
             known = sorted([*_SECTIONS, "model"])
             raise ConfigError(f"{section}: unknown params section; expected one of {', '.join(known)}")
+    m, t = params.model, params.train
+    ok = t.src_len == 0 or (2 * m.patch_size <= t.src_len <= m.max_src_len and t.src_len % m.patch_size == 0)
+    _require(ok, "train.src_len", f"must be 0 or a multiple of model.patch_size ({m.patch_size}) up to "
+             f"model.max_src_len ({m.max_src_len}), got {t.src_len}")
+    chunks = [k for k, on in (("train.windows", t.windows > 1), ("train.long_every", t.long_every > 0)) if on]
+    for key in chunks[:1]:
+        _require(m.causal_encoder, key, "more than one window per example needs model.causal_encoder")
+        _require(m.max_tgt_len % m.patch_size == 0, key,
+                 f"more than one window per example needs model.max_tgt_len ({m.max_tgt_len}) to be a multiple "
+                 f"of model.patch_size ({m.patch_size})")
     return params
 
 

@@ -5,6 +5,15 @@ P>1 is bGPT/MEGABYTE-style patching: P x longer context at the same cost). A lig
 decoder cross-attends to the patch states. Pre-norm RMSNorm, rotary positions, SwiGLU, no biases,
 `F.scaled_dot_product_attention`.
 
+Long context: the encoder is causal over patches (`causal_encoder`, the default), and the patch
+grid ends where the source ends (a short source is padded with PAD on the left). A patch's state
+then depends only on the bytes up to its end, so one encoder pass over a long chunk of a file
+serves a decoder window at every patch boundary inside it: `forward_windows` scores many
+windows of one chunk, each cross-attending only to the patches before its start, and gives the
+same logits as encoding each window's own context alone (what generation does). That is what
+makes a 16 KiB context affordable in training: every byte of a chunk is a target of one window,
+and the encoder pays 1/P positions per target byte instead of a pass per window.
+
 The model holds no mutable state: `encode` returns the cross-attention K/V of every decoder layer
 once per input, and `decode_step` takes and returns the self-attention KV cache explicitly, so the
 same code runs the torch generator and exports to ONNX. The loss lives outside (obf.train).
@@ -317,15 +326,24 @@ class OmniByteFormer(nn.Module):
         decoder layers' cross K/V projections (which `encode` applies)."""
         b, s = src_ids.shape
         p = self.cfg.patch_size
+        causal = self.cfg.causal_encoder
         pad = (-s) % p
-        if pad:
-            src_ids = F.pad(src_ids, (0, pad), value=PAD)
+        if pad:  # causal: the grid ends where the source does, so the last patch ends at the window
+            src_ids = F.pad(src_ids, (pad, 0) if causal else (0, pad), value=PAD)
         patches = src_ids.view(b, -1, p)  # (B, Sp, P)
         mask = (patches != PAD).any(dim=-1)  # (B, Sp)
         x = self.patch_embed(patches + self.patch_offsets).sum(dim=2)  # (B, Sp, C)
         sp = x.shape[1]
         cos, sin = self.rope_cos[:sp], self.rope_sin[:sp]
-        attn_mask = mask[:, None, None, :]  # (B, 1, 1, Sp)
+        if causal:
+            # patch i sees real patches j <= i; an all-PAD patch sees itself only (it is masked
+            # everywhere else), so no row of the softmax is empty
+            i = torch.arange(sp, device=src_ids.device)
+            earlier = i[None, :] <= i[:, None]  # (Sp, Sp)
+            attn_mask = (earlier & mask[:, None, :]) | (i[None, :] == i[:, None])  # (B, Sp, Sp)
+            attn_mask = attn_mask[:, None]  # (B, 1, Sp, Sp)
+        else:
+            attn_mask = mask[:, None, None, :]  # (B, 1, 1, Sp)
         for block in self.encoder:
             x = block(x, cos, sin, attn_mask)
         return self.enc_norm(x), mask  # (B, Sp, C), (B, Sp)
@@ -426,10 +444,34 @@ class OmniByteFormer(nn.Module):
         z = torch.zeros(shape, device=device or ref.device, dtype=dtype or ref.dtype)
         return KVCache(z, z.clone())
 
-    def forward(self, src_ids: Tensor, dec_ids: Tensor) -> Tensor:
-        """src_ids (B, S), dec_ids (B, T) int64 -> logits (B, T, V)."""
+    def forward(self, src_ids: Tensor, dec_ids: Tensor, rows: Tensor | None = None,
+                visible: Tensor | None = None) -> Tensor:
+        """src_ids (B, S), dec_ids (B, T) int64 -> logits (B, T, V). With `rows` and `visible`,
+        many windows per source: see `forward_windows` (what training calls, through DDP)."""
+        if rows is not None and visible is not None:
+            return self.forward_windows(src_ids, dec_ids, rows, visible)
         logits, _ = self._decode(dec_ids, self.encode(src_ids), None)
         return logits
+
+    def forward_windows(self, src_ids: Tensor, dec_ids: Tensor, rows: Tensor, visible: Tensor) -> Tensor:
+        """Many decoder windows over one encoder pass: src_ids (B, S) left-padded chunks,
+        dec_ids (N, T) one window per row, rows (N,) the chunk of each window, visible (N,) how
+        many ids of its chunk lie before the window's start (on the patch grid, which ends where
+        the source ends) -> logits (N, T, V).
+
+        With a causal encoder, window n's logits equal `forward(src[rows[n], :visible[n]],
+        dec_ids[n])`: it sees its own context and nothing after it."""
+        memory = self.encode(src_ids)  # k, v (L, B, H, Sp, D)
+        sp = memory.mask.shape[1]
+        p = self.cfg.patch_size
+        n_before = (visible + (-src_ids.shape[1]) % p) // p  # (N,) patches before each window
+        #                                                       (`encode` left-pads S to a multiple of P)
+        before = torch.arange(sp, device=src_ids.device)[None, :] < n_before[:, None]  # (N, Sp)
+        mask = memory.mask.index_select(0, rows) & before  # (N, Sp)
+        cross = [(memory.k[i].index_select(0, rows), memory.v[i].index_select(0, rows))
+                 for i in range(self.cfg.decoder_layers)]  # (N, H, Sp, D) each
+        logits, _ = self.decode_layers(dec_ids, cross, mask, None)
+        return logits  # (N, T, V)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

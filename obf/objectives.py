@@ -18,23 +18,35 @@ from obf.vocab import (BOS, EOS, MODALITIES, N_SENTINELS, PAD, encoder_input, mo
 
 @dataclass(frozen=True)
 class Example:
-    """One training example: encoder ids and decoder targets (EOS included when the file ends)."""
+    """One training example: encoder ids and the decoder window that follows them (targets, EOS
+    included when the file ends), plus, for a `continue` chunk, the earlier windows that start
+    inside the source: `(start, targets)` with `start` the number of source ids before it. With
+    the causal encoder one encoder pass over `src` serves all of them (`forward_windows`)."""
 
     src: list[int]
     tgt: list[int]
     task: str
     modality: str
     index: int  # global sample index it was drawn for
+    earlier: tuple[tuple[int, list[int]], ...] = ()
 
 
 @dataclass
 class Batch:
-    src: np.ndarray  # (B, S) int64, right-padded with PAD
-    dec: np.ndarray  # (B, T) int64: [BOS] + tgt[:-1], PAD after the end
-    tgt: np.ndarray  # (B, T) int64, PAD where there is no target (ignored by the loss)
-    modalities: list[str]
+    """B examples, N >= B decoder windows (each example's earlier windows, then its last one)."""
+
+    src: np.ndarray  # (B, S) int64, left-padded with PAD to a multiple of the patch size
+    dec: np.ndarray  # (N, T) int64: [BOS] + tgt[:-1], PAD after the end
+    tgt: np.ndarray  # (N, T) int64, PAD where there is no target (ignored by the loss)
+    rows: np.ndarray  # (N,) int64, the example (row of src) of each window
+    visible: np.ndarray  # (N,) int64, ids of the padded row before the window's start (on the patch grid)
+    modalities: list[str]  # per example
     tasks: list[str]
     indices: list[int]
+
+    @property
+    def window_modalities(self) -> list[str]:
+        return [self.modalities[r] for r in self.rows]
 
 
 def _random_segmentation(rng: np.random.Generator, total: int, parts: int) -> np.ndarray:
@@ -83,8 +95,10 @@ class ExampleSampler:
     def __init__(self, ds: Dataset, split: str, *, max_src_len: int, max_tgt_len: int,
                  task_weights: dict[str, float], balance_modalities: bool = True,
                  modality_weights: dict[str, float] | None = None, noise_density: float = 0.15,
-                 mean_span: float = 3.0, seed: int = 0, random_bytes_weight: float = 0.0) -> None:
+                 mean_span: float = 3.0, seed: int = 0, random_bytes_weight: float = 0.0,
+                 windows: int = 1) -> None:
         self.ds = ds
+        self.windows = windows  # decoder windows per `continue` example (a chunk; see continue_chunk)
         self.random_bytes_weight = random_bytes_weight
         self.split = split
         self.max_src_len, self.max_tgt_len = max_src_len, max_tgt_len
@@ -141,7 +155,7 @@ class ExampleSampler:
         if self.random_bytes_weight and rng.random() < self.random_bytes_weight:
             return self._random_bytes(data, rng, index)
         start = 0 if rng.random() < 0.1 else int(rng.integers(0, len(data) + 1))
-        return continue_example(data, start, r.modality, self.max_src_len, self.max_tgt_len, index)
+        return continue_chunk(data, start, r.modality, self.max_src_len, self.max_tgt_len, self.windows, index)
 
     def _denoise(self, r: Record, data: np.ndarray, rng: np.random.Generator, index: int) -> Example:
         n = min(len(data), self.max_src_len - 2, self.denoise_len)
@@ -187,18 +201,44 @@ def continue_example(data: np.ndarray, start: int, modality: str, max_src_len: i
                    window_targets(data, start, max_tgt_len), "continue", modality, index)
 
 
+def continue_chunk(data: np.ndarray, start: int, modality: str, max_src_len: int, max_tgt_len: int,
+                   windows: int, index: int = 0) -> Example:
+    """`continue` over up to `windows` consecutive decoder windows from `start` (fewer where the
+    file ends), for one causal encoder pass: the source holds the context and every window but
+    the last, and is at most `max_src_len` ids, so each window sees at most the context that
+    generation gives it, and the last window all of it."""
+    n, w = len(data), max_tgt_len
+    starts = [start]
+    while len(starts) < windows and starts[-1] + w <= n:  # the next window still has a byte or EOS
+        starts.append(starts[-1] + w)
+    last = starts[-1]
+    first_ctx = max(0, start - max(0, max_src_len - 2 - (last - start)))
+    src = encoder_input(modality, "continue", bytes(data[first_ctx:last]), max_src_len)
+    offset = len(src) - (last - start)  # source ids before the first window
+    earlier = tuple((offset + s - start, window_targets(data, s, w)) for s in starts[:-1])
+    return Example(src, window_targets(data, last, w), "continue", modality, index, earlier)
+
+
 def collate(examples: list[Example], multiple: int = 8) -> Batch:
-    """Pad a list of examples into arrays; lengths rounded up to `multiple` for kernel-friendly shapes."""
+    """Pad examples into arrays: sources left-padded (the patch grid ends where a source ends, so
+    the last patch ends at its window) to a length rounded up to `multiple`, which must be a
+    multiple of the patch size; windows one per row. Earlier windows of a chunk lie on the patch
+    grid when the window length is a multiple of the patch size (checked by the config)."""
     s = max(len(e.src) for e in examples)
     s += (-s) % multiple
-    t = max(len(e.tgt) for e in examples)
+    windows = [(i, start, t) for i, e in enumerate(examples) for start, t in (*e.earlier, (len(e.src), e.tgt))]
+    t = max(len(tg) for _, _, tg in windows)
     src = np.full((len(examples), s), PAD, dtype=np.int64)
-    dec = np.full((len(examples), t), PAD, dtype=np.int64)
-    tgt = np.full((len(examples), t), PAD, dtype=np.int64)
+    dec = np.full((len(windows), t), PAD, dtype=np.int64)
+    tgt = np.full((len(windows), t), PAD, dtype=np.int64)
+    rows = np.array([i for i, _, _ in windows], dtype=np.int64)
+    visible = np.zeros(len(windows), dtype=np.int64)
     for i, e in enumerate(examples):
-        src[i, :len(e.src)] = e.src
-        tgt[i, :len(e.tgt)] = e.tgt
-        dec[i, 0] = BOS
-        dec[i, 1:len(e.tgt)] = e.tgt[:-1]
-    return Batch(src, dec, tgt, [e.modality for e in examples], [e.task for e in examples],
+        src[i, s - len(e.src):] = e.src
+    for n, (i, start, tg) in enumerate(windows):
+        visible[n] = s - len(examples[i].src) + start  # the window's start in the padded row
+        tgt[n, :len(tg)] = tg
+        dec[n, 0] = BOS
+        dec[n, 1:len(tg)] = tg[:-1]
+    return Batch(src, dec, tgt, rows, visible, [e.modality for e in examples], [e.task for e in examples],
                  [e.index for e in examples])

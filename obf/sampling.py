@@ -28,7 +28,7 @@ class Backend(Protocol):
     patch_size: int  # encoder patch size: source batches are padded to a multiple of it
 
     def encode(self, src_ids: np.ndarray) -> Any:
-        """src_ids (B, S) int64, right-padded with PAD -> an opaque memory handle."""
+        """src_ids (B, S) int64, left-padded with PAD (`pad_batch`) -> an opaque memory handle."""
 
     def init_cache(self, memory: Any) -> Any:
         """An empty self-attention cache for the batch of `memory`."""
@@ -120,12 +120,14 @@ def next_tokens(backend: Backend, tokens: np.ndarray, memory: Any, cache: Any, o
 
 
 def pad_batch(rows: Sequence[Sequence[int]], multiple: int = 1) -> np.ndarray:
-    """Right-pad id lists with PAD to one length (a multiple of `multiple`) -> (B, S) int64."""
+    """Left-pad id lists with PAD to one length (a multiple of `multiple`, the patch size) ->
+    (B, S) int64. Left, because the encoder's patch grid ends where the source ends: every row's
+    last patch then ends right before its decoder window, as in training."""
     n = max(len(r) for r in rows)
     n += (-n) % multiple
     out = np.full((len(rows), n), PAD, dtype=np.int64)
     for i, r in enumerate(rows):
-        out[i, :len(r)] = r
+        out[i, n - len(r):] = r
     return out
 
 

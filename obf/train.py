@@ -183,8 +183,26 @@ class _Budget:
         return share
 
 
-def _to_device(b: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(torch.from_numpy(a).to(device, non_blocking=True) for a in (b.src, b.dec, b.tgt))  # type: ignore[return-value]
+def is_long_step(step: int, cfg: TrainConfig) -> bool:
+    """Every `long_every`-th step (the last of each group of that many) is a long step."""
+    return cfg.long_every > 0 and step % cfg.long_every == cfg.long_every - 1
+
+
+def step_batch(step: int, d: Dist, cfg: TrainConfig, short: ExampleSampler, long: ExampleSampler) -> Batch:
+    """The batch of `step` on this rank, a pure function of (step, rank): ordinary steps draw
+    `batch_size` examples at the context `src_len`; a long step draws one `continue` chunk of
+    `long_windows` windows at the model's whole context. Long contexts cost an encoder pass over
+    up to `max_src_len` bytes per example, so they come as whole steps of one example (no
+    padding of short rows to their length) and serve many windows each."""
+    if is_long_step(step, cfg):
+        return long.batch([step * d.world + d.rank])
+    base = (step * d.world + d.rank) * cfg.batch_size
+    return short.batch(list(range(base, base + cfg.batch_size)))
+
+
+def _to_device(b: Batch, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """src (B, S), dec (N, T), tgt (N, T), rows (N,), visible (N,) on `device`."""
+    return tuple(torch.from_numpy(a).to(device, non_blocking=True) for a in (b.src, b.dec, b.tgt, b.rows, b.visible))
 
 
 def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume: bool = False,
@@ -197,11 +215,14 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
     ds = Dataset(data_dir)
     if ds.manifest.get("files", 0) == 0 or not ds.records:
         raise DataError(f"{data_dir}: the dataset holds no file; nothing to train on")
-    sampler_kw = dict(max_src_len=mcfg.max_src_len, max_tgt_len=mcfg.max_tgt_len,
+    sampler_kw = dict(max_src_len=tcfg.src_len or mcfg.max_src_len, max_tgt_len=mcfg.max_tgt_len,
                       balance_modalities=tcfg.balance_modalities, modality_weights=tcfg.modality_weights,
                       noise_density=tcfg.noise_density, mean_span=tcfg.mean_span)
     train_sampler = ExampleSampler(ds, "train", task_weights=tcfg.task_weights, seed=tcfg.seed,
-                                   random_bytes_weight=tcfg.random_bytes_weight, **sampler_kw)
+                                   random_bytes_weight=tcfg.random_bytes_weight, windows=tcfg.windows, **sampler_kw)
+    # Long steps: one `continue` chunk at the model's whole context (see `step_batch`).
+    long_sampler = ExampleSampler(ds, "train", task_weights={"continue": 1.0}, seed=tcfg.seed + 1,
+                                  windows=tcfg.long_windows, **{**sampler_kw, "max_src_len": mcfg.max_src_len})
     try:
         val_sampler: ExampleSampler | None = ExampleSampler(
             ds, "val", task_weights={"continue": 1.0}, seed=tcfg.seed, **{**sampler_kw, "modality_weights": {}})
@@ -262,14 +283,13 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
             lr = lr_at(step, tcfg, time_progress)
             for g in opt.param_groups:
                 g["lr"] = lr
-            base = (step * d.world + d.rank) * tcfg.batch_size
-            batch = train_sampler.batch(list(range(base, base + tcfg.batch_size)))
+            batch = step_batch(step, d, tcfg, train_sampler, long_sampler)
             if log_f:
                 for e_idx, m, t in zip(batch.indices, batch.modalities, batch.tasks):
                     log_f.write(json.dumps({"step": step, "index": e_idx, "modality": m, "task": t}) + "\n")
-            src, dec, tgt = _to_device(batch, device)
+            src, dec, tgt, rows, visible = _to_device(batch, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = net(src, dec)
+                logits = net(src, dec, rows, visible)  # (N, T, V): every window of every chunk
             bits, n = loss_bits(logits, tgt)
             loss = bits / n.clamp(min=1)
             opt.zero_grad(set_to_none=True)

@@ -35,6 +35,10 @@ def test_a_missing_default_params_file_is_an_error_not_the_built_ins(tmp_path, m
         ({"model": {"preset": "huge"}}, "model.preset"),
         ({"train": {"task_weights": {"dance": 1.0}}}, "train.task_weights.dance"),
         ({"bogus": {}}, "bogus"),
+        ({"model": {"causal_encoder": False}, "train": {"windows": 4}}, "train.windows"),
+        ({"model": {"patch_size": 16, "max_tgt_len": 200}, "train": {"long_every": 8}}, "train.long_every"),
+        ({"model": {"max_src_len": 1024}, "train": {"src_len": 2048}}, "train.src_len"),
+        ({"model": {"patch_size": 8}, "train": {"src_len": 500}}, "train.src_len"),
     ],
 )
 def test_bad_params_name_the_key(raw, key):
@@ -63,7 +67,9 @@ def test_missing_params_file_is_an_error(tmp_path):
 
 def test_model_config_round_trip():
     c = ModelConfig.from_preset("small", patch_size=4)
-    assert ModelConfig.from_dict(c.to_dict()) == c
+    assert ModelConfig.from_dict(c.to_dict()) == c and c.causal_encoder
+    old = {k: v for k, v in c.to_dict().items() if k != "causal_encoder"}  # saved before the key existed
+    assert ModelConfig.from_dict(old).causal_encoder is False  # such a model's encoder was bidirectional
 
 
 def test_a_models_recorded_ingest_settings_that_do_not_parse_are_an_error():

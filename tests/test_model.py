@@ -90,12 +90,62 @@ def test_padding_does_not_change_unpadded_rows(p):
     long_ = [encoder_input("image", "continue", bytes(range(100)), 256)]
     dec = shift_right(rand_ids(1, 9))
     alone = m(torch.tensor(short), dec)
-    padded = torch.full((2, 102), PAD)
-    padded[0, :23] = torch.tensor(short[0])
+    padded = torch.full((2, 102), PAD)  # left-padded, as `pad_batch` and `collate` pad
+    padded[0, -23:] = torch.tensor(short[0])
     padded[1, :102] = torch.tensor(long_[0])
     together = m(padded, dec.repeat(2, 1))
     torch.testing.assert_close(together[0], alone[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(together[1], m(torch.tensor(long_), dec)[0], atol=1e-5, rtol=1e-5)
+
+
+def unequal_gains(m: OmniByteFormer) -> OmniByteFormer:
+    """Norm gains start at 1, which hides a gain applied in the wrong place: make them differ."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for prm in m.parameters():
+            if prm.ndim == 1:
+                prm.copy_(torch.rand(prm.shape, generator=g) + 0.5)
+    return m
+
+
+@pytest.mark.parametrize("p", [4, 16])
+def test_long_context_windows_see_exactly_their_own_context(p):
+    """One causal encoder pass over chunks serves every window as if it were encoded alone;
+    bytes after a window's start never change its logits; extra left padding changes nothing."""
+    from obf.objectives import Example, collate, continue_chunk
+
+    torch.manual_seed(0)
+    m = unequal_gains(OmniByteFormer(ModelConfig.from_preset("tiny", patch_size=p, max_src_len=1024,
+                                                            max_tgt_len=32)).eval())
+    data = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8)
+    exs = [continue_chunk(data, 900, "binary", 1024, 32, 8, 0),  # context cut to fit 1,024 ids
+           continue_chunk(data, 5, "binary", 1024, 32, 3, 1),
+           continue_chunk(data[:40], 0, "text", 1024, 32, 4, 2)]  # the file ends in its 2nd window
+    assert [len(e.earlier) + 1 for e in exs] == [8, 3, 2] and len(exs[0].src) == 1024
+    b = collate(exs)  # padded to a multiple of 8, not of P = 16: the model aligns the grid itself
+    ids = [torch.from_numpy(a) for a in (b.src, b.dec, b.rows, b.visible)]
+    with torch.no_grad():
+        got = m(*ids)
+        n = 0
+        for e in exs:
+            for start, tgt in (*e.earlier, (len(e.src), e.tgt)):
+                alone = collate([Example(e.src[:start], tgt, "continue", e.modality, 0)], multiple=p)
+                ref = m(torch.from_numpy(alone.src), torch.from_numpy(alone.dec))
+                torch.testing.assert_close(got[n, :len(tgt)], ref[0, :len(tgt)], atol=2e-5, rtol=2e-5)
+                n += 1
+        changed = ids[0].clone()
+        cut = int(b.visible[2])  # the start of chunk 0's third window: change every byte after it
+        changed[0, cut:] = (changed[0, cut:] + 1) % 256
+        after = m(changed, *ids[1:])
+        torch.testing.assert_close(after[:3], got[:3])
+        assert not torch.allclose(after[3], got[3])
+        rest = collate(exs[1:])  # 72 ids: off the grid of P = 16, which `encode` pads to on the left
+        assert rest.src.shape[1] == 72
+        alone = m(*(torch.from_numpy(a) for a in (rest.src, rest.dec, rest.rows, rest.visible)))
+        torch.testing.assert_close(alone, got[8:], atol=2e-5, rtol=2e-5)
+        pad = torch.full((3, p), PAD)  # one more patch of padding on the left
+        torch.testing.assert_close(m(torch.cat([pad, ids[0]], 1), ids[1], ids[2], ids[3] + p), got,
+                                   atol=2e-5, rtol=2e-5)
 
 
 @pytest.mark.parametrize("p", PATCHES)

@@ -318,3 +318,31 @@ def test_random_byte_examples_predict_random_bytes_from_a_random_context(text_on
     assert all(plain.example(i).modality == "text" for i in range(50))
     counts = np.bincount(np.frombuffer(b"".join(bytes(e.tgt) for e in noise), np.uint8), minlength=256)
     assert counts.min() > 0  # every byte value occurs: uniform, not a pattern
+
+
+def test_long_steps_come_every_long_every_steps_with_the_whole_context(dataset):
+    """train.long_every: that step of every group is one `continue` chunk of `long_windows`
+    windows at the model's whole context; the others draw `batch_size` examples at `src_len`.
+    Each batch is a pure function of (step, rank)."""
+    from obf.train import Dist, step_batch
+
+    p = load_params(None, ["model.preset=tiny", "model.patch_size=4", "model.max_src_len=2048", "model.max_tgt_len=32",
+                           "train.src_len=128", "train.windows=2", "train.batch_size=4", "train.long_every=3",
+                           "train.long_windows=8", "train.task_weights={continue: 1.0}"])
+    t, m = p.train, p.model
+    ds = Dataset(dataset)
+    kw = dict(max_tgt_len=32, task_weights={"continue": 1.0}, seed=0)
+    short = ExampleSampler(ds, "train", max_src_len=128, windows=2, **kw)
+    long = ExampleSampler(ds, "train", max_src_len=2048, windows=8, **kw)
+    for step in range(9):
+        b = step_batch(step, Dist(), t, short, long)
+        if step % 3 == 2:
+            assert len(b.indices) == 1 and b.src.shape[1] <= 2048 and len(b.rows) <= 8
+        else:
+            assert len(b.indices) == 4 and b.src.shape[1] <= 128 and len(b.rows) <= 8
+        again = step_batch(step, Dist(), t, short, long)
+        assert (again.src == b.src).all() and (again.tgt == b.tgt).all()
+    longs = [step_batch(s, Dist(), t, short, long) for s in (2, 5, 8)]
+    assert max(b.src.shape[1] for b in longs) > 128 and max(len(b.rows) for b in longs) > 2
+    ranks = [step_batch(2, Dist(rank=r, world=2), t, short, long) for r in (0, 1)]
+    assert ranks[0].indices != ranks[1].indices  # ranks draw distinct chunks

@@ -141,6 +141,7 @@ class OnnxBackend:
         self.max_tgt_len = int(cfg["max_tgt_len"])
         self.vocab_size = int(cfg["vocab_size"])
         self.patch_size = int(cfg["patch_size"])
+        self.causal_encoder = bool(cfg.get("causal_encoder", False))
         self.layers, self.heads = int(cfg["decoder_layers"]), int(cfg["n_heads"])
         self.head_dim = int(cfg["d_model"]) // self.heads
         self.cross_names = kv_names("cross", self.layers)
@@ -175,6 +176,23 @@ class OnnxBackend:
     def logits(self, src_ids: np.ndarray, dec_ids: np.ndarray) -> np.ndarray:
         """Teacher-forced logits (B, T, V) for src (B, S) and decoder input (B, T)."""
         memory = self.encode(src_ids)
+        return _Cache(self, memory, new_ids=dec_ids.shape[1]).run(dec_ids)
+
+    def window_logits(self, src_ids: np.ndarray, dec_ids: np.ndarray, rows: np.ndarray,
+                      visible: np.ndarray) -> np.ndarray:
+        """Teacher-forced logits (N, T, V) of many windows per source over one encoder run, as
+        `OmniByteFormer.forward_windows` (a causal encoder): window n reads the cross K/V of source
+        row rows[n], masked to the patches before its start (visible[n] ids of the padded row)."""
+        enc = self.encode(src_ids)
+        host = {k: (v.numpy() if isinstance(v, ort.OrtValue) else v) for k, v in enc.items() if k != "batch"}
+        sp = host["memory_mask"].shape[1]
+        n_before = (np.asarray(visible) + (-src_ids.shape[1]) % self.patch_size) // self.patch_size
+        mask = host["memory_mask"][rows] & (np.arange(sp)[None, :] < n_before[:, None])  # (N, Sp)
+        memory = {"memory_mask": np.ascontiguousarray(mask), "batch": len(rows),
+                  **{k: np.ascontiguousarray(host[k][rows]) for k in self.cross_names}}
+        if self.cuda:  # where `encode` puts them on CUDA
+            memory = {k: (v if k == "batch" else ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0))
+                      for k, v in memory.items()}
         return _Cache(self, memory, new_ids=dec_ids.shape[1]).run(dec_ids)
 
 

@@ -41,6 +41,7 @@ class TorchBackend:
         self.max_tgt_len = model.cfg.max_tgt_len
         self.vocab_size = model.cfg.vocab_size
         self.patch_size = model.cfg.patch_size
+        self.causal_encoder = model.cfg.causal_encoder
         self.meta: dict = {}  # config.json of the checkpoint, when loaded from a dir
 
     def _ids(self, ids: np.ndarray) -> torch.Tensor:
@@ -66,6 +67,14 @@ class TorchBackend:
     def logits(self, src_ids: np.ndarray, dec_ids: np.ndarray) -> np.ndarray:
         """Teacher-forced logits (B, T, V) float32 for src (B, S) and decoder input (B, T)."""
         return self.model(self._ids(src_ids), self._ids(dec_ids)).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def window_logits(self, src_ids: np.ndarray, dec_ids: np.ndarray, rows: np.ndarray,
+                      visible: np.ndarray) -> np.ndarray:
+        """Teacher-forced logits (N, T, V) float32 of many windows per source, one encoder pass
+        (`OmniByteFormer.forward_windows`; a causal encoder only)."""
+        out = self.model.forward_windows(self._ids(src_ids), self._ids(dec_ids), self._ids(rows), self._ids(visible))
+        return out.float().cpu().numpy()
 
 
 def load(model_dir: str, *, device: str = "auto", precision: str = "fp32") -> TorchBackend:
