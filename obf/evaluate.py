@@ -36,11 +36,11 @@ from obf import storage
 from obf.config import EvaluateConfig, IngestConfig, Params
 from obf.dataset import Dataset, DataError
 from obf.ingest import ingest
-from obf.objectives import collate, continue_example, span_corrupt
+from obf.objectives import Example, collate, span_corrupt, window_targets
 from obf.formats import opens, to_file
 from obf.metrics import LN2, log_probs_of
 from obf.sampling import SamplingOptions, generate
-from obf.vocab import MODALITIES, N_BYTES, modality_id, task_id
+from obf.vocab import MODALITIES, N_BYTES, encoder_input, modality_id, task_id
 
 
 
@@ -78,14 +78,20 @@ def compressed_sizes(data: bytes) -> dict[str, int]:
 
 
 def file_windows(data: np.ndarray | bytes, modality: str, max_src_len: int, max_tgt_len: int,
-                 stride: int) -> list[tuple[Any, int]]:
-    """(example, first scored target) pairs whose scored targets cover the file and its EOS once.
+                 stride: int, group: int = 1) -> list[tuple[Example, list[int]]]:
+    """Examples whose scored targets cover the file and its EOS once, each with the first scored
+    target of each of its windows (in `collate`'s order: earlier windows, then the last).
 
     Window k starts at byte s_k and predicts targets s_k .. s_k + W - 1 (W = max_tgt_len) from the
     bytes before s_k (encoder) and before each target (decoder). With stride < W, windows overlap
     and only the last `stride` targets of a window are scored, so every scored byte has at least
     W - stride bytes of decoder context: the usual sliding-window evaluation. stride = W gives
     non-overlapping windows.
+
+    `group` > 1 (a causal encoder; stride a multiple of the patch size) puts up to `group`
+    consecutive windows on one encoder pass: the source ends at the last window's start and
+    holds `max_src_len` ids at most, so each window sees the bytes before it back to where that
+    source begins. `group_size` keeps that within a quarter of the context.
     """
     n, w = len(data), max_tgt_len
     starts = [(0, 0)]
@@ -94,27 +100,59 @@ def file_windows(data: np.ndarray | bytes, modality: str, max_src_len: int, max_
         s = end + stride - w
         starts.append((s, w - stride))
         end = s + w
-    return [(continue_example(data, s, modality, max_src_len, max_tgt_len), first) for s, first in starts]
+    out = []
+    for g in range(0, len(starts), group):
+        part = starts[g:g + group]
+        last = part[-1][0]
+        src = encoder_input(modality, "continue", bytes(data[max(0, last - (max_src_len - 2)):last]), max_src_len)
+        earlier = tuple((len(src) - (last - s), window_targets(data, s, w)) for s, _ in part[:-1])
+        out.append((Example(src, window_targets(data, last, w), "continue", modality, 0, earlier),
+                    [first for _, first in part]))
+    return out
+
+
+def group_size(backend: Any, stride: int) -> int:
+    """Windows per encoder pass for `file_windows`: 1 unless the model's encoder is causal and the
+    stride keeps the windows on the patch grid; then as many as span a quarter of the context.
+    The torch and ONNX backends group alike, so a checkpoint and its export score the same."""
+    if not getattr(backend, "causal_encoder", False):
+        return 1
+    if stride % backend.patch_size:
+        return 1
+    return max(1, (backend.max_src_len - 2) // 4 // stride + 1)
 
 
 def whole_file_bits(backend: Any, files: list[tuple[np.ndarray, str]], batch_size: int, stride: int | None = None,
                     progress: bool = False) -> list[float]:
-    """Total bits to code each (bytes, modality) file with the model; windows of all files batched."""
+    """Total bits to code each (bytes, modality) file with the model. Windows of all files are
+    batched, `batch_size` windows at most per batch (an example with many windows is a batch)."""
     from tqdm import tqdm
 
     w = backend.max_tgt_len
     stride = w // 2 if not stride else min(stride, w)
-    work = []  # (file index, example, first scored target)
+    group = group_size(backend, stride)
+    work = []  # (file index, example, first scored target of each window)
     for fi, (data, modality) in enumerate(files):
-        for ex, first in file_windows(data, modality, backend.max_src_len, w, stride):
-            work.append((fi, ex, first))
+        for ex, firsts in file_windows(data, modality, backend.max_src_len, w, stride, group):
+            work.append((fi, ex, firsts))
     work.sort(key=lambda item: len(item[1].src))  # similar lengths together: less padding
+    batches, cur = [], []
+    for item in work:
+        if cur and sum(len(x[2]) for x in cur) + len(item[2]) > batch_size:
+            batches.append(cur)
+            cur = []
+        cur.append(item)
+    batches += [cur] if cur else []
     bits = [0.0] * len(files)
-    for i in tqdm(range(0, len(work), batch_size), desc="bpb", unit="batch", disable=not progress, file=sys.stderr):
-        chunk = work[i:i + batch_size]
+    for chunk in tqdm(batches, desc="bpb", unit="batch", disable=not progress, file=sys.stderr):
         b = collate([ex for _, ex, _ in chunk], multiple=max(8, backend.patch_size))
-        lp = log_probs_of(backend.logits(b.src, b.dec), b.tgt)  # (B, T)
-        for (fi, _, first), row in zip(chunk, lp):
+        if group > 1:
+            logits = backend.window_logits(b.src, b.dec, b.rows, b.visible)
+        else:
+            logits = backend.logits(b.src, b.dec)
+        lp = log_probs_of(logits, b.tgt)  # (N, T)
+        firsts = [(fi, first) for fi, _, fs in chunk for first in fs]  # in collate's window order
+        for (fi, first), row in zip(firsts, lp):
             bits[fi] -= float(row[first:].sum()) / LN2
     return bits
 

@@ -17,6 +17,7 @@ import zstandard
 from obf.config import load_params
 from obf.ingest import ingest
 from obf.evaluate import evaluate
+from obf.vocab import EOS
 from obf.train import train
 
 from .conftest import RAW
@@ -142,15 +143,20 @@ def test_bad_model_or_data_are_clear_errors(trained, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 16, 33])
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 16, 33, 100])
 @pytest.mark.parametrize("stride", [8, 4, 3, 1])
-def test_windows_score_every_byte_and_eos_exactly_once(n, stride):
+@pytest.mark.parametrize("group", [1, 3])
+def test_windows_score_every_byte_and_eos_exactly_once(n, stride, group):
     from obf.evaluate import file_windows
 
     data = np.arange(n, dtype=np.uint8)
     scored = []
-    for ex, first in file_windows(data, "binary", 64, 8, stride):
-        s = len(ex.src) - 2  # the window starts after its context (never cut here: 62 > 33 bytes)
-        scored.extend(s + j for j in range(first, len(ex.tgt)))
-        assert list(ex.src[2:]) == list(range(s))  # the encoder sees exactly the bytes before s
+    for ex, firsts in file_windows(data, "binary", 64, 8, stride, group):
+        assert len(firsts) == len(ex.earlier) + 1 <= group
+        for (start, tgt), first in zip((*ex.earlier, (len(ex.src), ex.tgt)), firsts):
+            ctx = ex.src[2:start]  # what this window's encoder sees: the bytes right before it
+            s = ctx[-1] + 1 if ctx else 0  # the bytes are their own offsets (n <= 256)
+            assert list(ctx) == list(range(s - len(ctx), s)) and len(ctx) >= min(s, 62 - (group - 1) * stride)
+            assert list(tgt[:len(tgt) - (tgt[-1] == EOS)]) == list(range(s, min(n, s + 8)))
+            scored.extend(s + j for j in range(first, len(tgt)))
     assert sorted(scored) == list(range(n + 1))  # bytes 0..n-1 and the EOS at n, each once

@@ -480,3 +480,27 @@ def test_export_and_evaluate_never_replace_what_they_did_not_write(exported, tmp
         stages.evaluate(str(root / "onnx"), str(data), tmp_path / "metrics.json", params, progress=False)
     with pytest.raises(ObfError, match="is the input"):  # samples/ beside --out would replace the data
         stages.evaluate(str(root / "onnx"), str(tmp_path / "samples"), tmp_path / "metrics.json", params, progress=False)
+
+
+def test_long_context_export_parity_scoring_and_generation(exported, tmp_path):
+    """A 16 KiB causal-encoder model: the export's parity gate passes on a full-length source,
+    whole-file scoring groups windows per encoder pass alike on both backends (same bits), and
+    greedy generation after a context longer than the encoder's gives the same bytes."""
+    from obf.evaluate import group_size, whole_file_bits
+
+    root, _, _ = exported
+    params = load_params(None, [*TINY, "model.max_src_len=16384", "model.patch_size=16", "train.windows=4",
+                                "train.batch_size=2", "train.steps=4"])
+    train(root / "ds", tmp_path / "model", params, progress=False)
+    elf = (RAW / "binary/_json.so").read_bytes()  # 210 KB: the parity source is a whole 16 KiB
+    info = export(tmp_path / "model", tmp_path / "onnx", params.export, real=[(elf, "binary")], progress=False)
+    assert info["config"]["max_src_len"] == 16384 and info["config"]["causal_encoder"] is True
+    assert info["parity"]["max_abs_diff"] < 1e-3
+    tb, ob = load_torch(str(tmp_path / "model")), OnnxBackend(tmp_path / "onnx", provider="cpu")
+    assert group_size(tb, 32) == group_size(ob, 32) > 1
+    files = [(np.frombuffer(elf[:20000], np.uint8), "binary")]
+    a, b = whole_file_bits(tb, files, 16), whole_file_bits(ob, files, 16)
+    assert abs(a[0] - b[0]) / 20001 < 1e-3
+    opts = SamplingOptions(max_bytes=80, stop_at_eos=False)
+    ctx = [elf[:20000], elf[5000:5100]]
+    assert generate(tb, ctx, ["binary", "binary"], opts=opts) == generate(ob, ctx, ["binary", "binary"], opts=opts)
