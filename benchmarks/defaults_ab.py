@@ -10,7 +10,7 @@ given the same minutes on this machine, which settings make the better model?
 
 A variant is `name: section.key=value, ...` on top of params.yaml (`default` = params.yaml as is).
 Runs one variant at a time (they would share the 2 cores otherwise). Prints a table and saves
-benchmarks/results/defaults_ab.json.
+benchmarks/results/defaults_ab.json (or `--name NAME`.json).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def main() -> int:
     ap.add_argument("data", help="an ingested dataset (obf ingest), e.g. data/dataset")
     ap.add_argument("--minutes", type=float, default=5.0, help="training budget per variant")
     ap.add_argument("--variant", action="append", default=[], help="'name: section.key=value, ...'")
+    ap.add_argument("--name", default="defaults_ab", help="result file name in benchmarks/results (no .json)")
     args = ap.parse_args()
 
     from obf.config import load_params
@@ -68,7 +69,7 @@ def main() -> int:
     for r in rows:
         print(f"| {r['variant']} | {r['steps']} | " + " | ".join(f"{r['bpb'][k]:.3f}" for k in mods)
               + f" | {r['overall']:.3f} |")
-    save("defaults_ab", {"minutes": args.minutes, "data": args.data, "rows": rows})
+    save(args.name, {"minutes": args.minutes, "data": args.data, "rows": rows})
     return 0
 
 
