@@ -5,14 +5,15 @@ P>1 is bGPT/MEGABYTE-style patching: P x longer context at the same cost). A lig
 decoder cross-attends to the patch states. Pre-norm RMSNorm, rotary positions, SwiGLU, no biases,
 `F.scaled_dot_product_attention`.
 
-Long context: the encoder is causal over patches (`causal_encoder`, the default), and the patch
-grid ends where the source ends (a short source is padded with PAD on the left). A patch's state
-then depends only on the bytes up to its end, so one encoder pass over a long chunk of a file
-serves a decoder window at every patch boundary inside it: `forward_windows` scores many
-windows of one chunk, each cross-attending only to the patches before its start, and gives the
-same logits as encoding each window's own context alone (what generation does). That is what
-makes a 16 KiB context affordable in training: every byte of a chunk is a target of one window,
-and the encoder pays 1/P positions per target byte instead of a pass per window.
+Long context: with `causal_encoder` the encoder is causal over patches, and the patch grid ends
+where the source ends (`collate` and `pad_batch` pad sources on the left, and `encode` pads a
+causal source on the left to whole patches). A patch's state then depends only on the bytes up
+to its end, so one encoder pass over a long chunk of a file serves a decoder window at every
+patch boundary inside it: `forward_windows` scores many windows of one chunk, each
+cross-attending only to the patches before its start, and gives the same logits as encoding each
+window's own context alone (what generation does). That is what makes a 16 KiB context
+affordable in training: every byte of a chunk is a target of one window, and the encoder pays
+1/P positions per target byte instead of a pass per window.
 
 The model holds no mutable state: `encode` returns the cross-attention K/V of every decoder layer
 once per input, and `decode_step` takes and returns the self-attention KV cache explicitly, so the

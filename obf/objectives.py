@@ -44,10 +44,6 @@ class Batch:
     tasks: list[str]
     indices: list[int]
 
-    @property
-    def window_modalities(self) -> list[str]:
-        return [self.modalities[r] for r in self.rows]
-
 
 def _random_segmentation(rng: np.random.Generator, total: int, parts: int) -> np.ndarray:
     """`parts` positive ints summing to `total` (total >= parts), uniformly at random."""
