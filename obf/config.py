@@ -91,7 +91,7 @@ class ModelConfig:
     vocab_size: int = VOCAB_SIZE
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
-    causal_encoder: bool = True  # patch i sees patches <= i (long-context training; see obf.model)
+    causal_encoder: bool = False  # True: patch i sees patches <= i, for long-context training (obf.model)
     preset: str = ""  # the preset this config started from, for humans
 
     def __post_init__(self) -> None:
@@ -126,8 +126,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        """From a saved config; one saved before `causal_encoder` existed had a bidirectional encoder."""
-        return _build(cls, "model", {"causal_encoder": False, **d})
+        return _build(cls, "model", d)
 
 
 def _default_task_weights() -> dict[str, float]:

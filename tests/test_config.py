@@ -67,9 +67,11 @@ def test_missing_params_file_is_an_error(tmp_path):
 
 def test_model_config_round_trip():
     c = ModelConfig.from_preset("small", patch_size=4)
-    assert ModelConfig.from_dict(c.to_dict()) == c and c.causal_encoder
+    assert ModelConfig.from_dict(c.to_dict()) == c and not c.causal_encoder
     old = {k: v for k, v in c.to_dict().items() if k != "causal_encoder"}  # saved before the key existed
     assert ModelConfig.from_dict(old).causal_encoder is False  # such a model's encoder was bidirectional
+    long = ModelConfig.from_preset("small", causal_encoder=True, max_src_len=16384)
+    assert ModelConfig.from_dict(long.to_dict()) == long
 
 
 def test_a_models_recorded_ingest_settings_that_do_not_parse_are_an_error():

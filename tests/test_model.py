@@ -115,8 +115,8 @@ def test_long_context_windows_see_exactly_their_own_context(p):
     from obf.objectives import Example, collate, continue_chunk
 
     torch.manual_seed(0)
-    m = unequal_gains(OmniByteFormer(ModelConfig.from_preset("tiny", patch_size=p, max_src_len=1024,
-                                                            max_tgt_len=32)).eval())
+    m = unequal_gains(OmniByteFormer(ModelConfig.from_preset("tiny", patch_size=p, max_src_len=1024, max_tgt_len=32,
+                                                            causal_encoder=True)).eval())
     data = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8)
     exs = [continue_chunk(data, 900, "binary", 1024, 32, 8, 0),  # context cut to fit 1,024 ids
            continue_chunk(data, 5, "binary", 1024, 32, 3, 1),

@@ -489,8 +489,8 @@ def test_long_context_export_parity_scoring_and_generation(exported, tmp_path):
     from obf.evaluate import group_size, whole_file_bits
 
     root, _, _ = exported
-    params = load_params(None, [*TINY, "model.max_src_len=16384", "model.patch_size=16", "train.windows=4",
-                                "train.batch_size=2", "train.steps=4"])
+    params = load_params(None, [*TINY, "model.causal_encoder=true", "model.max_src_len=16384", "model.patch_size=16",
+                                "train.windows=4", "train.batch_size=2", "train.steps=4"])
     train(root / "ds", tmp_path / "model", params, progress=False)
     elf = (RAW / "binary/_json.so").read_bytes()  # 210 KB: the parity source is a whole 16 KiB
     info = export(tmp_path / "model", tmp_path / "onnx", params.export, real=[(elf, "binary")], progress=False)

@@ -326,7 +326,8 @@ def test_long_steps_come_every_long_every_steps_with_the_whole_context(dataset):
     Each batch is a pure function of (step, rank)."""
     from obf.train import Dist, step_batch
 
-    p = load_params(None, ["model.preset=tiny", "model.patch_size=4", "model.max_src_len=2048", "model.max_tgt_len=32",
+    p = load_params(None, ["model.preset=tiny", "model.causal_encoder=true", "model.patch_size=4",
+                           "model.max_src_len=2048", "model.max_tgt_len=32",
                            "train.src_len=128", "train.windows=2", "train.batch_size=4", "train.long_every=3",
                            "train.long_windows=8", "train.task_weights={continue: 1.0}"])
     t, m = p.train, p.model
