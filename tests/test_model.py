@@ -83,19 +83,21 @@ def test_training_attention_equals_sdpa():
                                F.scaled_dot_product_attention(q, k, v, attn_mask=bottom_right))
 
 
+@pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("p", PATCHES)
-def test_padding_does_not_change_unpadded_rows(p):
-    m = tiny(p)
-    short = [encoder_input("text", "continue", bytes(range(40, 40 + 21)), 256)]
-    long_ = [encoder_input("image", "continue", bytes(range(100)), 256)]
+def test_padding_does_not_change_unpadded_rows(p, causal):
+    """A row batched with longer ones (left-padded to whole patches, as `pad_batch` and `collate`
+    pad) scores as it does alone: padding patches are masked and positions are relative."""
+    from obf.sampling import pad_batch
+
+    m = tiny(p, causal_encoder=causal)
+    short = encoder_input("text", "continue", bytes(range(40, 40 + 21)), 256)
+    long_ = encoder_input("image", "continue", bytes(range(100)), 256)
     dec = shift_right(rand_ids(1, 9))
-    alone = m(torch.tensor(short), dec)
-    padded = torch.full((2, 102), PAD)  # left-padded, as `pad_batch` and `collate` pad
-    padded[0, -23:] = torch.tensor(short[0])
-    padded[1, :102] = torch.tensor(long_[0])
-    together = m(padded, dec.repeat(2, 1))
-    torch.testing.assert_close(together[0], alone[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(together[1], m(torch.tensor(long_), dec)[0], atol=1e-5, rtol=1e-5)
+    together = m(torch.from_numpy(pad_batch([short, long_], p)), dec.repeat(2, 1))
+    for row, ids in enumerate((short, long_)):
+        alone = m(torch.from_numpy(pad_batch([ids], p)), dec)
+        torch.testing.assert_close(together[row], alone[0], atol=1e-5, rtol=1e-5)
 
 
 def unequal_gains(m: OmniByteFormer) -> OmniByteFormer:
