@@ -58,3 +58,30 @@ def train_flops_per_step(cfg, batch: int, src_len: int, tgt_len: int) -> float:
     head = 2 * d * cfg.vocab_size
     fwd = batch * sp * (cfg.encoder_layers * enc_block + cross_kv) + batch * tgt_len * (cfg.decoder_layers * dec_block + head)
     return 3.0 * fwd
+
+
+def score_held_out(model: str, files: dict[str, bytes]) -> list[dict[str, Any]]:
+    """Whole-file bits per byte of `model` (a model or ONNX dir) on files made by a benchmark,
+    beside the best compressor of each: one row per file, `obf evaluate --per-file` on a temp
+    folder with params.yaml's settings (samples and denoise scoring kept minimal)."""
+    import tempfile
+
+    from obf.config import load_params
+    from obf.evaluate import compressed_sizes, evaluate
+
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        held = Path(tmp) / "held"
+        held.mkdir()
+        for name, data in files.items():
+            (held / name).write_bytes(data)
+        params = load_params(root / "params.yaml", ["evaluate.sample_bytes=16", "evaluate.denoise_windows=0"])
+        m = evaluate(model, str(held), Path(tmp) / "eval" / "metrics.json", params, per_file=True, progress=False)
+    rows = []
+    for f in m["files"]:
+        data = files[f["path"]]
+        sizes = compressed_sizes(data)
+        best = min((k for k in sizes if k != "best"), key=lambda k: sizes[k])
+        rows.append({"file": f["path"], "modality": f["modality"], "bytes": f["bytes"], "model_bpb": f["bpb"],
+                     "xz_bpb": 8 * sizes["xz"] / len(data), "best_bpb": 8 * sizes["best"] / len(data), "best": best})
+    return rows

@@ -19,14 +19,13 @@ import io
 import lzma
 import struct
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import save  # noqa: E402
+from benchmarks._common import save, score_held_out  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,28 +61,10 @@ def main() -> int:
     ap.add_argument("model", help="model dir (obf train) or ONNX dir (obf export)")
     args = ap.parse_args()
 
-    from obf.config import load_params
-    from obf.evaluate import evaluate
-
-    files = unpredictable_files()
-    with tempfile.TemporaryDirectory() as tmp:
-        held = Path(tmp) / "held"
-        held.mkdir()
-        for name, data in files.items():
-            (held / name).write_bytes(data)
-        params = load_params(ROOT / "params.yaml", ["evaluate.sample_bytes=16", "evaluate.denoise_windows=0"])
-        m = evaluate(args.model, str(held), Path(tmp) / "eval" / "metrics.json", params, per_file=True, progress=False)
-    from obf.evaluate import compressed_sizes
-
-    rows = []
+    rows = score_held_out(args.model, unpredictable_files())
     print(f"{'file':<12} {'bytes':>7} {'model bpb':>10} {'best bpb':>9}  best compressor")
-    for f in m["files"]:
-        sizes = compressed_sizes(files[f["path"]])
-        best = min((k for k in sizes if k != "best"), key=lambda k: sizes[k])
-        row = {"file": f["path"], "bytes": f["bytes"], "model_bpb": f["bpb"],
-               "best_bpb": 8 * sizes["best"] / f["bytes"], "best": best}
-        rows.append(row)
-        print(f"{row['file']:<12} {row['bytes']:>7} {row['model_bpb']:>10.3f} {row['best_bpb']:>9.3f}  {best}")
+    for row in rows:
+        print(f"{row['file']:<12} {row['bytes']:>7} {row['model_bpb']:>10.3f} {row['best_bpb']:>9.3f}  {row['best']}")
     inside = sum(7.9 <= r["model_bpb"] <= 8.05 for r in rows)
     print(f"{inside} of {len(rows)} files within 7.9-8.05 bpb")
     save("calibration", {"model": args.model, "files": rows, "within_7_9_to_8_05": inside})

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import save  # noqa: E402
+from benchmarks._common import save, score_held_out  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 W = H = 32  # the canonical video size of params.yaml (ingest.video_width / video_height)
@@ -84,28 +83,11 @@ def main() -> int:
     ap.add_argument("model", help="model dir (obf train) or ONNX dir (obf export)")
     args = ap.parse_args()
 
-    from obf.config import load_params
-    from obf.evaluate import compressed_sizes, evaluate
-
-    files = repeating_files()
-    with tempfile.TemporaryDirectory() as tmp:
-        held = Path(tmp) / "held"
-        held.mkdir()
-        for name, data in files.items():
-            (held / name).write_bytes(data)
-        params = load_params(ROOT / "params.yaml", ["evaluate.sample_bytes=16", "evaluate.denoise_windows=0"])
-        m = evaluate(args.model, str(held), Path(tmp) / "eval" / "metrics.json", params, per_file=True, progress=False)
-    rows = []
+    rows = score_held_out(args.model, repeating_files())
     print(f"{'file':<12} {'modality':<8} {'bytes':>7} {'model bpb':>10} {'xz bpb':>7} {'best bpb':>9}  best compressor")
-    for f in m["files"]:
-        sizes = compressed_sizes(files[f["path"]])
-        best = min((k for k in sizes if k != "best"), key=lambda k: sizes[k])
-        n = len(files[f["path"]])
-        row = {"file": f["path"], "modality": f["modality"], "bytes": f["bytes"], "model_bpb": f["bpb"],
-               "xz_bpb": 8 * sizes["xz"] / n, "best_bpb": 8 * sizes["best"] / n, "best": best}
-        rows.append(row)
+    for row in rows:
         print(f"{row['file']:<12} {row['modality']:<8} {row['bytes']:>7} {row['model_bpb']:>10.3f} "
-              f"{row['xz_bpb']:>7.3f} {row['best_bpb']:>9.3f}  {best}")
+              f"{row['xz_bpb']:>7.3f} {row['best_bpb']:>9.3f}  {row['best']}")
     save("repeats", {"model": args.model, "files": rows})
     return 0
 
