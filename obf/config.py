@@ -360,6 +360,11 @@ def params_from_dict(raw: dict[str, Any]) -> Params:
         _require(m.max_tgt_len % m.patch_size == 0, key,
                  f"more than one window per example needs model.max_tgt_len ({m.max_tgt_len}) to be a multiple "
                  f"of model.patch_size ({m.patch_size})")
+    fits = (("train.windows", t.windows, t.src_len or m.max_src_len),
+            ("train.long_windows", t.long_windows if t.long_every else 1, m.max_src_len))
+    for key, n, ctx in fits:  # a chunk's earlier windows start inside its source (windows_example)
+        _require((n - 1) * m.max_tgt_len <= ctx - 2, key, f"{n} windows of model.max_tgt_len {m.max_tgt_len} "
+                 f"bytes do not fit a context of {ctx} bytes")
     return params
 
 

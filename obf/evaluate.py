@@ -36,11 +36,11 @@ from obf import storage
 from obf.config import EvaluateConfig, IngestConfig, Params
 from obf.dataset import Dataset, DataError
 from obf.ingest import ingest
-from obf.objectives import Example, collate, span_corrupt, window_targets
+from obf.objectives import Example, collate, span_corrupt, windows_example
 from obf.formats import opens, to_file
 from obf.metrics import LN2, log_probs_of
 from obf.sampling import SamplingOptions, generate
-from obf.vocab import MODALITIES, N_BYTES, encoder_input, modality_id, task_id
+from obf.vocab import MODALITIES, N_BYTES, modality_id, task_id
 
 
 
@@ -100,15 +100,9 @@ def file_windows(data: np.ndarray | bytes, modality: str, max_src_len: int, max_
         s = end + stride - w
         starts.append((s, w - stride))
         end = s + w
-    out = []
-    for g in range(0, len(starts), group):
-        part = starts[g:g + group]
-        last = part[-1][0]
-        src = encoder_input(modality, "continue", bytes(data[max(0, last - (max_src_len - 2)):last]), max_src_len)
-        earlier = tuple((len(src) - (last - s), window_targets(data, s, w)) for s, _ in part[:-1])
-        out.append((Example(src, window_targets(data, last, w), "continue", modality, 0, earlier),
-                    [first for _, first in part]))
-    return out
+    parts = [starts[g:g + group] for g in range(0, len(starts), group)]
+    return [(windows_example(data, [s for s, _ in part], modality, max_src_len, w), [first for _, first in part])
+            for part in parts]
 
 
 def group_size(backend: Any, stride: int) -> int:
@@ -159,7 +153,7 @@ def whole_file_bits(backend: Any, files: list[tuple[np.ndarray, str]], batch_siz
 
 def denoise_scores(backend: Any, files: list[tuple[np.ndarray, str]], cfg: EvaluateConfig) -> tuple[float, float, int]:
     """(accuracy, bits per masked byte, masked bytes) of teacher-forced span restoration."""
-    from obf.objectives import Example, denoise_window_len
+    from obf.objectives import denoise_window_len
 
     rng = np.random.default_rng(cfg.seed)
     win = min(backend.max_src_len - 2, denoise_window_len(backend.max_tgt_len, cfg.noise_density, cfg.mean_span))

@@ -189,30 +189,35 @@ def window_targets(data: np.ndarray | bytes, start: int, max_tgt_len: int) -> li
     return chunk
 
 
+def windows_example(data: np.ndarray | bytes, starts: list[int], modality: str, max_src_len: int,
+                    max_tgt_len: int, index: int = 0) -> Example:
+    """`continue` windows of `data` at ascending `starts` over one source: the bytes before the
+    last start, at most `max_src_len` ids with the tags, so the last window sees what generation
+    would give it and each earlier one the same bytes up to its own start. Earlier windows must
+    start inside that source (last - first <= max_src_len - 2); with a causal encoder one pass
+    serves them all (`forward_windows`)."""
+    last = starts[-1]
+    if last - starts[0] > max_src_len - 2:
+        raise ValueError(f"windows from {starts[0]} to {last} do not fit one source of {max_src_len} ids")
+    src = encoder_input(modality, "continue", bytes(data[max(0, last - (max_src_len - 2)):last]), max_src_len)
+    earlier = tuple((len(src) - (last - s), window_targets(data, s, max_tgt_len)) for s in starts[:-1])
+    return Example(src, window_targets(data, last, max_tgt_len), "continue", modality, index, earlier)
+
+
 def continue_example(data: np.ndarray, start: int, modality: str, max_src_len: int, max_tgt_len: int,
                      index: int = 0) -> Example:
     """The `continue` objective: encoder sees the bytes before `start`, decoder predicts from `start`."""
-    ctx = bytes(data[max(0, start - (max_src_len - 2)):start])
-    return Example(encoder_input(modality, "continue", ctx, max_src_len),
-                   window_targets(data, start, max_tgt_len), "continue", modality, index)
+    return windows_example(data, [start], modality, max_src_len, max_tgt_len, index)
 
 
 def continue_chunk(data: np.ndarray, start: int, modality: str, max_src_len: int, max_tgt_len: int,
                    windows: int, index: int = 0) -> Example:
     """`continue` over up to `windows` consecutive decoder windows from `start` (fewer where the
-    file ends), for one causal encoder pass: the source holds the context and every window but
-    the last, and is at most `max_src_len` ids, so each window sees at most the context that
-    generation gives it, and the last window all of it."""
-    n, w = len(data), max_tgt_len
+    file ends), for one causal encoder pass (`windows_example`)."""
     starts = [start]
-    while len(starts) < windows and starts[-1] + w <= n:  # the next window still has a byte or EOS
-        starts.append(starts[-1] + w)
-    last = starts[-1]
-    first_ctx = max(0, start - max(0, max_src_len - 2 - (last - start)))
-    src = encoder_input(modality, "continue", bytes(data[first_ctx:last]), max_src_len)
-    offset = len(src) - (last - start)  # source ids before the first window
-    earlier = tuple((offset + s - start, window_targets(data, s, w)) for s in starts[:-1])
-    return Example(src, window_targets(data, last, w), "continue", modality, index, earlier)
+    while len(starts) < windows and starts[-1] + max_tgt_len <= len(data):  # the next still has a byte or EOS
+        starts.append(starts[-1] + max_tgt_len)
+    return windows_example(data, starts, modality, max_src_len, max_tgt_len, index)
 
 
 def collate(examples: list[Example], multiple: int = 8) -> Batch:

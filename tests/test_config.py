@@ -39,6 +39,9 @@ def test_a_missing_default_params_file_is_an_error_not_the_built_ins(tmp_path, m
         ({"model": {"patch_size": 16, "max_tgt_len": 200}, "train": {"long_every": 8}}, "train.long_every"),
         ({"model": {"max_src_len": 1024}, "train": {"src_len": 2048}}, "train.src_len"),
         ({"model": {"patch_size": 8}, "train": {"src_len": 500}}, "train.src_len"),
+        ({"model": {"causal_encoder": True}, "train": {"windows": 4, "src_len": 512}}, "train.windows"),
+        ({"model": {"causal_encoder": True, "max_src_len": 1024}, "train": {"long_every": 4, "long_windows": 8}},
+         "train.long_windows"),
     ],
 )
 def test_bad_params_name_the_key(raw, key):
