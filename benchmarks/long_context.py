@@ -54,8 +54,7 @@ class Runner:
         from obf.dataset import Dataset
         from obf.devices import resolve_device, use_bf16
         from obf.model import OmniByteFormer
-        from obf.objectives import ExampleSampler
-        from obf.train import make_optimizer
+        from obf.train import make_optimizer, training_samplers
 
         self.params = p = load_params(ROOT / "params.yaml", sets)
         t, m = p.train, p.model
@@ -64,13 +63,7 @@ class Runner:
         torch.manual_seed(0)
         self.model = OmniByteFormer(m).to(self.device).train()
         self.opt = make_optimizer(self.model, t, self.device)
-        ds = Dataset(data)
-        kw = dict(max_tgt_len=m.max_tgt_len, balance_modalities=t.balance_modalities,
-                  modality_weights=t.modality_weights, noise_density=t.noise_density, mean_span=t.mean_span)
-        self.short = ExampleSampler(ds, "train", max_src_len=t.src_len or m.max_src_len, task_weights=t.task_weights,
-                                    seed=t.seed, random_bytes_weight=t.random_bytes_weight, windows=t.windows, **kw)
-        self.long = ExampleSampler(ds, "train", max_src_len=m.max_src_len, task_weights={"continue": 1.0},
-                                   seed=t.seed + 1, windows=t.long_windows, **kw)
+        self.short, self.long = training_samplers(Dataset(data), p)
         self.bytes = 0
         self.seconds = 0.0
         self.steps = 0  # also the step index: long steps come where `obf train` has them

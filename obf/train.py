@@ -183,6 +183,20 @@ class _Budget:
         return share
 
 
+def training_samplers(ds: Dataset, params: Params) -> tuple[ExampleSampler, ExampleSampler]:
+    """The samplers of ordinary steps (every objective, `train.src_len` context, `train.windows`
+    per continue example) and of long steps (one `continue` chunk of `train.long_windows` at the
+    model's whole context; see `step_batch`), over the train split."""
+    t, m = params.train, params.model
+    kw = dict(max_tgt_len=m.max_tgt_len, balance_modalities=t.balance_modalities, modality_weights=t.modality_weights,
+              noise_density=t.noise_density, mean_span=t.mean_span)
+    short = ExampleSampler(ds, "train", max_src_len=t.src_len or m.max_src_len, task_weights=t.task_weights,
+                           seed=t.seed, random_bytes_weight=t.random_bytes_weight, windows=t.windows, **kw)
+    long = ExampleSampler(ds, "train", max_src_len=m.max_src_len, task_weights={"continue": 1.0}, seed=t.seed + 1,
+                          windows=t.long_windows, **kw)
+    return short, long
+
+
 def is_long_step(step: int, cfg: TrainConfig) -> bool:
     """Every `long_every`-th step (the last of each group of that many) is a long step."""
     return cfg.long_every > 0 and step % cfg.long_every == cfg.long_every - 1
@@ -215,17 +229,13 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
     ds = Dataset(data_dir)
     if ds.manifest.get("files", 0) == 0 or not ds.records:
         raise DataError(f"{data_dir}: the dataset holds no file; nothing to train on")
+    train_sampler, long_sampler = training_samplers(ds, params)
     sampler_kw = dict(max_src_len=tcfg.src_len or mcfg.max_src_len, max_tgt_len=mcfg.max_tgt_len,
-                      balance_modalities=tcfg.balance_modalities, modality_weights=tcfg.modality_weights,
-                      noise_density=tcfg.noise_density, mean_span=tcfg.mean_span)
-    train_sampler = ExampleSampler(ds, "train", task_weights=tcfg.task_weights, seed=tcfg.seed,
-                                   random_bytes_weight=tcfg.random_bytes_weight, windows=tcfg.windows, **sampler_kw)
-    # Long steps: one `continue` chunk at the model's whole context (see `step_batch`).
-    long_sampler = ExampleSampler(ds, "train", task_weights={"continue": 1.0}, seed=tcfg.seed + 1,
-                                  windows=tcfg.long_windows, **{**sampler_kw, "max_src_len": mcfg.max_src_len})
+                      balance_modalities=tcfg.balance_modalities, noise_density=tcfg.noise_density,
+                      mean_span=tcfg.mean_span)
     try:
         val_sampler: ExampleSampler | None = ExampleSampler(
-            ds, "val", task_weights={"continue": 1.0}, seed=tcfg.seed, **{**sampler_kw, "modality_weights": {}})
+            ds, "val", task_weights={"continue": 1.0}, seed=tcfg.seed, modality_weights={}, **sampler_kw)
     except DataError:
         val_sampler = None
     state = load_train_state(model_dir) if resume else None
