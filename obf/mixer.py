@@ -1,0 +1,140 @@
+"""The mixer: the network's logits plus two hints from the file itself, as the model serves.
+
+`logits' = logits + w_match · onehot(match hint) + K · (bytes around the stride hint)`:
+the match model (`obf.match`) names the byte that followed the last copy of the current context
+anywhere earlier in the file; the stride hint (`obf.stride`) is the byte one row, sample frame
+or frame back in a media file. Both biases are fitted after training on training files
+(`fit_mixer`: the match table first, then the kernel on top of it) and saved in the checkpoint's
+config.json and the export's obf.json under `"mixer"`. Evaluation (`whole_file_bits`) and
+sampling (`obf.sampling.generate`) apply the same mixer on torch and ONNX Runtime, so the
+distribution that is sampled is the one that is scored. A model without a mixer (trained with
+`train.mixer_fit_bytes=0`, or by an obf before it) is the network alone.
+
+Numpy only: the serving side imports it without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from obf.match import MatchModel, MatchTable, fit_table, log_softmax_at, match_hints
+from obf.stride import OFFSETS, StrideKernel, fit_kernel, stride_hints, stride_of, window
+from obf.vocab import N_BYTES
+
+
+class Hints(NamedTuple):
+    """Per position: the match model's byte (-1: none) and match length, the stride hint (-1: none)."""
+
+    match: np.ndarray
+    length: np.ndarray
+    stride: np.ndarray
+
+
+def file_hints(data: bytes | np.ndarray, modality: str) -> Hints:
+    """Hints for every position 0..n of a file (n: where EOS is the target), each (n+1,)."""
+    h, ln = match_hints(data)
+    return Hints(h, ln, stride_hints(data, modality))
+
+
+class RowHints:
+    """The hints of one generated row, kept up to date byte by byte: the bytes its file holds so
+    far (a `continue` context and what the row made; a `paired` target's own bytes)."""
+
+    def __init__(self, context: bytes, modality: str) -> None:
+        self.match = MatchModel(context)
+        self.stride = stride_of(context, modality)
+
+    def predict(self) -> tuple[int, int, int]:
+        h, ln = self.match.predict()
+        s = -1
+        n = len(self.match.buf)
+        if self.stride is not None and n >= sum(self.stride):
+            s = self.match.buf[n - self.stride[1]]
+        return h, ln, s
+
+    def update(self, byte: int) -> None:
+        self.match.update(byte)
+
+
+@dataclass(frozen=True)
+class Mixer:
+    match: MatchTable
+    stride: StrideKernel
+
+    def apply(self, logits: np.ndarray, hints: Hints, modality_ids: np.ndarray) -> np.ndarray:
+        """Logits (..., V) mixed with hints whose arrays have the leading shape (...);
+        modality_ids broadcasts to it."""
+        out = self.match.apply(logits, hints.match, hints.length, modality_ids)
+        return self.stride.apply(out, hints.stride, modality_ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"match": self.match.to_dict(), "stride": self.stride.to_dict()}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Mixer":
+        return Mixer(MatchTable.from_dict(d["match"]), StrideKernel.from_dict(d["stride"]))
+
+
+def mixer_of(backend: Any) -> Mixer | None:
+    """The mixer a loaded model carries (checkpoint or export config), or None."""
+    meta = getattr(backend, "meta", None) or {}
+    return Mixer.from_dict(meta["mixer"]) if meta.get("mixer") else None
+
+
+@dataclass
+class MixerStats:
+    """What `fit_mixer` needs, gathered position by position from the network's logits."""
+
+    parts: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def _put(self, **arrays: np.ndarray) -> None:
+        for k, v in arrays.items():
+            self.parts.setdefault(k, []).append(v)
+
+    def add(self, logits: np.ndarray, targets: np.ndarray, hints: Hints, modality_ids: np.ndarray) -> None:
+        """logits (..., V) of positions whose targets and hints have the leading shape (...);
+        a hint of -1 leaves the position out of that hint's fit."""
+        mods = np.broadcast_to(modality_ids, targets.shape)
+        at = np.nonzero(hints.match >= 0)
+        h = hints.match[at]
+        self._put(m_mod=mods[at], m_len=hints.length[at], m_p=np.exp(log_softmax_at(logits[at], h)),
+                  m_hit=(targets[at] == h).astype(np.float64))
+        at = np.nonzero(hints.stride >= 0)
+        rows, s = logits[at].astype(np.float64), hints.stride[at]
+        lse = np.logaddexp.reduce(rows, axis=-1)[:, None]
+        win, _ = window(rows, s)
+        mh = hints.match[at]
+        came = targets[at] - s
+        self._put(s_mod=mods[at], s_win=win - lse,  # (K, 2R+1) log-probabilities around the hint
+                  s_came=np.where((np.abs(came) <= OFFSETS[-1]) & (targets[at] < N_BYTES), came + OFFSETS[-1], -1),
+                  s_hint=s, s_match=mh,
+                  s_mlen=hints.length[at],
+                  s_mp=np.where(mh >= 0, np.exp(log_softmax_at(rows, np.maximum(mh, 0))), 0.0))
+
+    def get(self, key: str, empty: np.ndarray) -> np.ndarray:
+        return np.concatenate(self.parts[key]) if self.parts.get(key) else empty
+
+
+def fit_mixer(stats: MixerStats) -> Mixer:
+    """The match table on the network's logits, then the stride kernel on the network's logits
+    with the fitted match bias applied: each position's window probabilities renormalised by
+    the match bias it gets (exactly what `Mixer.apply` does before the kernel)."""
+    f, i = np.zeros(0), np.zeros(0, dtype=np.int64)
+    table = fit_table(stats.get("m_mod", i), stats.get("m_len", i), stats.get("m_p", f), stats.get("m_hit", f))
+    mod = stats.get("s_mod", i)
+    if not len(mod):
+        return Mixer(table, StrideKernel.zeros())
+    win, mh = stats.get("s_win", np.zeros((0, len(OFFSETS)))), stats.get("s_match", i)
+    mp = stats.get("s_mp", f)
+    has = mh >= 0
+    at = mh - stats.get("s_hint", i) + OFFSETS[-1]  # the match hint's index in the window
+    w = np.zeros(len(mod))
+    cells = MatchTable.cells(mod[has], stats.get("s_mlen", i)[has], mp[has])
+    w[has] = table.weights[cells]
+    win = win - np.log1p(np.expm1(w) * mp)[:, None]  # the match bias's normaliser
+    inside = np.flatnonzero(has & (at >= 0) & (at < len(OFFSETS)))
+    win[inside, at[inside]] += w[inside]
+    return Mixer(table, fit_kernel(mod, win, stats.get("s_came", i)))
