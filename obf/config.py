@@ -161,6 +161,7 @@ class TrainConfig:
     src_len: int = 0  # encoder context of ordinary steps in bytes (0 = model.max_src_len)
     long_every: int = 0  # every Nth step is a long step: one chunk at the full model.max_src_len (0 = none)
     long_windows: int = 16  # decoder windows of a long step's chunk
+    mixer_fit_bytes: int = 65536  # training bytes per modality the mixer (obf.mixer) is fitted on (0 = none)
     eval_every: int = 200
     eval_batches: int = 4
     checkpoint_every: int = 200
@@ -190,6 +191,7 @@ class TrainConfig:
         _require(self.src_len >= 0, f"{s}.src_len", "must not be negative")
         _require(self.long_every >= 0, f"{s}.long_every", "must not be negative")
         _require(self.long_windows >= 1, f"{s}.long_windows", "must be at least 1")
+        _require(self.mixer_fit_bytes >= 0, f"{s}.mixer_fit_bytes", "must not be negative")
         _require(self.eval_every >= 1, f"{s}.eval_every", "must be at least 1")
         _require(self.eval_batches >= 1, f"{s}.eval_batches", "must be at least 1")
         _require(self.checkpoint_every >= 1, f"{s}.checkpoint_every", "must be at least 1")

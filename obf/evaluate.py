@@ -4,7 +4,9 @@
 Bits per byte: every byte of every file is predicted from earlier bytes of that file only, with
 the `continue` objective window after window (the first window from an empty context; windows
 overlap by `evaluate.stride` so that every scored byte has decoder context, each byte scored
-once), the end-of-file marker counted, summed in bits and divided by the file's bytes. Baselines compress
+once), the end-of-file marker counted, summed in bits and divided by the file's bytes. `bpb` is
+the model as it serves: the network with its match model (`obf.match`) when it carries one;
+`network_bpb` is the network alone. Baselines compress
 the same (stored, canonical) bytes with gzip -9, bz2 -9, xz -9e and zstd -19, and as raw streams
 without containers (deflate, LZMA2, zstd without checksum); `best` is the smallest of all per
 file, and it is what the model is compared with.
@@ -36,7 +38,8 @@ from obf import storage
 from obf.config import EvaluateConfig, IngestConfig, Params
 from obf.dataset import Dataset, DataError
 from obf.ingest import ingest
-from obf.objectives import Example, collate, span_corrupt, windows_example
+from obf.objectives import Example, collate, span_corrupt
+from obf.scoring import whole_file_bits
 from obf.formats import opens, to_file
 from obf.metrics import LN2, log_probs_of
 from obf.sampling import SamplingOptions, generate
@@ -75,80 +78,6 @@ def compressed_sizes(data: bytes) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- scoring
-
-
-def file_windows(data: np.ndarray | bytes, modality: str, max_src_len: int, max_tgt_len: int,
-                 stride: int, group: int = 1) -> list[tuple[Example, list[int]]]:
-    """Examples whose scored targets cover the file and its EOS once, each with the first scored
-    target of each of its windows (in `collate`'s order: earlier windows, then the last).
-
-    Window k starts at byte s_k and predicts targets s_k .. s_k + W - 1 (W = max_tgt_len) from the
-    bytes before s_k (encoder) and before each target (decoder). With stride < W, windows overlap
-    and only the last `stride` targets of a window are scored, so every scored byte has at least
-    W - stride bytes of decoder context: the usual sliding-window evaluation. stride = W gives
-    non-overlapping windows.
-
-    `group` > 1 (a causal encoder; stride a multiple of the patch size) puts up to `group`
-    consecutive windows on one encoder pass: the source ends at the last window's start and
-    holds `max_src_len` ids at most, so each window sees the bytes before it back to where that
-    source begins. `group_size` keeps that within a quarter of the context.
-    """
-    n, w = len(data), max_tgt_len
-    starts = [(0, 0)]
-    end = w  # positions [0, end) are scored
-    while end <= n:  # the EOS at position n is not scored yet
-        s = end + stride - w
-        starts.append((s, w - stride))
-        end = s + w
-    parts = [starts[g:g + group] for g in range(0, len(starts), group)]
-    return [(windows_example(data, [s for s, _ in part], modality, max_src_len, w), [first for _, first in part])
-            for part in parts]
-
-
-def group_size(backend: Any, stride: int) -> int:
-    """Windows per encoder pass for `file_windows`: 1 unless the model's encoder is causal and the
-    stride keeps the windows on the patch grid; then as many as span a quarter of the context.
-    The torch and ONNX backends group alike, so a checkpoint and its export score the same."""
-    if not getattr(backend, "causal_encoder", False):
-        return 1
-    if stride % backend.patch_size:
-        return 1
-    return max(1, (backend.max_src_len - 2) // 4 // stride + 1)
-
-
-def whole_file_bits(backend: Any, files: list[tuple[np.ndarray, str]], batch_size: int, stride: int | None = None,
-                    progress: bool = False) -> list[float]:
-    """Total bits to code each (bytes, modality) file with the model. Windows of all files are
-    batched, `batch_size` windows at most per batch (an example with many windows is a batch)."""
-    from tqdm import tqdm
-
-    w = backend.max_tgt_len
-    stride = w // 2 if not stride else min(stride, w)
-    group = group_size(backend, stride)
-    work = []  # (file index, example, first scored target of each window)
-    for fi, (data, modality) in enumerate(files):
-        for ex, firsts in file_windows(data, modality, backend.max_src_len, w, stride, group):
-            work.append((fi, ex, firsts))
-    work.sort(key=lambda item: len(item[1].src))  # similar lengths together: less padding
-    batches, cur = [], []
-    for item in work:
-        if cur and sum(len(x[2]) for x in cur) + len(item[2]) > batch_size:
-            batches.append(cur)
-            cur = []
-        cur.append(item)
-    batches += [cur] if cur else []
-    bits = [0.0] * len(files)
-    for chunk in tqdm(batches, desc="bpb", unit="batch", disable=not progress, file=sys.stderr):
-        b = collate([ex for _, ex, _ in chunk], multiple=max(8, backend.patch_size))
-        if group > 1:
-            logits = backend.window_logits(b.src, b.dec, b.rows, b.visible)
-        else:
-            logits = backend.logits(b.src, b.dec)
-        lp = log_probs_of(logits, b.tgt)  # (N, T)
-        firsts = [(fi, first) for fi, _, fs in chunk for first in fs]  # in collate's window order
-        for (fi, first), row in zip(firsts, lp):
-            bits[fi] -= float(row[first:].sum()) / LN2
-    return bits
 
 
 def denoise_scores(backend: Any, files: list[tuple[np.ndarray, str]], cfg: EvaluateConfig) -> tuple[float, float, int]:
@@ -247,7 +176,8 @@ def evaluate(model_dir: str, data: str, out: str | Path, params: Params, *, per_
     with tempfile.TemporaryDirectory(prefix="obf-eval-") as tmp:
         # files given as a folder are canonicalised like the model's training data
         files, split = _files_of(data, cfg, ingest_config_of(backend), Path(tmp), progress)
-        bits = whole_file_bits(backend, [(f.data, f.modality) for f in files], cfg.batch_size, cfg.stride, progress)
+        scored = whole_file_bits(backend, [(f.data, f.modality) for f in files], cfg.batch_size, cfg.stride, progress)
+        bits, net = scored.model, scored.network
         sizes = [compressed_sizes(f.data.tobytes()) for f in files]
 
     per_mod: dict[str, dict[str, Any]] = {}
@@ -267,6 +197,7 @@ def evaluate(model_dir: str, data: str, out: str | Path, params: Params, *, per_
             base = {k: _ratio(8 * sum(sizes[i][k] for i in idx), nbytes) for k in sizes[idx[0]]}
             acc, dbpb, masked = denoise_scores(backend, [(files[i].data, m) for i in idx], cfg)
             per_mod[m] = {"files": len(idx), "bytes": nbytes, "bpb": _ratio(sum(bits[i] for i in idx), nbytes),
+                          "network_bpb": _ratio(sum(net[i] for i in idx), nbytes),
                           "baselines": base, "denoise_accuracy": acc, "denoise_bpb": dbpb, "denoise_masked_bytes": masked,
                           "sample": samples[m]}
         storage.mark_output_dir(tmp_samples, "evaluate")
@@ -277,6 +208,7 @@ def evaluate(model_dir: str, data: str, out: str | Path, params: Params, *, per_
     total_bytes = sum(len(f.data) for f in files)
     keys = list(sizes[0])
     overall = {"files": len(files), "bytes": total_bytes, "bpb": _ratio(sum(bits), total_bytes),
+               "network_bpb": _ratio(sum(net), total_bytes),
                "baselines": {k: _ratio(8 * sum(s[k] for s in sizes), total_bytes) for k in keys}}
     samples = list(samples.values())
     overall["samples_open_raw"] = _ratio(sum(s["opens_raw"] for s in samples), len(samples))
@@ -285,7 +217,8 @@ def evaluate(model_dir: str, data: str, out: str | Path, params: Params, *, per_
                                "modalities": per_mod, "overall": overall}
     if per_file:
         metrics["files"] = [{"path": f.path, "modality": f.modality, "bytes": len(f.data),
-                             "bpb": _ratio(bits[i], len(f.data))} for i, f in enumerate(files)]
+                             "bpb": _ratio(bits[i], len(f.data)), "network_bpb": _ratio(net[i], len(f.data))}
+                            for i, f in enumerate(files)]
     storage.write_bytes_atomic(str(out), (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
     storage.write_bytes_atomic(str(out.parent / "report.md"), render_report(metrics).encode())
     storage.write_bytes_atomic(str(out.parent / "bpb.csv"), render_csv(metrics).encode())
@@ -361,7 +294,12 @@ def _previews(m: str, sample: bytes, source: bytes, kept: int, ext: str, dest: P
 
 
 def _methods(metrics: dict[str, Any]) -> list[str]:
-    return ["model", *metrics["overall"]["baselines"]]
+    """`model` (as served), `network` (without the match model; older metrics lack it), baselines."""
+    return ["model", *(["network"] if "network_bpb" in metrics["overall"] else []), *metrics["overall"]["baselines"]]
+
+
+def _value(v: dict[str, Any], method: str) -> float:
+    return v["bpb"] if method == "model" else v["network_bpb"] if method == "network" else v["baselines"][method]
 
 
 def _rows(metrics: dict[str, Any]) -> Iterable[tuple[str, dict[str, Any]]]:
@@ -374,7 +312,7 @@ def render_table(metrics: dict[str, Any]) -> str:
     head = "| modality | files | bytes | " + " | ".join(f"{m} bpb" for m in methods) + " | denoise acc |"
     lines = [head, "|" + "---|" * (4 + len(methods))]
     for name, v in _rows(metrics):
-        vals = [v["bpb"], *(v["baselines"][k] for k in methods[1:])]
+        vals = [_value(v, k) for k in methods]
         best = min(vals)
         cells = [f"**{x:.3f}**" if x == best else f"{x:.3f}" for x in vals]
         acc = v.get("denoise_accuracy")
@@ -414,7 +352,8 @@ def render_sample(m: str, s: dict[str, Any]) -> list[str]:
 def render_report(metrics: dict[str, Any]) -> str:
     parts = [f"# Evaluation of `{metrics['model']}`", "",
              f"Data: `{metrics['data']}` (split: {metrics['split']}). Bits per byte over whole files; "
-             "lower is better, the best per row in bold.", "", render_table(metrics), "", "## Samples", "",
+             "lower is better, the best per row in bold. `model` is the model as it serves (network and match "
+             "model), `network` the network alone; `best` is the smallest compressor output per file.", "", render_table(metrics), "", "## Samples", "",
              "Each sample keeps the start of a real file and the model makes the rest: images, audio and video "
              "up to the size their header declares, text and binary until end of file or `evaluate.sample_bytes`.",
              ""]
@@ -429,6 +368,6 @@ def render_csv(metrics: dict[str, Any]) -> str:
     w = csv.writer(out, lineterminator="\n")
     w.writerow(["label", "modality", "method", "bpb"])
     for name, v in _rows(metrics):
-        for method, bpb in (("model", v["bpb"]), *v["baselines"].items()):
-            w.writerow([f"{name} / {method}", name, method, f"{bpb:.6f}"])
+        for method in _methods(metrics):
+            w.writerow([f"{name} / {method}", name, method, f"{_value(v, method):.6f}"])
     return out.getvalue()

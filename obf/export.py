@@ -175,7 +175,8 @@ def export(model_dir: str | Path, out_dir: str | Path, cfg: ExportConfig, *, rea
                                                                 "step": par["step"], "tolerance": cfg.max_abs_diff,
                                                                 "samples": len(real or [])},
                 "int8": int8, "fp16": fp16, "source": {"step": meta.get("step")},
-                "ingest": meta.get("ingest")}  # the canonical forms the model was trained on
+                "ingest": meta.get("ingest"),  # the canonical forms the model was trained on
+                "mixer": meta.get("mixer")}  # the hints mixed into the graphs' logits (obf.mixer)
         (tmp / META).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         storage.mark_output_dir(tmp, "export")
         storage.replace_dir(tmp, out)

@@ -34,8 +34,9 @@ from obf.dataset import Dataset, DataError
 from obf.objectives import Batch, ExampleSampler, collate, continue_example
 from obf.devices import resolve_device, use_bf16
 from obf.metrics import LN2
+from obf.mixer import Mixer, MixerStats, fit_mixer
 from obf.model import OmniByteFormer
-from obf.vocab import PAD
+from obf.vocab import MODALITIES, PAD
 
 
 
@@ -131,11 +132,13 @@ def validation_bpb(model: OmniByteFormer, sampler: ExampleSampler, cfg: TrainCon
 
 
 BUDGET_KEYS = ("steps", "minutes")  # what a resumed run may change: how long it trains
+AFTER_KEYS = ("mixer_fit_bytes",)  # used after the last step only: a resume may change them too
 
 
 def _resume_train_config(cfg: TrainConfig) -> dict[str, Any]:
-    """The train settings a resume must share with the checkpoint: all but the budget."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in BUDGET_KEYS}
+    """The train settings a resume must share with the checkpoint: all but the budget and what is
+    used only after the last step."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in BUDGET_KEYS + AFTER_KEYS}
 
 
 def _check_resume_state(state: dict[str, Any], model_cfg: ModelConfig, train_cfg: TrainConfig, world: int,
@@ -269,16 +272,21 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
         live = _open_live(live_dir if live_dir is not None else model_dir / "dvclive", resume=state is not None)
     log_f = open(f"{sample_log}.rank{d.rank}", "a") if sample_log else None
 
-    def checkpoint(step: int, val: dict[str, float] | None) -> None:
+    def checkpoint(step: int, val: dict[str, float] | None, final: bool = False) -> None:
         if not d.main:
             return
-        save_checkpoint(model_dir, model, mcfg, {
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": opt.state_dict(), "step": step, "torch_rng": torch.get_rng_state(),
-            "model_config": mcfg.to_dict(), "train_config": _resume_train_config(tcfg), "data_sha256": data_sha256,
-            "world_size": d.world, "seconds": clock.spent(),
-        }, step=step, extra={"val_bpb": val or {}, "ingest": ds.manifest.get("ingest")})
+        state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                 "optimizer": opt.state_dict(), "step": step, "torch_rng": torch.get_rng_state(),
+                 "model_config": mcfg.to_dict(), "train_config": _resume_train_config(tcfg), "data_sha256": data_sha256,
+                 "world_size": d.world, "seconds": clock.spent()}  # the mixer's fit below is not training time
+        t = time.perf_counter()
+        mixer = fit_model_mixer(model, ds, tcfg) if final else None
+        fit_seconds[0] += time.perf_counter() - t
+        save_checkpoint(model_dir, model, mcfg, state, step=step,
+                        extra={"val_bpb": val or {}, "ingest": ds.manifest.get("ingest"),
+                               **({"mixer": mixer.to_dict()} if mixer is not None else {})})
 
+    fit_seconds = [0.0]
     clock = _Budget(tcfg.minutes * 60, float(state.get("seconds", 0.0)) if state else 0.0, d, device)
     bar = tqdm(total=tcfg.steps, initial=start_step, desc="train", unit="step", disable=not (progress and d.main),
                file=sys.stderr, dynamic_ncols=True)
@@ -333,13 +341,13 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
             if live is not None:
                 live.next_step()
             if step % tcfg.checkpoint_every == 0 or final:
-                checkpoint(step, last_val)
+                checkpoint(step, last_val, final)
     finally:
         bar.close()
         if log_f:
             log_f.close()
-    elapsed = time.perf_counter() - t0
-    summary = {"steps": step, "start_step": start_step, "seconds": elapsed,
+    elapsed = time.perf_counter() - t0 - fit_seconds[0]  # training alone; the mixer's fit is reported beside it
+    summary = {"steps": step, "start_step": start_step, "seconds": elapsed, "mixer_fit_seconds": fit_seconds[0],
                "target_bytes_per_s": bytes_seen / max(elapsed, 1e-9), "final_loss_bpb": loss_value,
                "val_bpb": last_val or {}, "params": model.num_params(), "device": str(device),
                "precision": "bf16" if bf16 else "fp32", "world_size": d.world}
@@ -351,11 +359,36 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
         (model_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         if progress:
             vals = ", ".join(f"{m} {v:.3f}" for m, v in (last_val or {}).items())
-            print(f"train: {step} steps in {elapsed:.0f}s, {summary['target_bytes_per_s']:,.0f} target bytes/s on "
+            print(f"train: {step} steps in {elapsed:.0f}s (mixer fit {fit_seconds[0]:.0f}s), "
+                  f"{summary['target_bytes_per_s']:,.0f} target bytes/s on "
                   f"{device} ({summary['precision']}); val bpb: {vals or 'n/a'}", file=sys.stderr)
     if d.world > 1:
         dist.barrier()
     return summary
+
+
+def fit_model_mixer(model: OmniByteFormer, ds: Dataset, tcfg: TrainConfig) -> Mixer | None:
+    """Fit the mixer (`obf.mixer`) on up to `train.mixer_fit_bytes` bytes of training files per
+    modality (whole files, or their first 16 KiB, in key order), scored like evaluation by the
+    trained network. None when `mixer_fit_bytes` is 0: the model is the network alone."""
+    from obf.backends.torch import TorchBackend
+    from obf.scoring import whole_file_bits
+
+    if not tcfg.mixer_fit_bytes:
+        return None
+    files = []
+    for m in MODALITIES:
+        left = tcfg.mixer_fit_bytes
+        for r in ds.select(split="train"):
+            if r.modality == m and left > 0:
+                data = ds.file_bytes(r)[:min(16384, left)]
+                files.append((data, m))
+                left -= len(data)
+    stats = MixerStats()
+    was_training = model.training
+    whole_file_bits(TorchBackend(model, precision="fp32"), files, batch_size=32, fit=stats)
+    model.train(was_training)
+    return fit_mixer(stats)
 
 
 def _open_live(path: str | Path, *, resume: bool):

@@ -147,15 +147,16 @@ def test_bad_model_or_data_are_clear_errors(trained, tmp_path):
 @pytest.mark.parametrize("stride", [8, 4, 3, 1])
 @pytest.mark.parametrize("group", [1, 3])
 def test_windows_score_every_byte_and_eos_exactly_once(n, stride, group):
-    from obf.evaluate import file_windows
+    from obf.scoring import file_windows
 
     data = np.arange(n, dtype=np.uint8)
     scored = []
-    for ex, firsts in file_windows(data, "binary", 64, 8, stride, group):
-        assert len(firsts) == len(ex.earlier) + 1 <= group
-        for (start, tgt), first in zip((*ex.earlier, (len(ex.src), ex.tgt)), firsts):
+    for ex, windows in file_windows(data, "binary", 64, 8, stride, group):
+        assert len(windows) == len(ex.earlier) + 1 <= group
+        for (start, tgt), (at, first) in zip((*ex.earlier, (len(ex.src), ex.tgt)), windows):
             ctx = ex.src[2:start]  # what this window's encoder sees: the bytes right before it
             s = ctx[-1] + 1 if ctx else 0  # the bytes are their own offsets (n <= 256)
+            assert at == s  # the window's start in the file, as scoring maps targets to positions
             assert list(ctx) == list(range(s - len(ctx), s)) and len(ctx) >= min(s, 62 - (group - 1) * stride)
             assert list(tgt[:len(tgt) - (tgt[-1] == EOS)]) == list(range(s, min(n, s + 8)))
             scored.extend(s + j for j in range(first, len(tgt)))

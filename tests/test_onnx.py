@@ -415,6 +415,35 @@ def test_evaluate_checkpoint_and_onnx_give_the_same_bpb(exported, tmp_path):
     assert abs(a["overall"]["bpb"] - b["overall"]["bpb"]) < 1e-3
 
 
+def test_mixer_travels_with_the_model_and_copies_what_repeats(exported):
+    """Training fits the mixer into config.json, the export carries it, and both backends apply it
+    alike: a file that repeats a random block costs far less than the network alone says, the
+    same on torch and ONNX Runtime, and greedy generation after the block copies it."""
+    from obf.scoring import whole_file_bits
+    from obf.mixer import Mixer
+
+    root, _, _ = exported
+    saved = json.loads((root / "model" / "config.json").read_text())["mixer"]
+    assert json.loads((root / "onnx" / "obf.json").read_text())["mixer"] == saved
+    mixer = Mixer.from_dict(saved)
+    assert (mixer.match.weights[:, -1] > 1).any()  # long matches are trusted
+    assert (mixer.stride.weights != 0).any(axis=1).tolist() == [False, True, True, True, False]  # media only
+    tb, ob = load_torch(str(root / "model")), OnnxBackend(root / "onnx", provider="cpu")
+    block = np.random.default_rng(0).integers(0, 256, 700, dtype=np.uint8).tobytes()
+    files = [(np.frombuffer(block * 3, np.uint8), "binary")]
+    a, b = whole_file_bits(tb, files, 16), whole_file_bits(ob, files, 16)
+    assert abs(a.model[0] - b.model[0]) / 2101 < 1e-3 and abs(a.network[0] - b.network[0]) / 2101 < 1e-3
+    assert a.model[0] < 0.5 * a.network[0]  # the two copies cost next to nothing
+    tb.meta = {**tb.meta, "mixer": None}  # the network alone: model and network bits agree
+    alone = whole_file_bits(tb, files, 16)
+    assert alone.model == alone.network == pytest.approx(a.network)
+    opts = SamplingOptions(max_bytes=150, stop_at_eos=False)
+    ctx = [block + block[:20], block[:300]]
+    out = generate(ob, ctx, ["binary", "binary"], opts=opts)
+    assert out[0] == block[20:170]
+    assert out == generate(load_torch(str(root / "model")), ctx, ["binary", "binary"], opts=opts)
+
+
 def test_report_shows_each_sample_beside_its_source(exported, tmp_path):
     """Each sample completes a real file (its start kept); images and video frames are PNGs next to
     the source's, audio is linked with a waveform, text is inline."""
@@ -486,7 +515,7 @@ def test_long_context_export_parity_scoring_and_generation(exported, tmp_path):
     """A 16 KiB causal-encoder model: the export's parity gate passes on a full-length source,
     whole-file scoring groups windows per encoder pass alike on both backends (same bits), and
     greedy generation after a context longer than the encoder's gives the same bytes."""
-    from obf.evaluate import group_size, whole_file_bits
+    from obf.scoring import group_size, whole_file_bits
 
     root, _, _ = exported
     params = load_params(None, [*TINY, "model.causal_encoder=true", "model.max_src_len=16384", "model.patch_size=16",
@@ -500,7 +529,7 @@ def test_long_context_export_parity_scoring_and_generation(exported, tmp_path):
     assert group_size(tb, 32) == group_size(ob, 32) > 1
     files = [(np.frombuffer(elf[:20000], np.uint8), "binary")]
     a, b = whole_file_bits(tb, files, 16), whole_file_bits(ob, files, 16)
-    assert abs(a[0] - b[0]) / 20001 < 1e-3
+    assert abs(a.model[0] - b.model[0]) / 20001 < 1e-3
     opts = SamplingOptions(max_bytes=80, stop_at_eos=False)
     ctx = [elf[:20000], elf[5000:5100]]
     assert generate(tb, ctx, ["binary", "binary"], opts=opts) == generate(ob, ctx, ["binary", "binary"], opts=opts)

@@ -330,7 +330,7 @@ def test_long_steps_come_every_long_every_steps_with_the_whole_context(dataset):
                            "model.max_src_len=2048", "model.max_tgt_len=32",
                            "train.src_len=128", "train.windows=2", "train.batch_size=4", "train.long_every=3",
                            "train.long_windows=8", "train.task_weights={continue: 1.0}"])
-    t, m = p.train, p.model
+    t = p.train
     ds = Dataset(dataset)
     kw = dict(max_tgt_len=32, task_weights={"continue": 1.0}, seed=0)
     short = ExampleSampler(ds, "train", max_src_len=128, windows=2, **kw)

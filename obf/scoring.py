@@ -1,0 +1,120 @@
+"""Whole-file scoring: the bits a model needs for every byte of a file, each predicted from the
+bytes before it in that file only, window after window, batched over files.
+
+Shared by evaluation (`obf evaluate`) and training, which fits the model's mixer (`obf.mixer`)
+on the network's logits of training files scored the same way. Works with any backend that
+offers teacher-forced `logits(src, dec)` (and `window_logits` for a causal encoder): a torch
+checkpoint and its ONNX export give the same numbers.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from obf.match import modality_index
+from obf.metrics import LN2, log_probs_of
+from obf.mixer import Hints, MixerStats, file_hints, mixer_of
+from obf.objectives import Example, collate, windows_example
+
+
+def file_windows(data: np.ndarray | bytes, modality: str, max_src_len: int, max_tgt_len: int,
+                 stride: int, group: int = 1) -> list[tuple[Example, list[tuple[int, int]]]]:
+    """Examples whose scored targets cover the file and its EOS once, each with `(start, first)`
+    per window (in `collate`'s order: earlier windows, then the last): the window's first byte in
+    the file and its first scored target.
+
+    Window k starts at byte s_k and predicts targets s_k .. s_k + W - 1 (W = max_tgt_len) from the
+    bytes before s_k (encoder) and before each target (decoder). With stride < W, windows overlap
+    and only the last `stride` targets of a window are scored, so every scored byte has at least
+    W - stride bytes of decoder context: the usual sliding-window evaluation. stride = W gives
+    non-overlapping windows.
+
+    `group` > 1 (a causal encoder; stride a multiple of the patch size) puts up to `group`
+    consecutive windows on one encoder pass: the source ends at the last window's start and
+    holds `max_src_len` ids at most, so each window sees the bytes before it back to where that
+    source begins. `group_size` keeps that within a quarter of the context.
+    """
+    n, w = len(data), max_tgt_len
+    starts = [(0, 0)]
+    end = w  # positions [0, end) are scored
+    while end <= n:  # the EOS at position n is not scored yet
+        s = end + stride - w
+        starts.append((s, w - stride))
+        end = s + w
+    parts = [starts[g:g + group] for g in range(0, len(starts), group)]
+    return [(windows_example(data, [s for s, _ in part], modality, max_src_len, w), part) for part in parts]
+
+
+def group_size(backend: Any, stride: int) -> int:
+    """Windows per encoder pass for `file_windows`: 1 unless the model's encoder is causal and the
+    stride keeps the windows on the patch grid; then as many as span a quarter of the context.
+    The torch and ONNX backends group alike, so a checkpoint and its export score the same."""
+    if not getattr(backend, "causal_encoder", False):
+        return 1
+    if stride % backend.patch_size:
+        return 1
+    return max(1, (backend.max_src_len - 2) // 4 // stride + 1)
+
+
+class FileBits(NamedTuple):
+    """Total bits per file: the model as served (network and match model) and the network alone."""
+
+    model: list[float]
+    network: list[float]
+
+
+def whole_file_bits(backend: Any, files: list[tuple[np.ndarray, str]], batch_size: int, stride: int | None = None,
+                    progress: bool = False, fit: MixerStats | None = None) -> FileBits:
+    """Total bits to code each (bytes, modality) file with the model. Windows of all files are
+    batched, `batch_size` windows at most per batch (an example with many windows is a batch).
+    Where the model carries a mixer (`obf.mixer`), each position's logits are mixed with its
+    hints exactly as sampling mixes them; `network` is the same without it. `fit` collects what
+    `obf.mixer.fit_mixer` needs from the network's logits (training fits its mixer so)."""
+    from tqdm import tqdm
+
+    w = backend.max_tgt_len
+    stride = w // 2 if not stride else min(stride, w)
+    group = group_size(backend, stride)
+    mixer = mixer_of(backend)
+    hints = [file_hints(data, modality) if mixer or fit else None for data, modality in files]
+    work = []  # (file index, example, (start, first scored target) of each window)
+    for fi, (data, modality) in enumerate(files):
+        for ex, windows in file_windows(data, modality, backend.max_src_len, w, stride, group):
+            work.append((fi, ex, windows))
+    work.sort(key=lambda item: len(item[1].src))  # similar lengths together: less padding
+    batches, cur = [], []
+    for item in work:
+        if cur and sum(len(x[2]) for x in cur) + len(item[2]) > batch_size:
+            batches.append(cur)
+            cur = []
+        cur.append(item)
+    batches += [cur] if cur else []
+    bits, net_bits = [0.0] * len(files), [0.0] * len(files)
+    for chunk in tqdm(batches, desc="bpb", unit="batch", disable=not progress, file=sys.stderr):
+        b = collate([ex for _, ex, _ in chunk], multiple=max(8, backend.patch_size))
+        if group > 1:
+            logits = backend.window_logits(b.src, b.dec, b.rows, b.visible)
+        else:
+            logits = backend.logits(b.src, b.dec)
+        windows = [(fi, start, first) for fi, _, ws in chunk for start, first in ws]  # collate's window order
+        lp_net = log_probs_of(logits, b.tgt)  # (N, T)
+        lp = lp_net
+        if mixer is not None or fit is not None:
+            h = Hints(*(np.full(b.tgt.shape, fill, dtype=np.int64) for fill in (-1, 0, -1)))  # (N, T) each
+            for n, (fi, start, _) in enumerate(windows):
+                k = min(b.tgt.shape[1], len(hints[fi].match) - start)
+                for mine, theirs in zip(h, hints[fi]):
+                    mine[n, :k] = theirs[start:start + k]
+            mods = modality_index([files[fi][1] for fi, _, _ in windows])[:, None]  # (N, 1)
+            if fit is not None:
+                unscored = np.arange(b.tgt.shape[1])[None, :] < np.array([f for _, _, f in windows])[:, None]
+                fit.add(logits, b.tgt, Hints(*(np.where(unscored, -1, x) for x in h)), mods)  # each position once
+            if mixer is not None:
+                lp = log_probs_of(mixer.apply(logits, h, mods), b.tgt)
+        for n, (fi, _, first) in enumerate(windows):
+            bits[fi] -= float(lp[n, first:].sum()) / LN2
+            net_bits[fi] -= float(lp_net[n, first:].sum()) / LN2
+    return FileBits(bits, net_bits)
