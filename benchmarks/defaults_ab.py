@@ -5,6 +5,10 @@ Each variant trains on the same ingested dataset for the same wall-clock budget
 then is evaluated on the validation split like `dvc repro` does. The question each row answers:
 given the same minutes on this machine, which settings make the better model?
 
+`--steps N` trains every variant for N steps instead: equal time for variants that cost the
+same per step (data mixes, objectives), and immune to other work on the machine. `--test` also
+scores the test split (printed as a second table).
+
     python benchmarks/defaults_ab.py data/dataset --minutes 5 \\
         --variant default --variant "p4: model.patch_size=4" --variant "no-noise: train.random_bytes_weight=0"
 
@@ -37,6 +41,8 @@ def main() -> int:
     ap.add_argument("data", help="an ingested dataset (obf ingest), e.g. data/dataset")
     ap.add_argument("--minutes", type=float, default=5.0, help="training budget per variant")
     ap.add_argument("--variant", action="append", default=[], help="'name: section.key=value, ...'")
+    ap.add_argument("--steps", type=int, default=0, help="train N steps per variant instead of --minutes")
+    ap.add_argument("--test", action="store_true", help="also score the test split")
     ap.add_argument("--name", default="defaults_ab", help="result file name in benchmarks/results (no .json)")
     args = ap.parse_args()
 
@@ -48,8 +54,10 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="obf-ab-") as tmp:
         for name, sets in variants:
-            params = load_params(ROOT / "params.yaml", [*sets, f"train.minutes={args.minutes}", "train.steps=1000000",
-                                                        "train.eval_every=1000000", "train.checkpoint_every=1000000"])
+            budget = [f"train.steps={args.steps}", "train.minutes=0"] if args.steps else \
+                [f"train.minutes={args.minutes}", "train.steps=1000000"]
+            params = load_params(ROOT / "params.yaml", [*sets, *budget, "train.eval_every=1000000",
+                                                        "train.checkpoint_every=1000000"])
             model = Path(tmp) / name / "model"
             summary = train(args.data, model, params, progress=False)
             m = evaluate(str(model), args.data, Path(tmp) / name / "eval" / "metrics.json", params, progress=False)
@@ -58,18 +66,28 @@ def main() -> int:
                    "bpb": {k: v["bpb"] for k, v in m["modalities"].items()},
                    "best": {k: v["baselines"]["best"] for k, v in m["modalities"].items()},
                    "overall": m["overall"]["bpb"], "overall_best": m["overall"]["baselines"]["best"]}
+            if args.test:
+                t = evaluate(str(model), args.data, Path(tmp) / name / "test" / "metrics.json",
+                             load_params(ROOT / "params.yaml", [*sets, "evaluate.split=test"]), progress=False)
+                row["test"] = {"bpb": {k: v["bpb"] for k, v in t["modalities"].items()},
+                               "best": {k: v["baselines"]["best"] for k, v in t["modalities"].items()},
+                               "overall": t["overall"]["bpb"], "overall_best": t["overall"]["baselines"]["best"]}
             rows.append(row)
             print(f"{name}: {row['steps']} steps in {row['seconds']:.0f} s, overall {row['overall']:.3f} "
                   f"(best compressor {row['overall_best']:.3f})", flush=True)
-    mods = list(rows[0]["bpb"])
-    print("\n| variant | steps | " + " | ".join(mods) + " | overall |")
-    print("|---|---:|" + "---:|" * (len(mods) + 1))
-    print("| best compressor | | " + " | ".join(f"{rows[0]['best'][k]:.3f}" for k in mods)
-          + f" | {rows[0]['overall_best']:.3f} |")
-    for r in rows:
-        print(f"| {r['variant']} | {r['steps']} | " + " | ".join(f"{r['bpb'][k]:.3f}" for k in mods)
-              + f" | {r['overall']:.3f} |")
-    save(args.name, {"minutes": args.minutes, "data": args.data, "rows": rows})
+    for split, get in (("val", lambda r: r), ("test", lambda r: r.get("test"))):
+        if get(rows[0]) is None:
+            continue
+        mods = list(get(rows[0])["bpb"])
+        print(f"\n{split}:\n\n| variant | steps | " + " | ".join(mods) + " | overall |")
+        print("|---|---:|" + "---:|" * (len(mods) + 1))
+        print("| best compressor | | " + " | ".join(f"{get(rows[0])['best'][k]:.3f}" for k in mods)
+              + f" | {get(rows[0])['overall_best']:.3f} |")
+        for r in rows:
+            print(f"| {r['variant']} | {r['steps']} | " + " | ".join(f"{get(r)['bpb'][k]:.3f}" for k in mods)
+                  + f" | {get(r)['overall']:.3f} |")
+    save(args.name, {"minutes": 0 if args.steps else args.minutes, "steps": args.steps, "data": args.data,
+                     "rows": rows})
     return 0
 
 
