@@ -2,8 +2,9 @@
 
 `logits' = logits + w_match · onehot(match hint) + K · (bytes around the stride hint)`:
 the match model (`obf.match`) names the byte that followed the last copy of the current context
-anywhere earlier in the file; the stride hint (`obf.stride`) is the byte one row, sample frame
-or frame back in a media file. Both biases are fitted after training on training files
+anywhere earlier in the file; the stride hint (`obf.stride`) predicts a media byte from the
+bytes one row (images: left, above and upper-left), sample frame or frame back. Both biases
+are fitted after training on training files
 (`fit_mixer`: the match table first, then the kernel on top of it) and saved in the checkpoint's
 config.json and the export's obf.json under `"mixer"`. Evaluation (`whole_file_bits`) and
 sampling (`obf.sampling.generate`) apply the same mixer on torch and ONNX Runtime, so the
@@ -21,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from obf.match import MatchModel, MatchTable, fit_table, log_softmax_at, match_hints
-from obf.stride import OFFSETS, StrideKernel, fit_kernel, stride_hints, stride_of, window
+from obf.stride import OFFSETS, StrideKernel, fit_kernel, predict_next, predictor_of, stride_hints, window
 from obf.vocab import N_BYTES
 
 
@@ -45,14 +46,11 @@ class RowHints:
 
     def __init__(self, context: bytes, modality: str) -> None:
         self.match = MatchModel(context)
-        self.stride = stride_of(context, modality)
+        self.predictor = predictor_of(context, modality)
 
     def predict(self) -> tuple[int, int, int]:
         h, ln = self.match.predict()
-        s = -1
-        n = len(self.match.buf)
-        if self.stride is not None and n >= sum(self.stride):
-            s = self.match.buf[n - self.stride[1]]
+        s = predict_next(self.match.buf, self.predictor) if self.predictor else -1
         return h, ln, s
 
     def update(self, byte: int) -> None:

@@ -1,13 +1,16 @@
-"""The stride hint: the byte one row (BMP), one sample frame (WAV) or one frame (Y4M) back, with
-a learned spread of bias around its value.
+"""The stride hint: a media byte predicted from the bytes one stride back, with a learned spread
+of bias around its value.
 
-Why: in a canonical media file the byte one unit back is the same channel of the pixel above,
-of the previous sample, of the same pixel in the previous frame. A 32x32 Y4M frame is 1.5 KB, so
-the previous frame lies beyond the 512-byte encoder; a 64-pixel BMP row is 192 bytes, which the
-network sees but, after minutes of CPU training, uses poorly. Values near that byte are likely,
-not only the byte itself, so the bias is a kernel over the offset: `K[modality, v - hint]` is
-added to the logit of every byte value v within `RADIUS` of the hint. The header gives the unit
-(`obf.completion.layout`), so text, binary and files without a readable header get no hint.
+The stride is what the header declares (`obf.completion.layout`): a BMP row, a WAV sample frame,
+a Y4M frame. Audio and video take the byte one stride back: the same channel of the previous
+sample, the same pixel of the previous frame. Images take the median edge detector of JPEG-LS
+(LOCO-I) over the same channel of the pixels left, above and upper-left, which predicts natural
+images better than the pixel above alone (0.3-0.5 bits lower residual entropy on the corpus
+photos). Why: a 32x32 Y4M frame is 1.5 KB, so the previous frame lies beyond the 512-byte
+encoder; a 64-pixel BMP row is 192 bytes, which the network sees but, after minutes of CPU
+training, uses poorly. Values near the prediction are likely, not only the value itself, so the
+bias is a kernel over the offset: `K[modality, v - hint]` is added to the logit of every byte
+value v within `RADIUS` of the hint. Text, binary and files without a readable header get none.
 
 Numpy only.
 """
@@ -25,26 +28,64 @@ RADIUS = 16  # byte values within this distance of the hint get a bias
 OFFSETS = np.arange(-RADIUS, RADIUS + 1)
 
 
-def stride_of(data: bytes, modality: str) -> tuple[int, int] | None:
-    """(header bytes, unit bytes) of a canonical media file, or None."""
+@dataclass(frozen=True)
+class Predictor:
+    """Where a media file's bytes are predicted from: `header` bytes, then strides of `unit`
+    bytes (row, sample frame, frame); `pixel` bytes per pixel for an image (its left neighbour),
+    0 for audio and video (one stride back)."""
+
+    header: int
+    unit: int
+    pixel: int = 0
+
+    @property
+    def first(self) -> int:
+        """The first position with a hint."""
+        return self.header + self.unit + self.pixel
+
+
+def predictor_of(data: bytes, modality: str) -> Predictor | None:
+    """The predictor of a canonical media file, from its header; None for text, binary and
+    headers obf cannot read."""
     from obf.completion import layout  # completion imports sampling, which imports this module
+    from obf.formats import bmp_layout
 
     lay = layout(bytes(data), modality)
-    return (lay.header, lay.unit) if lay else None
+    if lay is None:
+        return None
+    bmp = bmp_layout(bytes(data[:64])) if modality == "image" else None
+    return Predictor(lay.header, lay.unit, bmp.bpp // 8 if bmp else 0)
+
+
+def med(left: np.ndarray | int, above: np.ndarray | int, corner: np.ndarray | int) -> np.ndarray | int:
+    """JPEG-LS's median edge detector: min(left, above) below an edge, max above one, else the
+    plane through the three neighbours (left + above - corner)."""
+    lo, hi = np.minimum(left, above), np.maximum(left, above)
+    return np.where(corner >= hi, lo, np.where(corner <= lo, hi, left + above - corner))
 
 
 def stride_hints(data: bytes | np.ndarray, modality: str) -> np.ndarray:
-    """The byte one unit back for every position 0..n of `data` -> (n+1,) int64, -1 where none
-    (text, binary, no header, the header and the first unit)."""
+    """The predicted byte for every position 0..n of `data` -> (n+1,) int64, -1 where none
+    (text, binary, no header, the header and the first stride)."""
     raw = np.frombuffer(bytes(data), np.uint8).astype(np.int64)
     hints = np.full(len(raw) + 1, -1, dtype=np.int64)
-    s = stride_of(bytes(data), modality)
-    if s is not None:
-        header, unit = s
-        first = header + unit
-        if first <= len(raw):
-            hints[first:] = raw[first - unit:len(raw) + 1 - unit]
+    p = predictor_of(bytes(data), modality)
+    if p is None or p.first > len(raw):
+        return hints
+    i = np.arange(p.first, len(raw) + 1)
+    above = raw[i - p.unit]
+    hints[p.first:] = med(raw[i - p.pixel], above, raw[i - p.unit - p.pixel]) if p.pixel else above
     return hints
+
+
+def predict_next(buf: bytes | bytearray, p: Predictor) -> int:
+    """The hint for the byte after `buf` (the bytes of the file so far), as `stride_hints` gives it."""
+    n = len(buf)
+    if n < p.first:
+        return -1
+    if not p.pixel:
+        return buf[n - p.unit]
+    return int(med(buf[n - p.pixel], buf[n - p.unit], buf[n - p.unit - p.pixel]))
 
 
 def window(logits: np.ndarray, hints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
