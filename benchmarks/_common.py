@@ -61,8 +61,8 @@ def train_flops_per_step(cfg, batch: int, src_len: int, tgt_len: int) -> float:
 
 
 def score_held_out(model: str, files: dict[str, bytes]) -> list[dict[str, Any]]:
-    """Whole-file bits per byte of `model` (a model or ONNX dir) on files made by a benchmark,
-    beside the best compressor of each: one row per file, `obf evaluate --per-file` on a temp
+    """Whole-file bits per byte of `model` (a model or ONNX dir) on files made by a benchmark, as
+    served (`model_bpb`, with its mixer) and of the network alone, beside the best compressor of each: one row per file, `obf evaluate --per-file` on a temp
     folder with params.yaml's settings (samples and denoise scoring kept minimal)."""
     import tempfile
 
@@ -83,5 +83,6 @@ def score_held_out(model: str, files: dict[str, bytes]) -> list[dict[str, Any]]:
         sizes = compressed_sizes(data)
         best = min((k for k in sizes if k != "best"), key=lambda k: sizes[k])
         rows.append({"file": f["path"], "modality": f["modality"], "bytes": f["bytes"], "model_bpb": f["bpb"],
+                     "network_bpb": f.get("network_bpb", f["bpb"]),
                      "xz_bpb": 8 * sizes["xz"] / len(data), "best_bpb": 8 * sizes["best"] / len(data), "best": best})
     return rows

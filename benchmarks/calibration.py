@@ -62,9 +62,10 @@ def main() -> int:
     args = ap.parse_args()
 
     rows = score_held_out(args.model, unpredictable_files())
-    print(f"{'file':<12} {'bytes':>7} {'model bpb':>10} {'best bpb':>9}  best compressor")
+    print(f"{'file':<12} {'bytes':>7} {'model bpb':>10} {'network':>8} {'best bpb':>9}  best compressor")
     for row in rows:
-        print(f"{row['file']:<12} {row['bytes']:>7} {row['model_bpb']:>10.3f} {row['best_bpb']:>9.3f}  {row['best']}")
+        print(f"{row['file']:<12} {row['bytes']:>7} {row['model_bpb']:>10.3f} {row['network_bpb']:>8.3f} "
+              f"{row['best_bpb']:>9.3f}  {row['best']}")
     inside = sum(7.9 <= r["model_bpb"] <= 8.05 for r in rows)
     print(f"{inside} of {len(rows)} files within 7.9-8.05 bpb")
     save("calibration", {"model": args.model, "files": rows, "within_7_9_to_8_05": inside})
