@@ -5,14 +5,12 @@ Bits per byte: every byte of every file is predicted from earlier bytes of that 
 the `continue` objective window after window (the first window from an empty context; windows
 overlap by `evaluate.stride` so that every scored byte has decoder context, each byte scored
 once), the end-of-file marker counted, summed in bits and divided by the file's bytes. `bpb` is
-the model as it serves: the network with its match model (`obf.match`) when it carries one;
-`network_bpb` is the network alone. Baselines compress
-the same (stored, canonical) bytes with gzip -9, bz2 -9, xz -9e and zstd -19, and as raw streams
-without containers (deflate, LZMA2, zstd without checksum); `best` is the smallest of all per
-file, and it is what the model is compared with.
-
-Works with any backend that offers teacher-forced `logits(src, dec)`: a torch checkpoint or an
-exported ONNX dir give the same numbers.
+the model as it serves: the network with its mixer (`obf.mixer`) when it carries one;
+`network_bpb` is the network alone. Baselines compress the same (stored, canonical) bytes with
+gzip -9, bz2 -9, xz -9e and zstd -19, and as raw streams without containers (deflate, LZMA2,
+zstd without checksum); `best` is the smallest of all per file, and it is what the model is
+compared with. Scoring itself is `obf.scoring`: a torch checkpoint and its ONNX export give the
+same numbers.
 """
 
 from __future__ import annotations
@@ -294,7 +292,7 @@ def _previews(m: str, sample: bytes, source: bytes, kept: int, ext: str, dest: P
 
 
 def _methods(metrics: dict[str, Any]) -> list[str]:
-    """`model` (as served), `network` (without the match model; older metrics lack it), baselines."""
+    """`model` (as served), `network` (without the mixer; older metrics lack it), baselines."""
     return ["model", *(["network"] if "network_bpb" in metrics["overall"] else []), *metrics["overall"]["baselines"]]
 
 
@@ -352,8 +350,9 @@ def render_sample(m: str, s: dict[str, Any]) -> list[str]:
 def render_report(metrics: dict[str, Any]) -> str:
     parts = [f"# Evaluation of `{metrics['model']}`", "",
              f"Data: `{metrics['data']}` (split: {metrics['split']}). Bits per byte over whole files; "
-             "lower is better, the best per row in bold. `model` is the model as it serves (network and match "
-             "model), `network` the network alone; `best` is the smallest compressor output per file.", "", render_table(metrics), "", "## Samples", "",
+             "lower is better, the best per row in bold. `model` is the model as it serves (the network and "
+             "its mixer), `network` the network alone; `best` is the smallest compressor output per file.", "",
+             render_table(metrics), "", "## Samples", "",
              "Each sample keeps the start of a real file and the model makes the rest: images, audio and video "
              "up to the size their header declares, text and binary until end of file or `evaluate.sample_bytes`.",
              ""]

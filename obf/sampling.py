@@ -117,7 +117,7 @@ def next_tokens(backend: Backend, tokens: np.ndarray, memory: Any, cache: Any, o
                 adjust: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
     """One decode step: (B,) ids in, (B,) sampled ids out. `keep_eos` (default `opts.stop_at_eos`)
     says, for all rows or per row, whether EOS may be sampled; `adjust` maps the step's (B, V)
-    logits before sampling (the match model's bias)."""
+    logits before sampling (the mixer)."""
     logits, cache = backend.step(tokens, memory, cache)
     if adjust is not None:
         logits = adjust(logits)

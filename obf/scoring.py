@@ -60,7 +60,7 @@ def group_size(backend: Any, stride: int) -> int:
 
 
 class FileBits(NamedTuple):
-    """Total bits per file: the model as served (network and match model) and the network alone."""
+    """Total bits per file: the model as served (the network and its mixer) and the network alone."""
 
     model: list[float]
     network: list[float]
