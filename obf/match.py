@@ -26,10 +26,12 @@ import numpy as np
 
 from obf.vocab import MODALITIES
 
-MIN_LEN = 5  # bytes of context that must repeat before the match model predicts
+MIN_LEN = 4  # bytes of context that must repeat before the match model predicts
+MIN_LEN_OF = {"audio": 6}  # where short repeats mislead more than they help (measured: benchmarks/README.md)
 MAX_LEN = 1 << 16  # match lengths are counted up to this
 VERIFY = 512  # on a new match, bytes compared backwards to measure its length
-LENGTH_BUCKETS = 11  # floor(log2(length)), capped: 5-7 -> 2, 8-15 -> 3, ..., 1024+ -> 10
+RECOVER = 8  # misses in a row after which a match is dropped
+LENGTH_BUCKETS = 11  # floor(log2(length)), capped: 0-1 -> 0 (just recovered), 2-3 -> 1, 4-7 -> 2, ..., 1024+ -> 10
 PROB_EDGES = (0.05, 0.2, 0.5, 0.8, 0.95)  # buckets of the network's own probability of the hint
 
 
@@ -37,53 +39,66 @@ class MatchModel:
     """Streaming match model over one byte sequence: `predict()` the next byte, `update(b)` with
     the byte that came.
 
-    A dict maps every `MIN_LEN`-byte context to the position after its latest occurrence. While a
-    match holds (each predicted byte came), the pointer advances; when it fails, the next lookup
-    starts a new match, whose length is measured by comparing backwards (at most `VERIFY` bytes).
+    A dict maps every `min_len`-byte context to the position after its latest occurrence. While a
+    match holds (each predicted byte came), the pointer advances and the length grows. On a miss
+    the pointer still advances and the length restarts at 0: the copy goes on after a changed
+    counter or a typo, and the table learns how far to trust a match that has just recovered.
+    After `RECOVER` misses in a row it is dropped. Whenever the length is under `min_len`, a
+    lookup of the last `min_len` bytes that finds an earlier occurrence starts a new match there,
+    its length measured by comparing backwards (at most `VERIFY` bytes).
     """
 
-    def __init__(self, data: bytes | bytearray = b"") -> None:
+    def __init__(self, data: bytes | bytearray = b"", min_len: int = MIN_LEN) -> None:
+        self.min_len = min_len
         self.buf = bytearray()
         self.table: dict[bytes, int] = {}
-        self.ptr = 0  # position in buf of the predicted byte
-        self.length = 0  # bytes matched before it; 0 = no prediction
+        self.ptr = -1  # position in buf of the predicted byte; -1 = no match
+        self.length = 0  # bytes matched since the match began or since its last miss
+        self.misses = 0  # misses in a row
         for b in bytes(data):
             self.update(b)
 
     def predict(self) -> tuple[int, int]:
         """(predicted byte, match length), or (-1, 0) when there is no match."""
-        return (self.buf[self.ptr], self.length) if self.length else (-1, 0)
+        return (self.buf[self.ptr], self.length) if self.ptr >= 0 else (-1, 0)
 
     def update(self, byte: int) -> None:
         buf = self.buf
         buf.append(byte)
         n = len(buf)
-        if self.length:
+        if self.ptr >= 0:
             if buf[self.ptr] == byte:
-                self.ptr += 1
                 self.length = min(self.length + 1, MAX_LEN)
+                self.misses = 0
             else:
                 self.length = 0
-        if n < MIN_LEN:
+                self.misses += 1
+            self.ptr = self.ptr + 1 if self.misses <= RECOVER else -1
+        m = self.min_len
+        if n < m:
             return
-        key = bytes(buf[n - MIN_LEN:n])
-        if not self.length:
+        key = bytes(buf[n - m:n])
+        if self.length < m:
             p = self.table.get(key)
-            if p is not None:  # buf[p - MIN_LEN:p] == key, p < n
-                k = MIN_LEN
+            if p is not None:  # buf[p - m:p] == key, p < n
+                k = m
                 while k < VERIFY and p - 1 - k >= 0 and buf[p - 1 - k] == buf[n - 1 - k]:
                     k += 1
-                self.ptr, self.length = p, k
+                self.ptr, self.length, self.misses = p, k, 0
         self.table[key] = n
 
 
-def match_hints(data: bytes | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def min_len_of(modality: str) -> int:
+    return MIN_LEN_OF.get(modality, MIN_LEN)
+
+
+def match_hints(data: bytes | np.ndarray, min_len: int = MIN_LEN) -> tuple[np.ndarray, np.ndarray]:
     """The match model's prediction for every position 0..n of `data` (position n: where EOS is
     the target) from the bytes before it -> (hints (n+1,) int64, -1 where none; lengths (n+1,))."""
     raw = bytes(data)
     hints = np.full(len(raw) + 1, -1, dtype=np.int64)
     lengths = np.zeros(len(raw) + 1, dtype=np.int64)
-    m = MatchModel()
+    m = MatchModel(min_len=min_len)
     for i, b in enumerate(raw):
         hints[i], lengths[i] = m.predict()
         m.update(b)
@@ -131,12 +146,14 @@ class MatchTable:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"min_len": MIN_LEN, "length_buckets": LENGTH_BUCKETS, "prob_edges": list(PROB_EDGES),
+        return {"min_len": {m: min_len_of(m) for m in MODALITIES}, "recover": RECOVER,
+                "length_buckets": LENGTH_BUCKETS, "prob_edges": list(PROB_EDGES),
                 "weights": {m: np.round(self.weights[i], 6).tolist() for i, m in enumerate(MODALITIES)}}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "MatchTable":
-        if (d.get("min_len"), d.get("length_buckets"), tuple(d.get("prob_edges", ()))) != (MIN_LEN, LENGTH_BUCKETS, PROB_EDGES):
+        mine = ({m: min_len_of(m) for m in MODALITIES}, RECOVER, LENGTH_BUCKETS, PROB_EDGES)
+        if (d.get("min_len"), d.get("recover"), d.get("length_buckets"), tuple(d.get("prob_edges", ()))) != mine:
             raise ValueError("match table was made with other match-model settings than this obf uses")
         return MatchTable(np.array([d["weights"][m] for m in MODALITIES], dtype=np.float64))
 

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from obf.match import MatchModel, MatchTable, fit_table, log_softmax_at, match_hints
+from obf.match import MatchModel, MatchTable, fit_table, log_softmax_at, match_hints, min_len_of
 from obf.stride import OFFSETS, StrideKernel, fit_kernel, predict_next, predictor_of, stride_hints, window
 from obf.vocab import N_BYTES
 
@@ -36,7 +36,7 @@ class Hints(NamedTuple):
 
 def file_hints(data: bytes | np.ndarray, modality: str) -> Hints:
     """Hints for every position 0..n of a file (n: where EOS is the target), each (n+1,)."""
-    h, ln = match_hints(data)
+    h, ln = match_hints(data, min_len_of(modality))
     return Hints(h, ln, stride_hints(data, modality))
 
 
@@ -45,7 +45,7 @@ class RowHints:
     far (a `continue` context and what the row made; a `paired` target's own bytes)."""
 
     def __init__(self, context: bytes, modality: str) -> None:
-        self.match = MatchModel(context)
+        self.match = MatchModel(context, min_len_of(modality))
         self.predictor = predictor_of(context, modality)
 
     def predict(self) -> tuple[int, int, int]:

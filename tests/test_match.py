@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from obf.match import LENGTH_BUCKETS, MIN_LEN, MatchModel, MatchTable, fit_table, match_hints, modality_index
+from obf.match import (LENGTH_BUCKETS, MIN_LEN, RECOVER, MatchModel, MatchTable, fit_table, match_hints,
+                       modality_index)
 
 
 def _corpus(seed: int = 0) -> bytes:
@@ -22,7 +23,7 @@ def test_every_prediction_is_the_byte_after_an_earlier_copy_of_the_context():
         seen_before = i >= MIN_LEN and data.find(data[i - MIN_LEN:i]) < i - MIN_LEN
         if h >= 0:
             predicted += 1
-            assert m.ptr < i and data[m.ptr] == h and n >= MIN_LEN
+            assert m.ptr < i and data[m.ptr] == h and n >= 0
             assert data[i - n:i] == data[m.ptr - n:m.ptr]  # the `n` bytes before both positions agree
         else:
             assert not seen_before  # a context seen before always gives a prediction
@@ -43,6 +44,21 @@ def test_match_hints_streams_like_the_model_and_copies_a_repeat():
     assert (np.diff(lengths[400 + MIN_LEN:800]) == 1).all()
     m = MatchModel(data[:600])
     assert m.predict() == (hints[600], lengths[600])
+
+
+def test_a_match_recovers_from_a_changed_byte_and_is_dropped_after_many():
+    rng = np.random.default_rng(4)
+    block = bytearray(rng.integers(0, 256, 300, dtype=np.uint8).tobytes())
+    copy = bytearray(block)
+    copy[100] ^= 0xFF  # a changed counter
+    hints, lengths = match_hints(bytes(block + copy))
+    at = 300 + 100
+    assert hints[at] == block[100] != copy[100]  # the miss
+    assert list(hints[at + 1:600]) == list(copy[101:])  # the copy goes on right after it
+    assert list(lengths[at + 1:at + 4]) == [0, 1, 2]  # with its length counted again from the miss
+    other = bytes(rng.integers(0, 256, 200, dtype=np.uint8))  # the copy ends: misses and more misses
+    hints, _ = match_hints(bytes(block + block[:50] + other))
+    assert (hints[350:350 + RECOVER + 1] >= 0).all() and (hints[350 + RECOVER + 1:] == -1).all()
 
 
 def test_apply_is_the_mixture_p_times_exp_w_at_the_hint():

@@ -1,0 +1,74 @@
+"""The mixer, measured: bits per byte of the network alone and of the network with its mixer
+(match model, stride hint; `obf.mixer`), on the validation and test splits, beside the best
+compressor of each modality.
+
+The mixer is fitted again here with the code as it is, on the trained network of MODEL (its
+weights are not touched), exactly as `obf train` fits it after its last step; so a change to the
+match model or the stride hint is measured in a minute, without training again.
+
+    python benchmarks/mixer.py data/model data/dataset [--fit-bytes 65536] [--name mixer]
+
+Prints one table per split and saves benchmarks/results/mixer.json (or `--name`.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import save  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model", help="a trained model dir (obf train)")
+    ap.add_argument("data", help="the ingested dataset it was trained on, e.g. data/dataset")
+    ap.add_argument("--fit-bytes", type=int, default=65536, help="train.mixer_fit_bytes for the fit")
+    ap.add_argument("--name", default="mixer", help="result file name in benchmarks/results (no .json)")
+    args = ap.parse_args()
+
+    from obf.checkpoint import load_model
+    from obf.config import load_params
+    from obf.dataset import Dataset
+    from obf.evaluate import evaluate
+    from obf.match import MIN_LEN_OF, MIN_LEN, RECOVER
+    from obf.train import fit_model_mixer
+
+    params = load_params(ROOT / "params.yaml", [f"train.mixer_fit_bytes={args.fit_bytes}"])
+    mixer = fit_model_mixer(load_model(args.model), Dataset(args.data), params.train)
+    splits = {}
+    with tempfile.TemporaryDirectory(prefix="obf-mixer-") as tmp:
+        model = Path(tmp) / "model"
+        shutil.copytree(args.model, model)
+        config = json.loads((model / "config.json").read_text())
+        config["mixer"] = mixer.to_dict() if mixer else None
+        (model / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for split in ("val", "test"):
+            p = load_params(ROOT / "params.yaml", [f"evaluate.split={split}", "evaluate.sample_bytes=16",
+                                                   "evaluate.denoise_windows=0"])
+            m = evaluate(str(model), args.data, Path(tmp) / split / "metrics.json", p, progress=False)
+            rows = {k: {"model": v["bpb"], "network": v["network_bpb"], "best": v["baselines"]["best"]}
+                    for k, v in m["modalities"].items()}
+            rows["overall"] = {"model": m["overall"]["bpb"], "network": m["overall"]["network_bpb"],
+                               "best": m["overall"]["baselines"]["best"]}
+            splits[split] = rows
+            print(f"\n{split}:\n\n| modality | network | model (with mixer) | best compressor |\n|---|---:|---:|---:|")
+            for k, r in rows.items():
+                mark = "**" if r["model"] < r["best"] else ""
+                print(f"| {k} | {r['network']:.3f} | {mark}{r['model']:.3f}{mark} | {r['best']:.3f} |")
+    save(args.name, {"model": args.model, "data": args.data, "fit_bytes": args.fit_bytes,
+                     "match": {"min_len": MIN_LEN, "min_len_of": MIN_LEN_OF, "recover": RECOVER},
+                     "splits": splits})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
