@@ -59,6 +59,10 @@ def test_a_match_recovers_from_a_changed_byte_and_is_dropped_after_many():
     other = bytes(rng.integers(0, 256, 200, dtype=np.uint8))  # the copy ends: misses and more misses
     hints, _ = match_hints(bytes(block + block[:50] + other))
     assert (hints[350:350 + RECOVER + 1] >= 0).all() and (hints[350 + RECOVER + 1:] == -1).all()
+    # a recovering match gives way to one the last bytes find elsewhere: the copy switched source
+    p, q = bytes(block[:200]), bytes(other)
+    hints, _ = match_hints(p + q + p[:100] + q[:100])
+    assert list(hints[500 + MIN_LEN:600]) == list(q[MIN_LEN:100])
 
 
 def test_apply_is_the_mixture_p_times_exp_w_at_the_hint():
