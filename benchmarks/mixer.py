@@ -40,6 +40,7 @@ def main() -> int:
     from obf.dataset import Dataset
     from obf.evaluate import evaluate
     from obf.match import MIN_LEN_OF, MIN_LEN, RECOVER
+    from obf.stride import ACTIVITY_BUCKETS
     from obf.train import fit_model_mixer
 
     params = load_params(ROOT / "params.yaml", [f"train.mixer_fit_bytes={args.fit_bytes}"])
@@ -66,6 +67,7 @@ def main() -> int:
                 print(f"| {k} | {r['network']:.3f} | {mark}{r['model']:.3f}{mark} | {r['best']:.3f} |")
     save(args.name, {"model": args.model, "data": args.data, "fit_bytes": args.fit_bytes,
                      "match": {"min_len": MIN_LEN, "min_len_of": MIN_LEN_OF, "recover": RECOVER},
+                     "stride": {"activity_buckets": ACTIVITY_BUCKETS},
                      "splits": splits})
     return 0
 

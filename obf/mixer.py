@@ -1,6 +1,6 @@
 """The mixer: the network's logits plus two hints from the file itself, as the model serves.
 
-`logits' = logits + w_match · onehot(match hint) + K · (bytes around the stride hint)`:
+`logits' = logits + w_match · onehot(match hint) + K[activity] · (bytes around the stride hint)`:
 the match model (`obf.match`) names the byte that followed the last copy of the current context
 anywhere earlier in the file; the stride hint (`obf.stride`) predicts a media byte from the
 bytes one row (images: left, above and upper-left), sample frame or frame back. Both biases
@@ -22,22 +22,24 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from obf.match import MatchModel, MatchTable, fit_table, log_softmax_at, match_hints, min_len_of
-from obf.stride import OFFSETS, StrideKernel, fit_kernel, predict_next, predictor_of, stride_hints, window
+from obf.stride import OFFSETS, StrideKernel, StrideState, fit_kernel, predictor_of, stride_hints, window
 from obf.vocab import N_BYTES
 
 
 class Hints(NamedTuple):
-    """Per position: the match model's byte (-1: none) and match length, the stride hint (-1: none)."""
+    """Per position: the match model's byte (-1: none) and match length, the stride hint (-1: none)
+    and its activity bucket."""
 
     match: np.ndarray
     length: np.ndarray
     stride: np.ndarray
+    activity: np.ndarray
 
 
 def file_hints(data: bytes | np.ndarray, modality: str) -> Hints:
     """Hints for every position 0..n of a file (n: where EOS is the target), each (n+1,)."""
     h, ln = match_hints(data, min_len_of(modality))
-    return Hints(h, ln, stride_hints(data, modality))
+    return Hints(h, ln, *stride_hints(data, modality))
 
 
 class RowHints:
@@ -46,15 +48,19 @@ class RowHints:
 
     def __init__(self, context: bytes, modality: str) -> None:
         self.match = MatchModel(context, min_len_of(modality))
-        self.predictor = predictor_of(context, modality)
+        predictor = predictor_of(context, modality)
+        self.stride = StrideState(context, predictor) if predictor else None
 
-    def predict(self) -> tuple[int, int, int]:
+    def predict(self) -> tuple[int, int, int, int]:
+        """(match byte, match length, stride hint, activity) of the next byte, as `file_hints`."""
         h, ln = self.match.predict()
-        s = predict_next(self.match.buf, self.predictor) if self.predictor else -1
-        return h, ln, s
+        s, a = self.stride.predict() if self.stride else (-1, 0)
+        return h, ln, s, a
 
     def update(self, byte: int) -> None:
         self.match.update(byte)
+        if self.stride:
+            self.stride.update(byte)
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ class Mixer:
         """Logits (..., V) mixed with hints whose arrays have the leading shape (...);
         modality_ids broadcasts to it."""
         out = self.match.apply(logits, hints.match, hints.length, modality_ids)
-        return self.stride.apply(out, hints.stride, modality_ids)
+        return self.stride.apply(out, hints.stride, hints.activity, modality_ids)
 
     def to_dict(self) -> dict[str, Any]:
         return {"match": self.match.to_dict(), "stride": self.stride.to_dict()}
@@ -102,15 +108,16 @@ class MixerStats:
                   m_hit=(targets[at] == h).astype(np.float64))
         at = np.nonzero(hints.stride >= 0)
         rows, s = logits[at].astype(np.float64), hints.stride[at]
-        lse = np.logaddexp.reduce(rows, axis=-1)[:, None]
-        win, _ = window(rows, s)
+        lse = np.logaddexp.reduce(rows, axis=-1)[:, None]  # (K, 1)
         mh = hints.match[at]
         came = targets[at] - s
-        self._put(s_mod=mods[at], s_win=win - lse,  # (K, 2R+1) log-probabilities around the hint
+        self._put(s_mod=mods[at], s_act=hints.activity[at],
+                  s_win=window(rows, s) - lse,  # (K, 2R+1) log-probabilities around the hint
                   s_came=np.where((np.abs(came) <= OFFSETS[-1]) & (targets[at] < N_BYTES), came + OFFSETS[-1], -1),
                   s_hint=s, s_match=mh,
                   s_mlen=hints.length[at],
-                  s_mp=np.where(mh >= 0, np.exp(log_softmax_at(rows, np.maximum(mh, 0))), 0.0))
+                  s_mp=np.where(mh >= 0, np.exp(np.take_along_axis(rows, np.maximum(mh, 0)[:, None], -1) - lse)[:, 0],
+                                0.0))
 
     def get(self, key: str, empty: np.ndarray) -> np.ndarray:
         return np.concatenate(self.parts[key]) if self.parts.get(key) else empty
@@ -135,4 +142,4 @@ def fit_mixer(stats: MixerStats) -> Mixer:
     win = win - np.log1p(np.expm1(w) * mp)[:, None]  # the match bias's normaliser
     inside = np.flatnonzero(has & (at >= 0) & (at < len(OFFSETS)))
     win[inside, at[inside]] += w[inside]
-    return Mixer(table, fit_kernel(mod, win, stats.get("s_came", i)))
+    return Mixer(table, fit_kernel(mod, stats.get("s_act", i), win, stats.get("s_came", i)))

@@ -103,7 +103,7 @@ def whole_file_bits(backend: Any, files: list[tuple[np.ndarray, str]], batch_siz
         lp_net = log_probs_of(logits, b.tgt)  # (N, T)
         lp = lp_net
         if mixer is not None or fit is not None:
-            h = Hints(*(np.full(b.tgt.shape, fill, dtype=np.int64) for fill in (-1, 0, -1)))  # (N, T) each
+            h = Hints(*(np.full(b.tgt.shape, fill, dtype=np.int64) for fill in (-1, 0, -1, 0)))  # (N, T) each
             for n, (fi, start, _) in enumerate(windows):
                 k = min(b.tgt.shape[1], len(hints[fi].match) - start)
                 for mine, theirs in zip(h, hints[fi]):

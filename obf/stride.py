@@ -9,8 +9,14 @@ images better than the pixel above alone (0.3-0.5 bits lower residual entropy on
 photos). Why: a 32x32 Y4M frame is 1.5 KB, so the previous frame lies beyond the 512-byte
 encoder; a 64-pixel BMP row is 192 bytes, which the network sees but, after minutes of CPU
 training, uses poorly. Values near the prediction are likely, not only the value itself, so the
-bias is a kernel over the offset: `K[modality, v - hint]` is added to the logit of every byte
-value v within `RADIUS` of the hint. Text, binary and files without a readable header get none.
+bias is a kernel over the offset: `K[modality, activity, v - hint]` is added to the logit of
+every byte value v within `RADIUS` of the hint. How far bytes stray from the hint depends on
+where in the file they are (a flat sky against fur, silence against speech), so the kernel is
+chosen by the hint's recent errors nearby, as JPEG-LS picks its context from local gradients:
+`activity` buckets a weighted sum of |byte - hint| at the neighbours before it (left, above,
+above-left, above-right and two further left for images and video; the three previous sample
+frames for audio). Measured: benchmarks/README.md ("The mixer"). Text, binary and files
+without a readable header get no hint.
 
 Numpy only.
 """
@@ -26,6 +32,7 @@ from obf.vocab import MODALITIES, N_BYTES
 
 RADIUS = 16  # byte values within this distance of the hint get a bias
 OFFSETS = np.arange(-RADIUS, RADIUS + 1)
+ACTIVITY_BUCKETS = 12  # floor(1.2 * log2(1 + weighted error sum)), capped
 
 
 @dataclass(frozen=True)
@@ -37,11 +44,23 @@ class Predictor:
     header: int
     unit: int
     pixel: int = 0
+    near: int = 1  # bytes back to the previous byte of the same channel and row
 
     @property
     def first(self) -> int:
         """The first position with a hint."""
         return self.header + self.unit + self.pixel
+
+    @property
+    def neighbours(self) -> tuple[tuple[int, int], ...]:
+        """(bytes back, weight) of the earlier positions whose hint errors make the activity:
+        in a plane (images, video) left twice, above, above-left, above-right and two further
+        left; along a signal (audio) the previous sample frame and the one before it twice,
+        the third once. All at least one byte back."""
+        c, u = self.near, self.unit
+        if self.near == self.unit:  # audio: one dimension
+            return ((c, 2), (2 * c, 2), (3 * c, 1))
+        return ((c, 2), (u, 1), (u + c, 1), (u - c, 1), (2 * c, 1), (3 * c, 1))
 
 
 def predictor_of(data: bytes, modality: str) -> Predictor | None:
@@ -54,7 +73,9 @@ def predictor_of(data: bytes, modality: str) -> Predictor | None:
     if lay is None:
         return None
     bmp = bmp_layout(bytes(data[:64])) if modality == "image" else None
-    return Predictor(lay.header, lay.unit, bmp.bpp // 8 if bmp else 0)
+    pixel = bmp.bpp // 8 if bmp else 0
+    near = pixel or (lay.unit if modality == "audio" else 1)
+    return Predictor(lay.header, lay.unit, pixel, near)
 
 
 def med(left: np.ndarray | int, above: np.ndarray | int, corner: np.ndarray | int) -> np.ndarray | int:
@@ -64,18 +85,45 @@ def med(left: np.ndarray | int, above: np.ndarray | int, corner: np.ndarray | in
     return np.where(corner >= hi, lo, np.where(corner <= lo, hi, left + above - corner))
 
 
-def stride_hints(data: bytes | np.ndarray, modality: str) -> np.ndarray:
-    """The predicted byte for every position 0..n of `data` -> (n+1,) int64, -1 where none
-    (text, binary, no header, the header and the first stride)."""
-    raw = np.frombuffer(bytes(data), np.uint8).astype(np.int64)
-    hints = np.full(len(raw) + 1, -1, dtype=np.int64)
-    p = predictor_of(bytes(data), modality)
-    if p is None or p.first > len(raw):
-        return hints
-    i = np.arange(p.first, len(raw) + 1)
-    above = raw[i - p.unit]
-    hints[p.first:] = med(raw[i - p.pixel], above, raw[i - p.unit - p.pixel]) if p.pixel else above
+def _hints(raw: np.ndarray, p: Predictor) -> np.ndarray:
+    """(n+1,) the hint of every position 0..n of the bytes `raw` (n,), -1 before `p.first`."""
+    n = len(raw)
+    hints = np.full(n + 1, -1, dtype=np.int64)
+    if p.first <= n:
+        i = np.arange(p.first, n + 1)
+        above = raw[i - p.unit]
+        hints[p.first:] = med(raw[i - p.pixel], above, raw[i - p.unit - p.pixel]) if p.pixel else above
     return hints
+
+
+def _errors(raw: np.ndarray, hints: np.ndarray) -> np.ndarray:
+    """(n,) |byte - hint| of every byte, 0 where it has no hint."""
+    n = len(raw)
+    return np.where(hints[:n] >= 0, np.abs(raw - hints[:n]), 0)
+
+
+def activity_bucket(error_sum: np.ndarray | int) -> np.ndarray:
+    """The kernel's activity bucket of a weighted sum of hint errors."""
+    return np.minimum(np.floor(1.2 * np.log2(1.0 + np.asarray(error_sum))), ACTIVITY_BUCKETS - 1).astype(np.int64)
+
+
+def stride_hints(data: bytes | np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """The predicted byte for every position 0..n of `data` -> (n+1,) int64, -1 where none
+    (text, binary, no header, the header and the first stride); and each position's activity
+    bucket (n+1,) int64, from |byte - hint| at its `Predictor.neighbours` (0 where they have none)."""
+    raw = np.frombuffer(bytes(data), np.uint8).astype(np.int64)
+    n = len(raw)
+    activity = np.zeros(n + 1, dtype=np.int64)
+    p = predictor_of(bytes(data), modality)
+    if p is None or p.first > n:
+        return np.full(n + 1, -1, dtype=np.int64), activity
+    hints = _hints(raw, p)
+    err = _errors(raw, hints)
+    total = np.zeros(n + 1, dtype=np.int64)
+    for back, weight in p.neighbours:
+        total[back:] += weight * err[:n + 1 - back]
+    activity[p.first:] = activity_bucket(total[p.first:])
+    return hints, activity
 
 
 def predict_next(buf: bytes | bytearray, p: Predictor) -> int:
@@ -88,28 +136,53 @@ def predict_next(buf: bytes | bytearray, p: Predictor) -> int:
     return int(med(buf[n - p.pixel], buf[n - p.unit], buf[n - p.unit - p.pixel]))
 
 
-def window(logits: np.ndarray, hints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (K, V) at the byte values hint + OFFSETS of K hinted rows -> ((K, 2R+1) values,
-    -inf where the value is not a byte; (K, 2R+1) clipped ids)."""
+class StrideState:
+    """The stride hint and activity of the next byte of a file being written, kept byte by byte
+    (generation); equal to `stride_hints` of the whole file at every position."""
+
+    def __init__(self, context: bytes, p: Predictor) -> None:
+        self.p = p
+        self.buf = bytearray(context)
+        raw = np.frombuffer(bytes(context), np.uint8).astype(np.int64)
+        self.err = _errors(raw, _hints(raw, p)).tolist()  # |byte - hint| of every byte so far
+        self.hint = predict_next(self.buf, p)
+
+    def predict(self) -> tuple[int, int]:
+        """(hint, activity bucket) of the next byte; (-1, 0) before the first hinted position."""
+        if self.hint < 0:
+            return -1, 0
+        n, err = len(self.buf), self.err
+        total = sum(w * err[n - back] for back, w in self.p.neighbours if back <= n)
+        return self.hint, int(activity_bucket(total))
+
+    def update(self, byte: int) -> None:
+        self.err.append(abs(byte - self.hint) if self.hint >= 0 else 0)
+        self.buf.append(byte)
+        self.hint = predict_next(self.buf, self.p)
+
+
+def window(logits: np.ndarray, hints: np.ndarray) -> np.ndarray:
+    """Logits (K, V) at the byte values hint + OFFSETS of K hinted rows -> (K, 2R+1), -inf where
+    the value is not a byte."""
     ids = hints[:, None] + OFFSETS[None, :]
     ok = (ids >= 0) & (ids < N_BYTES)
-    safe = np.clip(ids, 0, N_BYTES - 1)
-    return np.where(ok, np.take_along_axis(logits, safe, axis=-1), -np.inf), safe
+    return np.where(ok, np.take_along_axis(logits, np.clip(ids, 0, N_BYTES - 1), axis=-1), -np.inf)
 
 
 @dataclass(frozen=True)
 class StrideKernel:
-    """Bias per (modality, value - hint) for values within RADIUS of the hint."""
+    """Bias per (modality, activity bucket, value - hint) for values within RADIUS of the hint."""
 
-    weights: np.ndarray  # (len(MODALITIES), 2 * RADIUS + 1) float64
+    weights: np.ndarray  # (len(MODALITIES), ACTIVITY_BUCKETS, 2 * RADIUS + 1) float64
 
     @staticmethod
     def zeros() -> "StrideKernel":
-        return StrideKernel(np.zeros((len(MODALITIES), len(OFFSETS))))
+        return StrideKernel(np.zeros((len(MODALITIES), ACTIVITY_BUCKETS, len(OFFSETS))))
 
-    def apply(self, logits: np.ndarray, hints: np.ndarray, modality_ids: np.ndarray) -> np.ndarray:
+    def apply(self, logits: np.ndarray, hints: np.ndarray, activity: np.ndarray,
+              modality_ids: np.ndarray) -> np.ndarray:
         """Logits (..., V) with the kernel added around each position's hint (hint -1: unchanged).
-        hints and modality_ids broadcast to the leading shape (...)."""
+        hints, activity and modality_ids broadcast to the leading shape (...)."""
         out = np.array(logits, dtype=np.float32, copy=True)
         at = np.nonzero(hints >= 0)
         if not len(at[0]):
@@ -117,43 +190,65 @@ class StrideKernel:
         h = hints[at]
         ids = h[:, None] + OFFSETS[None, :]  # (K, 2R+1)
         ok = (ids >= 0) & (ids < N_BYTES)
-        k = self.weights[np.broadcast_to(modality_ids, hints.shape)[at]]  # (K, 2R+1)
+        k = self.weights[np.broadcast_to(modality_ids, hints.shape)[at],
+                         np.broadcast_to(activity, hints.shape)[at]]  # (K, 2R+1)
         rows = out[at]  # (K, V) copy
         np.add.at(rows, (np.arange(len(h))[:, None].repeat(len(OFFSETS), 1)[ok], ids[ok]), k[ok].astype(np.float32))
         out[at] = rows
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"radius": RADIUS, "weights": {m: np.round(self.weights[i], 6).tolist() for i, m in enumerate(MODALITIES)}}
+        return {"radius": RADIUS, "activity_buckets": ACTIVITY_BUCKETS,
+                "weights": {m: np.round(self.weights[i], 6).tolist() for i, m in enumerate(MODALITIES)}}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "StrideKernel":
+        """The kernel of a saved mixer; one saved by an obf without activity buckets (one kernel per
+        modality) serves unchanged, the same kernel in every bucket."""
         if d.get("radius") != RADIUS:
             raise ValueError("stride kernel was made with another radius than this obf uses")
-        return StrideKernel(np.array([d["weights"][m] for m in MODALITIES], dtype=np.float64))
+        if d.get("activity_buckets", 1) not in (1, ACTIVITY_BUCKETS):
+            raise ValueError("stride kernel was made with other activity buckets than this obf uses")
+        w = np.array([d["weights"][m] for m in MODALITIES], dtype=np.float64)
+        if w.ndim == 2:
+            w = np.repeat(w[:, None, :], ACTIVITY_BUCKETS, axis=1)
+        return StrideKernel(w)
 
 
-def fit_kernel(modality_ids: np.ndarray, window_lp: np.ndarray, offset: np.ndarray, iterations: int = 100,
-               prior: float = 1.0) -> StrideKernel:
-    """The kernel that maximises the mixed log-likelihood of K hinted positions: `window_lp` (K, 2R+1)
-    the log-probabilities (before the kernel) of hint + OFFSETS, `offset` (K,) the index in OFFSETS
-    of the byte that came (-1: outside the window or EOS). With q_d the mixed probability of
-    hint + d, d/dK_d = [came = d] - q_d; Newton steps on the diagonal, pulled toward 0 by `prior`."""
+def _fit_cell(p: np.ndarray, came: np.ndarray, center: np.ndarray, prior: float, iterations: int) -> np.ndarray:
+    """One kernel row on K positions: p (K, 2R+1) the window probabilities before it, came (K, 2R+1)
+    one-hot of the byte that came (all zero: outside the window). With q_d the mixed probability of
+    hint + d, d/dK_d = [came = d] - q_d; Newton steps on the diagonal, pulled toward `center`."""
+    k = center.copy()
+    for _ in range(iterations):
+        e = p * np.exp(k)
+        q = e / (1.0 + (e - p).sum(axis=1, keepdims=True))
+        g = (came - q).sum(axis=0) - prior * (k - center)
+        h = (q * (1.0 - q)).sum(axis=0) + prior
+        k += np.clip(g / h, -1.0, 1.0)
+    return k
+
+
+def fit_kernel(modality_ids: np.ndarray, activity: np.ndarray, window_lp: np.ndarray, offset: np.ndarray,
+               iterations: int = 100, prior: float = 1.0) -> StrideKernel:
+    """The kernel that maximises the mixed log-likelihood of K hinted positions: `activity` (K,)
+    their buckets, `window_lp` (K, 2R+1) the log-probabilities (before the kernel) of hint + OFFSETS,
+    `offset` (K,) the index in OFFSETS of the byte that came (-1: outside the window or EOS).
+    Per modality first, pulled toward 0 by `prior`; then per activity bucket, pulled toward its
+    modality's kernel, so a bucket with few positions keeps what the modality has."""
     kernel = StrideKernel.zeros()
+    zero = np.zeros(len(OFFSETS))
     for m in range(len(MODALITIES)):
-        sel = modality_ids == m
-        if not sel.any():
+        sel = np.flatnonzero(modality_ids == m)
+        if not len(sel):
             continue
         p = np.exp(window_lp[sel])  # (K, 2R+1)
         came = np.zeros_like(p)
-        hit = offset[sel] >= 0
-        came[np.flatnonzero(hit), offset[sel][hit]] = 1.0
-        k = np.zeros(len(OFFSETS))
-        for _ in range(iterations):
-            e = p * np.exp(k)
-            q = e / (1.0 + (e - p).sum(axis=1, keepdims=True))
-            g = (came - q).sum(axis=0) - prior * k
-            h = (q * (1.0 - q)).sum(axis=0) + prior
-            k += np.clip(g / h, -1.0, 1.0)
-        kernel.weights[m] = k
+        hit = np.flatnonzero(offset[sel] >= 0)
+        came[hit, offset[sel][hit]] = 1.0
+        pooled = _fit_cell(p, came, zero, prior, iterations)
+        kernel.weights[m] = pooled
+        for a in np.unique(activity[sel]):
+            cell = activity[sel] == a
+            kernel.weights[m, a] = _fit_cell(p[cell], came[cell], pooled, prior, iterations)
     return kernel

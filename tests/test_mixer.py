@@ -6,7 +6,7 @@ import numpy as np
 from obf.formats import pcm_to_wav, y4m_header
 from obf.match import modality_index
 from obf.mixer import Hints, Mixer, MixerStats, RowHints, file_hints, fit_mixer
-from obf.stride import OFFSETS, RADIUS, StrideKernel, fit_kernel, stride_hints
+from obf.stride import ACTIVITY_BUCKETS, OFFSETS, RADIUS, StrideKernel, activity_bucket, fit_kernel, stride_hints
 from obf.vocab import N_BYTES
 
 
@@ -31,44 +31,72 @@ def _bmp(width: int, rows: int, seed: int = 0) -> bytes:
 
 def test_stride_hints_predict_from_the_row_sample_frame_or_frame_before():
     bmp = _bmp(10, 6)  # 24-bit rows of 30 bytes padded to 32, after a 54-byte header
-    h = stride_hints(bmp, "image")
+    h, _ = stride_hints(bmp, "image")
     assert len(h) == len(bmp) + 1 and (h[:54 + 32 + 3] == -1).all()
     for i in range(54 + 32 + 3, len(bmp) + 1):  # JPEG-LS's median edge detector, same channel
         a, b, c = bmp[i - 3], bmp[i - 32], bmp[i - 35]
         want = min(a, b) if c >= max(a, b) else max(a, b) if c <= min(a, b) else a + b - c
         assert h[i] == want
     wav = pcm_to_wav(bytes(range(200)), rate=8000, width=2, channels=1)
-    assert [int(x) for x in stride_hints(wav, "audio")[46:50]] == list(wav[44:48])  # one 2-byte sample back
+    assert [int(x) for x in stride_hints(wav, "audio")[0][46:50]] == list(wav[44:48])  # one 2-byte sample back
     y4m = y4m_header(4, 4, 5) + (b"FRAME\n" + bytes(range(24))) * 3
-    h = stride_hints(y4m, "video")
+    h, _ = stride_hints(y4m, "video")
     start = len(y4m_header(4, 4, 5))
     assert (h[:start + 30] == -1).all() and [int(x) for x in h[start + 30:-1]] == list(y4m[start:-30])
-    assert (stride_hints(b"plain text " * 20, "text") == -1).all()
-    assert (stride_hints(bmp, "binary") == -1).all()
+    assert (stride_hints(b"plain text " * 20, "text")[0] == -1).all()
+    assert (stride_hints(bmp, "binary")[0] == -1).all()
+
+
+def test_activity_buckets_the_hint_errors_of_the_neighbours_before():
+    """Images: 2x left + above + above-left + above-right + 2 and 3 pixels left, same channel;
+    audio: 2x one sample frame back + 2x two + three; never the byte itself."""
+    bmp = _bmp(10, 6, seed=3)
+    h, act = stride_hints(bmp, "image")
+    err = [abs(b - int(x)) if x >= 0 else 0 for b, x in zip(bmp, h)]
+    first = 54 + 32 + 3
+    assert (act[:first] == 0).all()
+    for i in range(first, len(bmp) + 1):
+        e = 2 * err[i - 3] + err[i - 32] + err[i - 35] + err[i - 29] + err[i - 6] + err[i - 9]
+        assert act[i] == min(int(np.floor(1.2 * np.log2(1 + e))), ACTIVITY_BUCKETS - 1)
+    assert len(set(act[first:].tolist())) > 3
+    wav = pcm_to_wav(np.random.default_rng(4).integers(0, 256, 300, dtype=np.uint8).tobytes(), rate=8000, width=2, channels=1)
+    h, act = stride_hints(wav, "audio")
+    err = [abs(b - int(x)) if x >= 0 else 0 for b, x in zip(wav, h)]
+    for i in range(46, len(wav) + 1):
+        e = 2 * err[i - 2] + 2 * err[i - 4] + err[i - 6]
+        assert act[i] == activity_bucket(e)
+    assert activity_bucket(0) == 0 and activity_bucket(10 ** 6) == ACTIVITY_BUCKETS - 1
 
 
 def test_row_hints_stream_like_file_hints():
     """Generation keeps hints per row byte by byte; they must be what scoring computes per file."""
-    data = _bmp(12, 8, seed=1) * 2  # a second copy: the match model fires too
-    fh = file_hints(data, "image")
-    row = RowHints(data[:100], "image")
-    for i in range(100, len(data)):
-        assert row.predict() == (fh.match[i], fh.length[i], fh.stride[i])
-        row.update(data[i])
+    wav = pcm_to_wav(np.random.default_rng(5).integers(100, 140, 400, dtype=np.uint8).tobytes(), rate=8000, width=1,
+                     channels=1)
+    y4m = y4m_header(4, 4, 5) + b"".join(b"FRAME\n" + bytes((np.arange(24) * k) % 256) for k in range(4))
+    for data, modality, cut in ((_bmp(12, 8, seed=1) * 2, "image", 100),  # a second copy: the match model fires
+                                (wav, "audio", 60), (y4m, "video", len(y4m_header(4, 4, 5)) + 10)):
+        fh = file_hints(data, modality)
+        assert (fh.activity > 0).any()
+        row = RowHints(data[:cut], modality)
+        for i in range(cut, len(data) + 1):
+            assert row.predict() == (fh.match[i], fh.length[i], fh.stride[i], fh.activity[i]), (modality, i)
+            if i < len(data):
+                row.update(data[i])
 
 
 def test_kernel_is_the_mixture_p_times_exp_k_of_the_offset():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(4, 262)).astype(np.float32)
     hints = np.array([0, 255, 100, -1])  # both edges of the byte range, the middle, none
+    activity = np.array([0, 3, ACTIVITY_BUCKETS - 1, 2])
     kernel = StrideKernel(rng.normal(size=StrideKernel.zeros().weights.shape))
     mods = modality_index(["image", "audio", "video", "image"])
-    out = kernel.apply(logits, hints, mods)
+    out = kernel.apply(logits, hints, activity, mods)
     p = _softmax(logits.astype(np.float64))
     for r, h in enumerate(hints):
         want = p[r].copy()
         if h >= 0:
-            for d, k in zip(OFFSETS, kernel.weights[mods[r]]):
+            for d, k in zip(OFFSETS, kernel.weights[mods[r], activity[r]]):
                 if 0 <= h + d < N_BYTES:
                     want[h + d] *= np.exp(k)
         np.testing.assert_allclose(_softmax(out[r].astype(np.float64)), want / want.sum(), rtol=1e-4, atol=1e-8)
@@ -79,10 +107,39 @@ def test_the_kernel_fit_finds_how_far_from_the_hint_bytes_come():
     n = 5000
     came = np.clip(np.round(rng.normal(0, 2, n)).astype(int), -RADIUS, RADIUS) + RADIUS  # near the hint
     flat = np.full((n, len(OFFSETS)), np.log(1 / 256))  # a network that knows nothing
-    k = fit_kernel(modality_index(["video"] * n), flat, came).weights[modality_index(["video"])[0]]
+    video, calm = modality_index(["video"] * n), np.zeros(n, dtype=np.int64)
+    k = fit_kernel(video, calm, flat, came).weights[video[0], 0]
     assert k[RADIUS] > k[RADIUS + 3] > k[RADIUS + 8] and k[RADIUS] > k[RADIUS - 3] > k[RADIUS - 8]
     assert k[RADIUS] > 3  # the byte above is ~40x likelier than chance here
-    assert (fit_kernel(modality_index(["video"] * n), flat, np.full(n, -1)).weights <= 0).all()  # never near it
+    assert (fit_kernel(video, calm, flat, np.full(n, -1)).weights <= 0).all()  # never near it
+
+
+def test_each_activity_bucket_learns_its_own_spread():
+    """Bytes come close to the hint in a calm bucket and far from it in a busy one: the calm
+    kernel is sharper; a bucket without positions keeps the modality's pooled kernel."""
+    rng = np.random.default_rng(6)
+    n = 8000
+    busy = np.arange(n) % 2
+    spread = np.where(busy == 1, 6.0, 0.7)
+    came = np.clip(np.round(rng.normal(0, spread)).astype(int), -RADIUS, RADIUS) + RADIUS
+    flat = np.full((n, len(OFFSETS)), np.log(1 / 256))
+    w = fit_kernel(modality_index(["image"] * n), busy * 5, flat, came).weights[modality_index(["image"])[0]]
+    assert w[0, RADIUS] > w[5, RADIUS] + 1.0  # the calm bucket trusts the hint itself more
+    assert w[5, RADIUS + 8] > w[0, RADIUS + 8] + 1.0  # the busy one spreads wider
+    assert np.allclose(w[3], w[7]) and not np.allclose(w[3], 0)  # unseen buckets: the pooled kernel
+
+
+def test_a_kernel_saved_without_activity_buckets_serves_unchanged():
+    rng = np.random.default_rng(7)
+    old = {"radius": RADIUS, "weights": {m: rng.normal(size=len(OFFSETS)).tolist()
+                                         for m in ("text", "image", "audio", "video", "binary")}}
+    kernel = StrideKernel.from_dict(old)
+    logits = rng.normal(size=(3, 262)).astype(np.float32)
+    hints, mods = np.array([5, 200, 128]), modality_index(["image", "audio", "video"])
+    for a in range(ACTIVITY_BUCKETS):
+        out = kernel.apply(logits, hints, np.full(3, a), mods)
+        np.testing.assert_allclose(out[0, :22] - logits[0, :22], np.array(old["weights"]["image"])[RADIUS - 5:], rtol=1e-5)
+    assert StrideKernel.from_dict(kernel.to_dict()).weights.tolist() == np.round(kernel.weights, 6).tolist()
 
 
 def test_fit_mixer_on_logits_makes_the_data_likelier_and_uses_both_hints():
@@ -97,7 +154,7 @@ def test_fit_mixer_on_logits_makes_the_data_likelier_and_uses_both_hints():
     r = rng.random(n)
     targets = np.where(r < 0.3, np.where(match >= 0, match, stride + 5),  # the match, where there is one
                        np.where(r < 0.7, stride + rng.integers(-3, 4, n), rng.integers(0, 256, n)))
-    hints = Hints(match, lengths, stride)
+    hints = Hints(match, lengths, stride, np.zeros(n, dtype=np.int64))
     mods = modality_index(["video"])
     stats = MixerStats()
     stats.add(logits, targets, hints, mods)
@@ -113,5 +170,6 @@ def test_fit_mixer_on_logits_makes_the_data_likelier_and_uses_both_hints():
     assert (mixed - net) / n > 1.0  # nats per position
     # the kernel is fitted on top of the match bias, not beside it: a kernel fitted on the
     # network's logits alone does worse once both are applied
-    alone = fit_kernel(stats.get("s_mod", None), stats.get("s_win", None), stats.get("s_came", None))
+    alone = fit_kernel(stats.get("s_mod", None), stats.get("s_act", None), stats.get("s_win", None),
+                       stats.get("s_came", None))
     assert ll(Mixer(mixer.match, alone).apply(logits, hints, mods)) < mixed - 0.01 * n
