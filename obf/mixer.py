@@ -8,7 +8,10 @@ are fitted after training on training files
 (`fit_mixer`: the match table first, then the kernel on top of it) and saved in the checkpoint's
 config.json and the export's obf.json under `"mixer"`. Evaluation (`whole_file_bits`) and
 sampling (`obf.sampling.generate`) apply the same mixer on torch and ONNX Runtime, so the
-distribution that is sampled is the one that is scored. A model without a mixer (trained with
+distribution that is sampled is the one that is scored. Last comes the column expert
+(`obf.columns`: an order-0 model per byte column, weighted by how it predicted the bytes just
+before against the hinted network; nothing fitted): `Mixer.step` in sampling,
+`obf.columns.file_log_probs` in scoring. A model without a mixer (trained with
 `train.mixer_fit_bytes=0`, or by an obf before it) is the network alone.
 
 Numpy only: the serving side imports it without torch.
@@ -17,10 +20,11 @@ Numpy only: the serving side imports it without torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from obf import columns as col
 from obf.match import MatchModel, MatchTable, fit_table, log_softmax_at, match_hints, min_len_of
 from obf.stride import OFFSETS, StrideKernel, StrideState, fit_kernel, predictor_of, stride_hints, window
 from obf.vocab import N_BYTES
@@ -44,12 +48,16 @@ def file_hints(data: bytes | np.ndarray, modality: str) -> Hints:
 
 class RowHints:
     """The hints of one generated row, kept up to date byte by byte: the bytes its file holds so
-    far (a `continue` context and what the row made; a `paired` target's own bytes)."""
+    far (a `continue` context and what the row made; a `paired` target's own bytes). With
+    `tail_lp` (the log-probabilities scoring gives the context's last `obf.columns.WINDOW` bytes)
+    also the column expert's state."""
 
-    def __init__(self, context: bytes, modality: str) -> None:
+    def __init__(self, context: bytes, modality: str, tail_lp: np.ndarray | None = None) -> None:
         self.match = MatchModel(context, min_len_of(modality))
         predictor = predictor_of(context, modality)
         self.stride = StrideState(context, predictor) if predictor else None
+        self.columns = col.ColumnState(context, tail_lp) if tail_lp is not None else None
+        self.step_log_p: np.ndarray | None = None  # (V,) this step's log p before the columns
 
     def predict(self) -> tuple[int, int, int, int]:
         """(match byte, match length, stride hint, activity) of the next byte, as `file_hints`."""
@@ -58,28 +66,61 @@ class RowHints:
         return h, ln, s, a
 
     def update(self, byte: int) -> None:
+        """The byte the row made (or the format fixed), after `Mixer.step`."""
         self.match.update(byte)
         if self.stride:
             self.stride.update(byte)
+        if self.columns is not None:
+            assert self.step_log_p is not None, "Mixer.step comes before update"
+            self.columns.update(byte, float(self.step_log_p[byte]))
+
+
+def _column_settings() -> dict[str, Any]:
+    return {"strides": list(col.STRIDES), "smoothing": col.SMOOTHING, "window": col.WINDOW,
+            "prior_logit": col.PRIOR_LOGIT}
 
 
 @dataclass(frozen=True)
 class Mixer:
+    """The hints' biases (fitted) and whether the column expert (`obf.columns`, nothing fitted)
+    is mixed in after them; a mixer saved by an obf without the column expert has none."""
+
     match: MatchTable
     stride: StrideKernel
+    columns: bool = False
 
     def apply(self, logits: np.ndarray, hints: Hints, modality_ids: np.ndarray) -> np.ndarray:
         """Logits (..., V) mixed with hints whose arrays have the leading shape (...);
-        modality_ids broadcasts to it."""
+        modality_ids broadcasts to it. The column expert comes after (`step`, `obf.scoring`)."""
         out = self.match.apply(logits, hints.match, hints.length, modality_ids)
         return self.stride.apply(out, hints.stride, hints.activity, modality_ids)
 
+    def step(self, logits: np.ndarray, rows: Sequence[RowHints], modality_ids: np.ndarray) -> np.ndarray:
+        """One decode step of B rows: (B, V) logits -> (B, V) logits of the model as served (the
+        hints' biases, then the column expert: log p' of every id). Each row keeps its step's
+        log p for `RowHints.update`."""
+        hints = Hints(*np.array([r.predict() for r in rows], dtype=np.int64).T)  # (B,) each
+        z = self.apply(logits, hints, modality_ids)
+        if not self.columns:
+            return z
+        z = z.astype(np.float64)
+        log_p = z - np.logaddexp.reduce(z, axis=-1, keepdims=True)  # (B, V)
+        out = np.empty_like(log_p)
+        for j, r in enumerate(rows):
+            assert r.columns is not None, "rows of a model with the column expert need its state (tail_lp)"
+            r.step_log_p = log_p[j]
+            out[j] = r.columns.mix(log_p[j])
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        return {"match": self.match.to_dict(), "stride": self.stride.to_dict()}
+        d = {"match": self.match.to_dict(), "stride": self.stride.to_dict()}
+        return d | {"columns": _column_settings()} if self.columns else d
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Mixer":
-        return Mixer(MatchTable.from_dict(d["match"]), StrideKernel.from_dict(d["stride"]))
+        if d.get("columns") and d["columns"] != _column_settings():
+            raise ValueError("the mixer's column expert was made with other settings than this obf uses")
+        return Mixer(MatchTable.from_dict(d["match"]), StrideKernel.from_dict(d["stride"]), bool(d.get("columns")))
 
 
 def mixer_of(backend: Any) -> Mixer | None:
@@ -131,7 +172,7 @@ def fit_mixer(stats: MixerStats) -> Mixer:
     table = fit_table(stats.get("m_mod", i), stats.get("m_len", i), stats.get("m_p", f), stats.get("m_hit", f))
     mod = stats.get("s_mod", i)
     if not len(mod):
-        return Mixer(table, StrideKernel.zeros())
+        return Mixer(table, StrideKernel.zeros(), columns=True)
     win, mh = stats.get("s_win", np.zeros((0, len(OFFSETS)))), stats.get("s_match", i)
     mp = stats.get("s_mp", f)
     has = mh >= 0
@@ -142,4 +183,4 @@ def fit_mixer(stats: MixerStats) -> Mixer:
     win = win - np.log1p(np.expm1(w) * mp)[:, None]  # the match bias's normaliser
     inside = np.flatnonzero(has & (at >= 0) & (at < len(OFFSETS)))
     win[inside, at[inside]] += w[inside]
-    return Mixer(table, fit_kernel(mod, stats.get("s_act", i), win, stats.get("s_came", i)))
+    return Mixer(table, fit_kernel(mod, stats.get("s_act", i), win, stats.get("s_came", i)), columns=True)

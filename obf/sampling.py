@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from obf.match import modality_index
-from obf.mixer import Hints, RowHints, mixer_of
+from obf.mixer import RowHints, mixer_of
 from obf.vocab import BOS, EOS, N_BYTES, PAD, encoder_input, paired_input
 
 
@@ -137,6 +137,16 @@ def pad_batch(rows: Sequence[Sequence[int]], multiple: int = 1) -> np.ndarray:
     return out
 
 
+def _row_hints(backend: Backend, files: list[bytes], modalities: Sequence[str]) -> list[RowHints]:
+    """Each row's hints from the bytes its file holds before generation starts; with the column
+    expert, its mixture weight from how scoring scores the last bytes held (one batched pass)."""
+    from obf.scoring import tail_log_probs  # scoring imports the mixer, as this module does
+
+    mixer = mixer_of(backend)
+    tails = tail_log_probs(backend, files, list(modalities)) if mixer and mixer.columns else [None] * len(files)
+    return [RowHints(f, m, t) for f, m, t in zip(files, modalities, tails)]
+
+
 def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[str], *, task: str = "continue",
              target_modalities: Sequence[str] | None = None, opts: SamplingOptions = SamplingOptions(),
              specs: Sequence[RowSpec | None] | None = None) -> list[bytes]:
@@ -174,7 +184,7 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
     first_window = True
     mixer = mixer_of(backend)
     file_modalities = targets if task == "paired" else modalities
-    row_hints = [RowHints(b"" if task == "paired" else c, m) for c, m in zip(contexts, file_modalities)] if mixer else []
+    row_hints = _row_hints(backend, [b"" if task == "paired" else c for c in contexts], file_modalities) if mixer else []
     mods = modality_index(file_modalities)
     while not done.all():
         active = np.flatnonzero(~done)
@@ -194,8 +204,7 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
         adjust = None
         if mixer is not None:
             def adjust(logits: np.ndarray, active: np.ndarray = active) -> np.ndarray:
-                hints = Hints(*np.array([row_hints[i].predict() for i in active], dtype=np.int64).T)  # (B,) each
-                return mixer.apply(logits, hints, mods[active])
+                return mixer.step(logits, [row_hints[i] for i in active], mods[active])
         for _ in range(window):
             tokens, cache = next_tokens(backend, tokens, memory, cache, opts, rng, keep_eos, adjust)
             for j, i in enumerate(active):

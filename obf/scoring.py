@@ -4,7 +4,8 @@ bytes before it in that file only, window after window, batched over files.
 Shared by evaluation (`obf evaluate`) and training, which fits the model's mixer (`obf.mixer`)
 on the network's logits of training files scored the same way. Works with any backend that
 offers teacher-forced `logits(src, dec)` (and `window_logits` for a causal encoder): a torch
-checkpoint and its ONNX export give the same numbers.
+checkpoint and its ONNX export give the same numbers. Generation asks it for the log-probabilities
+of a context's last bytes (`tail_log_probs`), from which the column expert's weight starts.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from obf.columns import WINDOW, file_log_probs
 from obf.match import modality_index
 from obf.metrics import LN2, log_probs_of
 from obf.mixer import Hints, MixerStats, file_hints, mixer_of
@@ -66,13 +68,24 @@ class FileBits(NamedTuple):
     network: list[float]
 
 
-def whole_file_bits(backend: Any, files: list[tuple[np.ndarray, str]], batch_size: int, stride: int | None = None,
-                    progress: bool = False, fit: MixerStats | None = None) -> FileBits:
-    """Total bits to code each (bytes, modality) file with the model. Windows of all files are
-    batched, `batch_size` windows at most per batch (an example with many windows is a batch).
-    Where the model carries a mixer (`obf.mixer`), each position's logits are mixed with its
-    hints exactly as sampling mixes them; `network` is the same without it. `fit` collects what
-    `obf.mixer.fit_mixer` needs from the network's logits (training fits its mixer so)."""
+class PositionLogProbs(NamedTuple):
+    """Per file, (n+1,) log-probabilities of its targets (n bytes, then EOS) in nats: the network
+    with its mixer's hints (before the column expert) and the network alone. Positions a `tails`
+    request left out are 0."""
+
+    hinted: list[np.ndarray]
+    network: list[np.ndarray]
+
+
+def position_log_probs(backend: Any, files: list[tuple[np.ndarray, str]], batch_size: int,
+                       stride: int | None = None, progress: bool = False, fit: MixerStats | None = None,
+                       tails: list[int] | None = None) -> PositionLogProbs:
+    """Score every position of each (bytes, modality) file, window after window as
+    `file_windows` lays them out; windows of all files are batched, `batch_size` windows at most
+    per batch (an example with many windows is a batch). Where the model carries a mixer
+    (`obf.mixer`), each position's logits are mixed with its hints exactly as sampling mixes
+    them. `fit` collects what `obf.mixer.fit_mixer` needs from the network's logits (training
+    fits its mixer so). `tails[i]`: only the windows that score file i's last `tails[i]` bytes."""
     from tqdm import tqdm
 
     w = backend.max_tgt_len
@@ -82,8 +95,13 @@ def whole_file_bits(backend: Any, files: list[tuple[np.ndarray, str]], batch_siz
     hints = [file_hints(data, modality) if mixer or fit else None for data, modality in files]
     work = []  # (file index, example, (start, first scored target) of each window)
     for fi, (data, modality) in enumerate(files):
+        n = len(data)
+        from_pos = 0 if tails is None else n - tails[fi]
+        if tails is not None and not tails[fi]:
+            continue
         for ex, windows in file_windows(data, modality, backend.max_src_len, w, stride, group):
-            work.append((fi, ex, windows))
+            if windows[-1][0] + w > from_pos:  # the last window scores up to its start + w
+                work.append((fi, ex, windows))
     work.sort(key=lambda item: len(item[1].src))  # similar lengths together: less padding
     batches, cur = [], []
     for item in work:
@@ -92,7 +110,8 @@ def whole_file_bits(backend: Any, files: list[tuple[np.ndarray, str]], batch_siz
             cur = []
         cur.append(item)
     batches += [cur] if cur else []
-    bits, net_bits = [0.0] * len(files), [0.0] * len(files)
+    hinted = [np.zeros(len(data) + 1) for data, _ in files]
+    network = [np.zeros(len(data) + 1) for data, _ in files]
     for chunk in tqdm(batches, desc="bpb", unit="batch", disable=not progress, file=sys.stderr):
         b = collate([ex for _, ex, _ in chunk], multiple=max(8, backend.patch_size))
         if group > 1:
@@ -114,7 +133,32 @@ def whole_file_bits(backend: Any, files: list[tuple[np.ndarray, str]], batch_siz
                 fit.add(logits, b.tgt, Hints(*(np.where(unscored, -1, x) for x in h)), mods)  # each position once
             if mixer is not None:
                 lp = log_probs_of(mixer.apply(logits, h, mods), b.tgt)
-        for n, (fi, _, first) in enumerate(windows):
-            bits[fi] -= float(lp[n, first:].sum()) / LN2
-            net_bits[fi] -= float(lp_net[n, first:].sum()) / LN2
-    return FileBits(bits, net_bits)
+        for n, (fi, start, first) in enumerate(windows):
+            k = min(b.tgt.shape[1], len(hinted[fi]) - start)  # targets past EOS are padding
+            hinted[fi][start + first:start + k] = lp[n, first:k]
+            network[fi][start + first:start + k] = lp_net[n, first:k]
+    return PositionLogProbs(hinted, network)
+
+
+def whole_file_bits(backend: Any, files: list[tuple[np.ndarray, str]], batch_size: int, stride: int | None = None,
+                    progress: bool = False, fit: MixerStats | None = None) -> FileBits:
+    """Total bits to code each (bytes, modality) file with the model (`position_log_probs`), the
+    column expert (`obf.columns`) mixed in last where the model's mixer has it; `network` is the
+    network alone."""
+    lp = position_log_probs(backend, files, batch_size, stride, progress, fit)
+    mixer = mixer_of(backend)
+    if mixer is not None and mixer.columns:
+        served = [file_log_probs(data, h) for (data, _), h in zip(files, lp.hinted)]
+    else:
+        served = lp.hinted
+    return FileBits([-float(x.sum()) / LN2 for x in served], [-float(x.sum()) / LN2 for x in lp.network])
+
+
+def tail_log_probs(backend: Any, contexts: list[bytes], modalities: list[str]) -> list[np.ndarray]:
+    """The hinted log-probabilities (`position_log_probs`, default stride) of the last
+    `obf.columns.WINDOW` bytes of each context (fewer when it is shorter): what the column
+    expert's mixture weight needs to start generating after it as scoring would score it."""
+    files = [(np.frombuffer(bytes(c), np.uint8), m) for c, m in zip(contexts, modalities)]
+    tails = [min(WINDOW, len(c)) for c in contexts]
+    lp = position_log_probs(backend, files, batch_size=32, tails=tails)
+    return [h[len(c) - t:len(c)] for h, c, t in zip(lp.hinted, contexts, tails)]

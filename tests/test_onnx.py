@@ -444,6 +444,40 @@ def test_mixer_travels_with_the_model_and_copies_what_repeats(exported):
     assert out == generate(load_torch(str(root / "model")), ctx, ["binary", "binary"], opts=opts)
 
 
+def test_column_expert_codes_records_the_network_never_saw(exported):
+    """A dump of float64 samples: the column expert (obf.columns) makes it cost well under the
+    network's bits, alike on torch and ONNX Runtime; generation starts from the weight scoring
+    gives the context's end, and greedy bytes keep the records' exponent column."""
+    from obf.columns import WINDOW, ColumnState, column_log_probs, evidence_logits
+    from obf.scoring import position_log_probs, tail_log_probs, whole_file_bits
+
+    root, _, _ = exported
+    saved = json.loads((root / "model" / "config.json").read_text())["mixer"]
+    assert saved["columns"]["strides"] == [1, 2, 4, 8]
+    tb, ob = load_torch(str(root / "model")), OnnxBackend(root / "onnx", provider="cpu")
+    walk = np.cumsum(np.random.default_rng(3).normal(0, 1e-3, 500)) + 1.5  # exponent bytes 0x3f, 0xf8
+    records = walk.astype("<f8").tobytes()
+    files = [(np.frombuffer(records, np.uint8), "binary")]
+    a, b = whole_file_bits(tb, files, 16), whole_file_bits(ob, files, 16)
+    assert abs(a.model[0] - b.model[0]) / len(records) < 1e-3
+    assert a.model[0] < a.network[0] - 1.0 * len(records)  # a bit per byte and more
+    tb.meta = {**tb.meta, "mixer": {k: v for k, v in saved.items() if k != "columns"}}
+    without = whole_file_bits(tb, files, 16)
+    assert without.model[0] > a.model[0] + 1.0 * len(records)
+    tb.meta = {**tb.meta, "mixer": saved}
+    ctx = records[:2400]
+    whole = position_log_probs(tb, [(np.frombuffer(ctx, np.uint8), "binary")], 16).hinted[0]
+    tail = tail_log_probs(tb, [ctx], ["binary"])[0]
+    np.testing.assert_allclose(tail, whole[len(ctx) - WINDOW:len(ctx)], atol=1e-4)
+    lq, _ = column_log_probs(ctx)
+    assert ColumnState(ctx, tail).logit() == pytest.approx(evidence_logits(lq, whole[:len(ctx)])[-1], abs=1e-3)
+    opts = SamplingOptions(max_bytes=80, stop_at_eos=False)
+    out = generate(ob, [ctx], ["binary"], opts=opts)
+    modes = bytes(int(np.bincount(np.frombuffer(ctx[c::8], np.uint8)).argmax()) for c in range(8))
+    assert out[0] == modes * 10  # greedy: each column's commonest byte, the columns trusted fully
+    assert out == generate(tb, [ctx], ["binary"], opts=opts)
+
+
 def test_report_shows_each_sample_beside_its_source(exported, tmp_path):
     """Each sample completes a real file (its start kept); images and video frames are PNGs next to
     the source's, audio is linked with a waveform, text is inline."""

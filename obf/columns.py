@@ -1,0 +1,137 @@
+"""The column expert: an order-0 model per byte column (position mod k), mixed with the network by
+how well each has predicted the bytes just before.
+
+Why: files of fixed-size records (arrays of floats or integers, sensor dumps, tables) are
+predictable column by column (the exponent byte of a float64 takes a handful of values, the
+mantissa's low bytes any), which a small network trained for minutes on other files does not see
+and which the match model (exact repeats) and the stride hint (media layouts) do not cover. On
+the validation EEG dump (raw float64) the network alone scores 8.0 bits per byte, the column model
+7.2 and the best compressor 7.6.
+
+The model: for every stride k in `STRIDES` the counts of each byte value in each column
+so far give q_k(v) = (count + SMOOTHING) / (seen + 256 SMOOTHING); the stride whose q has coded
+the file best so far is used. Mixing is a Bayesian two-expert mixture over a sliding window:
+p'(v) = (1 - w) p(v) + w q(v) with w = sigmoid(PRIOR_LOGIT + Σ log q(y_j) - log p(y_j)) over the
+last `WINDOW` bytes y_j, p the network's (already mixed) distribution as it predicted each byte.
+Where the network predicts better, w falls toward 0 and costs almost nothing; where the columns do,
+it rises toward 1. EOS and the other non-byte ids keep (1 - w) of their probability.
+
+Numpy only: the serving side imports it without torch.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from obf.vocab import N_BYTES
+
+STRIDES = (1, 2, 4, 8)  # column widths tried; the best so far in each file is used
+SMOOTHING = 0.3  # added to every count (Krichevsky-Trofimov-like)
+WINDOW = 512  # bytes of evidence the mixture weight looks back over
+PRIOR_LOGIT = -5.0  # log-odds of the columns before any evidence: w = 0.7% (costs <0.01 bit per byte)
+FLOOR = -50.0  # log q and log p are floored here in the evidence (a byte the network rules out)
+
+
+def _column_stride(data: np.ndarray, k: int) -> np.ndarray:
+    """(n,) log q_k of each byte of `data` (n,) given the bytes of its column before it."""
+    n = len(data)
+    key = (np.arange(n) % k) * N_BYTES + data
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_key)) + 1]
+    group_start = np.repeat(starts, np.diff(np.r_[starts, n]))
+    before = np.empty(n, dtype=np.int64)
+    before[order] = np.arange(n) - group_start  # earlier bytes of the same column and value
+    seen = np.arange(n) // k  # earlier bytes of the same column
+    return np.log((before + SMOOTHING) / (seen + N_BYTES * SMOOTHING))
+
+
+def column_log_probs(data: bytes | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every byte of `data`: (n,) log q of the byte under the column model, and (n,) the
+    index in STRIDES of the stride it used (the one whose total code length before it was
+    least; the first on ties)."""
+    x = np.frombuffer(bytes(data), np.uint8).astype(np.int64)
+    n = len(x)
+    lq = np.stack([_column_stride(x, k) for k in STRIDES]) if n else np.zeros((len(STRIDES), 0))  # (S, n)
+    cost = np.concatenate([np.zeros((len(STRIDES), 1)), np.cumsum(-lq, axis=1)[:, :-1]], axis=1)[:, :n]  # (S, n)
+    pick = np.argmin(cost, axis=0)
+    return lq[pick, np.arange(n)], pick
+
+
+def evidence_logits(lq: np.ndarray, lp: np.ndarray) -> np.ndarray:
+    """(n+1,) the mixture's log-odds for positions 0..n from the (n,) log q and log p of the bytes
+    0..n-1: PRIOR_LOGIT plus the log ratio summed over the WINDOW bytes before each position."""
+    diff = np.maximum(lq, FLOOR) - np.maximum(lp, FLOOR)
+    total = np.concatenate([[0.0], np.cumsum(diff)])  # total[i] = sum over bytes before i
+    before = np.concatenate([np.zeros(min(WINDOW, len(total))), total[:-WINDOW]]) if len(total) > WINDOW else 0.0
+    return PRIOR_LOGIT + total - before
+
+
+def mix_log_probs(lp: np.ndarray, lq: np.ndarray, logit: np.ndarray) -> np.ndarray:
+    """log p' = log((1 - w) p + w q), elementwise; lq = -inf where q has no mass (EOS)."""
+    log_w = -np.logaddexp(0.0, -logit)
+    log_1mw = -np.logaddexp(0.0, logit)
+    return np.logaddexp(log_1mw + lp, log_w + lq)
+
+
+def file_log_probs(data: bytes | np.ndarray, lp: np.ndarray) -> np.ndarray:
+    """(n+1,) log p' of the targets of a whole file (its n bytes, then EOS) from the (n+1,) log p
+    the network (with its mixer) gives them: what `obf.scoring` counts."""
+    n = len(data)
+    lq, _ = column_log_probs(data)
+    logit = evidence_logits(lq, lp[:n])
+    return mix_log_probs(lp, np.concatenate([lq, [-np.inf]]), logit)
+
+
+class ColumnState:
+    """The column model and the mixture weight of one file being written, byte by byte
+    (generation): what `file_log_probs` computes at every position, given the log p the network
+    gave each earlier byte (`tail_lp`: those of the last `WINDOW` bytes of the context, as
+    scoring computes them; `obf.scoring.tail_log_probs`)."""
+
+    def __init__(self, context: bytes, tail_lp: np.ndarray) -> None:
+        x = np.frombuffer(bytes(context), np.uint8).astype(np.int64)
+        self.n = len(x)
+        tail = min(WINDOW, self.n)
+        if len(tail_lp) != tail:
+            raise ValueError(f"the context's last {tail} bytes need their network log-probabilities, got {len(tail_lp)}")
+        self.counts = []  # per stride: (k, 256) counts of each value in each column
+        for k in STRIDES:
+            c = np.zeros((k, N_BYTES))
+            np.add.at(c, (np.arange(self.n) % k, x), 1.0)
+            self.counts.append(c)
+        per_stride = [_column_stride(x, k) for k in STRIDES]
+        self.cost = np.array([-float(np.sum(lq)) for lq in per_stride])  # code length of the context so far
+        lq, _ = column_log_probs(context)
+        self.diffs: deque[float] = deque((np.maximum(lq[self.n - tail:], FLOOR) - np.maximum(tail_lp, FLOOR)).tolist(),
+                                         maxlen=WINDOW)
+
+    def log_q(self) -> np.ndarray:
+        """(256,) log q of the next byte, under the stride that has coded the file best so far."""
+        return self._log_q(int(np.argmin(self.cost)))
+
+    def _log_q(self, s: int) -> np.ndarray:
+        k = STRIDES[s]
+        return np.log((self.counts[s][self.n % k] + SMOOTHING) / (self.n // k + N_BYTES * SMOOTHING))
+
+    def logit(self) -> float:
+        """The mixture's log-odds for the next byte."""
+        return PRIOR_LOGIT + float(sum(self.diffs))
+
+    def mix(self, log_p: np.ndarray) -> np.ndarray:
+        """(V,) log p' of the next id from the (V,) log p of the network with its mixer."""
+        lq = np.full(len(log_p), -np.inf)
+        lq[:N_BYTES] = self.log_q()
+        return mix_log_probs(log_p, lq, np.float64(self.logit()))
+
+    def update(self, byte: int, log_p_byte: float) -> None:
+        """The byte that came and the log-probability the network (with its mixer) gave it."""
+        lq = float(self.log_q()[byte])
+        self.diffs.append(max(lq, FLOOR) - max(log_p_byte, FLOOR))
+        for s, k in enumerate(STRIDES):
+            row = self.counts[s][self.n % k]
+            self.cost[s] -= np.log((row[byte] + SMOOTHING) / (self.n // k + N_BYTES * SMOOTHING))
+            row[byte] += 1.0
+        self.n += 1

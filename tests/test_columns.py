@@ -1,0 +1,69 @@
+"""The column expert (obf.columns): an order-0 model per byte column, mixed with the network by
+the evidence of the bytes before; streaming (generation) equals whole-file scoring."""
+
+import numpy as np
+
+from obf.columns import (PRIOR_LOGIT, SMOOTHING, STRIDES, WINDOW, ColumnState, column_log_probs, evidence_logits,
+                         file_log_probs)
+from obf.vocab import N_BYTES
+
+
+def _records(n: int, seed: int = 0) -> bytes:
+    """float64 samples of a slow signal: the exponent bytes repeat, the low mantissa bytes do not."""
+    rng = np.random.default_rng(seed)
+    return (np.cumsum(rng.normal(0, 0.01, n)) + 1.5).astype("<f8").tobytes()
+
+
+def test_each_byte_is_coded_by_the_counts_of_its_column_under_the_best_stride_so_far():
+    data = _records(40) + bytes(range(7))
+    lq, pick = column_log_probs(data)
+    cost = np.zeros(len(STRIDES))
+    for i, b in enumerate(data):
+        want_pick = int(np.argmin(cost))
+        assert pick[i] == want_pick
+        per = []
+        for k in STRIDES:
+            column = data[i % k:i:k]
+            per.append(np.log((column.count(b) + SMOOTHING) / (len(column) + N_BYTES * SMOOTHING)))
+        np.testing.assert_allclose(lq[i], per[want_pick], rtol=1e-12)
+        cost -= np.array(per)
+    assert set(pick[200:].tolist()) == {STRIDES.index(8)}  # float64 records: eight columns
+
+
+def test_the_mixture_follows_whichever_expert_predicted_the_window_before():
+    n = 3000
+    lq = np.where(np.arange(n) < 1500, np.log(0.5), np.log(1 / 256))
+    lp = np.full(n, np.log(0.05))
+    logit = evidence_logits(lq, lp)
+    assert logit[0] == PRIOR_LOGIT and logit[1] == PRIOR_LOGIT + lq[0] - lp[0]
+    assert logit[1000] > 20 and logit[-1] < -20  # columns first, the network after the switch
+    np.testing.assert_allclose(logit[2500], PRIOR_LOGIT + WINDOW * (lq[-1] - lp[-1]))  # only the last WINDOW bytes
+
+
+def test_float_records_cost_less_and_random_bytes_no_more_than_the_network():
+    flat = np.full(8001, np.log(1 / 256))  # a network that knows nothing about these bytes
+    records = _records(1000)
+    assert -file_log_probs(records, flat).sum() / np.log(2) / len(records) < 7.0
+    noise = np.random.default_rng(1).integers(0, 256, 8000, dtype=np.uint8).tobytes()
+    assert -file_log_probs(noise, flat).sum() / np.log(2) / len(noise) < 8.0 + 0.01
+
+
+def test_streaming_equals_whole_file_scoring_and_is_a_distribution():
+    rng = np.random.default_rng(2)
+    data = _records(200, seed=3) + bytes(rng.integers(0, 256, 300, dtype=np.uint8))
+    n = len(data)
+    logits = rng.normal(0, 2, (n + 1, 260))  # the network's (already mixed) logits per position
+    log_p = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+    targets = np.r_[np.frombuffer(data, np.uint8).astype(np.int64), 258]
+    lp = log_p[np.arange(n + 1), targets]
+    want = file_log_probs(data, lp)
+    cut = 700
+    state = ColumnState(data[:cut], lp[max(0, cut - WINDOW):cut])
+    for i in range(cut, n + 1):
+        mixed = state.mix(log_p[i])
+        np.testing.assert_allclose(np.exp(mixed).sum(), 1.0, rtol=1e-9)
+        np.testing.assert_allclose(mixed[targets[i]], want[i], rtol=1e-9, atol=1e-9)
+        if i < n:
+            state.update(data[i], lp[i])
+    fresh = ColumnState(b"", np.zeros(0))
+    np.testing.assert_allclose(fresh.mix(log_p[0])[data[0]], file_log_probs(data[:1], lp[:2])[0])
