@@ -21,6 +21,7 @@ Numpy only: the serving side imports it without torch.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import numpy as np
@@ -102,36 +103,47 @@ class ColumnState:
             c = np.zeros((k, N_BYTES))
             np.add.at(c, (np.arange(self.n) % k, x), 1.0)
             self.counts.append(c)
-        per_stride = [_column_stride(x, k) for k in STRIDES]
-        self.cost = np.array([-float(np.sum(lq)) for lq in per_stride])  # code length of the context so far
+        self.cost = [-float(np.sum(_column_stride(x, k))) for k in STRIDES]  # code length of the file so far
         lq, _ = column_log_probs(context)
-        self.diffs: deque[float] = deque((np.maximum(lq[self.n - tail:], FLOOR) - np.maximum(tail_lp, FLOOR)).tolist(),
-                                         maxlen=WINDOW)
+        self.diffs: deque[float] = deque((np.maximum(lq[self.n - tail:], FLOOR) - np.maximum(tail_lp, FLOOR)).tolist())
+        self.evidence = float(sum(self.diffs))
+
+    def _best(self) -> int:
+        return min(range(len(STRIDES)), key=self.cost.__getitem__)  # the first on ties, as np.argmin
 
     def log_q(self) -> np.ndarray:
         """(256,) log q of the next byte, under the stride that has coded the file best so far."""
-        return self._log_q(int(np.argmin(self.cost)))
-
-    def _log_q(self, s: int) -> np.ndarray:
+        s = self._best()
         k = STRIDES[s]
         return np.log((self.counts[s][self.n % k] + SMOOTHING) / (self.n // k + N_BYTES * SMOOTHING))
 
     def logit(self) -> float:
         """The mixture's log-odds for the next byte."""
-        return PRIOR_LOGIT + float(sum(self.diffs))
+        return PRIOR_LOGIT + self.evidence
 
     def mix(self, log_p: np.ndarray) -> np.ndarray:
         """(V,) log p' of the next id from the (V,) log p of the network with its mixer."""
-        lq = np.full(len(log_p), -np.inf)
-        lq[:N_BYTES] = self.log_q()
-        return mix_log_probs(log_p, lq, np.float64(self.logit()))
+        return mix_rows(log_p[None], [self])[0]
 
     def update(self, byte: int, log_p_byte: float) -> None:
         """The byte that came and the log-probability the network (with its mixer) gave it."""
-        lq = float(self.log_q()[byte])
-        self.diffs.append(max(lq, FLOOR) - max(log_p_byte, FLOOR))
+        best = self._best()
         for s, k in enumerate(STRIDES):
             row = self.counts[s][self.n % k]
-            self.cost[s] -= np.log((row[byte] + SMOOTHING) / (self.n // k + N_BYTES * SMOOTHING))
+            lq = math.log((row[byte] + SMOOTHING) / (self.n // k + N_BYTES * SMOOTHING))
+            if s == best:
+                diff = max(lq, FLOOR) - max(log_p_byte, FLOOR)
+                self.diffs.append(diff)
+                self.evidence += diff
+            self.cost[s] -= lq
             row[byte] += 1.0
+        if len(self.diffs) > WINDOW:
+            self.evidence -= self.diffs.popleft()
         self.n += 1
+
+
+def mix_rows(log_p: np.ndarray, states: list[ColumnState]) -> np.ndarray:
+    """(B, V) log p' of the next id of B files being written from their (B, V) log p."""
+    lq = np.full(log_p.shape, -np.inf)
+    lq[:, :N_BYTES] = np.stack([s.log_q() for s in states])
+    return mix_log_probs(log_p, lq, np.array([[s.logit()] for s in states]))

@@ -105,12 +105,10 @@ class Mixer:
             return z
         z = z.astype(np.float64)
         log_p = z - np.logaddexp.reduce(z, axis=-1, keepdims=True)  # (B, V)
-        out = np.empty_like(log_p)
         for j, r in enumerate(rows):
             assert r.columns is not None, "rows of a model with the column expert need its state (tail_lp)"
             r.step_log_p = log_p[j]
-            out[j] = r.columns.mix(log_p[j])
-        return out
+        return col.mix_rows(log_p, [r.columns for r in rows])
 
     def to_dict(self) -> dict[str, Any]:
         d = {"match": self.match.to_dict(), "stride": self.stride.to_dict()}
