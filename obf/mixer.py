@@ -8,10 +8,11 @@ are fitted after training on training files
 (`fit_mixer`: the match table first, then the kernel on top of it) and saved in the checkpoint's
 config.json and the export's obf.json under `"mixer"`. Evaluation (`whole_file_bits`) and
 sampling (`obf.sampling.generate`) apply the same mixer on torch and ONNX Runtime, so the
-distribution that is sampled is the one that is scored. Last comes the column expert
-(`obf.columns`: an order-0 model per byte column, weighted by how it predicted the bytes just
-before against the hinted network; nothing fitted): `Mixer.step` in sampling,
-`obf.columns.file_log_probs` in scoring. A model without a mixer (trained with
+distribution that is sampled is the one that is scored. Then come two parts that learn from
+the file itself as it goes, nothing fitted: the match trust re-estimated from the match model's
+recent hits in this file (`obf.adapt`), and the column expert (`obf.columns`: an order-0 model
+per byte column, weighted by how it predicted the bytes just before against the hinted
+network): `Mixer.step` in sampling, `Mixer.serve` in scoring. A model without a mixer (trained with
 `train.mixer_fit_bytes=0`, or by an obf before it) is the network alone.
 
 Numpy only: the serving side imports it without torch.
@@ -24,10 +25,11 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from obf import adapt
 from obf import columns as col
 from obf.match import MatchModel, MatchTable, fit_table, log_softmax_at, match_hints, min_len_of
 from obf.stride import OFFSETS, StrideKernel, StrideState, fit_kernel, predictor_of, stride_hints, window
-from obf.vocab import N_BYTES
+from obf.vocab import EOS, N_BYTES
 
 
 class Hints(NamedTuple):
@@ -46,18 +48,37 @@ def file_hints(data: bytes | np.ndarray, modality: str) -> Hints:
     return Hints(h, ln, *stride_hints(data, modality))
 
 
+TAIL = col.WINDOW + adapt.WINDOW  # positions of a context generation scores before it starts
+
+
+class Tail(NamedTuple):
+    """What scoring gives the last T positions of a context (T = min(len, TAIL)): the hinted log p
+    of each byte and of its match hint (0 where none); see `obf.scoring.tail_log_probs`."""
+
+    lp: np.ndarray
+    hint_lp: np.ndarray
+
+
 class RowHints:
     """The hints of one generated row, kept up to date byte by byte: the bytes its file holds so
-    far (a `continue` context and what the row made; a `paired` target's own bytes). With
-    `tail_lp` (the log-probabilities scoring gives the context's last `obf.columns.WINDOW` bytes)
-    also the column expert's state."""
+    far (a `continue` context and what the row made; a `paired` target's own bytes). With the
+    context's `tail` from scoring, also the state of the match trust's correction (`obf.adapt`)
+    and of the column expert (`obf.columns`)."""
 
-    def __init__(self, context: bytes, modality: str, tail_lp: np.ndarray | None = None) -> None:
+    def __init__(self, context: bytes, modality: str, tail: Tail | None = None) -> None:
         self.match = MatchModel(context, min_len_of(modality))
         predictor = predictor_of(context, modality)
         self.stride = StrideState(context, predictor) if predictor else None
-        self.columns = col.ColumnState(context, tail_lp) if tail_lp is not None else None
-        self.step_log_p: np.ndarray | None = None  # (V,) this step's log p before the columns
+        self.adapt: adapt.AdaptState | None = None
+        self.columns: col.ColumnState | None = None
+        self.step_log_p: np.ndarray | None = None  # (V,) this step's log p before the column expert
+        if tail is not None:
+            n, t = len(context), len(tail.lp)
+            fh = file_hints(context, modality)
+            self.adapt = adapt.AdaptState.of_context(context, fh.match, fh.length, tail.hint_lp)
+            targets = np.frombuffer(bytes(context), np.uint8).astype(np.int64)[n - t:]
+            lp = adapt.adapt_log_probs(targets, fh.match[n - t:n], fh.length[n - t:n], tail.lp, tail.hint_lp)
+            self.columns = col.ColumnState(context, lp[t - min(t, col.WINDOW):])
 
     def predict(self) -> tuple[int, int, int, int]:
         """(match byte, match length, stride hint, activity) of the next byte, as `file_hints`."""
@@ -70,6 +91,8 @@ class RowHints:
         self.match.update(byte)
         if self.stride:
             self.stride.update(byte)
+        if self.adapt is not None:
+            self.adapt.update(byte)
         if self.columns is not None:
             assert self.step_log_p is not None, "Mixer.step comes before update"
             self.columns.update(byte, float(self.step_log_p[byte]))
@@ -80,45 +103,78 @@ def _column_settings() -> dict[str, Any]:
             "prior_logit": col.PRIOR_LOGIT}
 
 
+def _adapt_settings() -> dict[str, Any]:
+    return {"window": adapt.WINDOW, "smoothing": adapt.SMOOTHING, "limit": adapt.LIMIT}
+
+
 @dataclass(frozen=True)
 class Mixer:
-    """The hints' biases (fitted) and whether the column expert (`obf.columns`, nothing fitted)
-    is mixed in after them; a mixer saved by an obf without the column expert has none."""
+    """The hints' biases (fitted), then, each where enabled (nothing fitted), the match trust
+    re-estimated in the file (`obf.adapt`) and the column expert (`obf.columns`). A mixer saved
+    by an obf without them has neither."""
 
     match: MatchTable
     stride: StrideKernel
     columns: bool = False
+    adapt: bool = False
+
+    @property
+    def needs_tail(self) -> bool:
+        """Whether generation needs scoring's log-probabilities of the context's last positions."""
+        return self.columns or self.adapt
 
     def apply(self, logits: np.ndarray, hints: Hints, modality_ids: np.ndarray) -> np.ndarray:
         """Logits (..., V) mixed with hints whose arrays have the leading shape (...);
-        modality_ids broadcasts to it. The column expert comes after (`step`, `obf.scoring`)."""
+        modality_ids broadcasts to it. The file-adaptive parts come after (`serve`, `step`)."""
         out = self.match.apply(logits, hints.match, hints.length, modality_ids)
         return self.stride.apply(out, hints.stride, hints.activity, modality_ids)
 
+    def serve(self, data: bytes | np.ndarray, hints: Hints, lp: np.ndarray, hint_lp: np.ndarray) -> np.ndarray:
+        """(n+1,) log p of a whole file's targets (its bytes, then EOS) as the model serves them,
+        from the (n+1,) log p after `apply` of each target and of each position's match hint."""
+        if self.adapt:
+            targets = np.concatenate([np.frombuffer(bytes(data), np.uint8).astype(np.int64), [EOS]])
+            lp = adapt.adapt_log_probs(targets, hints.match, hints.length, lp, hint_lp)
+        return col.file_log_probs(data, lp) if self.columns else lp
+
     def step(self, logits: np.ndarray, rows: Sequence[RowHints], modality_ids: np.ndarray) -> np.ndarray:
         """One decode step of B rows: (B, V) logits -> (B, V) logits of the model as served (the
-        hints' biases, then the column expert: log p' of every id). Each row keeps its step's
-        log p for `RowHints.update`."""
+        hints' biases, then the match trust's correction and the column expert: log p' of every
+        id). Each row keeps its step's log p for `RowHints.update`."""
         hints = Hints(*np.array([r.predict() for r in rows], dtype=np.int64).T)  # (B,) each
         z = self.apply(logits, hints, modality_ids)
-        if not self.columns:
+        if not self.needs_tail:
             return z
         z = z.astype(np.float64)
         log_p = z - np.logaddexp.reduce(z, axis=-1, keepdims=True)  # (B, V)
         for j, r in enumerate(rows):
-            assert r.columns is not None, "rows of a model with the column expert need its state (tail_lp)"
+            assert r.columns is not None and r.adapt is not None, "rows of this mixer need a context tail"
+            if self.adapt:
+                h = int(hints.match[j])
+                p = float(np.exp(log_p[j, h])) if h >= 0 else 0.0
+                a = r.adapt.bias(h, int(hints.length[j]), p)
+                if a:
+                    log_p[j] -= np.log1p(p * np.expm1(a))
+                    log_p[j, h] += a
             r.step_log_p = log_p[j]
-        return col.mix_rows(log_p, [r.columns for r in rows])
+        return col.mix_rows(log_p, [r.columns for r in rows]) if self.columns else log_p
 
     def to_dict(self) -> dict[str, Any]:
         d = {"match": self.match.to_dict(), "stride": self.stride.to_dict()}
-        return d | {"columns": _column_settings()} if self.columns else d
+        if self.adapt:
+            d["adapt"] = _adapt_settings()
+        if self.columns:
+            d["columns"] = _column_settings()
+        return d
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Mixer":
         if d.get("columns") and d["columns"] != _column_settings():
             raise ValueError("the mixer's column expert was made with other settings than this obf uses")
-        return Mixer(MatchTable.from_dict(d["match"]), StrideKernel.from_dict(d["stride"]), bool(d.get("columns")))
+        if d.get("adapt") and d["adapt"] != _adapt_settings():
+            raise ValueError("the mixer's match trust correction was made with other settings than this obf uses")
+        return Mixer(MatchTable.from_dict(d["match"]), StrideKernel.from_dict(d["stride"]), bool(d.get("columns")),
+                     bool(d.get("adapt")))
 
 
 def mixer_of(backend: Any) -> Mixer | None:
@@ -170,7 +226,7 @@ def fit_mixer(stats: MixerStats) -> Mixer:
     table = fit_table(stats.get("m_mod", i), stats.get("m_len", i), stats.get("m_p", f), stats.get("m_hit", f))
     mod = stats.get("s_mod", i)
     if not len(mod):
-        return Mixer(table, StrideKernel.zeros(), columns=True)
+        return Mixer(table, StrideKernel.zeros(), columns=True, adapt=True)
     win, mh = stats.get("s_win", np.zeros((0, len(OFFSETS)))), stats.get("s_match", i)
     mp = stats.get("s_mp", f)
     has = mh >= 0
@@ -181,4 +237,4 @@ def fit_mixer(stats: MixerStats) -> Mixer:
     win = win - np.log1p(np.expm1(w) * mp)[:, None]  # the match bias's normaliser
     inside = np.flatnonzero(has & (at >= 0) & (at < len(OFFSETS)))
     win[inside, at[inside]] += w[inside]
-    return Mixer(table, fit_kernel(mod, stats.get("s_act", i), win, stats.get("s_came", i)), columns=True)
+    return Mixer(table, fit_kernel(mod, stats.get("s_act", i), win, stats.get("s_came", i)), columns=True, adapt=True)

@@ -138,12 +138,12 @@ def pad_batch(rows: Sequence[Sequence[int]], multiple: int = 1) -> np.ndarray:
 
 
 def _row_hints(backend: Backend, files: list[bytes], modalities: Sequence[str]) -> list[RowHints]:
-    """Each row's hints from the bytes its file holds before generation starts; with the column
-    expert, its mixture weight from how scoring scores the last bytes held (one batched pass)."""
+    """Each row's hints from the bytes its file holds before generation starts; for the mixer's
+    file-adaptive parts, how scoring scores the last bytes held (one batched pass)."""
     from obf.scoring import tail_log_probs  # scoring imports the mixer, as this module does
 
     mixer = mixer_of(backend)
-    tails = tail_log_probs(backend, files, list(modalities)) if mixer and mixer.columns else [None] * len(files)
+    tails = tail_log_probs(backend, files, list(modalities)) if mixer and mixer.needs_tail else [None] * len(files)
     return [RowHints(f, m, t) for f, m, t in zip(files, modalities, tails)]
 
 

@@ -15,11 +15,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from obf.columns import WINDOW, file_log_probs
 from obf.match import modality_index
 from obf.metrics import LN2, log_probs_of
-from obf.mixer import Hints, MixerStats, file_hints, mixer_of
+from obf.mixer import TAIL, Hints, MixerStats, Tail, file_hints, mixer_of
 from obf.objectives import Example, collate, windows_example
+from obf.vocab import PAD
 
 
 def file_windows(data: np.ndarray | bytes, modality: str, max_src_len: int, max_tgt_len: int,
@@ -69,12 +69,15 @@ class FileBits(NamedTuple):
 
 
 class PositionLogProbs(NamedTuple):
-    """Per file, (n+1,) log-probabilities of its targets (n bytes, then EOS) in nats: the network
-    with its mixer's hints (before the column expert) and the network alone. Positions a `tails`
-    request left out are 0."""
+    """Per file, (n+1,) log-probabilities in nats of its targets (n bytes, then EOS): the network
+    with its mixer's hints (`Mixer.apply`, before the file-adaptive parts), the same of each
+    position's match hint (0 where none), and the network alone; and the file's hints (None
+    without a mixer). Positions a `tails` request left out are 0."""
 
     hinted: list[np.ndarray]
+    hint: list[np.ndarray]
     network: list[np.ndarray]
+    hints: list[Hints | None]
 
 
 def position_log_probs(backend: Any, files: list[tuple[np.ndarray, str]], batch_size: int,
@@ -111,6 +114,7 @@ def position_log_probs(backend: Any, files: list[tuple[np.ndarray, str]], batch_
         cur.append(item)
     batches += [cur] if cur else []
     hinted = [np.zeros(len(data) + 1) for data, _ in files]
+    hint = [np.zeros(len(data) + 1) for data, _ in files]
     network = [np.zeros(len(data) + 1) for data, _ in files]
     for chunk in tqdm(batches, desc="bpb", unit="batch", disable=not progress, file=sys.stderr):
         b = collate([ex for _, ex, _ in chunk], multiple=max(8, backend.patch_size))
@@ -120,7 +124,7 @@ def position_log_probs(backend: Any, files: list[tuple[np.ndarray, str]], batch_
             logits = backend.logits(b.src, b.dec)
         windows = [(fi, start, first) for fi, _, ws in chunk for start, first in ws]  # collate's window order
         lp_net = log_probs_of(logits, b.tgt)  # (N, T)
-        lp = lp_net
+        lp, lp_hint = lp_net, np.zeros_like(lp_net)
         if mixer is not None or fit is not None:
             h = Hints(*(np.full(b.tgt.shape, fill, dtype=np.int64) for fill in (-1, 0, -1, 0)))  # (N, T) each
             for n, (fi, start, _) in enumerate(windows):
@@ -132,33 +136,35 @@ def position_log_probs(backend: Any, files: list[tuple[np.ndarray, str]], batch_
                 unscored = np.arange(b.tgt.shape[1])[None, :] < np.array([f for _, _, f in windows])[:, None]
                 fit.add(logits, b.tgt, Hints(*(np.where(unscored, -1, x) for x in h)), mods)  # each position once
             if mixer is not None:
-                lp = log_probs_of(mixer.apply(logits, h, mods), b.tgt)
+                mixed = mixer.apply(logits, h, mods)
+                lp = log_probs_of(mixed, b.tgt)
+                lp_hint = log_probs_of(mixed, np.where(h.match >= 0, h.match, PAD))  # 0 where no hint
         for n, (fi, start, first) in enumerate(windows):
             k = min(b.tgt.shape[1], len(hinted[fi]) - start)  # targets past EOS are padding
             hinted[fi][start + first:start + k] = lp[n, first:k]
+            hint[fi][start + first:start + k] = lp_hint[n, first:k]
             network[fi][start + first:start + k] = lp_net[n, first:k]
-    return PositionLogProbs(hinted, network)
+    return PositionLogProbs(hinted, hint, network, hints)
 
 
 def whole_file_bits(backend: Any, files: list[tuple[np.ndarray, str]], batch_size: int, stride: int | None = None,
                     progress: bool = False, fit: MixerStats | None = None) -> FileBits:
-    """Total bits to code each (bytes, modality) file with the model (`position_log_probs`), the
-    column expert (`obf.columns`) mixed in last where the model's mixer has it; `network` is the
-    network alone."""
+    """Total bits to code each (bytes, modality) file with the model (`position_log_probs`, then
+    the mixer's file-adaptive parts: `Mixer.serve`); `network` is the network alone."""
     lp = position_log_probs(backend, files, batch_size, stride, progress, fit)
     mixer = mixer_of(backend)
-    if mixer is not None and mixer.columns:
-        served = [file_log_probs(data, h) for (data, _), h in zip(files, lp.hinted)]
+    if mixer is not None:
+        served = [mixer.serve(data, hints, h, hl) for (data, _), hints, h, hl in zip(files, lp.hints, lp.hinted, lp.hint)]
     else:
         served = lp.hinted
     return FileBits([-float(x.sum()) / LN2 for x in served], [-float(x.sum()) / LN2 for x in lp.network])
 
 
-def tail_log_probs(backend: Any, contexts: list[bytes], modalities: list[str]) -> list[np.ndarray]:
-    """The hinted log-probabilities (`position_log_probs`, default stride) of the last
-    `obf.columns.WINDOW` bytes of each context (fewer when it is shorter): what the column
-    expert's mixture weight needs to start generating after it as scoring would score it."""
+def tail_log_probs(backend: Any, contexts: list[bytes], modalities: list[str]) -> list[Tail]:
+    """What `position_log_probs` (default stride) gives the last `obf.mixer.TAIL` bytes of each
+    context (fewer when it is shorter): what the mixer's file-adaptive parts need to start
+    generating after it as scoring would score it."""
     files = [(np.frombuffer(bytes(c), np.uint8), m) for c, m in zip(contexts, modalities)]
-    tails = [min(WINDOW, len(c)) for c in contexts]
+    tails = [min(TAIL, len(c)) for c in contexts]
     lp = position_log_probs(backend, files, batch_size=32, tails=tails)
-    return [h[len(c) - t:len(c)] for h, c, t in zip(lp.hinted, contexts, tails)]
+    return [Tail(h[len(c) - t:len(c)], hl[len(c) - t:len(c)]) for h, hl, c, t in zip(lp.hinted, lp.hint, contexts, tails)]

@@ -173,3 +173,39 @@ def test_fit_mixer_on_logits_makes_the_data_likelier_and_uses_both_hints():
     alone = fit_kernel(stats.get("s_mod", None), stats.get("s_act", None), stats.get("s_win", None),
                        stats.get("s_came", None))
     assert ll(Mixer(mixer.match, alone).apply(logits, hints, mods)) < mixed - 0.01 * n
+
+
+def test_each_decode_step_serves_what_whole_file_scoring_serves():
+    """Generation (`Mixer.step`, rows started from scoring's tail of the context) and scoring
+    (`Mixer.apply` per position, then `Mixer.serve` over the file) give every byte the same
+    log-probability: hints, the match trust's correction and the column expert alike."""
+    from obf.match import MatchTable
+    from obf.mixer import TAIL, Tail
+    from obf.metrics import log_probs_of
+    from obf.vocab import EOS, PAD
+
+    rng = np.random.default_rng(8)
+    data = _bmp(24, 40, seed=4)
+    data = data + data[54:54 + 3000]  # repeats: the match model and its correction work
+    n, modality = len(data), "image"
+    mixer = Mixer(MatchTable(rng.normal(1, 1, MatchTable.zeros().weights.shape)),
+                  StrideKernel(rng.normal(0, 0.5, StrideKernel.zeros().weights.shape)), columns=True, adapt=True)
+    logits = rng.normal(0, 2, (n + 1, 262)).astype(np.float32)  # a network's logits per position
+    targets = np.r_[np.frombuffer(data, np.uint8).astype(np.int64), EOS]
+    fh = file_hints(data, modality)
+    mods = modality_index([modality])
+    z = mixer.apply(logits, fh, mods)
+    lp = log_probs_of(z[None], targets[None])[0]
+    hint_lp = log_probs_of(z[None], np.where(fh.match >= 0, fh.match, PAD)[None])[0]
+    served = mixer.serve(data, fh, lp, hint_lp)
+    cut = TAIL + 700
+    assert n - cut > 1500 and (fh.match[cut:] >= 0).mean() > 0.5
+    row = RowHints(data[:cut], modality, Tail(lp[cut - TAIL:cut], hint_lp[cut - TAIL:cut]))
+    for i in range(cut, n + 1):
+        out = mixer.step(logits[i][None], [row], mods).astype(np.float64)[0]
+        assert abs(np.logaddexp.reduce(out)) < 1e-6  # log-probabilities: every part keeps the sum at 1
+        np.testing.assert_allclose(out[targets[i]], served[i], atol=1e-4)
+        if i < n:
+            row.update(int(targets[i]))
+    without = Mixer(mixer.match, mixer.stride)
+    assert served.sum() > without.serve(data, fh, lp, hint_lp).sum()  # both adaptive parts help here
