@@ -20,11 +20,13 @@ byte by byte (generation) alike. Numpy only.
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections import deque
 
 import numpy as np
 
-from obf.match import PROB_EDGES, MatchTable
+from obf.match import LENGTH_BUCKETS, PROB_EDGES, MatchTable
 
 WINDOW = 2048  # positions back whose match events re-estimate the trust
 SMOOTHING = 1.0
@@ -36,6 +38,11 @@ def cells(lengths: np.ndarray, p_hint: np.ndarray) -> np.ndarray:
     """The table cell (length bucket x probability bucket) of each match event, as one index."""
     _, lb, pb = MatchTable.cells(np.zeros(len(lengths), dtype=np.int64), np.asarray(lengths), np.asarray(p_hint))
     return lb * N_PROB + pb
+
+
+def _cell(length: int, p_hint: float) -> int:
+    """`cells` of one event, without numpy (a decode step's cost)."""
+    return min(max(length, 1).bit_length() - 1, LENGTH_BUCKETS - 1) * N_PROB + bisect.bisect_left(PROB_EDGES, p_hint)
 
 
 def correction(hits: np.ndarray | float, predicted: np.ndarray | float, events: np.ndarray | int) -> np.ndarray:
@@ -97,7 +104,7 @@ class AdaptState:
             if match[j] >= 0:
                 p = float(np.exp(tail_hint_lp[j - (n - t)]))
                 state.n = j
-                state.pending = (int(match[j]), int(cells(np.array([lengths[j]]), np.array([p]))[0]), p)
+                state.pending = (int(match[j]), _cell(int(lengths[j]), p), p)
                 state.update(int(x[j]))
         state.n = n
         state._forget()
@@ -118,10 +125,13 @@ class AdaptState:
             self.pending = None
             return 0.0
         self._forget()
-        c = int(cells(np.array([length]), np.array([p_hint]))[0])
+        c = _cell(length, p_hint)
         self.pending = (hint, c, p_hint)
         h, q, k = self.totals.get(c, (0.0, 0.0, 0))
-        return float(correction(h, q, k))
+        if not k:
+            return 0.0
+        a = math.log((h + SMOOTHING) / (k - h + SMOOTHING)) - math.log((q + SMOOTHING) / (k - q + SMOOTHING))
+        return min(max(a, -LIMIT), LIMIT)
 
     def update(self, byte: int) -> None:
         if self.pending is not None:

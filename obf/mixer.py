@@ -146,7 +146,8 @@ class Mixer:
         if not self.needs_tail:
             return z
         z = z.astype(np.float64)
-        log_p = z - np.logaddexp.reduce(z, axis=-1, keepdims=True)  # (B, V)
+        top = z.max(axis=-1, keepdims=True)
+        log_p = z - top - np.log(np.exp(z - top).sum(axis=-1, keepdims=True))  # (B, V)
         for j, r in enumerate(rows):
             assert r.columns is not None and r.adapt is not None, "rows of this mixer need a context tail"
             if self.adapt:

@@ -23,6 +23,7 @@ Numpy only.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,7 +134,9 @@ def predict_next(buf: bytes | bytearray, p: Predictor) -> int:
         return -1
     if not p.pixel:
         return buf[n - p.unit]
-    return int(med(buf[n - p.pixel], buf[n - p.unit], buf[n - p.unit - p.pixel]))
+    left, above, corner = buf[n - p.pixel], buf[n - p.unit], buf[n - p.unit - p.pixel]
+    lo, hi = min(left, above), max(left, above)  # `med` on three ints, without numpy (a decode step's cost)
+    return lo if corner >= hi else hi if corner <= lo else left + above - corner
 
 
 class StrideState:
@@ -153,7 +156,7 @@ class StrideState:
             return -1, 0
         n, err = len(self.buf), self.err
         total = sum(w * err[n - back] for back, w in self.p.neighbours if back <= n)
-        return self.hint, int(activity_bucket(total))
+        return self.hint, min(math.floor(1.2 * math.log2(1.0 + total)), ACTIVITY_BUCKETS - 1)  # `activity_bucket`
 
     def update(self, byte: int) -> None:
         self.err.append(abs(byte - self.hint) if self.hint >= 0 else 0)
