@@ -66,14 +66,15 @@ def gather(dest: Path) -> dict[str, str]:
 
     put("numpy_METADATA.txt", "numpy dist-info METADATA (the package description)", metadata_text("numpy"))
     put("prefect_METADATA.txt", "prefect dist-info METADATA", metadata_text("prefect"))
-    put("prefect_flows.py", "prefect/flows.py", (prefect / "flows.py").read_bytes())
+    put("prefect_flows.py", f"prefect/flows.py (first {MAX_BYTES // 1024} KiB)", (prefect / "flows.py").read_bytes())
     put("prefect_icon.png", "prefect/server/ui/ico/android-chrome-192x192.png",
         (prefect / "server/ui/ico/android-chrome-192x192.png").read_bytes())
     put("networkx_plot.png", "networkx/drawing/tests/baseline/test_display_complex.png",
         (networkx / "drawing/tests/baseline/test_display_complex.png").read_bytes())
     put("numpy_array.npy", "numpy/lib/tests/data/python3.npy", (numpy / "lib/tests/data/python3.npy").read_bytes())
     so = min((p for p in numpy.rglob("*.so") if p.stat().st_size > 16384), key=lambda p: p.stat().st_size)
-    put("numpy_module.so", f"numpy/{so.relative_to(numpy)} (first {MAX_BYTES // 1024} KiB)", so.read_bytes())
+    cut = f" (first {MAX_BYTES // 1024} KiB)" if so.stat().st_size > MAX_BYTES else ""
+    put("numpy_module.so", f"numpy/{so.relative_to(numpy)}{cut}", so.read_bytes())
     with tempfile.TemporaryDirectory() as tmp:
         pyc = Path(tmp) / "flows.pyc"
         py_compile.compile(str(prefect / "flows.py"), cfile=str(pyc), doraise=True,
