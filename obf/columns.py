@@ -53,9 +53,17 @@ def column_log_probs(data: bytes | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For every byte of `data`: (n,) log q of the byte under the column model, and (n,) the
     index in STRIDES of the stride it used (the one whose total code length before it was
     least; the first on ties)."""
-    x = np.frombuffer(bytes(data), np.uint8).astype(np.int64)
-    n = len(x)
-    lq = np.stack([_column_stride(x, k) for k in STRIDES]) if n else np.zeros((len(STRIDES), 0))  # (S, n)
+    return _picked(_per_stride(np.frombuffer(bytes(data), np.uint8).astype(np.int64)))
+
+
+def _per_stride(x: np.ndarray) -> np.ndarray:
+    """(S, n) log q_k of each byte of x (n,) under every stride k of STRIDES."""
+    return np.stack([_column_stride(x, k) for k in STRIDES]) if len(x) else np.zeros((len(STRIDES), 0))
+
+
+def _picked(lq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) log q under the stride with the least code length before each byte, and (n,) its index."""
+    n = lq.shape[1]
     cost = np.concatenate([np.zeros((len(STRIDES), 1)), np.cumsum(-lq, axis=1)[:, :-1]], axis=1)[:, :n]  # (S, n)
     pick = np.argmin(cost, axis=0)
     return lq[pick, np.arange(n)], pick
@@ -103,8 +111,9 @@ class ColumnState:
             c = np.zeros((k, N_BYTES))
             np.add.at(c, (np.arange(self.n) % k, x), 1.0)
             self.counts.append(c)
-        self.cost = [-float(np.sum(_column_stride(x, k))) for k in STRIDES]  # code length of the file so far
-        lq, _ = column_log_probs(context)
+        per_stride = _per_stride(x)  # (S, n)
+        self.cost = (-per_stride.sum(axis=1)).tolist()  # code length of the file so far, per stride
+        lq, _ = _picked(per_stride)
         self.diffs: deque[float] = deque((np.maximum(lq[self.n - tail:], FLOOR) - np.maximum(tail_lp, FLOOR)).tolist())
         self.evidence = float(sum(self.diffs))
 

@@ -5,7 +5,7 @@ Shared by evaluation (`obf evaluate`) and training, which fits the model's mixer
 on the network's logits of training files scored the same way. Works with any backend that
 offers teacher-forced `logits(src, dec)` (and `window_logits` for a causal encoder): a torch
 checkpoint and its ONNX export give the same numbers. Generation asks it for the log-probabilities
-of a context's last bytes (`tail_log_probs`), from which the column expert's weight starts.
+of a context's last bytes (`tail_log_probs`), from which the mixer's file-adaptive parts start.
 """
 
 from __future__ import annotations
