@@ -36,7 +36,7 @@ def step_cost(mixer, ds) -> dict[str, float]:
     import numpy as np
 
     from obf.match import modality_index
-    from obf.mixer import TAIL, Mixer, RowHints, Tail
+    from obf.mixer import TAIL, Mixer, RowHints, Tail, file_hints
 
     rec = next(r for r in ds.records if r.modality == "image")
     ctx = bytes(ds.file_bytes(rec))[:4096]
@@ -45,7 +45,7 @@ def step_cost(mixer, ds) -> dict[str, float]:
         mods = modality_index(["image"] * b)
         logits = np.random.default_rng(0).normal(size=(b, 320)).astype(np.float32)
         for name, m in (("fitted hints", Mixer(mixer.match, mixer.stride)), ("all parts", mixer)):
-            tail = Tail(np.full(TAIL, -5.0), np.full(TAIL, -1.0)) if m.needs_tail else None
+            tail = Tail(np.full(TAIL, -5.0), np.full(TAIL, -1.0), file_hints(ctx, "image")) if m.needs_tail else None
             rows = [RowHints(ctx, "image", tail) for _ in range(b)]
             best = float("inf")
             for _ in range(3):

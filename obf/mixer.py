@@ -53,10 +53,12 @@ TAIL = col.WINDOW + adapt.WINDOW  # positions of a context generation scores bef
 
 class Tail(NamedTuple):
     """What scoring gives the last T positions of a context (T = min(len, TAIL)): the hinted log p
-    of each byte and of its match hint (0 where none); see `obf.scoring.tail_log_probs`."""
+    of each byte and of its match hint (0 where none); and the context's `file_hints`, which
+    scoring computed for them; see `obf.scoring.tail_log_probs`."""
 
     lp: np.ndarray
     hint_lp: np.ndarray
+    hints: Hints
 
 
 class RowHints:
@@ -74,7 +76,7 @@ class RowHints:
         self.step_log_p: np.ndarray | None = None  # (V,) this step's log p before the column expert
         if tail is not None:
             n, t = len(context), len(tail.lp)
-            fh = file_hints(context, modality)
+            fh = tail.hints
             self.adapt = adapt.AdaptState.of_context(context, fh.match, fh.length, tail.hint_lp)
             targets = np.frombuffer(bytes(context), np.uint8).astype(np.int64)[n - t:]
             lp = adapt.adapt_log_probs(targets, fh.match[n - t:n], fh.length[n - t:n], tail.lp, tail.hint_lp)

@@ -167,4 +167,5 @@ def tail_log_probs(backend: Any, contexts: list[bytes], modalities: list[str]) -
     files = [(np.frombuffer(bytes(c), np.uint8), m) for c, m in zip(contexts, modalities)]
     tails = [min(TAIL, len(c)) for c in contexts]
     lp = position_log_probs(backend, files, batch_size=32, tails=tails)
-    return [Tail(h[len(c) - t:len(c)], hl[len(c) - t:len(c)]) for h, hl, c, t in zip(lp.hinted, lp.hint, contexts, tails)]
+    return [Tail(h[len(c) - t:len(c)], hl[len(c) - t:len(c)], fh)
+            for h, hl, fh, c, t in zip(lp.hinted, lp.hint, lp.hints, contexts, tails)]

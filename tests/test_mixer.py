@@ -200,7 +200,8 @@ def test_each_decode_step_serves_what_whole_file_scoring_serves():
     served = mixer.serve(data, fh, lp, hint_lp)
     cut = TAIL + 700
     assert n - cut > 1500 and (fh.match[cut:] >= 0).mean() > 0.5
-    row = RowHints(data[:cut], modality, Tail(lp[cut - TAIL:cut], hint_lp[cut - TAIL:cut]))
+    row = RowHints(data[:cut], modality, Tail(lp[cut - TAIL:cut], hint_lp[cut - TAIL:cut],
+                                                  file_hints(data[:cut], modality)))
     for i in range(cut, n + 1):
         out = mixer.step(logits[i][None], [row], mods).astype(np.float64)[0]
         assert abs(np.logaddexp.reduce(out)) < 1e-6  # log-probabilities: every part keeps the sum at 1
