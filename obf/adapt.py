@@ -15,7 +15,9 @@ with N events of that cell in the window, H of them hits and Q the sum of their 
 probabilities, s = `SMOOTHING` (a = 0 without events), clipped to ±`LIMIT`; then
 p'(v) ∝ p(v) · e^(a [v = hint]). Nothing is fitted; the estimate uses the model's own predictions
 before the correction, so it is computed for a whole file at once (scoring) and kept up to date
-byte by byte (generation) alike. Numpy only.
+byte by byte (generation) alike. With `learn_until` (generation) the estimate stops there: every
+later position gets the correction of that position, so the model's own samples never raise its
+trust in copying them. Numpy only.
 """
 
 from __future__ import annotations
@@ -53,31 +55,35 @@ def correction(hits: np.ndarray | float, predicted: np.ndarray | float, events: 
     return np.clip(a, -LIMIT, LIMIT)
 
 
-def corrections(positions: np.ndarray, cell: np.ndarray, p_hint: np.ndarray, hit: np.ndarray) -> np.ndarray:
+def corrections(positions: np.ndarray, cell: np.ndarray, p_hint: np.ndarray, hit: np.ndarray,
+                learn_until: int | None = None) -> np.ndarray:
     """(K,) the correction of each of K match events (sorted by position), from the earlier events
-    of its cell less than WINDOW positions before it."""
+    of its cell less than WINDOW positions before it; an event at or after `learn_until` gets
+    the correction an event at `learn_until` would (only events before it count)."""
     a = np.zeros(len(positions))
     for c in np.unique(cell):
         e = np.flatnonzero(cell == c)
         pos = positions[e]
+        at = pos if learn_until is None else np.minimum(pos, learn_until)  # where each event's estimate stands
         hits = np.concatenate([[0.0], np.cumsum(hit[e])])
         pred = np.concatenate([[0.0], np.cumsum(p_hint[e])])
-        first = np.searchsorted(pos, pos - WINDOW + 1)  # the first event inside the window
-        k = np.arange(len(e))
+        first = np.searchsorted(pos, at - WINDOW + 1)  # the first event inside the window
+        k = np.searchsorted(pos, at)  # the events before it
         a[e] = correction(hits[k] - hits[first], pred[k] - pred[first], k - first)
     return a
 
 
 def adapt_log_probs(targets: np.ndarray, match: np.ndarray, lengths: np.ndarray, lp: np.ndarray,
-                    hint_lp: np.ndarray) -> np.ndarray:
+                    hint_lp: np.ndarray, learn_until: int | None = None) -> np.ndarray:
     """(n,) log p' of n targets from their (n,) log p, the match hints (-1: none) and lengths at
-    those positions, and hint_lp (n,) the log p of each hinted byte; positions in order."""
+    those positions, and hint_lp (n,) the log p of each hinted byte; positions in order, the
+    first at 0. `learn_until`: see `corrections`."""
     at = np.flatnonzero(match >= 0)
     if not len(at):
         return lp
     p = np.exp(hint_lp[at])
     hit = (targets[at] == match[at]).astype(np.float64)
-    a = corrections(at, cells(lengths[at], p), p, hit)
+    a = corrections(at, cells(lengths[at], p), p, hit, learn_until)
     out = np.array(lp, dtype=np.float64, copy=True)
     out[at] += a * hit - np.log1p(p * np.expm1(a))
     return out
@@ -89,6 +95,7 @@ class AdaptState:
 
     def __init__(self) -> None:
         self.n = 0  # position of the next byte
+        self.frozen = False  # `freeze`: later bytes no longer change the estimate
         self.events: deque[tuple[int, int, float, float]] = deque()  # (position, cell, p, hit)
         self.totals: dict[int, list[float]] = {}  # cell -> [hits, predicted, events]
         self.pending: tuple[int, int, float] | None = None  # (hint, cell, p) of the next byte
@@ -110,7 +117,14 @@ class AdaptState:
         state._forget()
         return state
 
+    def freeze(self) -> None:
+        """Keep the estimate as it stands (generation after the real context: `learn_until`)."""
+        self._forget()
+        self.frozen = True
+
     def _forget(self) -> None:
+        if self.frozen:
+            return
         while self.events and self.events[0][0] <= self.n - WINDOW:
             _, c, p, hit = self.events.popleft()
             t = self.totals[c]
@@ -134,7 +148,7 @@ class AdaptState:
         return min(max(a, -LIMIT), LIMIT)
 
     def update(self, byte: int) -> None:
-        if self.pending is not None:
+        if self.pending is not None and not self.frozen:
             hint, c, p = self.pending
             hit = float(byte == hint)
             self.events.append((self.n, c, p, hit))

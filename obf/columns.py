@@ -16,6 +16,9 @@ last `WINDOW` bytes y_j, p the network's (already mixed) distribution as it pred
 Where the network predicts better, w falls toward 0 and costs almost nothing; where the columns do,
 it rises toward 1. EOS and the other non-byte ids keep (1 - w) of their probability.
 
+With `learn_until` (generation after a real context) the counts, the stride picked and the
+mixture weight stay as they were there: the model's own samples never teach it their columns.
+
 Numpy only: the serving side imports it without torch.
 """
 
@@ -85,13 +88,30 @@ def mix_log_probs(lp: np.ndarray, lq: np.ndarray, logit: np.ndarray) -> np.ndarr
     return np.logaddexp(log_1mw + lp, log_w + lq)
 
 
-def file_log_probs(data: bytes | np.ndarray, lp: np.ndarray) -> np.ndarray:
+def file_log_probs(data: bytes | np.ndarray, lp: np.ndarray, learn_until: int | None = None) -> np.ndarray:
     """(n+1,) log p' of the targets of a whole file (its n bytes, then EOS) from the (n+1,) log p
-    the network (with its mixer) gives them: what `obf.scoring` counts."""
-    n = len(data)
-    lq, _ = column_log_probs(data)
-    logit = evidence_logits(lq, lp[:n])
-    return mix_log_probs(lp, np.concatenate([lq, [-np.inf]]), logit)
+    the network (with its mixer) gives them: what `obf.scoring` counts. `learn_until`: positions
+    from there on are coded with the counts, stride and weight the bytes before it gave."""
+    x = np.frombuffer(bytes(data), np.uint8).astype(np.int64)
+    n = len(x)
+    if learn_until is None or learn_until >= n:
+        lq, _ = _picked(_per_stride(x))
+        logit = evidence_logits(lq, lp[:n])
+        return mix_log_probs(lp, np.concatenate([lq, [-np.inf]]), logit)
+    cut = learn_until
+    per_stride = _per_stride(x[:cut])  # (S, cut)
+    lq, _ = _picked(per_stride)
+    logit = evidence_logits(lq, lp[:cut])  # (cut+1,): the last one is the weight frozen at `cut`
+    best = int(np.argmin(-per_stride.sum(axis=1)))  # the stride that coded the real bytes best
+    k = STRIDES[best]
+    counts = np.zeros((k, N_BYTES))
+    np.add.at(counts, (np.arange(cut) % k, x[:cut]), 1.0)
+    seen = np.bincount(np.arange(cut) % k, minlength=k)  # (k,) real bytes per column
+    later = np.arange(cut, n)
+    lq_later = np.log((counts[later % k, x[cut:]] + SMOOTHING) / (seen[later % k] + N_BYTES * SMOOTHING))
+    lq_all = np.concatenate([lq, lq_later, [-np.inf]])
+    logit_all = np.concatenate([logit[:cut], np.full(n + 1 - cut, logit[cut])])
+    return mix_log_probs(lp, lq_all, logit_all)
 
 
 class ColumnState:
@@ -116,15 +136,30 @@ class ColumnState:
         lq, _ = _picked(per_stride)
         self.diffs: deque[float] = deque((np.maximum(lq[self.n - tail:], FLOOR) - np.maximum(tail_lp, FLOOR)).tolist())
         self.evidence = float(sum(self.diffs))
+        self.frozen_at: int | None = None  # `freeze`: the position from which nothing more is learned
+        self.picked = 0  # the stride used once frozen
+
+    def freeze(self) -> None:
+        """Keep the counts, the stride and the weight as they stand (`learn_until` of `file_log_probs`)."""
+        self.picked = self._best()
+        self.frozen_at = self.n
 
     def _best(self) -> int:
+        if self.frozen_at is not None:
+            return self.picked
         return min(range(len(STRIDES)), key=self.cost.__getitem__)  # the first on ties, as np.argmin
+
+    def _seen(self, k: int) -> int:
+        """Bytes counted so far in the next byte's column of stride k."""
+        if self.frozen_at is None:
+            return self.n // k
+        return len(range(self.n % k, self.frozen_at, k))
 
     def log_q(self) -> np.ndarray:
         """(256,) log q of the next byte, under the stride that has coded the file best so far."""
         s = self._best()
         k = STRIDES[s]
-        return np.log((self.counts[s][self.n % k] + SMOOTHING) / (self.n // k + N_BYTES * SMOOTHING))
+        return np.log((self.counts[s][self.n % k] + SMOOTHING) / (self._seen(k) + N_BYTES * SMOOTHING))
 
     def logit(self) -> float:
         """The mixture's log-odds for the next byte."""
@@ -136,6 +171,9 @@ class ColumnState:
 
     def update(self, byte: int, log_p_byte: float) -> None:
         """The byte that came and the log-probability the network (with its mixer) gave it."""
+        if self.frozen_at is not None:
+            self.n += 1
+            return
         best = self._best()
         for s, k in enumerate(STRIDES):
             row = self.counts[s][self.n % k]

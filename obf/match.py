@@ -31,6 +31,7 @@ MIN_LEN_OF = {"audio": 6}  # where short repeats mislead more than they help (me
 MAX_LEN = 1 << 16  # match lengths are counted up to this
 VERIFY = 512  # on a new match, bytes compared backwards to measure its length
 RECOVER = 8  # misses in a row after which a match is dropped
+MAX_POSITION = 1 << 62  # `learn_until` when every byte may be learned from
 LENGTH_BUCKETS = 11  # floor(log2(length)), capped: 0-1 -> 0 (just recovered), 2-3 -> 1, 4-7 -> 2, ..., 1024+ -> 10
 PROB_EDGES = (0.05, 0.2, 0.5, 0.8, 0.95)  # buckets of the network's own probability of the hint
 
@@ -46,10 +47,17 @@ class MatchModel:
     After `RECOVER` misses in a row it is dropped. Whenever the length is under `min_len`, a
     lookup of the last `min_len` bytes that finds an earlier occurrence starts a new match there,
     its length measured by comparing backwards (at most `VERIFY` bytes).
+
+    `learn_until` (generation: the length of the real context) keeps the model to real bytes: only
+    contexts whose next byte lies before it enter the table, and a match is dropped when it would
+    predict a byte at or after it. Without it (scoring) every earlier byte counts. Why: a sampled
+    run of one byte that the match model may copy is predicted ever more surely, until it fills
+    the rest of the file (measured: benchmarks/README.md, "Generation").
     """
 
-    def __init__(self, data: bytes | bytearray = b"", min_len: int = MIN_LEN) -> None:
+    def __init__(self, data: bytes | bytearray = b"", min_len: int = MIN_LEN, learn_until: int | None = None) -> None:
         self.min_len = min_len
+        self.limit = learn_until if learn_until is not None else MAX_POSITION
         self.buf = bytearray()
         self.table: dict[bytes, int] = {}
         self.ptr = -1  # position in buf of the predicted byte; -1 = no match
@@ -73,7 +81,9 @@ class MatchModel:
             else:
                 self.length = 0
                 self.misses += 1
-            self.ptr = self.ptr + 1 if self.misses <= RECOVER else -1
+            self.ptr = self.ptr + 1 if self.misses <= RECOVER and self.ptr + 1 < self.limit else -1
+            if self.ptr < 0:
+                self.length = self.misses = 0
         m = self.min_len
         if n < m:
             return
@@ -85,20 +95,23 @@ class MatchModel:
                 while k < VERIFY and p - 1 - k >= 0 and buf[p - 1 - k] == buf[n - 1 - k]:
                     k += 1
                 self.ptr, self.length, self.misses = p, k, 0
-        self.table[key] = n
+        if n < self.limit:
+            self.table[key] = n
 
 
 def min_len_of(modality: str) -> int:
     return MIN_LEN_OF.get(modality, MIN_LEN)
 
 
-def match_hints(data: bytes | np.ndarray, min_len: int = MIN_LEN) -> tuple[np.ndarray, np.ndarray]:
+def match_hints(data: bytes | np.ndarray, min_len: int = MIN_LEN, learn_until: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """The match model's prediction for every position 0..n of `data` (position n: where EOS is
-    the target) from the bytes before it -> (hints (n+1,) int64, -1 where none; lengths (n+1,))."""
+    the target) from the bytes before it -> (hints (n+1,) int64, -1 where none; lengths (n+1,)).
+    `learn_until`: as `MatchModel`'s."""
     raw = bytes(data)
     hints = np.full(len(raw) + 1, -1, dtype=np.int64)
     lengths = np.zeros(len(raw) + 1, dtype=np.int64)
-    m = MatchModel(min_len=min_len)
+    m = MatchModel(min_len=min_len, learn_until=learn_until)
     for i, b in enumerate(raw):
         hints[i], lengths[i] = m.predict()
         m.update(b)

@@ -42,13 +42,16 @@ class Hints(NamedTuple):
     activity: np.ndarray
 
 
-def file_hints(data: bytes | np.ndarray, modality: str) -> Hints:
-    """Hints for every position 0..n of a file (n: where EOS is the target), each (n+1,)."""
-    h, ln = match_hints(data, min_len_of(modality))
+def file_hints(data: bytes | np.ndarray, modality: str, learn_until: int | None = None) -> Hints:
+    """Hints for every position 0..n of a file (n: where EOS is the target), each (n+1,);
+    `learn_until`: the match model copies only bytes before it (`obf.match.MatchModel`)."""
+    h, ln = match_hints(data, min_len_of(modality), learn_until)
     return Hints(h, ln, *stride_hints(data, modality))
 
 
 TAIL = col.WINDOW + adapt.WINDOW  # positions of a context generation scores before it starts
+MEDIA = ("image", "audio", "video")  # modalities whose header declares a layout (`obf.stride`)
+HEADER_MAX = 1024  # a file being written that declares no layout by here gets no stride hint
 
 
 class Tail(NamedTuple):
@@ -65,12 +68,22 @@ class RowHints:
     """The hints of one generated row, kept up to date byte by byte: the bytes its file holds so
     far (a `continue` context and what the row made; a `paired` target's own bytes). With the
     context's `tail` from scoring, also the state of the match trust's correction (`obf.adapt`)
-    and of the column expert (`obf.columns`)."""
+    and of the column expert (`obf.columns`).
 
-    def __init__(self, context: bytes, modality: str, tail: Tail | None = None) -> None:
-        self.match = MatchModel(context, min_len_of(modality))
+    `learn_from_output` False (what generation does by default): the parts that learn from the
+    file (the match model's table and what it may copy, the match trust, the column counts and
+    weight) learn from the context only, as scoring with `learn_until=len(context)` does; the
+    stride hint still reads the bytes just made, as it reads any earlier byte."""
+
+    def __init__(self, context: bytes, modality: str, tail: Tail | None = None, *,
+                 learn_from_output: bool = True) -> None:
+        learn_until = None if learn_from_output else len(context)
+        self.match = MatchModel(context, min_len_of(modality), learn_until)
+        self.modality = modality
         predictor = predictor_of(context, modality)
         self.stride = StrideState(context, predictor) if predictor else None
+        # a file whose header is still being written (a `paired` target): look for its layout as it grows
+        self.head: bytearray | None = bytearray(context) if predictor is None and modality in MEDIA else None
         self.adapt: adapt.AdaptState | None = None
         self.columns: col.ColumnState | None = None
         self.step_log_p: np.ndarray | None = None  # (V,) this step's log p before the column expert
@@ -81,6 +94,9 @@ class RowHints:
             targets = np.frombuffer(bytes(context), np.uint8).astype(np.int64)[n - t:]
             lp = adapt.adapt_log_probs(targets, fh.match[n - t:n], fh.length[n - t:n], tail.lp, tail.hint_lp)
             self.columns = col.ColumnState(context, lp[t - min(t, col.WINDOW):])
+            if not learn_from_output:
+                self.adapt.freeze()
+                self.columns.freeze()
 
     def predict(self) -> tuple[int, int, int, int]:
         """(match byte, match length, stride hint, activity) of the next byte, as `file_hints`."""
@@ -93,6 +109,13 @@ class RowHints:
         self.match.update(byte)
         if self.stride:
             self.stride.update(byte)
+        elif self.head is not None:
+            self.head.append(byte)
+            predictor = predictor_of(bytes(self.head), self.modality)
+            if predictor is not None:  # the header is complete: hints from here on, as scoring gives them
+                self.stride, self.head = StrideState(bytes(self.head), predictor), None
+            elif len(self.head) >= HEADER_MAX:
+                self.head = None
         if self.adapt is not None:
             self.adapt.update(byte)
         if self.columns is not None:
@@ -131,13 +154,17 @@ class Mixer:
         out = self.match.apply(logits, hints.match, hints.length, modality_ids)
         return self.stride.apply(out, hints.stride, hints.activity, modality_ids)
 
-    def serve(self, data: bytes | np.ndarray, hints: Hints, lp: np.ndarray, hint_lp: np.ndarray) -> np.ndarray:
+    def serve(self, data: bytes | np.ndarray, hints: Hints, lp: np.ndarray, hint_lp: np.ndarray,
+              learn_until: int | None = None) -> np.ndarray:
         """(n+1,) log p of a whole file's targets (its bytes, then EOS) as the model serves them,
-        from the (n+1,) log p after `apply` of each target and of each position's match hint."""
+        from the (n+1,) log p after `apply` of each target and of each position's match hint.
+        `learn_until`: the file-adaptive parts learn from the bytes before it only (the hints
+        must have been made with the same, `file_hints`): how generation serves the bytes it
+        makes after a context of that length."""
         if self.adapt:
             targets = np.concatenate([np.frombuffer(bytes(data), np.uint8).astype(np.int64), [EOS]])
-            lp = adapt.adapt_log_probs(targets, hints.match, hints.length, lp, hint_lp)
-        return col.file_log_probs(data, lp) if self.columns else lp
+            lp = adapt.adapt_log_probs(targets, hints.match, hints.length, lp, hint_lp, learn_until)
+        return col.file_log_probs(data, lp, learn_until) if self.columns else lp
 
     def step(self, logits: np.ndarray, rows: Sequence[RowHints], modality_ids: np.ndarray) -> np.ndarray:
         """One decode step of B rows: (B, V) logits -> (B, V) logits of the model as served (the

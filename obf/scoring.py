@@ -82,20 +82,24 @@ class PositionLogProbs(NamedTuple):
 
 def position_log_probs(backend: Any, files: list[tuple[np.ndarray, str]], batch_size: int,
                        stride: int | None = None, progress: bool = False, fit: MixerStats | None = None,
-                       tails: list[int] | None = None) -> PositionLogProbs:
+                       tails: list[int] | None = None, learn_until: list[int | None] | None = None
+                       ) -> PositionLogProbs:
     """Score every position of each (bytes, modality) file, window after window as
     `file_windows` lays them out; windows of all files are batched, `batch_size` windows at most
     per batch (an example with many windows is a batch). Where the model carries a mixer
     (`obf.mixer`), each position's logits are mixed with its hints exactly as sampling mixes
     them. `fit` collects what `obf.mixer.fit_mixer` needs from the network's logits (training
-    fits its mixer so). `tails[i]`: only the windows that score file i's last `tails[i]` bytes."""
+    fits its mixer so). `tails[i]`: only the windows that score file i's last `tails[i]` bytes.
+    `learn_until[i]`: file i's hints as generation gives them after a context of that length
+    (`obf.mixer.file_hints`)."""
     from tqdm import tqdm
 
     w = backend.max_tgt_len
     stride = w // 2 if not stride else min(stride, w)
     group = group_size(backend, stride)
     mixer = mixer_of(backend)
-    hints = [file_hints(data, modality) if mixer or fit else None for data, modality in files]
+    until = learn_until if learn_until is not None else [None] * len(files)
+    hints = [file_hints(data, modality, u) if mixer or fit else None for (data, modality), u in zip(files, until)]
     work = []  # (file index, example, (start, first scored target) of each window)
     for fi, (data, modality) in enumerate(files):
         n = len(data)
@@ -147,17 +151,28 @@ def position_log_probs(backend: Any, files: list[tuple[np.ndarray, str]], batch_
     return PositionLogProbs(hinted, hint, network, hints)
 
 
+def served_log_probs(backend: Any, files: list[tuple[np.ndarray, str]], batch_size: int, stride: int | None = None,
+                     progress: bool = False, fit: MixerStats | None = None,
+                     learn_until: list[int | None] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per file, (n+1,) log p of its targets (bytes, then EOS) under the model as served
+    (`position_log_probs`, then the mixer's file-adaptive parts: `Mixer.serve`) and under the
+    network alone. `learn_until[i]`: as generation serves the bytes after a context of that length."""
+    until = learn_until if learn_until is not None else [None] * len(files)
+    lp = position_log_probs(backend, files, batch_size, stride, progress, fit, learn_until=until)
+    mixer = mixer_of(backend)
+    if mixer is None:
+        return lp.hinted, lp.network
+    served = [mixer.serve(data, hints, h, hl, u)
+              for (data, _), hints, h, hl, u in zip(files, lp.hints, lp.hinted, lp.hint, until)]
+    return served, lp.network
+
+
 def whole_file_bits(backend: Any, files: list[tuple[np.ndarray, str]], batch_size: int, stride: int | None = None,
                     progress: bool = False, fit: MixerStats | None = None) -> FileBits:
-    """Total bits to code each (bytes, modality) file with the model (`position_log_probs`, then
-    the mixer's file-adaptive parts: `Mixer.serve`); `network` is the network alone."""
-    lp = position_log_probs(backend, files, batch_size, stride, progress, fit)
-    mixer = mixer_of(backend)
-    if mixer is not None:
-        served = [mixer.serve(data, hints, h, hl) for (data, _), hints, h, hl in zip(files, lp.hints, lp.hinted, lp.hint)]
-    else:
-        served = lp.hinted
-    return FileBits([-float(x.sum()) / LN2 for x in served], [-float(x.sum()) / LN2 for x in lp.network])
+    """Total bits to code each (bytes, modality) file with the model (`served_log_probs`);
+    `network` is the network alone."""
+    served, network = served_log_probs(backend, files, batch_size, stride, progress, fit)
+    return FileBits([-float(x.sum()) / LN2 for x in served], [-float(x.sum()) / LN2 for x in network])
 
 
 def tail_log_probs(backend: Any, contexts: list[bytes], modalities: list[str]) -> list[Tail]:
@@ -169,3 +184,69 @@ def tail_log_probs(backend: Any, contexts: list[bytes], modalities: list[str]) -
     lp = position_log_probs(backend, files, batch_size=32, tails=tails)
     return [Tail(h[len(c) - t:len(c)], hl[len(c) - t:len(c)], fh)
             for h, hl, fh, c, t in zip(lp.hinted, lp.hint, lp.hints, contexts, tails)]
+
+
+class PairedScores(NamedTuple):
+    """Per pair, over its target's n bytes and EOS (n+1,): the log p the model as served gives
+    each (given the whole input, window after window), and whether the hinted network's most
+    likely byte was the target (teacher forcing)."""
+
+    served: list[np.ndarray]
+    argmax_right: list[np.ndarray]
+
+
+def paired_log_probs(backend: Any, pairs: list[tuple[bytes, str, bytes, str]], batch_size: int = 32,
+                     progress: bool = False) -> PairedScores:
+    """Teacher-forced `paired` scoring of (input, input modality, target, target modality) pairs:
+    every window of each target with the whole input in the encoder, aligned with its part of the
+    input (`obf.objectives.paired_example`), as generation makes them. Where the model carries a
+    mixer, the target's hints come from its own bytes and nothing is learned from them
+    (`learn_until=0`): what generation serves a target it writes from nothing."""
+    from tqdm import tqdm
+
+    from obf.objectives import PAIRED_WINDOWS, paired_example
+
+    w = backend.max_tgt_len
+    mixer = mixer_of(backend)
+    hints = [file_hints(t, tm, 0) if mixer else None for _, _, t, tm in pairs]
+    work = []  # (pair index, example, first target window)
+    for pi, (inp, im, tgt, tm) in enumerate(pairs):
+        n_windows = len(tgt) // w + 1
+        for k in range(0, n_windows, PAIRED_WINDOWS):
+            ks = range(k, min(n_windows, k + PAIRED_WINDOWS))
+            work.append((pi, paired_example(inp, im, tgt, tm, backend.max_input_len, w, ks), k))
+    batches, cur = [], []
+    for item in work:
+        if cur and sum(len(x[1].earlier) + 1 for x in cur) + len(item[1].earlier) + 1 > batch_size:
+            batches.append(cur)
+            cur = []
+        cur.append(item)
+    batches += [cur] if cur else []
+    lp_h = [np.zeros(len(t) + 1) for _, _, t, _ in pairs]
+    hint_lp = [np.zeros(len(t) + 1) for _, _, t, _ in pairs]
+    right = [np.zeros(len(t) + 1, dtype=bool) for _, _, t, _ in pairs]
+    for chunk in tqdm(batches, desc="paired", unit="batch", disable=not progress, file=sys.stderr):
+        b = collate([ex for _, ex, _ in chunk], multiple=max(8, backend.patch_size))
+        logits = backend.window_logits(b.src, b.dec, b.rows, b.visible, b.align)  # (N, T, V)
+        starts = [(pi, (k0 + j) * w) for pi, ex, k0 in chunk for j in range(len(ex.earlier) + 1)]  # collate's order
+        mixed, lp_hint = logits, np.zeros(b.tgt.shape)
+        if mixer is not None:
+            h = Hints(*(np.full(b.tgt.shape, fill, dtype=np.int64) for fill in (-1, 0, -1, 0)))  # (N, T) each
+            for n, (pi, start) in enumerate(starts):
+                k = min(b.tgt.shape[1], len(hints[pi].match) - start)
+                for mine, theirs in zip(h, hints[pi]):
+                    mine[n, :k] = theirs[start:start + k]
+            mods = modality_index([pairs[pi][3] for pi, _ in starts])[:, None]  # (N, 1)
+            mixed = mixer.apply(logits, h, mods)
+            lp_hint = log_probs_of(mixed, np.where(h.match >= 0, h.match, PAD))
+        lp = log_probs_of(mixed, b.tgt)
+        best = mixed.argmax(axis=-1) == b.tgt
+        for n, (pi, start) in enumerate(starts):
+            k = min(b.tgt.shape[1], len(lp_h[pi]) - start)
+            lp_h[pi][start:start + k] = lp[n, :k]
+            hint_lp[pi][start:start + k] = lp_hint[n, :k]
+            right[pi][start:start + k] = best[n, :k]
+    if mixer is None:
+        return PairedScores(lp_h, right)
+    served = [mixer.serve(t, hh, lp, hl, 0) for (_, _, t, _), hh, lp, hl in zip(pairs, hints, lp_h, hint_lp)]
+    return PairedScores(served, right)

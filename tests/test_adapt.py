@@ -55,3 +55,24 @@ def test_streaming_equals_whole_file_scoring():
         got = lp[i] + (a if targets[i] == match[i] else 0.0) - np.log1p(p * np.expm1(a)) if match[i] >= 0 else lp[i]
         np.testing.assert_allclose(got, want[i], rtol=1e-9, atol=1e-9)
         state.update(int(targets[i]))
+
+
+def test_after_learn_until_every_event_gets_the_correction_the_real_bytes_gave():
+    """What generation serves after a real context: the trust as estimated at its end, however
+    the bytes the model makes afterwards fare (here: always right, which would raise it)."""
+    targets, match, lengths, lp, hint_lp = _events(6000, 3)
+    cut = 4000
+    targets = targets.copy()
+    targets[cut:] = np.maximum(match[cut:], 0)  # every later hint comes true
+    at = np.flatnonzero(match >= 0)
+    p, hit = np.exp(hint_lp[at]), (targets[at] == match[at]).astype(float)
+    c = cells(lengths[at], p)
+    free, frozen = corrections(at, c, p, hit), corrections(at, c, p, hit, learn_until=cut)
+    before = at < cut
+    np.testing.assert_array_equal(free[before], frozen[before])
+    for k in np.flatnonzero(~before):
+        sel = [j for j in range(len(at)) if c[j] == c[k] and cut - WINDOW < at[j] < cut]
+        h, q, n = hit[sel].sum(), p[sel].sum(), len(sel)
+        want = np.log((h + SMOOTHING) / (n - h + SMOOTHING)) - np.log((q + SMOOTHING) / (n - q + SMOOTHING))
+        np.testing.assert_allclose(frozen[k], np.clip(want, -LIMIT, LIMIT), rtol=1e-9, atol=1e-9)
+    assert (free[~before] > frozen[~before]).mean() > 0.5  # learning from the later hits would trust them more

@@ -67,3 +67,25 @@ def test_streaming_equals_whole_file_scoring_and_is_a_distribution():
             state.update(data[i], lp[i])
     fresh = ColumnState(b"", np.zeros(0))
     np.testing.assert_allclose(fresh.mix(log_p[0])[data[0]], file_log_probs(data[:1], lp[:2])[0])
+
+
+def test_after_learn_until_bytes_are_coded_with_the_real_bytes_counts_stride_and_weight():
+    rng = np.random.default_rng(4)
+    real = _records(150, seed=5)
+    made = bytes([7]) * 900  # what a collapsing generator would write
+    data = real + made
+    n, cut = len(data), len(real)
+    lp = np.log(rng.uniform(0.001, 0.02, n + 1))
+    lp[cut:] = np.log(0.01)  # the network's view of the made bytes, the same for each
+    frozen, free = file_log_probs(data, lp, learn_until=cut), file_log_probs(data, lp)
+    np.testing.assert_array_equal(frozen[:cut], free[:cut])
+    assert (free[cut + 100:n] > frozen[cut + 100:n]).all()  # learning from the run would code it ever cheaper
+    same_column = frozen[cut + 100:n:8]  # stride picked on the records (8 bytes or a divisor)
+    np.testing.assert_allclose(same_column, same_column[0], rtol=1e-12)  # nothing learned: no change
+    state = ColumnState(real, lp[max(0, cut - WINDOW):cut])
+    state.freeze()
+    for i in range(cut, n):
+        log_p = np.full(260, -1e9)
+        log_p[data[i]] = lp[i]
+        np.testing.assert_allclose(state.mix(log_p)[data[i]], frozen[i], rtol=1e-9, atol=1e-9)
+        state.update(data[i], lp[i])

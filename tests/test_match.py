@@ -124,3 +124,42 @@ def test_no_bias_falls_as_matches_grow_and_unseen_cells_follow_the_shared_table(
     assert table.weights.shape[1] == LENGTH_BUCKETS
     np.testing.assert_allclose(MatchTable.from_dict(table.to_dict()).weights, w, atol=1e-6)
     assert (fit_table(*(np.zeros(0) for _ in range(4))).weights == 0).all()
+
+
+def test_with_learn_until_only_real_bytes_are_copied():
+    """A run the generator makes after its context is not copied from itself: with `learn_until`
+    every hint in it points into the context (here: never, as the context has no such run), and
+    the match model's own streaming state agrees."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    context = bytes(rng.integers(0, 256, 3000, dtype=np.uint8))
+    data = context + b"xyz" * 200
+    free, _ = match_hints(data)
+    frozen, lengths = match_hints(data, learn_until=len(context))
+    assert (free[len(context) + 10:] >= 0).all()  # it would copy the run it is writing
+    assert (frozen[len(context):] == -1).all() and (lengths[len(context):] == 0).all()
+    np.testing.assert_array_equal(free[:len(context)], frozen[:len(context)])
+    copy = context + context[1000:1400]  # copying the context itself stays allowed
+    hints, _ = match_hints(copy, learn_until=len(context))
+    assert (hints[len(context) + 8:-1] == np.frombuffer(copy[len(context) + 8:], np.uint8)).mean() > 0.95
+    m = MatchModel(context, learn_until=len(context))
+    for i, b in enumerate(data[len(context):]):
+        assert m.predict() == (frozen[len(context) + i], lengths[len(context) + i])
+        m.update(b)
+
+
+def test_a_copy_of_the_context_ends_where_the_context_does():
+    """A match that follows the context to its last byte does not go on into the bytes made after
+    it: it looks the context up again (here: the byte after the first copy of A)."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    a, b = bytes(rng.integers(0, 256, 50, dtype=np.uint8)), bytes(rng.integers(0, 256, 2000, dtype=np.uint8))
+    context = a + b + a
+    data = context + a + a  # the model writes A twice after it
+    at = len(context) + len(a)  # where the second made A starts
+    frozen, _ = match_hints(data, learn_until=len(context))
+    free, _ = match_hints(data)
+    assert frozen[at] == b[0]  # the copy of the context's last A ended with it; the first A is next
+    assert free[at] == a[0]  # unbounded, the copy would run on into the A it made itself

@@ -2,6 +2,7 @@
 layout, the kernel's mixing rule and fit, and the fit of the whole mixer on logits."""
 
 import numpy as np
+import pytest
 
 from obf.formats import pcm_to_wav, y4m_header
 from obf.match import modality_index
@@ -175,10 +176,12 @@ def test_fit_mixer_on_logits_makes_the_data_likelier_and_uses_both_hints():
     assert ll(Mixer(mixer.match, alone).apply(logits, hints, mods)) < mixed - 0.01 * n
 
 
-def test_each_decode_step_serves_what_whole_file_scoring_serves():
+@pytest.mark.parametrize("learn_from_output", [True, False])
+def test_each_decode_step_serves_what_whole_file_scoring_serves(learn_from_output):
     """Generation (`Mixer.step`, rows started from scoring's tail of the context) and scoring
     (`Mixer.apply` per position, then `Mixer.serve` over the file) give every byte the same
-    log-probability: hints, the match trust's correction and the column expert alike."""
+    log-probability: hints, the match trust's correction and the column expert alike. A row that
+    does not learn from its output is scored with `learn_until` at the end of its context."""
     from obf.match import MatchTable
     from obf.mixer import TAIL, Tail
     from obf.metrics import log_probs_of
@@ -192,16 +195,21 @@ def test_each_decode_step_serves_what_whole_file_scoring_serves():
                   StrideKernel(rng.normal(0, 0.5, StrideKernel.zeros().weights.shape)), columns=True, adapt=True)
     logits = rng.normal(0, 2, (n + 1, 262)).astype(np.float32)  # a network's logits per position
     targets = np.r_[np.frombuffer(data, np.uint8).astype(np.int64), EOS]
-    fh = file_hints(data, modality)
     mods = modality_index([modality])
-    z = mixer.apply(logits, fh, mods)
-    lp = log_probs_of(z[None], targets[None])[0]
-    hint_lp = log_probs_of(z[None], np.where(fh.match >= 0, fh.match, PAD)[None])[0]
-    served = mixer.serve(data, fh, lp, hint_lp)
     cut = TAIL + 700
+    until = None if learn_from_output else cut
+
+    def served_with(learn_until):
+        fh = file_hints(data, modality, learn_until)
+        z = mixer.apply(logits, fh, mods)
+        lp = log_probs_of(z[None], targets[None])[0]
+        hint_lp = log_probs_of(z[None], np.where(fh.match >= 0, fh.match, PAD)[None])[0]
+        return fh, lp, hint_lp, mixer.serve(data, fh, lp, hint_lp, learn_until)
+
+    fh, lp, hint_lp, served = served_with(until)
     assert n - cut > 1500 and (fh.match[cut:] >= 0).mean() > 0.5
-    row = RowHints(data[:cut], modality, Tail(lp[cut - TAIL:cut], hint_lp[cut - TAIL:cut],
-                                                  file_hints(data[:cut], modality)))
+    tail = Tail(lp[cut - TAIL:cut], hint_lp[cut - TAIL:cut], file_hints(data[:cut], modality))
+    row = RowHints(data[:cut], modality, tail, learn_from_output=learn_from_output)
     for i in range(cut, n + 1):
         out = mixer.step(logits[i][None], [row], mods).astype(np.float64)[0]
         assert abs(np.logaddexp.reduce(out)) < 1e-6  # log-probabilities: every part keeps the sum at 1
@@ -209,4 +217,33 @@ def test_each_decode_step_serves_what_whole_file_scoring_serves():
         if i < n:
             row.update(int(targets[i]))
     without = Mixer(mixer.match, mixer.stride)
-    assert served.sum() > without.serve(data, fh, lp, hint_lp).sum()  # both adaptive parts help here
+    assert served.sum() > without.serve(data, fh, lp, hint_lp, until).sum()  # both adaptive parts help here
+    if not learn_from_output:  # the context is scored alike; only what comes after it differs
+        np.testing.assert_allclose(served[:cut], served_with(None)[3][:cut], atol=1e-9)
+        assert not np.allclose(served[cut:], served_with(None)[3][cut:])
+
+
+@pytest.mark.parametrize("modality", ["image", "audio", "video"])
+def test_a_file_written_from_nothing_gets_its_stride_hint_once_its_header_is(modality):
+    """A `paired` target starts empty: its row finds the layout when the header is written and
+    from then on hints exactly as scoring the finished file does (the seed took the header once,
+    when the row was made, and never hinted)."""
+    if modality == "image":
+        data = _bmp(8, 8, seed=3)
+    elif modality == "audio":
+        data = pcm_to_wav(np.random.default_rng(1).integers(0, 256, 300, dtype=np.uint8).tobytes(), rate=8000,
+                          width=1, channels=1)
+    else:
+        frame = 6 + 4 * 4 * 3 // 2
+        data = y4m_header(4, 4, 5) + b"".join(b"FRAME\n" + bytes(np.random.default_rng(f).integers(0, 256, frame - 6,
+                                                                                                  dtype=np.uint8))
+                                              for f in range(4))
+    fh = file_hints(data, modality, 0)
+    row = RowHints(b"", modality, learn_from_output=False)
+    got = []
+    for b in data:
+        got.append(row.predict())
+        row.update(b)
+    got.append(row.predict())
+    assert [g[2] for g in got] == fh.stride.tolist() and [g[3] for g in got] == fh.activity.tolist()
+    assert (fh.stride >= 0).sum() > len(data) // 2

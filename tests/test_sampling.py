@@ -1,0 +1,119 @@
+"""The decode loop with a mixer (obf.sampling + obf.mixer): what it samples from a model whose
+network is scripted, so that only the mixer's rules decide whether a run of one byte can feed on
+itself."""
+
+import numpy as np
+import pytest
+
+from obf.match import LENGTH_BUCKETS, MatchTable
+from obf.mixer import Mixer
+from obf.sampling import SamplingOptions, generate
+from obf.stride import StrideKernel
+from obf.vocab import EOS, VOCAB_SIZE
+
+LETTERS = b"abcd"
+
+
+class FourLetters:
+    """A backend whose network gives each of a, b, c, d a quarter (and EOS almost nothing) after
+    any context, teacher-forced or step by step; `meta` carries a mixer, as an export's does."""
+
+    max_src_len, max_tgt_len, vocab_size, patch_size = 64, 64, VOCAB_SIZE, 1
+
+    def __init__(self, mixer: Mixer) -> None:
+        self.meta = {"mixer": mixer.to_dict()}
+        self.row = np.full(VOCAB_SIZE, -30.0, np.float32)
+        self.row[list(LETTERS)] = 0.0
+        self.row[EOS] = -12.0
+
+    def encode(self, src, align=None):
+        return src.shape[0]
+
+    def init_cache(self, memory):
+        return None
+
+    def step(self, tokens, memory, cache):
+        return np.tile(self.row, (memory, 1)), cache
+
+    def logits(self, src, dec):
+        return np.tile(self.row, (*dec.shape, 1))
+
+
+def _trusting_mixer() -> Mixer:
+    """A match table that trusts long matches as a fitted one does (the bias grows with the
+    match's length, up to e^7), with the file-adaptive parts on."""
+    weights = MatchTable.zeros().weights
+    weights[:] = np.linspace(0.0, 7.0, LENGTH_BUCKETS)[None, :, None]
+    return Mixer(MatchTable(weights), StrideKernel.zeros(), columns=True, adapt=True)
+
+
+def _context(seed: int) -> bytes:
+    """Random letters, then a run of 40 'a': the context's own evidence that runs go on a while."""
+    rng = np.random.default_rng(seed)
+    return bytes(rng.choice(list(LETTERS), 3000).tolist()) + b"a" * 40
+
+
+def test_a_run_of_one_byte_does_not_feed_on_itself():
+    """Writing 'a' after 'a', the model as generation serves it keeps the chance of one more 'a'
+    where the context put it; a mixer that learns from the bytes it has just made (the match
+    model copying the run it is writing, the trust in such copies, the column counts) makes the
+    next 'a' ever surer, until nothing else can come."""
+    from obf.match import modality_index
+    from obf.mixer import RowHints
+    from obf.scoring import tail_log_probs
+
+    backend = FourLetters(_trusting_mixer())
+    context = _context(0)
+    tail = tail_log_probs(backend, [context], ["text"])[0]
+    mixer, text = _trusting_mixer(), modality_index(["text"])
+    p_a = {}
+    for learn in (False, True):
+        row = RowHints(context, "text", tail, learn_from_output=learn)
+        p_a[learn] = []
+        for _ in range(2000):
+            p_a[learn].append(float(np.exp(mixer.step(backend.row[None].copy(), [row], text)[0, ord("a")])))
+            row.update(ord("a"))
+    assert p_a[False][0] == p_a[True][0] < 0.96  # the context's evidence, alike at the start
+    assert max(p_a[False]) == pytest.approx(p_a[False][0], abs=1e-9)  # learning from the context only: no climb
+    assert p_a[True][100] > p_a[True][0] + 0.02 and p_a[True][-1] > 0.999  # feeding on itself
+
+
+class Recorder:
+    """A backend that records what each decoder window is given (source ids and alignment) and
+    emits a fixed byte."""
+
+    max_src_len, max_input_len, max_tgt_len, vocab_size, patch_size = 64, 64, 8, VOCAB_SIZE, 4
+
+    def __init__(self) -> None:
+        self.windows: list[tuple[np.ndarray, np.ndarray | None]] = []
+
+    def encode(self, src, align=None):
+        self.windows.append((src.copy(), None if align is None else align.copy()))
+        return src.shape[0]
+
+    def init_cache(self, memory):
+        return None
+
+    def step(self, tokens, memory, cache):
+        logits = np.full((memory, VOCAB_SIZE), -9.0, np.float32)
+        logits[:, ord("Z")] = 0.0
+        return logits, cache
+
+
+def test_paired_windows_each_see_the_whole_input_aligned_at_their_offset():
+    from obf.vocab import PAD, PAIRED_TAGS, paired_input
+
+    backend = Recorder()
+    inputs = [b"abcdefghijklmnopqrstuvw", b"xyz"]
+    opts = SamplingOptions(max_bytes=20, stop_at_eos=False)
+    out = generate(backend, inputs, ["text", "text"], task="paired", opts=opts)
+    assert out == [b"Z" * 20] * 2
+    assert len(backend.windows) == 3  # 20 bytes: windows of 8, 8 and 4
+    for k, (src, align) in enumerate(backend.windows):
+        for row, inp in enumerate(inputs):
+            ids = src[row][src[row] != PAD].tolist()
+            assert ids == paired_input(inp, "text", "text", 64)  # the whole input, every window
+            pad = src.shape[1] - len(ids)
+            assert align[row] == pad + PAIRED_TAGS + 8 * k  # target byte 8k lies at input byte 8k
+    with pytest.raises(ValueError, match="up to 61 bytes"):
+        generate(backend, [b"x" * 62], ["text"], task="paired")
