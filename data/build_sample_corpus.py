@@ -4,6 +4,9 @@ This script is provenance, not part of the pipeline: it documents exactly how ev
 data/raw/ was made (see data/raw/SOURCES.md). It needs Debian's espeak-ng, the scikit-image and
 matplotlib wheels unpacked under SRC (`pip download --no-deps scikit-image matplotlib`), and
 Pillow + PyAV. Run: python data/build_sample_corpus.py /tmp/src
+
+The paired examples (`pairs/`) are made from the corpus's own files by `pairs()`, which needs
+nothing else: python data/build_sample_corpus.py --only-pairs
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 RAW = Path(__file__).resolve().parent / "raw"
+sys.path.insert(0, str(RAW.parents[1]))  # obf, for the pairs
 
 
 def images(src: Path) -> list[Path]:
@@ -159,28 +163,110 @@ def text_and_binary(src: Path) -> None:
     shutil.copy(src / "mpl/matplotlib/mpl-data/sample_data/goog.npz", b / "goog.npz")
 
 
-def pairs() -> None:
-    """Paired text example: each line of the Zen of Python (CPython's `this` module) and the same
-    line in upper case, as inputs/NN.txt -> targets/NN.txt."""
-    import codecs
-    import this  # noqa: F401  (prints the Zen once)
+PAIRS = {"upper": 500, "hex": 500, "gray": 400, "ascii": 400}  # pairs made of each conversion
 
-    zen = codecs.decode(this.s, "rot13").splitlines()
-    lines = [ln for ln in zen if ln.strip() and not ln.startswith("The Zen")]
-    for d in ("inputs", "targets"):
-        (RAW / "pairs" / d).mkdir(parents=True, exist_ok=True)
-    for i, ln in enumerate(lines):
-        (RAW / "pairs/inputs" / f"zen{i:02d}.txt").write_text(ln + "\n")
-        (RAW / "pairs/targets" / f"zen{i:02d}.txt").write_text(ln.upper() + "\n")
+
+def _text_segments(rng: np.random.Generator) -> list[bytes]:
+    """Lines and short paragraphs (1 to 6 consecutive lines, at most 256 bytes) of the corpus's
+    text files, each with a lower-case letter (else its upper case is itself)."""
+    from obf.formats import sniff
+
+    out = set()
+    for path in sorted((RAW / "text").iterdir()):
+        lines = path.read_bytes().splitlines(keepends=True)
+        i = 0
+        while i < len(lines):
+            n = int(rng.integers(1, 7))
+            seg = b"".join(lines[i:i + n])
+            while len(seg) > 256 and n > 1:
+                n -= 1
+                seg = b"".join(lines[i:i + n])
+            i += n
+            if 8 <= len(seg) <= 256 and seg.upper() != seg and sniff(seg).modality == "text":
+                out.add(seg)
+    return sorted(out)
+
+
+def _binary_chunks(rng: np.random.Generator, count: int) -> list[bytes]:
+    """Chunks of 16 to 128 bytes of the corpus's binaries (executables, extension modules, a zip,
+    NumPy and MRI data) that obf sniffs as binary."""
+    from obf.formats import sniff
+
+    blobs = [p.read_bytes() for p in sorted((RAW / "binary").iterdir())]
+    out: set[bytes] = set()
+    while len(out) < count:
+        blob = blobs[int(rng.integers(len(blobs)))]
+        n = int(rng.integers(16, 129))
+        at = int(rng.integers(0, len(blob) - n))
+        chunk = blob[at:at + n]
+        if sniff(chunk).modality == "binary":
+            out.add(chunk)
+    return sorted(out)
+
+
+def _image_crops(rng: np.random.Generator, count: int) -> list[bytes]:
+    """PNGs of 4x4 to 16x16 pixels: random crops (a tenth of the picture to all of it) of the
+    corpus's pictures, resized; three in four crops that come out gray are passed over (half the
+    pictures are gray, and their `gray` conversion is the picture itself)."""
+    import io
+
+    pictures = []
+    for p in sorted((RAW / "image").iterdir()):
+        with Image.open(p) as im:
+            pictures.append(im.convert("RGB"))
+    out: set[bytes] = set()
+    while len(out) < count:
+        im = pictures[int(rng.integers(len(pictures)))]
+        side = rng.uniform(0.1, 1.0)
+        cw, ch = max(4, int(im.width * side)), max(4, int(im.height * side))
+        x, y = int(rng.integers(0, im.width - cw + 1)), int(rng.integers(0, im.height - ch + 1))
+        w, h = (int(v) for v in rng.integers(4, 17, 2))
+        crop = im.crop((x, y, x + cw, y + ch)).resize((w, h), Image.Resampling.LANCZOS)
+        r, g, b = (np.asarray(c) for c in crop.split())
+        if (r == g).all() and (g == b).all() and rng.random() < 0.75:
+            continue
+        buf = io.BytesIO()
+        crop.save(buf, format="PNG")
+        out.add(buf.getvalue())
+    return sorted(out)
+
+
+def pairs() -> None:
+    """The built-in conversions (`obf.conversions`) made from the corpus's own material, as
+    pairs/<conversion>/inputs/NNNN.<ext> -> pairs/<conversion>/targets/NNNN.<ext>: `upper` from
+    lines and paragraphs of its text, `hex` from chunks of its binaries, `gray` and `ascii` from
+    small crops of its pictures (distinct crops for each). Deterministic (seeded)."""
+    from obf.conversions import convert
+
+    root = RAW / "pairs"
+    for name in PAIRS:  # only what this function writes; anything else under pairs/ stays
+        shutil.rmtree(root / name, ignore_errors=True)
+    rng = np.random.default_rng(2026)
+    segments = _text_segments(rng)
+    picks = [segments[i] for i in sorted(rng.choice(len(segments), PAIRS["upper"], replace=False))]
+    inputs = {"upper": (picks, ".txt", ".txt"),
+              "hex": (_binary_chunks(rng, PAIRS["hex"]), ".bin", ".txt"),
+              "gray": (_image_crops(rng, PAIRS["gray"]), ".png", ".bmp")}
+    crops = set(inputs["gray"][0])
+    inputs["ascii"] = ([c for c in _image_crops(rng, PAIRS["ascii"] + len(crops)) if c not in crops][:PAIRS["ascii"]],
+                       ".png", ".txt")
+    for name, (items, in_ext, out_ext) in inputs.items():
+        for d in ("inputs", "targets"):
+            (root / name / d).mkdir(parents=True)
+        for i, data in enumerate(items):
+            _, target = convert(name, data)
+            (root / name / "inputs" / f"{i:04d}{in_ext}").write_bytes(data)
+            (root / name / "targets" / f"{i:04d}{out_ext}").write_bytes(target)
 
 
 if __name__ == "__main__":
     src = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/src")
     for d in ("text", "image", "audio", "video", "binary"):
         (RAW / d).mkdir(parents=True, exist_ok=True)
-    if "--only-text-binary" not in sys.argv:
-        images(src)
-        audio()
-        video(src)
-    text_and_binary(src)
+    if "--only-pairs" not in sys.argv:
+        if "--only-text-binary" not in sys.argv:
+            images(src)
+            audio()
+            video(src)
+        text_and_binary(src)
     pairs()

@@ -92,6 +92,8 @@ class ModelConfig:
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
     causal_encoder: bool = False  # True: patch i sees patches <= i, for long-context training (obf.model)
+    cross_bytes: bool = True  # the decoder cross-attends to every source byte at its position (else to patches)
+    max_input_len: int = 0  # longest `paired` source in ids (tags included); 0 = max_src_len
     preset: str = ""  # the preset this config started from, for humans
 
     def __post_init__(self) -> None:
@@ -109,11 +111,19 @@ class ModelConfig:
         _require(self.max_src_len >= 2 * self.patch_size, f"{s}.max_src_len", "too small for one patch")
         _require(self.max_src_len % self.patch_size == 0, f"{s}.max_src_len", "must be a multiple of patch_size")
         _require(self.max_tgt_len >= 4, f"{s}.max_tgt_len", "must be at least 4")
+        _require(self.max_input_len == 0 or self.max_input_len >= self.max_src_len, f"{s}.max_input_len",
+                 f"must be 0 or at least model.max_src_len ({self.max_src_len})")
+        _require(self.max_input_len % self.patch_size == 0, f"{s}.max_input_len", "must be a multiple of patch_size")
         _require(self.vocab_size == VOCAB_SIZE, f"{s}.vocab_size", f"must be {VOCAB_SIZE} (fixed by obf.vocab)")
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def input_len(self) -> int:
+        """The longest source the encoder takes: a `paired` input with its three tags."""
+        return self.max_input_len or self.max_src_len
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ModelConfig":
@@ -126,7 +136,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        return _build(cls, "model", d)
+        """A saved config; one saved before `cross_bytes` existed describes a model without it."""
+        return _build(cls, "model", {"cross_bytes": False, **d})
 
 
 def _default_task_weights() -> dict[str, float]:
@@ -213,6 +224,7 @@ class EvaluateConfig:
     top_k: int = 0
     top_p: float = 0.95
     seed: int = 0
+    conversion_pairs: int = 40  # pairs per conversion measured (teacher-forced and generated), at most; 0 = none
 
     def validate(self, s: str = "evaluate") -> None:
         _require(self.split in ("train", "val", "test", "all"), f"{s}.split", f"must be train, val, test or all, got {self.split!r}")
@@ -226,6 +238,7 @@ class EvaluateConfig:
         _require(self.temperature >= 0, f"{s}.temperature", "must not be negative")
         _require(self.top_k >= 0, f"{s}.top_k", "must not be negative")
         _require(0 < self.top_p <= 1, f"{s}.top_p", "must be in (0, 1]")
+        _require(self.conversion_pairs >= 0, f"{s}.conversion_pairs", "must not be negative")
 
 
 @dataclass

@@ -22,7 +22,10 @@ cross K/V (logits stay fp32) for the CUDA provider, whose GroupQueryAttention ke
 not fp32. Interface (L decoder layers, i = 0..L-1):
 
   inputs  dec_ids (B, T) int64; past_len () int64, ids already in the cache; memory_mask (B, Sp)
-          bool; cross_k_i, cross_v_i (B, H, Sp, D); past_k_i, past_v_i (B, H, T_max, D)
+          bool; cross_k_i, cross_v_i (B, H, Sp, D); past_k_i, past_v_i (B, H, T_max, D); and for a
+          model with `cross_bytes` align (B,) int64, the source position of each row's first
+          target (`Memory.align`): each query is rotated by align + past_len + t before it meets
+          the cross keys the encoder rotated
   outputs logits (B, T, V) float32; present_k_i, present_v_i (B, H, T_max, D): the buffers with
           the T new ids' K/V written at positions past_len .. past_len + T - 1
 """
@@ -60,6 +63,38 @@ class _Builder:
         return self.node(op, inputs, [output], domain, **attrs)[0]
 
 
+def _query_rotation(g: _Builder, cfg, t: str, np_type: type) -> tuple[str, str, str]:
+    """cos, sin (B, 1, T, D) of the cross queries' source positions align + past_len + 0..T-1 (each
+    angle twice, for both halves of the head dim), computed in fp32 as `obf.model.rotary_at` and
+    cast to the graph's type; and the (D, D) matrix that maps x to (-x2, x1)."""
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_base ** (np.arange(0, d, 2, dtype=np.float32) / d))
+    steps = g.op("Range", [g.const("zero_i64", np.array(0, np.int64)), g.op("Squeeze", [t], "t_scalar"),
+                           g.const("one_i64", np.array(1, np.int64))], "steps")  # (T,)
+    start = g.op("Add", [g.op("Unsqueeze", ["align", g.const("axis_1", np.array([1], np.int64))], "align_col"),
+                         "past_len"], "first_pos")  # (B, 1)
+    pos = g.op("Cast", [g.op("Add", [start, steps], "pos_i64")], "pos", to=TensorProto.FLOAT)  # (B, T)
+    ang = g.op("Mul", [g.op("Unsqueeze", [pos, g.const("axis_m1", np.array([-1], np.int64))], "pos3"),
+                       g.const("inv_freq2", np.concatenate([inv_freq, inv_freq]))], "angles")  # (B, T, D)
+    out = []
+    axis = g.const("axis_1b", np.array([1], np.int64))
+    for fn in ("Cos", "Sin"):
+        x = g.op(fn, [ang], f"q_{fn.lower()}")
+        if np_type != np.float32:
+            x = g.op("Cast", [x], f"q_{fn.lower()}_h", to=TensorProto.FLOAT16)
+        out.append(g.op("Unsqueeze", [x, axis], f"q_{fn.lower()}4"))
+    half = np.zeros((d, d), np_type)
+    half[np.arange(d // 2) + d // 2, np.arange(d // 2)] = -1  # output j < D/2 takes -x2_j
+    half[np.arange(d // 2), np.arange(d // 2) + d // 2] = 1  # output D/2 + j takes x1_j
+    return out[0], out[1], g.const("rotate_half", half)
+
+
+def _rotate(g: _Builder, x: str, cos: str, sin: str, half: str, name: str) -> str:
+    """`obf.model.apply_rotary` without splitting the head dim: x cos + (-x2, x1) sin."""
+    swapped = g.op("MatMul", [x, half], f"{name}.swap")
+    return g.op("Add", [g.op("Mul", [x, cos], f"{name}.xc"), g.op("Mul", [swapped, sin], f"{name}.xs")], name)
+
+
 def decoder_graph(model: OmniByteFormer, opset: int, dtype: str = "fp32") -> onnx.ModelProto:
     """The decoder of `model` as an ONNX model in graph layout v3 (see the module doc), computing in
     `dtype` (fp32 or fp16; the weights are rounded from the model's fp32 copy)."""
@@ -84,6 +119,7 @@ def decoder_graph(model: OmniByteFormer, opset: int, dtype: str = "fp32") -> onn
     rope = {name: getattr(model, name).float().cpu().numpy().astype(np_type)  # not in state_dict
             for name in ("rope_cos", "rope_sin")}
     cos, sin = g.const("rope_cos", rope["rope_cos"]), g.const("rope_sin", rope["rope_sin"])  # (n, D/2) each
+    cross_rot = _query_rotation(g, cfg, t, np_type) if cfg.cross_bytes else None
     # Cross-attention mask as an additive bias: 0 where a patch holds a real id, `masked` elsewhere.
     keep = g.op("Unsqueeze", ["memory_mask", g.const("axes_1_2", np.array([1, 2], np.int64))], "keep")  # (B,1,1,Sp)
     bias = g.op("Where", [keep, g.const("zero", np.array(0.0, np_type)),
@@ -117,6 +153,8 @@ def decoder_graph(model: OmniByteFormer, opset: int, dtype: str = "fp32") -> onn
         # cross-attention over the encoder's K/V (B, H, Sp, D)
         q = g.op("Transpose", [g.op("Reshape", [linear(hx, p + "cross_attn.q.weight", f"l{i}.cq"), heads], f"l{i}.cq4")],
                  f"l{i}.cqt", perm=[0, 2, 1, 3])  # (B, H, T, D)
+        if cross_rot is not None:
+            q = _rotate(g, q, *cross_rot, f"l{i}.cqr")
         scores = g.op("FusedMatMul", [q, f"cross_k_{i}"], f"l{i}.scores", MS, transB=1, alpha=d ** -0.5)  # (B,H,T,Sp)
         probs = g.op("Softmax", [g.op("Add", [scores, bias], f"l{i}.masked")], f"l{i}.probs", axis=-1)
         y = g.op("MatMul", [probs, f"cross_v_{i}"], f"l{i}.cross")  # (B, H, T, D)
@@ -139,6 +177,8 @@ def decoder_graph(model: OmniByteFormer, opset: int, dtype: str = "fp32") -> onn
     inputs += [helper.make_tensor_value_info(f"cross_{kv}_{i}", onnx_type, ["batch", h, "patches", d])
                for i in range(n_layers) for kv in "kv"]
     inputs += [helper.make_tensor_value_info(f"past_{kv}_{i}", onnx_type, cache_dims) for i in range(n_layers) for kv in "kv"]
+    if cfg.cross_bytes:
+        inputs.append(helper.make_tensor_value_info("align", TensorProto.INT64, ["batch"]))
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "tgt", v])]
     outputs += [helper.make_tensor_value_info(f"present_{kv}_{i}", onnx_type, cache_dims)
                 for i in range(n_layers) for kv in "kv"]

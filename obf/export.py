@@ -52,15 +52,16 @@ class ExportError(ObfError):
 
 
 class EncoderGraph(nn.Module):
-    """src_ids (B, S) -> memory_mask (B, Sp), then cross_k, cross_v (B, H, Sp, D) per decoder layer."""
+    """src_ids (B, S) -> memory_mask (B, M), then cross_k, cross_v (B, H, M, D) per decoder layer
+    (M: source bytes on the patch grid, or patches; `OmniByteFormer.cross_kv`)."""
 
     def __init__(self, model: OmniByteFormer) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, src_ids: Tensor) -> tuple[Tensor, ...]:
-        memory, mask = self.model.encode_states(src_ids)
-        return (mask, *(t for blk in self.model.decoder for t in blk.cross_attn.project_memory(memory)))
+        mask, kv = self.model.cross_kv(src_ids)
+        return (mask, *(t for pair in kv for t in pair))
 
 
 def _export(module: nn.Module, args: tuple, names_in: list[str], names_out: list[str], dynamic: dict, path: Path,
@@ -86,7 +87,7 @@ def export_graphs(model: OmniByteFormer, out: Path, opset: int) -> None:
 
     cfg = model.cfg
     model = model.eval().float()
-    batch, src = Dim("batch", min=1, max=4096), Dim("src", min=1, max=cfg.max_src_len)
+    batch, src = Dim("batch", min=1, max=4096), Dim("src", min=1, max=cfg.input_len)
     src_ids = torch.randint(0, 256, (3, 4 * cfg.patch_size + 3))
     _export(EncoderGraph(model), (src_ids,), ["src_ids"], ["memory_mask", *kv_names("cross", cfg.decoder_layers)],
             {"src_ids": {0: batch, 1: src}}, out / ENCODER, opset)
@@ -114,7 +115,8 @@ def parity(model: OmniByteFormer, onnx_dir: Path, real: list[Sample], *, encoder
     """Torch vs ONNX Runtime (CPU) on real samples and random bytes: max abs difference of logits on
     the full-window and cached-step paths, and the bits per byte of each on the same targets."""
     from obf.backends.onnx import OnnxBackend
-    from obf.objectives import collate, continue_example
+    from obf.objectives import collate, continue_example, paired_example
+    from obf.vocab import PAIRED_TAGS
 
     cfg = model.cfg
     ort = OnnxBackend(onnx_dir, provider="cpu", encoder=encoder, decoder=decoder, verify=False, config=cfg.to_dict())
@@ -127,13 +129,18 @@ def parity(model: OmniByteFormer, onnx_dir: Path, real: list[Sample], *, encoder
         examples.append(continue_example(arr, 0, modality, cfg.max_src_len, cfg.max_tgt_len))
     rand = rng.integers(0, 256, 2 * cfg.max_src_len, dtype=np.uint8)
     examples.append(continue_example(rand, cfg.max_src_len, "binary", cfg.max_src_len, cfg.max_tgt_len))
+    # a `paired` window far into its target: the cross positions it aligns by reach past the source
+    inp = rng.integers(0, 256, cfg.input_len - PAIRED_TAGS, dtype=np.uint8).tobytes()
+    target = rng.integers(0, 256, 3 * cfg.max_tgt_len, dtype=np.uint8)
+    examples.append(paired_example(inp, "binary", target, "text", cfg.input_len, cfg.max_tgt_len, range(2, 3)))
     b = collate(examples, multiple=max(8, cfg.patch_size))
+    align = b.align  # (B,): one window per example here
     with torch.no_grad():
-        ref = model(torch.from_numpy(b.src), torch.from_numpy(b.dec)).numpy()
-    got = ort.logits(b.src, b.dec)
+        ref = model(torch.from_numpy(b.src), torch.from_numpy(b.dec), align=torch.from_numpy(align)).numpy()
+    got = ort.logits(b.src, b.dec, align)
     full = float(np.abs(got - ref).max())
     # cached steps: the first 8 decoder positions one by one
-    mem = ort.encode(b.src)
+    mem = ort.encode(b.src, align)
     cache = ort.init_cache(mem)
     step = 0.0
     for t in range(min(8, b.dec.shape[1])):

@@ -23,10 +23,11 @@ from typing import Any, Callable, Sequence
 from obf import storage
 from obf.completion import Plan, plan
 from obf.config import IngestConfig
+from obf.conversions import conversion_for
 from obf.errors import ObfError
 from obf.formats import FormatError, canonicalize, opens, sniff, to_file
 from obf.sampling import SamplingOptions, generate
-from obf.vocab import MODALITIES
+from obf.vocab import MODALITIES, PAIRED_TAGS
 
 
 @dataclass
@@ -104,6 +105,7 @@ def generate_files(backend: Any, inputs: Sequence[Prepared], *, task: str = "con
         raise ObfError("--prefix-bytes / --prefix-fraction apply to --task continue")
     results: list[Result | None] = [None] * len(inputs)
     plans: dict[int, Plan] = {}
+    sources = [p.data for p in inputs]  # what each row is generated from (a `paired` input: as its conversion takes it)
     for i, p in enumerate(inputs):
         if p.error is None and task == "continue":
             try:
@@ -112,7 +114,12 @@ def generate_files(backend: Any, inputs: Sequence[Prepared], *, task: str = "con
             except (FormatError, ValueError) as e:
                 results[i] = Result(p.source, p.modality, None, "", str(e))
         elif p.error is None:
-            plans[i] = Plan(b"", None, note=f"a {target_modality or p.modality} target made from the input")
+            try:
+                sources[i], note = paired_source(p.data, p.modality, target_modality or p.modality,
+                                                 backend.max_input_len)
+                plans[i] = Plan(b"", None, note=note)
+            except FormatError as e:
+                results[i] = Result(p.source, p.modality, None, "", str(e))
         else:
             results[i] = Result(p.source, p.modality, None, "", p.error)
     # similar lengths together: a batch runs as long as its longest row
@@ -121,7 +128,7 @@ def generate_files(backend: Any, inputs: Sequence[Prepared], *, task: str = "con
         chunk = todo[start:start + batch_size]
         mods = [inputs[i].modality for i in chunk]
         targets = [target_modality or m for m in mods]
-        contexts = [inputs[i].data if task == "paired" else plans[i].keep for i in chunk]
+        contexts = [sources[i] if task == "paired" else plans[i].keep for i in chunk]
         gen = generate(backend, contexts, mods, task=task, target_modalities=targets if task == "paired" else None,
                        opts=opts, specs=[plans[i].spec for i in chunk])
         for i, g, tm in zip(chunk, gen, targets):
@@ -134,6 +141,25 @@ def generate_files(backend: Any, inputs: Sequence[Prepared], *, task: str = "con
         if on_batch:
             on_batch(len(chunk))
     return [r for r in results if r is not None]
+
+
+def paired_source(data: bytes, modality: str, target_modality: str, max_input_len: int) -> tuple[bytes, str]:
+    """The input a `paired` row is generated from, and a note: as the built-in conversion of this
+    pair of modalities takes it (`obf.conversions`: an image fitted into 16x16, a text or binary
+    input within its limit, else a FormatError naming the limit), and within the model's source
+    (`model.max_input_len`; never cut)."""
+    conv = conversion_for(modality, target_modality)
+    note = f"a {target_modality} target made from the input"
+    if conv is not None:
+        try:
+            data = conv.prepare(data)
+        except FormatError as e:
+            raise FormatError(f"{conv.name} ({conv.source} -> {conv.target}): {e}") from None
+        note += f" (the `{conv.name}` conversion)"
+    if len(data) > max_input_len - PAIRED_TAGS:
+        raise FormatError(f"the input is {len(data)} bytes; this model takes paired inputs of up to "
+                          f"{max_input_len - PAIRED_TAGS} bytes (model.max_input_len {max_input_len})")
+    return data, note
 
 
 def output_key(key: str, extension: str) -> str:

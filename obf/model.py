@@ -2,8 +2,15 @@
 
 A heavy encoder reads the source bytes, `patch_size` bytes per position (P=1 is plain ByT5,
 P>1 is bGPT/MEGABYTE-style patching: P x longer context at the same cost). A light byte-level
-decoder cross-attends to the patch states. Pre-norm RMSNorm, rotary positions, SwiGLU, no biases,
+decoder cross-attends to the encoder. Pre-norm RMSNorm, rotary positions, SwiGLU, no biases,
 `F.scaled_dot_product_attention`.
+
+Byte memory (`cross_bytes`, the default): the decoder cross-attends to every source byte, each a
+row of its patch's state plus the byte's own embedding, its key rotated by the byte's position;
+the decoder's queries are rotated by the source position their target lies at (`align`: right
+after the source for `continue`, the input byte at the same offset for `paired`). Attention then
+sees exact distances: the byte one image row or one sample frame back, or the input byte a
+conversion reads. Without it (models saved before) the decoder reads the patch states, unplaced.
 
 Long context: with `causal_encoder` the encoder is causal over patches, and the patch grid ends
 where the source ends (`collate` and `pad_batch` pad sources on the left, and `encode` pads a
@@ -19,8 +26,8 @@ The model holds no mutable state: `encode` returns the cross-attention K/V of ev
 once per input, and `decode_step` takes and returns the self-attention KV cache explicitly, so the
 same code runs the torch generator and exports to ONNX. The loss lives outside (obf.train).
 
-Shapes: B batch, S source ids, Sp = ceil(S / P) patches, T decoder ids, L decoder layers,
-H heads, D head dim, C d_model, V vocab.
+Shapes: B batch, S source ids, Sp = ceil(S / P) patches, M memory rows (Sp * P bytes, or Sp
+patches), T decoder ids, L decoder layers, H heads, D head dim, C d_model, V vocab.
 """
 
 from __future__ import annotations
@@ -39,9 +46,11 @@ from obf.vocab import PAD
 class Memory(NamedTuple):
     """What the decoder needs from one encoded batch; computed once per input."""
 
-    k: Tensor  # (L, B, H, Sp, D) cross-attention keys, one set per decoder layer
-    v: Tensor  # (L, B, H, Sp, D) cross-attention values
-    mask: Tensor  # (B, Sp) bool, True where the patch holds at least one real id
+    k: Tensor  # (L, B, H, M, D) cross-attention keys, one set per decoder layer (with cross_bytes: rotated
+    #            by each row's source position)
+    v: Tensor  # (L, B, H, M, D) cross-attention values
+    mask: Tensor  # (B, M) bool, True where the row holds a real id (a byte; or a patch with at least one)
+    align: Tensor  # (B,) or (1,) int64: the source position (on the patch grid) of the decoder's first target
 
 
 class KVCache(NamedTuple):
@@ -114,6 +123,13 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+def rotary_at(positions: Tensor, inv_freq: Tensor) -> tuple[Tensor, Tensor]:
+    """cos, sin (..., D/2) of rotary angles at integer `positions` (...), computed, not looked up:
+    cross-attention positions run as far as a long `paired` target does."""
+    ang = positions.to(torch.float32)[..., None] * inv_freq  # (..., D/2)
+    return ang.cos(), ang.sin()
+
+
 def rotate_one(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """`apply_rotary` in three ops for the one-id decode step: x (..., D); cos = [cos, cos] and
     sin = [-sin, sin] (D,), one position's tables. `roll` swaps the halves, so this is
@@ -182,6 +198,13 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
+    """Decoder bytes attend to the encoder's memory. With `cfg.cross_bytes` the memory holds every
+    source byte (its patch's state plus the byte itself, `OmniByteFormer.cross_memory`), keys are
+    rotated by the byte's source position and queries by the source position their target lies
+    at, so scores see the exact distance between them: `continue` can read the byte one row or
+    one sample frame back, `paired` the input byte its target byte comes from (the same offset
+    for `upper` and `gray`). Without it, the memory is the patch states, without positions."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.h, self.d = cfg.n_heads, cfg.head_dim
@@ -189,15 +212,23 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model, bias=False)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+    def project_memory(self, memory: Tensor, cos: Tensor | None = None, sin: Tensor | None = None
+                       ) -> tuple[Tensor, Tensor]:
+        """memory (B, M, C) -> k, v (B, H, M, D); k rotated by the positions' cos / sin (M, D/2) if given."""
         b, s, _ = memory.shape
-        k, v = self.kv(memory).view(b, s, 2, self.h, self.d).permute(2, 0, 3, 1, 4)  # each (B, H, Sp, D)
+        k, v = self.kv(memory).view(b, s, 2, self.h, self.d).permute(2, 0, 3, 1, 4)  # each (B, H, M, D)
+        if cos is not None and sin is not None:
+            k = apply_rotary(k, cos, sin)
         return k, v
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor, cos: Tensor | None = None,
+                sin: Tensor | None = None) -> Tensor:
+        """x (B, T, C); cos / sin (B, 1, T, D/2) of the queries' positions, or None (no positions)."""
         b, t, _ = x.shape
         q = self.q(x).view(b, t, self.h, self.d).transpose(1, 2)  # (B, H, T, D)
-        y = attention(q, k, v, mask)  # mask (B, 1, 1, Sp)
+        if cos is not None and sin is not None:
+            q = apply_rotary(q, cos, sin)
+        y = attention(q, k, v, mask)  # mask (B, 1, 1, M)
         return self.out(y.transpose(1, 2).reshape(b, t, self.h * self.d))
 
 
@@ -226,8 +257,8 @@ class DecoderBlock(nn.Module):
         self.mlp = SwiGLU(cfg.d_model, cfg.d_ff)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, past_k: Tensor | None, past_v: Tensor | None,
-                self_mask: Tensor | None, cross_k: Tensor, cross_v: Tensor, cross_mask: Tensor
-                ) -> tuple[Tensor, Tensor, Tensor]:
+                self_mask: Tensor | None, cross_k: Tensor, cross_v: Tensor, cross_mask: Tensor,
+                cross_rot: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         q, k, v = self.self_attn.qkv_heads(self.norm1(x), cos, sin)
         if past_k is not None and past_v is not None:
             k = torch.cat((past_k, k), dim=2)  # (B, H, T_past + T, D)
@@ -236,16 +267,17 @@ class DecoderBlock(nn.Module):
         else:
             y = attention(q, k, v, is_causal=True)
         x = x + self.self_attn.merge(y)
-        x = x + self.cross_attn(self.norm2(x), cross_k, cross_v, cross_mask)
+        x = x + self.cross_attn(self.norm2(x), cross_k, cross_v, cross_mask, *(cross_rot or (None, None)))
         return x + self.mlp(self.norm3(x)), k, v
 
     def step_in_place(self, x: Tensor, w: tuple[Tensor, ...], cos: Tensor, sin: Tensor, k_buf: Tensor,
-                      v_buf: Tensor, past: int, cross_k: Tensor, cross_v: Tensor, cross_mask: Tensor | None
-                      ) -> Tensor:
+                      v_buf: Tensor, past: int, cross_k: Tensor, cross_v: Tensor, cross_mask: Tensor | None,
+                      cross_rot: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """One new id per row (x: B, C) after `past` cached ones, with this layer's `StepWeights`
         entry `w`: writes its K/V into column `past` of k_buf / v_buf (B, H, T_max, D) and attends
         to columns 0..past. No self mask is needed: the newest id may see every cached one. cos /
-        sin: `rotate_one`'s (D,) tables. Attention runs in the dtype of the cache and cross K/V,
+        sin: `rotate_one`'s (D,) tables; `cross_rot` the same tables (B, 1, 1, D) of each row's query
+        position in the source (`cross_bytes`). Attention runs in the dtype of the cache and cross K/V,
         which may be wider than the weights' (see `TorchBackend`: bf16 weights with fp32 attention
         on CPU).
 
@@ -268,6 +300,8 @@ class DecoderBlock(nn.Module):
         y = F.scaled_dot_product_attention(q, k_buf.narrow(2, 0, n), v_buf.narrow(2, 0, n))
         x = torch.addmm(x, y.view(b, h * d).to(x.dtype), w_out)
         q = torch.mm(F.rms_norm(x, c, None, eps), w_cq).view(b, h, 1, d)
+        if cross_rot is not None:
+            q = rotate_one(q, *cross_rot)
         y = F.scaled_dot_product_attention(q.to(cross_k.dtype), cross_k, cross_v, cross_mask)
         x = torch.addmm(x, y.view(b, h * d).to(x.dtype), w_cout)
         gate, up = torch.mm(F.rms_norm(x, c, None, eps), w_gate_up).chunk(2, dim=-1)
@@ -289,13 +323,15 @@ class OmniByteFormer(nn.Module):
         # One table of P * V rows: row (j * V + id) embeds `id` at offset j inside a patch; the
         # patch embedding is their sum (= a linear map of the concatenated one-hots, as in bGPT).
         self.patch_embed = nn.Embedding(p * v, c)
+        # with cross_bytes, each source byte's memory row adds the byte itself to its patch's state
+        self.cross_embed = nn.Embedding(v, c) if cfg.cross_bytes else None
         self.encoder = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.encoder_layers))
         self.enc_norm = RMSNorm(c, cfg.norm_eps)
         self.dec_embed = nn.Embedding(v, c)
         self.decoder = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.decoder_layers))
         self.dec_norm = RMSNorm(c, cfg.norm_eps)
         self.head = nn.Linear(c, v, bias=False)
-        n_pos = max(cfg.max_src_len // p + 1, cfg.max_tgt_len + 1)
+        n_pos = max(cfg.input_len // p + 1, cfg.max_tgt_len + 1)
         cos, sin = rotary_tables(n_pos, cfg.head_dim, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)  # (n_pos, D/2)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -303,6 +339,8 @@ class OmniByteFormer(nn.Module):
         self.register_buffer("rope_cos_step", torch.cat((cos, cos), dim=-1), persistent=False)
         self.register_buffer("rope_sin_step", torch.cat((-sin, sin), dim=-1), persistent=False)
         self.register_buffer("patch_offsets", torch.arange(p) * v, persistent=False)  # (P,)
+        inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
+        self.register_buffer("rope_inv_freq", inv_freq, persistent=False)  # (D/2,) cross-attention angles
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -316,21 +354,69 @@ class OmniByteFormer(nn.Module):
 
     # ------------------------------------------------------------------ encoder
 
-    def encode(self, src_ids: Tensor) -> Memory:
-        """src_ids (B, S) int64 -> Memory with cross K/V for every decoder layer."""
-        memory, mask = self.encode_states(src_ids)
-        ks, vs = zip(*(blk.cross_attn.project_memory(memory) for blk in self.decoder))
-        return Memory(torch.stack(ks), torch.stack(vs), mask)
+    def encode(self, src_ids: Tensor, align: Tensor | None = None) -> Memory:
+        """src_ids (B, S) int64 -> Memory with cross K/V for every decoder layer. `align` (B,): the
+        source position of the decoder's first target (default S, right after the source: the
+        `continue` objective; a `paired` window aligns with where its part of the input starts)."""
+        mask, kv = self.cross_kv(src_ids)
+        ks, vs = zip(*kv)
+        return Memory(torch.stack(ks), torch.stack(vs), mask, self.grid_align(src_ids.shape[1], align, src_ids.device))
+
+    def cross_kv(self, src_ids: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """src_ids (B, S) -> the memory mask (B, M) and each decoder layer's cross K, V (B, H, M, D)
+        (what the ONNX encoder graph outputs)."""
+        memory, mask = self.cross_memory(src_ids)
+        rot = self.key_rotation(memory.shape[1])
+        return mask, [blk.cross_attn.project_memory(memory, *rot) for blk in self.decoder]
+
+    def cross_memory(self, src_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """src_ids (B, S) -> what the decoder cross-attends to (B, M, C) and its mask (B, M): with
+        `cross_bytes` one row per source byte on the patch grid (M = Sp * P: the patch's state plus
+        the byte's own embedding, PAD rows masked), else the patch states (M = Sp)."""
+        states, patch_mask, ids = self._encode(src_ids)
+        if self.cross_embed is None:
+            return states, patch_mask
+        b, sp, c = states.shape
+        p = self.cfg.patch_size
+        per_byte = states[:, :, None, :].expand(b, sp, p, c).reshape(b, sp * p, c)  # each patch's state, P times
+        grid = ids.reshape(b, sp * p)
+        return per_byte + self.cross_embed(grid), grid != PAD
+
+    def grid_ids(self, src_ids: Tensor) -> Tensor:
+        """src_ids (B, S) padded with PAD to whole patches, as `encode_states` lays them: on the left
+        for a causal encoder (the grid ends where the source ends), else on the right."""
+        pad = (-src_ids.shape[1]) % self.cfg.patch_size
+        if not pad:
+            return src_ids
+        return F.pad(src_ids, (pad, 0) if self.cfg.causal_encoder else (0, pad), value=PAD)
+
+    def key_rotation(self, n: int) -> tuple[Tensor, Tensor] | tuple[None, None]:
+        """cos, sin (M, D/2) of each memory row's source position on the patch grid (with
+        `cross_bytes`: row m is byte m); (None, None) for a model without it."""
+        if not self.cfg.cross_bytes:
+            return None, None
+        return rotary_at(torch.arange(n, device=self.rope_inv_freq.device), self.rope_inv_freq)
+
+    def grid_align(self, s: int, align: Tensor | None, device: torch.device) -> Tensor:
+        """`align` (B,) or the default S, in source ids -> on the patch grid `encode_states` lays
+        (a causal source is left-padded to whole patches, which shifts every position)."""
+        shift = (-s) % self.cfg.patch_size if self.cfg.causal_encoder else 0
+        if align is None:
+            return torch.tensor([s + shift], device=device)
+        return align.to(device) + shift
 
     def encode_states(self, src_ids: Tensor) -> tuple[Tensor, Tensor]:
         """src_ids (B, S) int64 -> encoder output (B, Sp, C) and patch mask (B, Sp), before the
-        decoder layers' cross K/V projections (which `encode` applies)."""
-        b, s = src_ids.shape
+        decoder layers' cross memory (`cross_memory`) and K/V projections (`cross_kv`)."""
+        states, mask, _ = self._encode(src_ids)
+        return states, mask
+
+    def _encode(self, src_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """`encode_states` and the source ids on the patch grid (B, Sp, P)."""
+        b = src_ids.shape[0]
         p = self.cfg.patch_size
         causal = self.cfg.causal_encoder
-        pad = (-s) % p
-        if pad:  # causal: the grid ends where the source does, so the last patch ends at the window
-            src_ids = F.pad(src_ids, (pad, 0) if causal else (0, pad), value=PAD)
+        src_ids = self.grid_ids(src_ids)  # causal: the grid (and its last patch) ends where the source does
         patches = src_ids.view(b, -1, p)  # (B, Sp, P)
         mask = (patches != PAD).any(dim=-1)  # (B, Sp)
         x = self.patch_embed(patches + self.patch_offsets).sum(dim=2)  # (B, Sp, C)
@@ -347,25 +433,38 @@ class OmniByteFormer(nn.Module):
             attn_mask = mask[:, None, None, :]  # (B, 1, 1, Sp)
         for block in self.encoder:
             x = block(x, cos, sin, attn_mask)
-        return self.enc_norm(x), mask  # (B, Sp, C), (B, Sp)
+        return self.enc_norm(x), mask, patches  # (B, Sp, C), (B, Sp), (B, Sp, P)
 
     # ------------------------------------------------------------------ decoder
 
     def _decode(self, dec_ids: Tensor, memory: Memory, cache: KVCache | None) -> tuple[Tensor, KVCache]:
         n = self.cfg.decoder_layers
         past = None if cache is None else [(cache.k[i], cache.v[i]) for i in range(n)]
-        logits, kv = self.decode_layers(dec_ids, [(memory.k[i], memory.v[i]) for i in range(n)], memory.mask, past)
+        logits, kv = self.decode_layers(dec_ids, [(memory.k[i], memory.v[i]) for i in range(n)], memory.mask, past,
+                                        memory.align)
         return logits, KVCache(torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv]))
 
+    def query_rotation(self, align: Tensor, n_past: int, t: int) -> tuple[Tensor, Tensor] | None:
+        """cos, sin (B, 1, T, D/2) of the source positions of T decoder positions after n_past
+        (align (B,) or (1,)); None for a model without `cross_bytes`."""
+        if not self.cfg.cross_bytes:
+            return None
+        pos = align[:, None] + n_past + torch.arange(t, device=align.device)  # (B, T)
+        cos, sin = rotary_at(pos, self.rope_inv_freq)
+        return cos[:, None], sin[:, None]
+
     def decode_layers(self, dec_ids: Tensor, cross: list[tuple[Tensor, Tensor]], memory_mask: Tensor,
-                      past: list[tuple[Tensor, Tensor]] | None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """The decoder over one (k, v) pair per layer: dec_ids (B, T), cross K/V (B, H, Sp, D) each,
-        memory_mask (B, Sp), past K/V (B, H, T_past, D) each or None -> logits (B, T, V) and the
-        per-layer K/V grown by T. `decode_step` stacks the layers; the ONNX decoder keeps them apart."""
+                      past: list[tuple[Tensor, Tensor]] | None, align: Tensor
+                      ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """The decoder over one (k, v) pair per layer: dec_ids (B, T), cross K/V (B, H, M, D) each,
+        memory_mask (B, M), past K/V (B, H, T_past, D) each or None, align (B,) or (1,) the source
+        position of the first target on the patch grid (`Memory.align`) -> logits (B, T, V) and
+        the per-layer K/V grown by T. `decode_step` stacks the layers; the ONNX decoder keeps them apart."""
         t = dec_ids.shape[1]
         n_past = 0 if past is None else past[0][0].shape[2]
         cos = self.rope_cos[n_past:n_past + t]
         sin = self.rope_sin[n_past:n_past + t]
+        cross_rot = self.query_rotation(align, n_past, t)
         self_mask = None
         if past is not None:
             q_pos = torch.arange(t, device=dec_ids.device) + n_past
@@ -376,7 +475,7 @@ class OmniByteFormer(nn.Module):
         new = []
         for i, block in enumerate(self.decoder):
             pk, pv = (None, None) if past is None else past[i]
-            x, k, v = block(x, cos, sin, pk, pv, self_mask, cross[i][0], cross[i][1], cross_mask)
+            x, k, v = block(x, cos, sin, pk, pv, self_mask, cross[i][0], cross[i][1], cross_mask, cross_rot)
             new.append((k, v))
         return self.head(self.dec_norm(x)), new  # logits (B, T, V)
 
@@ -420,10 +519,15 @@ class OmniByteFormer(nn.Module):
             raise ValueError(f"the StaticKVCache is full ({past} ids)")
         cos, sin = self.rope_cos_step[past], self.rope_sin_step[past]  # (D,) each
         cross_mask = memory.mask[:, None, None, :]  # (B, 1, 1, Sp)
+        cross_rot = None
+        if self.cfg.cross_bytes:
+            qc, qs = rotary_at(memory.align + past, self.rope_inv_freq)  # (B or 1, D/2)
+            cross_rot = (torch.cat((qc, qc), -1)[:, None, None],
+                         torch.cat((-qs, qs), -1)[:, None, None])  # rotate_one's tables (B, 1, 1, D)
         x = F.embedding(dec_ids.view(b), weights.embed)  # (B, C)
         for i, block in enumerate(self.decoder):
             x = block.step_in_place(x, weights.layers[i], cos, sin, cache.k[i], cache.v[i], past,
-                                    memory.k[i], memory.v[i], cross_mask)
+                                    memory.k[i], memory.v[i], cross_mask, cross_rot)
         x = F.rms_norm(x, x.shape[-1:], None, self.dec_norm.eps)
         logits = torch.mm(x, weights.head).unsqueeze(1)  # (B, 1, V)
         return logits, StaticKVCache(cache.k, cache.v, past + 1)
@@ -446,33 +550,44 @@ class OmniByteFormer(nn.Module):
         return KVCache(z, z.clone())
 
     def forward(self, src_ids: Tensor, dec_ids: Tensor, rows: Tensor | None = None,
-                visible: Tensor | None = None) -> Tensor:
-        """src_ids (B, S), dec_ids (B, T) int64 -> logits (B, T, V). With `rows` and `visible`,
-        many windows per source: see `forward_windows` (what training calls, through DDP)."""
+                visible: Tensor | None = None, align: Tensor | None = None) -> Tensor:
+        """src_ids (B, S), dec_ids (B, T) int64 -> logits (B, T, V). `align` (B,): the source
+        position each row's first target lies at (default S: `continue`). With `rows` and
+        `visible`, many windows per source: see `forward_windows` (what training calls, through DDP)."""
         if rows is not None and visible is not None:
-            return self.forward_windows(src_ids, dec_ids, rows, visible)
-        logits, _ = self._decode(dec_ids, self.encode(src_ids), None)
+            return self.forward_windows(src_ids, dec_ids, rows, visible, align)
+        logits, _ = self._decode(dec_ids, self.encode(src_ids, align), None)
         return logits
 
-    def forward_windows(self, src_ids: Tensor, dec_ids: Tensor, rows: Tensor, visible: Tensor) -> Tensor:
+    def forward_windows(self, src_ids: Tensor, dec_ids: Tensor, rows: Tensor, visible: Tensor,
+                        align: Tensor | None = None) -> Tensor:
         """Many decoder windows over one encoder pass: src_ids (B, S) left-padded chunks,
         dec_ids (N, T) one window per row, rows (N,) the chunk of each window, visible (N,) how
         many ids of its chunk lie before the window's start (on the patch grid, which ends where
-        the source ends) -> logits (N, T, V).
+        the source ends), align (N,) the source position of each window's first target (default:
+        `visible`, a `continue` window right after its context) -> logits (N, T, V).
 
         With a causal encoder, window n's logits equal `forward(src[rows[n], :visible[n]],
-        dec_ids[n])`: it sees its own context and nothing after it."""
-        memory = self.encode(src_ids)  # k, v (L, B, H, Sp, D)
-        sp = memory.mask.shape[1]
-        p = self.cfg.patch_size
-        n_before = (visible + (-src_ids.shape[1]) % p) // p  # (N,) patches before each window
-        #                                                       (`encode` left-pads S to a multiple of P)
-        before = torch.arange(sp, device=src_ids.device)[None, :] < n_before[:, None]  # (N, Sp)
-        mask = memory.mask.index_select(0, rows) & before  # (N, Sp)
+        dec_ids[n])`: it sees its own context and nothing after it. A `paired` window sees the
+        whole input (visible = S) and aligns with its own part of it."""
+        memory = self.encode(src_ids)  # k, v (L, B, H, M, D)
+        seen = self.before(src_ids.shape[1], visible, memory.mask.shape[1])  # (N, M)
+        mask = memory.mask.index_select(0, rows) & seen  # (N, M)
         cross = [(memory.k[i].index_select(0, rows), memory.v[i].index_select(0, rows))
-                 for i in range(self.cfg.decoder_layers)]  # (N, H, Sp, D) each
-        logits, _ = self.decode_layers(dec_ids, cross, mask, None)
+                 for i in range(self.cfg.decoder_layers)]  # (N, H, M, D) each
+        aligned = self.grid_align(src_ids.shape[1], visible if align is None else align, src_ids.device)
+        logits, _ = self.decode_layers(dec_ids, cross, mask, None, aligned)
         return logits  # (N, T, V)
+
+    def before(self, s: int, visible: Tensor, m: int) -> Tensor:
+        """(N, M) True for the memory rows a window may see: those before `visible` (N,) source ids
+        (on the patch grid; a patch, without `cross_bytes`, when it lies wholly before)."""
+        p = self.cfg.patch_size
+        if self.cfg.cross_bytes:
+            edge = visible + ((-s) % p if self.cfg.causal_encoder else 0)  # (N,) bytes
+        else:
+            edge = (visible + (-s) % p) // p  # (N,) patches (`encode` pads S to a multiple of P)
+        return torch.arange(m, device=visible.device)[None, :] < edge[:, None]
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

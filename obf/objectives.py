@@ -3,32 +3,53 @@
 
 Sample `i` is a pure function of (seed, i), which is what makes resume exact and DDP ranks
 disjoint.
+
+`paired` trains every decoder window of the target with the whole input visible: an example is
+the input (one encoder pass) and up to `PAIRED_WINDOWS` consecutive windows of its target, each
+aligned (cross positions, `obf.model`) with the input bytes at its own offset, so a long target
+follows its input all the way (generation does the same, window after window). The files of
+pairs serve `paired` only; `continue` and `denoise` draw from the other files.
 """
 
 from __future__ import annotations
 
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from obf.dataset import DataError, Dataset, Record
-from obf.vocab import (BOS, EOS, MODALITIES, N_SENTINELS, PAD, encoder_input, modality_id, paired_input,
-                       sentinel_id, task_id)
+from obf.vocab import (BOS, EOS, MODALITIES, N_SENTINELS, PAD, PAIRED_TAGS, encoder_input, modality_id,
+                       paired_input, sentinel_id, task_id)
+
+PAIRED_WINDOWS = 4  # target windows of one `paired` example at most (a 16x16 BMP needs 4 of 256 bytes)
+
+
+class Window(NamedTuple):
+    """A decoder window of an example besides its last: `visible` source ids lie before it (all
+    of them for `paired`), its first target lies at source position `align`."""
+
+    visible: int
+    targets: list[int]
+    align: int
+
 
 @dataclass(frozen=True)
 class Example:
     """One training example: encoder ids and the decoder window that follows them (targets, EOS
     included when the file ends), plus, for a `continue` chunk, the earlier windows that start
-    inside the source: `(start, targets)` with `start` the number of source ids before it. With
-    the causal encoder one encoder pass over `src` serves all of them (`forward_windows`)."""
+    inside the source, and for `paired`, the target's other windows. One encoder pass over `src`
+    serves all of them (`forward_windows`). `align`: the source position of the last window's
+    first target (None: right after the source, `continue`)."""
 
     src: list[int]
     tgt: list[int]
     task: str
     modality: str
     index: int  # global sample index it was drawn for
-    earlier: tuple[tuple[int, list[int]], ...] = ()
+    earlier: tuple[Window, ...] = ()
+    align: int | None = None
 
 
 @dataclass
@@ -40,6 +61,7 @@ class Batch:
     tgt: np.ndarray  # (N, T) int64, PAD where there is no target (ignored by the loss)
     rows: np.ndarray  # (N,) int64, the example (row of src) of each window
     visible: np.ndarray  # (N,) int64, ids of the padded row before the window's start (on the patch grid)
+    align: np.ndarray  # (N,) int64, position in the padded row of the window's first target
     modalities: list[str]  # per example
     tasks: list[str]
     indices: list[int]
@@ -92,21 +114,28 @@ class ExampleSampler:
                  task_weights: dict[str, float], balance_modalities: bool = True,
                  modality_weights: dict[str, float] | None = None, noise_density: float = 0.15,
                  mean_span: float = 3.0, seed: int = 0, random_bytes_weight: float = 0.0,
-                 windows: int = 1) -> None:
+                 windows: int = 1, max_input_len: int | None = None) -> None:
         self.ds = ds
         self.windows = windows  # decoder windows per `continue` example (a chunk; see continue_chunk)
         self.random_bytes_weight = random_bytes_weight
         self.split = split
         self.max_src_len, self.max_tgt_len = max_src_len, max_tgt_len
+        self.max_input_len = max_input_len or max_src_len  # a `paired` source, tags included
         self.noise_density, self.mean_span = noise_density, mean_span
         self.seed = seed
-        records = ds.select(split=split)
-        if not records:
+        records = ds.select(split=split, paired=False)
+        pairs = [(i, t) for i, t in ds.pairs(split) if i.length <= self.max_input_len - PAIRED_TAGS]
+        if not records and not pairs:
             raise DataError(f"{ds.root}: no file in split {split!r}")
         self.by_modality = {m: [r for r in records if r.modality == m] for m in MODALITIES}
         self.by_modality = {m: rs for m, rs in self.by_modality.items() if rs}
-        by_key = {r.key: r for r in ds.records}
-        self.pairs = [(r, by_key[r.pair]) for r in records if r.pair and r.pair in by_key]
+        # pairs grouped by (input modality, target modality), each group drawn equally often
+        groups: dict[tuple[str, str], list[tuple[Record, Record]]] = {}
+        for i, t in pairs:
+            groups.setdefault((i.modality, t.modality), []).append((i, t))
+        self.pair_groups = [groups[k] for k in sorted(groups)]
+        self.pairs = [p for g in self.pair_groups for p in g]
+        self.long_inputs = len(ds.pairs(split)) - len(pairs)  # inputs over max_input_len: left out
 
         if modality_weights:
             for m, w in modality_weights.items():
@@ -140,8 +169,9 @@ class ExampleSampler:
         rng = self.rng(index)
         task = task or self.tasks[rng.choice(len(self.tasks), p=self.task_p)]
         if task == "paired":
-            inp, tgt = self.pairs[rng.integers(len(self.pairs))]
-            return self._paired(inp, tgt, index)
+            group = self.pair_groups[rng.integers(len(self.pair_groups))]
+            inp, tgt = group[rng.integers(len(group))]
+            return self._paired(inp, tgt, rng, index)
         m = self.modalities[rng.choice(len(self.modalities), p=self.modality_p)]
         rs = self.by_modality[m]
         r = rs[rng.choice(len(rs), p=self.file_p[m])]
@@ -173,12 +203,28 @@ class ExampleSampler:
         return continue_example(np.frombuffer(head + noise, np.uint8), start, "binary", self.max_src_len,
                                 self.max_tgt_len, index)
 
-    def _paired(self, inp: Record, tgt: Record, index: int) -> Example:
-        src = paired_input(bytes(self.ds.file_bytes(inp)), inp.modality, tgt.modality, self.max_src_len)
-        return Example(src, window_targets(self.ds.file_bytes(tgt), 0, self.max_tgt_len), "paired", tgt.modality, index)
+    def _paired(self, inp: Record, tgt: Record, rng: np.random.Generator, index: int) -> Example:
+        """The input and up to PAIRED_WINDOWS consecutive windows of its target (all of them when
+        it has no more; else a random run of them)."""
+        data = self.ds.file_bytes(tgt)
+        n_windows = len(data) // self.max_tgt_len + 1  # the last holds EOS
+        first = int(rng.integers(0, max(1, n_windows - PAIRED_WINDOWS + 1)))
+        return paired_example(bytes(self.ds.file_bytes(inp)), inp.modality, data, tgt.modality, self.max_input_len,
+                              self.max_tgt_len, range(first, min(n_windows, first + PAIRED_WINDOWS)), index)
 
     def batch(self, indices: list[int]) -> Batch:
         return collate([self.example(i) for i in indices])
+
+
+def paired_example(inp: bytes, modality: str, target: np.ndarray | bytes, target_modality: str, max_input_len: int,
+                   max_tgt_len: int, windows: range, index: int = 0) -> Example:
+    """`paired`: the whole input in the source, and the given windows (k = 0, 1, ...: target bytes
+    from k * max_tgt_len) of the target, each aligned with the input byte at its own offset."""
+    src = paired_input(inp, modality, target_modality, max_input_len)
+    parts = [Window(len(src), window_targets(target, k * max_tgt_len, max_tgt_len), PAIRED_TAGS + k * max_tgt_len)
+             for k in windows]
+    last = parts[-1]
+    return Example(src, last.targets, "paired", target_modality, index, tuple(parts[:-1]), last.align)
 
 
 def window_targets(data: np.ndarray | bytes, start: int, max_tgt_len: int) -> list[int]:
@@ -200,7 +246,8 @@ def windows_example(data: np.ndarray | bytes, starts: list[int], modality: str, 
     if last - starts[0] > max_src_len - 2:
         raise ValueError(f"windows from {starts[0]} to {last} do not fit one source of {max_src_len} ids")
     src = encoder_input(modality, "continue", bytes(data[max(0, last - (max_src_len - 2)):last]), max_src_len)
-    earlier = tuple((len(src) - (last - s), window_targets(data, s, max_tgt_len)) for s in starts[:-1])
+    earlier = tuple(Window(len(src) - (last - s), window_targets(data, s, max_tgt_len), len(src) - (last - s))
+                    for s in starts[:-1])
     return Example(src, window_targets(data, last, max_tgt_len), "continue", modality, index, earlier)
 
 
@@ -227,19 +274,24 @@ def collate(examples: list[Example], multiple: int = 8) -> Batch:
     grid when the window length is a multiple of the patch size (checked by the config)."""
     s = max(len(e.src) for e in examples)
     s += (-s) % multiple
-    windows = [(i, start, t) for i, e in enumerate(examples) for start, t in (*e.earlier, (len(e.src), e.tgt))]
-    t = max(len(tg) for _, _, tg in windows)
+    windows = [(i, w) for i, e in enumerate(examples)
+               for w in (*e.earlier, Window(len(e.src), e.tgt, len(e.src) if e.align is None else e.align))]
+    t = max(len(w.targets) for _, w in windows)
     src = np.full((len(examples), s), PAD, dtype=np.int64)
     dec = np.full((len(windows), t), PAD, dtype=np.int64)
     tgt = np.full((len(windows), t), PAD, dtype=np.int64)
-    rows = np.array([i for i, _, _ in windows], dtype=np.int64)
+    rows = np.array([i for i, _ in windows], dtype=np.int64)
     visible = np.zeros(len(windows), dtype=np.int64)
+    align = np.zeros(len(windows), dtype=np.int64)
     for i, e in enumerate(examples):
         src[i, s - len(e.src):] = e.src
-    for n, (i, start, tg) in enumerate(windows):
-        visible[n] = s - len(examples[i].src) + start  # the window's start in the padded row
+    for n, (i, w) in enumerate(windows):
+        pad = s - len(examples[i].src)
+        visible[n] = pad + w.visible  # the window's start in the padded row
+        align[n] = pad + w.align
+        tg = w.targets
         tgt[n, :len(tg)] = tg
         dec[n, 0] = BOS
         dec[n, 1:len(tg)] = tg[:-1]
-    return Batch(src, dec, tgt, rows, visible, [e.modality for e in examples], [e.task for e in examples],
+    return Batch(src, dec, tgt, rows, visible, align, [e.modality for e in examples], [e.task for e in examples],
                  [e.index for e in examples])

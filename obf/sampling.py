@@ -18,19 +18,21 @@ import numpy as np
 
 from obf.match import modality_index
 from obf.mixer import RowHints, mixer_of
-from obf.vocab import BOS, EOS, N_BYTES, PAD, encoder_input, paired_input
+from obf.vocab import BOS, EOS, N_BYTES, PAD, PAIRED_TAGS, encoder_input, paired_input
 
 
 class Backend(Protocol):
     """What the decode loop needs from a model runtime (torch or ONNX Runtime)."""
 
     max_src_len: int  # encoder context in ids (tags included)
+    max_input_len: int  # the longest `paired` source in ids (tags included)
     max_tgt_len: int  # decoder window in ids (BOS included)
     vocab_size: int
     patch_size: int  # encoder patch size: source batches are padded to a multiple of it
 
-    def encode(self, src_ids: np.ndarray) -> Any:
-        """src_ids (B, S) int64, left-padded with PAD (`pad_batch`) -> an opaque memory handle."""
+    def encode(self, src_ids: np.ndarray, align: np.ndarray | None = None) -> Any:
+        """src_ids (B, S) int64, left-padded with PAD (`pad_batch`) -> an opaque memory handle;
+        align (B,): the source position each row's first target lies at (default S, `continue`)."""
 
     def init_cache(self, memory: Any) -> Any:
         """An empty self-attention cache for the batch of `memory`."""
@@ -39,14 +41,28 @@ class Backend(Protocol):
         """tokens (B,) int64 -> logits (B, V) float32 for the next id, and the updated cache."""
 
 
+# The decoding `obf generate` and batch-generate use unless told otherwise (the evaluation's
+# samples take `evaluate.temperature` / `top_k` / `top_p`, which params.yaml sets the same). `continue`: chosen by measurement on files of the validation split
+# (benchmarks/samples.py; benchmarks/README.md, "Generation"): greedy decoding of a small model
+# loops. `paired`: greedy, since a conversion has one right answer.
+DECODING: dict[str, dict[str, float]] = {
+    "continue": {"temperature": 1.0, "top_k": 0, "top_p": 1.0},
+    "paired": {"temperature": 0.0, "top_k": 0, "top_p": 1.0},
+}
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
+    """How the decode loop picks each byte. The dataclass's own defaults are plain greedy;
+    `for_task` gives what users get by default (`DECODING`)."""
+
     max_bytes: int = 256
     temperature: float = 0.0  # 0 = greedy
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
     seed: int = 0
     stop_at_eos: bool = True  # False: EOS is never sampled, so every row emits exactly max_bytes
+    learn_from_output: bool = False  # the mixer's file-adaptive parts also learn from the bytes the row makes
 
     def __post_init__(self) -> None:
         if self.max_bytes < 0:
@@ -57,6 +73,17 @@ class SamplingOptions:
             raise ValueError("top_k must not be negative")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
+
+    @classmethod
+    def for_task(cls, task: str, *, temperature: float | None = None, top_k: int | None = None,
+                 top_p: float | None = None, **kw: Any) -> "SamplingOptions":
+        """Options for `task` (continue or paired): its `DECODING` defaults where an argument is None."""
+        if task not in DECODING:
+            raise ValueError(f"task {task!r} cannot generate files; use continue or paired")
+        d = DECODING[task]
+        return cls(temperature=d["temperature"] if temperature is None else temperature,
+                   top_k=int(d["top_k"]) if top_k is None else top_k, top_p=d["top_p"] if top_p is None else top_p,
+                   **kw)
 
 
 @dataclass(frozen=True)
@@ -137,14 +164,15 @@ def pad_batch(rows: Sequence[Sequence[int]], multiple: int = 1) -> np.ndarray:
     return out
 
 
-def _row_hints(backend: Backend, files: list[bytes], modalities: Sequence[str]) -> list[RowHints]:
+def _row_hints(backend: Backend, files: list[bytes], modalities: Sequence[str], learn_from_output: bool
+               ) -> list[RowHints]:
     """Each row's hints from the bytes its file holds before generation starts; for the mixer's
     file-adaptive parts, how scoring scores the last bytes held (one batched pass)."""
     from obf.scoring import tail_log_probs  # scoring imports the mixer, as this module does
 
     mixer = mixer_of(backend)
     tails = tail_log_probs(backend, files, list(modalities)) if mixer and mixer.needs_tail else [None] * len(files)
-    return [RowHints(f, m, t) for f, m, t in zip(files, modalities, tails)]
+    return [RowHints(f, m, t, learn_from_output=learn_from_output) for f, m, t in zip(files, modalities, tails)]
 
 
 def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[str], *, task: str = "continue",
@@ -153,16 +181,20 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
     """Generate bytes for each input; a batch of inputs of any lengths.
 
     `continue`: the bytes that follow each context. `paired`: the target file for each input
-    (of `target_modalities`, default the input's); its first window is conditioned on the input,
-    later windows continue the target's own bytes. A row stops at EOS (when `stop_at_eos`) or at
-    `max_bytes`, or, with a `RowSpec` of a length, after exactly that many bytes; the batch
+    (of `target_modalities`, default the input's), window after window, each with the whole input
+    in the encoder and aligned with the input bytes at its own offset (as `paired` is trained;
+    an input longer than `backend.max_input_len` - 3 is a ValueError). A row stops at EOS (when
+    `stop_at_eos`) or at `max_bytes`, or, with a `RowSpec` of a length, after exactly that many
+    bytes; the batch
     stops when every row has. A finished row leaves the batch at the end of its decoder window
     (each window encodes only the rows still going), so rows of different lengths cost at most
     one window more than their own. Returns the generated bytes per input.
 
     A model with a mixer (`obf.mixer`) samples from the network's logits mixed with the hints of
     the bytes each row's file holds so far (a `continue` context and what the row made; a `paired`
-    target's own bytes), as evaluation scores it.
+    target's own bytes, its stride hint from when its header is written), as evaluation scores
+    it; by default the parts that learn from the file learn from the context only
+    (`SamplingOptions.learn_from_output`).
     """
     if len(contexts) != len(modalities):
         raise ValueError("contexts and modalities differ in length")
@@ -181,22 +213,26 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
     contexts = [bytes(c) for c in contexts]
     history = list(contexts)  # what the next window's encoder sees
     window = backend.max_tgt_len  # ids one decoder window emits (BOS in, max_tgt_len out)
-    first_window = True
+    if task == "paired":  # the input is every window's source: one that does not fit is refused before any work
+        for c, m, t in zip(contexts, modalities, targets):
+            paired_input(c, m, t, backend.max_input_len)
     mixer = mixer_of(backend)
     file_modalities = targets if task == "paired" else modalities
-    row_hints = _row_hints(backend, [b"" if task == "paired" else c for c in contexts], file_modalities) if mixer else []
+    row_hints = (_row_hints(backend, [b"" if task == "paired" else c for c in contexts], file_modalities,
+                            opts.learn_from_output) if mixer else [])
     mods = modality_index(file_modalities)
     while not done.all():
         active = np.flatnonzero(~done)
-        rows = []
-        for i in active:
-            if task == "paired" and first_window:
-                rows.append(paired_input(contexts[i], modalities[i], targets[i], backend.max_src_len))
-            else:
-                m = targets[i] if task == "paired" else modalities[i]
-                rows.append(encoder_input(m, "continue", history[i], backend.max_src_len))
+        if task == "paired":  # window k of a target aligns with the input at its offset k * window
+            rows = [paired_input(contexts[i], modalities[i], targets[i], backend.max_input_len) for i in active]
+            offsets = [PAIRED_TAGS + len(out[i]) for i in active]
+        else:
+            rows = [encoder_input(modalities[i], "continue", history[i], backend.max_src_len) for i in active]
         src = pad_batch(rows, backend.patch_size)
-        memory = backend.encode(src)
+        align = None
+        if task == "paired":
+            align = np.array([src.shape[1] - len(r) + o for r, o in zip(rows, offsets)], dtype=np.int64)
+        memory = backend.encode(src, align)
         cache = backend.init_cache(memory)
         tokens = np.full(len(active), BOS, dtype=np.int64)
         finished = np.zeros(len(active), dtype=bool)
@@ -224,7 +260,6 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
                     finished[j] = done[i] = True
             if finished.all():
                 break
-        first_window = False
         for i in active:
-            history[i] = bytes(out[i]) if task == "paired" else bytes(contexts[i]) + bytes(out[i])
+            history[i] = bytes(contexts[i]) + bytes(out[i])
     return [bytes(o) for o in out]

@@ -194,7 +194,8 @@ def training_samplers(ds: Dataset, params: Params) -> tuple[ExampleSampler, Exam
     kw = dict(max_tgt_len=m.max_tgt_len, balance_modalities=t.balance_modalities, modality_weights=t.modality_weights,
               noise_density=t.noise_density, mean_span=t.mean_span)
     short = ExampleSampler(ds, "train", max_src_len=t.src_len or m.max_src_len, task_weights=t.task_weights,
-                           seed=t.seed, random_bytes_weight=t.random_bytes_weight, windows=t.windows, **kw)
+                           seed=t.seed, random_bytes_weight=t.random_bytes_weight, windows=t.windows,
+                           max_input_len=m.input_len, **kw)
     long = ExampleSampler(ds, "train", max_src_len=m.max_src_len, task_weights={"continue": 1.0}, seed=t.seed + 1,
                           windows=t.long_windows, **kw)
     return short, long
@@ -218,8 +219,9 @@ def step_batch(step: int, d: Dist, cfg: TrainConfig, short: ExampleSampler, long
 
 
 def _to_device(b: Batch, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """src (B, S), dec (N, T), tgt (N, T), rows (N,), visible (N,) on `device`."""
-    return tuple(torch.from_numpy(a).to(device, non_blocking=True) for a in (b.src, b.dec, b.tgt, b.rows, b.visible))
+    """src (B, S), dec (N, T), tgt (N, T), rows (N,), visible (N,), align (N,) on `device`."""
+    return tuple(torch.from_numpy(a).to(device, non_blocking=True)
+                 for a in (b.src, b.dec, b.tgt, b.rows, b.visible, b.align))
 
 
 def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume: bool = False,
@@ -233,6 +235,9 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
     if ds.manifest.get("files", 0) == 0 or not ds.records:
         raise DataError(f"{data_dir}: the dataset holds no file; nothing to train on")
     train_sampler, long_sampler = training_samplers(ds, params)
+    if train_sampler.long_inputs and progress:
+        print(f"train: {train_sampler.long_inputs} pairs left out: their inputs exceed model.max_input_len "
+              f"({mcfg.input_len} ids with the tags)", file=sys.stderr)
     sampler_kw = dict(max_src_len=tcfg.src_len or mcfg.max_src_len, max_tgt_len=mcfg.max_tgt_len,
                       balance_modalities=tcfg.balance_modalities, noise_density=tcfg.noise_density,
                       mean_span=tcfg.mean_span)
@@ -305,9 +310,9 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
             if log_f:
                 for e_idx, m, t in zip(batch.indices, batch.modalities, batch.tasks):
                     log_f.write(json.dumps({"step": step, "index": e_idx, "modality": m, "task": t}) + "\n")
-            src, dec, tgt, rows, visible = _to_device(batch, device)
+            src, dec, tgt, rows, visible, align = _to_device(batch, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = net(src, dec, rows, visible)  # (N, T, V): every window of every chunk
+                logits = net(src, dec, rows, visible, align)  # (N, T, V): every window of every example
             bits, n = loss_bits(logits, tgt)
             loss = bits / n.clamp(min=1)
             opt.zero_grad(set_to_none=True)

@@ -90,6 +90,14 @@ def encoder_input(modality: str, task: str, payload: bytes | bytearray | memoryv
     return [modality_id(modality), task_id(task), *tail]
 
 
+PAIRED_TAGS = 3  # ids before a `paired` input: its modality, the task, the target's modality
+
+
 def paired_input(payload: bytes | bytearray | memoryview, modality: str, target_modality: str, max_len: int) -> list[int]:
-    """Encoder ids for `paired`: [input modality, paired, target modality] + the input's first bytes."""
-    return [modality_id(modality), task_id("paired"), modality_id(target_modality), *bytes(payload[:max(0, max_len - 3)])]
+    """Encoder ids for `paired`: [input modality, paired, target modality] + the whole input. An
+    input longer than `max_len - 3` bytes is a ValueError naming the limit: a conversion of a cut
+    input would look right and be wrong."""
+    if len(payload) > max_len - PAIRED_TAGS:
+        raise ValueError(f"the input is {len(payload)} bytes; the model takes paired inputs of up to "
+                         f"{max_len - PAIRED_TAGS} bytes (model.max_input_len {max_len})")
+    return [modality_id(modality), task_id("paired"), modality_id(target_modality), *bytes(payload)]

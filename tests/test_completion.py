@@ -104,7 +104,7 @@ class Scripted:
     def __init__(self):
         self.fed: list[np.ndarray] = []
 
-    def encode(self, src):
+    def encode(self, src, align=None):
         return src.shape[0]
 
     def init_cache(self, memory):

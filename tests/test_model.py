@@ -37,8 +37,9 @@ def test_shapes(p):
     logits = m(src, shift_right(tgt))
     assert logits.shape == (3, 11, VOCAB_SIZE)
     mem = m.encode(src)
-    sp = math.ceil(37 / p)
-    assert mem.k.shape == (1, 3, 2, sp, 32) and mem.mask.shape == (3, sp)
+    grid = math.ceil(37 / p) * p  # one memory row per source byte on the patch grid
+    assert mem.k.shape == (1, 3, 2, grid, 32) and mem.mask.shape == (3, grid)
+    assert mem.mask.sum(1).tolist() == [37] * 3  # the grid's padding is masked
 
 
 def test_presets_sizes():
@@ -114,7 +115,7 @@ def unequal_gains(m: OmniByteFormer) -> OmniByteFormer:
 def test_long_context_windows_see_exactly_their_own_context(p):
     """One causal encoder pass over chunks serves every window as if it were encoded alone;
     bytes after a window's start never change its logits; extra left padding changes nothing."""
-    from obf.objectives import Example, collate, continue_chunk
+    from obf.objectives import Example, Window, collate, continue_chunk
 
     torch.manual_seed(0)
     m = unequal_gains(OmniByteFormer(ModelConfig.from_preset("tiny", patch_size=p, max_src_len=1024, max_tgt_len=32,
@@ -130,7 +131,7 @@ def test_long_context_windows_see_exactly_their_own_context(p):
         got = m(*ids)
         n = 0
         for e in exs:
-            for start, tgt in (*e.earlier, (len(e.src), e.tgt)):
+            for start, tgt, _ in (*e.earlier, Window(len(e.src), e.tgt, len(e.src))):
                 alone = collate([Example(e.src[:start], tgt, "continue", e.modality, 0)], multiple=p)
                 ref = m(torch.from_numpy(alone.src), torch.from_numpy(alone.dec))
                 torch.testing.assert_close(got[n, :len(tgt)], ref[0, :len(tgt)], atol=2e-5, rtol=2e-5)

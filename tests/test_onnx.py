@@ -72,7 +72,7 @@ def test_export_layout_and_parity(exported):
     per_layer = [f"{kv}_{i}" for i in range(cfg["decoder_layers"]) for kv in "kv"]
     assert [i.name for i in backend.dec.get_inputs()] == ["dec_ids", "past_len", "memory_mask",
                                                           *(f"cross_{n}" for n in per_layer),
-                                                          *(f"past_{n}" for n in per_layer)]
+                                                          *(f"past_{n}" for n in per_layer), "align"]
     assert [o.name for o in backend.dec.get_outputs()] == ["logits", *(f"present_{n}" for n in per_layer)]
     ops = {n.op_type for n in onnx_ir.load(onnx / "decoder.onnx").graph.node}
     assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization"} <= ops and "Concat" not in ops

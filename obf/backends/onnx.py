@@ -138,21 +138,32 @@ class OnnxBackend:
         self.cache_dtype = np.float16 if past.type == "tensor(float16)" else np.float32
         self.cache_on_device = self.cuda and self.cache_dtype == np.float16
         self.max_src_len = int(cfg["max_src_len"])
+        self.max_input_len = int(cfg.get("max_input_len") or self.max_src_len)
         self.max_tgt_len = int(cfg["max_tgt_len"])
         self.vocab_size = int(cfg["vocab_size"])
         self.patch_size = int(cfg["patch_size"])
         self.causal_encoder = bool(cfg.get("causal_encoder", False))
         self.layers, self.heads = int(cfg["decoder_layers"]), int(cfg["n_heads"])
         self.head_dim = int(cfg["d_model"]) // self.heads
+        self.cross_bytes = "align" in {i.name for i in self.dec.get_inputs()}  # a byte-level cross memory
         self.cross_names = kv_names("cross", self.layers)
         self.past_names = kv_names("past", self.layers)
         self.present_names = kv_names("present", self.layers)
 
     # -- protocol ---------------------------------------------------------------------------
-    # memory: {"memory_mask", "cross_k_i", "cross_v_i": arrays or OrtValues on the device, "batch"}
+    # memory: {"memory_mask", "cross_k_i", "cross_v_i": arrays or OrtValues on the device, "align":
+    #          (B,) int64, "batch"}
     # cache: a _Cache (fixed-size buffers written in place; one per encoded batch)
 
-    def encode(self, src_ids: np.ndarray) -> dict[str, Any]:
+    def _grid_align(self, s: int, align: np.ndarray | None, rows: int) -> np.ndarray:
+        """`OmniByteFormer.grid_align`: (B,) source positions of the first targets on the patch grid."""
+        shift = (-s) % self.patch_size if self.causal_encoder else 0
+        base = np.full(rows, s, np.int64) if align is None else np.asarray(align, np.int64).reshape(rows)
+        return np.ascontiguousarray(base + shift)
+
+    def encode(self, src_ids: np.ndarray, align: np.ndarray | None = None) -> dict[str, Any]:
+        """src_ids (B, S); align (B,): each row's first target lies at this source position
+        (default S, `continue`)."""
         src = np.ascontiguousarray(src_ids, dtype=np.int64)
         names = ["memory_mask", *self.cross_names]
         if self.cuda:
@@ -164,7 +175,8 @@ class OnnxBackend:
             outs = io.get_outputs()
         else:
             outs = self.enc.run(names, {"src_ids": src})
-        return {**dict(zip(names, outs)), "batch": src.shape[0]}
+        return {**dict(zip(names, outs)), "align": self._grid_align(src.shape[1], align, src.shape[0]),
+                "batch": src.shape[0]}
 
     def init_cache(self, memory: dict[str, Any]) -> _Cache:
         return _Cache(self, memory, new_ids=1)
@@ -173,25 +185,32 @@ class OnnxBackend:
         logits = cache.run(np.asarray(tokens, dtype=np.int64)[:, None])  # (B, 1, V)
         return logits[:, -1], cache
 
-    def logits(self, src_ids: np.ndarray, dec_ids: np.ndarray) -> np.ndarray:
-        """Teacher-forced logits (B, T, V) for src (B, S) and decoder input (B, T)."""
-        memory = self.encode(src_ids)
+    def logits(self, src_ids: np.ndarray, dec_ids: np.ndarray, align: np.ndarray | None = None) -> np.ndarray:
+        """Teacher-forced logits (B, T, V) for src (B, S) and decoder input (B, T); align as for `encode`."""
+        memory = self.encode(src_ids, align)
         return _Cache(self, memory, new_ids=dec_ids.shape[1]).run(dec_ids)
 
     def window_logits(self, src_ids: np.ndarray, dec_ids: np.ndarray, rows: np.ndarray,
-                      visible: np.ndarray) -> np.ndarray:
+                      visible: np.ndarray, align: np.ndarray | None = None) -> np.ndarray:
         """Teacher-forced logits (N, T, V) of many windows per source over one encoder run, as
-        `OmniByteFormer.forward_windows` (a causal encoder): window n reads the cross K/V of source
-        row rows[n], masked to the patches before its start (visible[n] ids of the padded row)."""
+        `OmniByteFormer.forward_windows`: window n reads the cross K/V of source row rows[n], masked
+        to the patches before its start (visible[n] ids of the padded row), its first target at
+        source position align[n] (default visible[n])."""
         enc = self.encode(src_ids)
-        host = {k: (v.numpy() if isinstance(v, ort.OrtValue) else v) for k, v in enc.items() if k != "batch"}
-        sp = host["memory_mask"].shape[1]
-        n_before = (np.asarray(visible) + (-src_ids.shape[1]) % self.patch_size) // self.patch_size
-        mask = host["memory_mask"][rows] & (np.arange(sp)[None, :] < n_before[:, None])  # (N, Sp)
+        host = {k: (v.numpy() if isinstance(v, ort.OrtValue) else v) for k, v in enc.items()
+                if k not in ("batch", "align")}
+        m = host["memory_mask"].shape[1]
+        s, p = src_ids.shape[1], self.patch_size
+        if self.cross_bytes:  # `OmniByteFormer.before`
+            edge = np.asarray(visible) + ((-s) % p if self.causal_encoder else 0)
+        else:
+            edge = (np.asarray(visible) + (-s) % p) // p
+        mask = host["memory_mask"][rows] & (np.arange(m)[None, :] < edge[:, None])  # (N, M)
         memory = {"memory_mask": np.ascontiguousarray(mask), "batch": len(rows),
+                  "align": self._grid_align(src_ids.shape[1], visible if align is None else align, len(rows)),
                   **{k: np.ascontiguousarray(host[k][rows]) for k in self.cross_names}}
         if self.cuda:  # where `encode` puts them on CUDA
-            memory = {k: (v if k == "batch" else ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0))
+            memory = {k: (v if k in ("batch", "align") else ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0))
                       for k, v in memory.items()}
         return _Cache(self, memory, new_ids=dec_ids.shape[1]).run(dec_ids)
 
@@ -229,6 +248,8 @@ class _Cache:
         for name in ("memory_mask", *backend.cross_names):  # numpy on CPU, OrtValues on the device on CUDA
             value = memory[name]
             io.bind_ortvalue_input(name, value if isinstance(value, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(value))
+        if backend.cross_bytes:
+            io.bind_ortvalue_input("align", ort.OrtValue.ortvalue_from_numpy(memory["align"]))
         for past, present, buf in zip(backend.past_names, backend.present_names, self.buffers):
             io.bind_ortvalue_input(past, buf)
             io.bind_ortvalue_output(present, buf)

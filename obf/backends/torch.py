@@ -34,10 +34,14 @@ class TorchBackend:
         self.dtype = torch.bfloat16 if use_bf16(self.device, precision) else torch.float32
         model = model.eval().to(self.device)
         self.model = model if self.dtype == torch.float32 else copy.deepcopy(model).to(self.dtype)
+        # the cross-attention angles are position x frequency: a bf16 frequency would turn a rounding
+        # error into an angle error that grows with distance, so the frequencies stay fp32
+        self.model.rope_inv_freq = model.rope_inv_freq.float()
         self.step_weights: StepWeights = model.step_weights(self.dtype)  # folded in fp32, then cast
         self.attn_dtype = torch.float32 if self.device.type == "cpu" else self.dtype  # decode-step attention
         self.precision = precision
         self.max_src_len = model.cfg.max_src_len
+        self.max_input_len = model.cfg.input_len
         self.max_tgt_len = model.cfg.max_tgt_len
         self.vocab_size = model.cfg.vocab_size
         self.patch_size = model.cfg.patch_size
@@ -48,9 +52,11 @@ class TorchBackend:
         return torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self.device)
 
     @torch.inference_mode()
-    def encode(self, src_ids: np.ndarray) -> Memory:
-        mem = self.model.encode(self._ids(src_ids))
-        return Memory(mem.k.to(self.attn_dtype), mem.v.to(self.attn_dtype), mem.mask)
+    def encode(self, src_ids: np.ndarray, align: np.ndarray | None = None) -> Memory:
+        """src_ids (B, S); align (B,): each row's first target lies at this source position
+        (default S, `continue`; see `OmniByteFormer.encode`)."""
+        mem = self.model.encode(self._ids(src_ids), None if align is None else self._ids(align))
+        return Memory(mem.k.to(self.attn_dtype), mem.v.to(self.attn_dtype), mem.mask, mem.align)
 
     @torch.inference_mode()
     def init_cache(self, memory: Memory) -> StaticKVCache:
@@ -64,16 +70,19 @@ class TorchBackend:
         return logits.select(1, 0).float().cpu().numpy(), cache
 
     @torch.inference_mode()
-    def logits(self, src_ids: np.ndarray, dec_ids: np.ndarray) -> np.ndarray:
-        """Teacher-forced logits (B, T, V) float32 for src (B, S) and decoder input (B, T)."""
-        return self.model(self._ids(src_ids), self._ids(dec_ids)).float().cpu().numpy()
+    def logits(self, src_ids: np.ndarray, dec_ids: np.ndarray, align: np.ndarray | None = None) -> np.ndarray:
+        """Teacher-forced logits (B, T, V) float32 for src (B, S) and decoder input (B, T); align
+        as for `encode`."""
+        a = None if align is None else self._ids(align)
+        return self.model(self._ids(src_ids), self._ids(dec_ids), align=a).float().cpu().numpy()
 
     @torch.inference_mode()
     def window_logits(self, src_ids: np.ndarray, dec_ids: np.ndarray, rows: np.ndarray,
-                      visible: np.ndarray) -> np.ndarray:
+                      visible: np.ndarray, align: np.ndarray | None = None) -> np.ndarray:
         """Teacher-forced logits (N, T, V) float32 of many windows per source, one encoder pass
-        (`OmniByteFormer.forward_windows`; a causal encoder only)."""
-        out = self.model.forward_windows(self._ids(src_ids), self._ids(dec_ids), self._ids(rows), self._ids(visible))
+        (`OmniByteFormer.forward_windows`)."""
+        a = None if align is None else self._ids(align)
+        out = self.model.forward_windows(self._ids(src_ids), self._ids(dec_ids), self._ids(rows), self._ids(visible), a)
         return out.float().cpu().numpy()
 
 

@@ -1,0 +1,180 @@
+"""The built-in conversions (obf.conversions) and the pairs made of them: exact definitions, limits
+that are named and never cut silently, pairs kept whole inside one split."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from obf.config import IngestConfig
+from obf.conversions import CONVERSIONS, RAMP, conversion_for, convert
+from obf.dataset import Dataset
+from obf.formats import FormatError, bmp_layout, sniff
+from obf.ingest import ingest
+
+from .conftest import RAW
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_upper_changes_ascii_letters_only():
+    _, out = convert("upper", "Grüße, World: a-z & À\n".encode())
+    assert out == "GRüßE, WORLD: A-Z & À\n".encode()
+
+
+def test_hex_is_sixteen_bytes_a_line():
+    data = bytes(range(250, 256)) + bytes(range(0, 30))  # 36 bytes: lines of 16, 16, 4
+    _, out = convert("hex", data)
+    lines = out.decode().split("\n")
+    assert lines[0] == "fa fb fc fd fe ff 00 01 02 03 04 05 06 07 08 09"
+    assert [len(ln.split()) for ln in lines[:-1]] == [16, 16, 4] and lines[-1] == "" and out.endswith(b"\n")
+    assert bytes.fromhex(out.decode().replace("\n", " ")) == data
+
+
+def test_gray_and_ascii_follow_pillow_luma_pixel_by_pixel():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (5, 7, 3))
+    pixels[0, 0] = (255, 255, 255)
+    pixels[4, 6] = (0, 0, 0)
+    want = np.asarray(Image.fromarray(pixels.astype(np.uint8)).convert("L"), dtype=np.int64)  # (5, 7)
+    canon, gray = convert("gray", _png(pixels))
+    lay = bmp_layout(gray)
+    assert lay is not None and lay.bpp == 24 and gray[:lay.offset] == canon[:lay.offset]  # same header, same size
+    got = np.asarray(Image.open(io.BytesIO(gray)).convert("RGB"), dtype=np.int64)  # (5, 7, 3)
+    assert (got == want[..., None]).all()
+    _, text = convert("ascii", _png(pixels))
+    rows = text.decode().split("\n")
+    assert len(rows) == 6 and rows[-1] == ""  # top row first, "\n" after each row
+    assert rows[0][0] == "@" and rows[4][6] == " "
+    assert all(rows[r][c] == chr(RAMP[want[r, c] * 10 // 256]) for r in range(5) for c in range(7))
+
+
+def test_the_pair_of_modalities_picks_the_conversion():
+    assert {(c.source, c.target): n for n, c in CONVERSIONS.items()} == {
+        ("text", "text"): "upper", ("binary", "text"): "hex", ("image", "image"): "gray", ("image", "text"): "ascii"}
+    assert conversion_for("image", "text").name == "ascii" and conversion_for("audio", "text") is None
+
+
+def test_a_users_pair_of_the_same_modalities_is_not_counted_as_the_built_in():
+    """The evaluation names a pair by its built-in conversion only when the target is exactly that
+    conversion of its input; a user's own text -> text pair is `text->text`, not `upper`."""
+    from obf.fidelity import Case
+
+    assert Case("a", b"hello, world\n", "text", b"HELLO, WORLD\n", "text").conversion == "upper"
+    assert Case("b", b"hello, world\n", "text", b"bonjour, monde\n", "text").conversion == "text->text"
+    assert Case("c", b"\x00\x01", "binary", b"00 01\n", "text").conversion == "hex"
+    assert Case("d", b"\x00\x01", "binary", b"zero one\n", "text").conversion == "binary->text"
+
+
+def test_inputs_beyond_a_conversion_are_refused_with_the_limit_or_resized():
+    with pytest.raises(FormatError, match="256 bytes"):
+        convert("upper", b"x" * 257)
+    with pytest.raises(FormatError, match="128 bytes"):
+        convert("hex", b"\x00\x01" * 65)
+    with pytest.raises(FormatError, match="not binary"):
+        convert("hex", b"plain text, not binary")
+    canon, gray = convert("gray", _png(np.full((40, 30, 3), 90)))  # fitted into 16x16, documented
+    lay = bmp_layout(canon)
+    assert (lay.width, lay.rows) == (12, 16) and bmp_layout(gray).width == 12
+    rgba = np.full((4, 4, 4), 200)
+    rgba[0, 0, 3] = 10
+    buf = io.BytesIO()
+    Image.fromarray(rgba.astype(np.uint8), "RGBA").save(buf, format="PNG")
+    with pytest.raises(FormatError, match="transparency"):
+        convert("gray", buf.getvalue())
+
+
+def test_the_corpus_pairs_are_exact_and_of_every_conversion():
+    root = RAW / "pairs"
+    for name in CONVERSIONS:
+        inputs = sorted((root / name / "inputs").iterdir())
+        assert len(inputs) >= 100, name
+        for p in inputs[:25]:
+            target = next((root / name / "targets").glob(p.stem + ".*"))
+            assert convert(name, p.read_bytes())[1] == target.read_bytes(), p
+        if name == "hex":
+            assert all(sniff(p.read_bytes()).modality == "binary" for p in inputs)
+
+
+def _pair(raw, name, inp: bytes, tgt: bytes, ext_in=".txt", ext_out=".txt"):
+    for d, data, ext in (("inputs", inp, ext_in), ("targets", tgt, ext_out)):
+        (raw / "pairs" / d).mkdir(parents=True, exist_ok=True)
+        (raw / "pairs" / d / f"{name}{ext}").write_bytes(data)
+
+
+def test_a_pair_never_crosses_splits_and_a_shared_target_takes_the_most_held_out(tmp_path):
+    """Inputs whose own hashes fall in train, val and test share one target: all of them and the
+    target go to test. Every other pair lies wholly in its input's split; a target named only by
+    its stem (a.png -> a.bmp) pairs too."""
+    from obf.dataset import split_of
+    import hashlib
+
+    raw = tmp_path / "raw"
+    cfg = IngestConfig(val_fraction=0.3, test_fraction=0.3)
+    seen = {}
+    i = 0
+    while len(seen) < 3:  # one input whose own split is each of train, val, test
+        data = f"shared target, input {i}\n".encode()
+        seen.setdefault(split_of(hashlib.sha256(data).hexdigest(), 0.3, 0.3), data)
+        i += 1
+    for order, split in enumerate(("train", "val", "test")):  # the test input last, in key order too
+        _pair(raw, f"s{order}_{split}", seen[split], b"THE SHARED TARGET\n")
+    for k in range(12):
+        _pair(raw, f"p{k:02d}", f"line {k} of a paragraph\n".encode(), f"LINE {k} OF A PARAGRAPH\n".encode())
+    _pair(raw, "pic", _png(np.full((4, 4, 3), 7)), b"bmp-ish target bytes\x00\x01", ".png", ".bin")
+    ingest(str(raw), tmp_path / "ds", cfg, progress=False)
+    ds = Dataset(tmp_path / "ds")
+    by_key = {r.key: r for r in ds.records}
+    shared = [by_key[f"pairs/inputs/s{o}_{s}.txt"] for o, s in enumerate(("train", "val", "test"))]
+    assert {r.split for r in shared} == {"test"} and by_key[shared[0].pair].split == "test"
+    pairs = [p for s in ("train", "val", "test") for p in ds.pairs(s)]
+    assert len(pairs) == 3 + 12 + 1
+    assert all(i.split == t.split for i, t in pairs)
+    for k in range(12):  # a pair of its own takes its input's split, whatever its target's hash says
+        data = f"line {k} of a paragraph\n".encode()
+        assert by_key[f"pairs/inputs/p{k:02d}.txt"].split == split_of(hashlib.sha256(data).hexdigest(), 0.3, 0.3)
+    assert by_key["pairs/inputs/pic.png"].pair == "pairs/targets/pic.bin"
+    assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["pairs"]["test"] >= 3
+
+
+def test_training_draws_pairs_of_its_split_only_and_continue_draws_no_pair_file(tmp_path):
+    from obf.objectives import ExampleSampler
+
+    raw = tmp_path / "raw"
+    for k in range(40):
+        _pair(raw, f"p{k:02d}", f"line {k}: some words\n".encode(), f"LINE {k}: SOME WORDS\n".encode())
+    (raw / "plain").mkdir()
+    for k in range(10):
+        (raw / "plain" / f"f{k}.txt").write_bytes(f"an ordinary file {k}\n".encode() * 30)
+    ingest(str(raw), tmp_path / "ds", IngestConfig(val_fraction=0.3, test_fraction=0.3), progress=False)
+    ds = Dataset(tmp_path / "ds")
+    train = ExampleSampler(ds, "train", max_src_len=128, max_tgt_len=32, task_weights={"paired": 1.0, "continue": 1.0})
+    held = {k for s in ("val", "test") for i, t in ds.pairs(s) for k in (i.key, t.key)}
+    assert held and train.pairs and not {k for i, t in train.pairs for k in (i.key, t.key)} & held
+    members = ds.paired_keys()
+    assert not {r.key for rs in train.by_modality.values() for r in rs} & members
+
+
+def test_every_window_of_a_paired_target_trains_with_the_whole_input_in_view():
+    from obf.objectives import PAIRED_WINDOWS, collate, paired_example
+    from obf.vocab import EOS, PAD, PAIRED_TAGS
+
+    inp = bytes(range(100))
+    target = bytes(range(256)) * 2 + b"tail"  # 516 bytes: windows of 128 at 0, 128, 256, 384, 512 (+EOS)
+    ex = paired_example(inp, "binary", target, "text", 256, 128, range(0, 5))
+    b = collate([ex])
+    assert len(b.rows) == 5 and (b.rows == 0).all()
+    src = b.src[0][b.src[0] != PAD]
+    assert len(src) == PAIRED_TAGS + len(inp)
+    pad = b.src.shape[1] - len(src)
+    assert (b.visible == b.src.shape[1]).all()  # every window sees the whole input
+    assert b.align.tolist() == [pad + PAIRED_TAGS + 128 * k for k in range(5)]
+    got = [b.tgt[n][b.tgt[n] != PAD].tolist() for n in range(5)]
+    assert sum(got, []) == [*target, EOS]
+    assert PAIRED_WINDOWS >= 4  # a 16x16 BMP target (822 bytes) fits one example of 256-byte windows
