@@ -2,8 +2,8 @@
 
 Runs ONNX Runtime (never torch) with a model resolved from the registry. Idempotent: an input
 already done for the same model version and the same generation settings (task, target
-modality, prefix, max_bytes, seed, precision; same key, size and ETag, or content sha256 for
-local files) is skipped, so a second run processes nothing and a rerun after a crash fills in
+modality, prefix, max_bytes, seed, precision, temperature, top_k, top_p; same key, size and ETag,
+or content sha256 for local files) is skipped, so a second run processes nothing and a rerun after a crash fills in
 only what is missing; a run with other settings generates every input again (its outputs
 replace the earlier ones, and each state record says which settings made its output).
 
@@ -17,7 +17,10 @@ claim in `_claims/`, taken with S3 conditional writes (`try_claim`). Every run w
 
 Concurrency comes from the task runner: a thread pool of `DEFAULT_WORKERS` threads (or
 `PREFECT_TASK_RUNNER_THREAD_POOL_MAX_WORKERS` when set), or `prefect_dask.DaskTaskRunner` to spread
-batches over a Dask cluster (see README).
+batches over a Dask cluster (see README). Nothing local to the flow process crosses to a task:
+the flow resolves which version of the model to use (reading the registry, downloading nothing),
+and each batch task fetches that version into its own machine's verified cache ($OBF_CACHE of the
+worker), so workers on other machines need only the registry, the input and the output URLs.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import threading
 import time
 import uuid
 from typing import Any
@@ -37,18 +41,29 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from obf import storage
 from obf.generation import generate_files, ingest_config_of, output_key, prepare
-from obf.registry import resolve
+from obf.registry import resolve, resolve_version
 from obf.sampling import SamplingOptions
 from obf.vocab import MODALITIES
 
 STATE, RUNS, CLAIMS = "_state", "_runs", "_claims"
 DEFAULT_CLAIM_TTL_S = 1800  # a crashed run's claims block other runs this long at most; must exceed a batch's time
 DEFAULT_WORKERS = 4  # batches in flight at once; fp32 ran fastest with 4 of 1 / 2 / 4 on 2 cores (benchmarks/)
+_BACKEND_LOCK = threading.Lock()
+
+
+def _backend(registry: str, name: str, version: str, provider: str, precision: str) -> Any:
+    """One ONNX Runtime backend per model version, provider and precision in this process (a
+    worker's batches share it), over the version fetched into this machine's verified cache;
+    batches that start together fetch it once."""
+    with _BACKEND_LOCK:
+        return _open_backend(registry, name, version, provider, precision)
+
+
 @functools.cache
-def _backend(model_dir: str, provider: str, precision: str) -> Any:
-    """One ONNX Runtime backend per model dir, provider and precision, shared by a run's batches."""
+def _open_backend(registry: str, name: str, version: str, provider: str, precision: str) -> Any:
     from obf.backends.onnx import OnnxBackend
 
+    model_dir, _ = resolve(registry, name, version)
     return OnnxBackend(model_dir, provider=provider, precision=precision)
 
 
@@ -76,10 +91,20 @@ def own_key(key: str) -> bool:
 
 
 def settings_id(task_name: str, max_bytes: int, seed: int, precision: str, target_modality: str | None = None,
-                prefix_bytes: int | None = None, prefix_fraction: float | None = None) -> str:
+                prefix_bytes: int | None = None, prefix_fraction: float | None = None,
+                opts: SamplingOptions | None = None) -> str:
     """The generation settings that change an output (the provider does not: CUDA and CPU run the
-    same graphs)."""
-    return f"{task_name}|{max_bytes}|{seed}|{precision}|{target_modality}|{prefix_bytes}|{prefix_fraction}"
+    same graphs); `opts` the decoding as resolved (`SamplingOptions.for_task`)."""
+    o = opts or SamplingOptions.for_task(task_name)
+    return (f"{task_name}|{max_bytes}|{seed}|{precision}|{target_modality}|{prefix_bytes}|{prefix_fraction}|"
+            f"{o.temperature:g}|{o.top_k}|{o.top_p:g}")
+
+
+def decoding(task_name: str, max_bytes: int, seed: int, temperature: float | None, top_k: int | None,
+             top_p: float | None) -> SamplingOptions:
+    """The flow's decoding: `obf generate`'s defaults for the task where a parameter is None."""
+    return SamplingOptions.for_task(task_name, max_bytes=max_bytes, seed=seed, temperature=temperature, top_k=top_k,
+                                    top_p=top_p)
 
 
 def _digest(text: str) -> str:
@@ -144,9 +169,10 @@ def default_task_runner() -> ThreadPoolTaskRunner:
 
 
 @task(name="resolve-model", retries=3, retry_delay_seconds=[2, 10, 30])
-def resolve_task(registry: str, name: str, version: str) -> tuple[str, str]:
-    path, resolved = resolve(registry, name, version)
-    return str(path), resolved
+def resolve_task(registry: str, name: str, version: str) -> str:
+    """The concrete version ('latest' resolved) that every batch of this run uses; downloads nothing."""
+    resolved, _, _ = resolve_version(registry, name, version)
+    return resolved
 
 
 @task(name="list-inputs", retries=3, retry_delay_seconds=[2, 10, 30])
@@ -164,12 +190,16 @@ def list_task(input_url: str, output_url: str, version: str) -> tuple[list[stora
 
 
 @task(name="generate-batch", retries=1, retry_delay_seconds=5)
-def generate_batch(entries: list[storage.Entry], model_dir: str, version: str, output_url: str, task_name: str,
+def generate_batch(entries: list[storage.Entry], model: tuple[str, str], version: str, output_url: str, task_name: str,
                    max_bytes: int, max_input_bytes: int, seed: int, provider: str, precision: str = "fp32",
                    stale: dict[str, list[str]] | None = None, target_modality: str | None = None,
                    prefix_bytes: int | None = None, prefix_fraction: float | None = None, run_id: str = "",
-                   claim_ttl_s: float = DEFAULT_CLAIM_TTL_S) -> list[dict[str, Any]]:
+                   claim_ttl_s: float = DEFAULT_CLAIM_TTL_S, temperature: float | None = None,
+                   top_k: int | None = None, top_p: float | None = None) -> list[dict[str, Any]]:
     """Generate, write (one PUT each) and record a batch of inputs; a bad input fails alone.
+
+    `model`: (registry, name) of the model, whose `version` this task fetches itself into its
+    machine's cache: a task on another machine needs nothing of the flow's.
 
     `stale` names, per input, the records of other settings whose output this run replaces: they
     are deleted before the new output is written, so a crash in between leaves no record that
@@ -181,7 +211,8 @@ def generate_batch(entries: list[storage.Entry], model_dir: str, version: str, o
     another run holds, or that another run finished while this one waited, is skipped. The claim
     is dropped once the input's output and state are written (or it failed); a crashed run's
     claims expire after `claim_ttl_s`."""
-    settings = settings_id(task_name, max_bytes, seed, precision, target_modality, prefix_bytes, prefix_fraction)
+    opts = decoding(task_name, max_bytes, seed, temperature, top_k, top_p)
+    settings = settings_id(task_name, max_bytes, seed, precision, target_modality, prefix_bytes, prefix_fraction, opts)
     out: list[dict[str, Any]] = []
     mine: list[storage.Entry] = []
     for e in entries:
@@ -194,25 +225,26 @@ def generate_batch(entries: list[storage.Entry], model_dir: str, version: str, o
         else:
             mine.append(e)
     try:
-        return out + _generate_claimed(mine, model_dir, version, output_url, task_name, max_bytes, max_input_bytes,
-                                       seed, provider, precision, stale, target_modality, prefix_bytes,
+        return out + _generate_claimed(mine, model, version, output_url, task_name, max_input_bytes, opts,
+                                       provider, precision, stale, target_modality, prefix_bytes,
                                        prefix_fraction, settings)
     finally:
         for e in mine:
             storage.remove(storage.join(output_url, claim_key(version, e, settings)))
 
 
-def _generate_claimed(entries: list[storage.Entry], model_dir: str, version: str, output_url: str, task_name: str,
-                      max_bytes: int, max_input_bytes: int, seed: int, provider: str, precision: str,
+def _generate_claimed(entries: list[storage.Entry], model: tuple[str, str], version: str, output_url: str,
+                      task_name: str,
+                      max_input_bytes: int, opts: SamplingOptions, provider: str, precision: str,
                       stale: dict[str, list[str]] | None, target_modality: str | None, prefix_bytes: int | None,
                       prefix_fraction: float | None, settings: str) -> list[dict[str, Any]]:
     """Generate, write and record inputs this run holds the claims of."""
     if not entries:
         return []
-    backend = _backend(model_dir, provider, precision)
+    backend = _backend(*model, version, provider, precision)
     canon = ingest_config_of(backend)
     prepared = [prepare(e.url, canon, max_input_bytes=max_input_bytes) for e in entries]
-    results = generate_files(backend, prepared, task=task_name, opts=SamplingOptions(max_bytes=max_bytes, seed=seed),
+    results = generate_files(backend, prepared, task=task_name, opts=opts,
                              batch_size=len(prepared), target_modality=target_modality, prefix_bytes=prefix_bytes,
                              prefix_fraction=prefix_fraction)
     out = []
@@ -235,7 +267,8 @@ def _generate_claimed(entries: list[storage.Entry], model_dir: str, version: str
         rec = {"input": e.key, "fingerprint": fingerprint(e), "output": key, "modality": r.modality,
                "bytes": len(r.output), "kept": r.kept, "generated": r.generated, "model_version": version,
                "task": task_name, "target_modality": target_modality, "prefix_bytes": prefix_bytes,
-               "prefix_fraction": prefix_fraction, "max_bytes": max_bytes, "seed": seed, "precision": precision,
+               "prefix_fraction": prefix_fraction, "max_bytes": opts.max_bytes, "seed": opts.seed,
+               "precision": precision, "temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p,
                "status": "ok"}
         storage.write_bytes_atomic(storage.join(output_url, state_key(version, e, settings)),
                                    (json.dumps(rec, sort_keys=True) + "\n").encode())
@@ -259,7 +292,9 @@ def batch_generate(input_url: str, output_url: str, registry: str, name: str = "
                    task_name: str = "continue", max_bytes: int = 512, batch_size: int = 8,
                    max_input_bytes: int = 16 * 1024 * 1024, seed: int = 0, provider: str = "auto",
                    precision: str = "fp32", target_modality: str | None = None, prefix_bytes: int | None = None,
-                   prefix_fraction: float | None = None, claim_ttl_s: float = DEFAULT_CLAIM_TTL_S) -> dict[str, Any]:
+                   prefix_fraction: float | None = None, claim_ttl_s: float = DEFAULT_CLAIM_TTL_S,
+                   temperature: float | None = None, top_k: int | None = None, top_p: float | None = None
+                   ) -> dict[str, Any]:
     """Generate an output for every input not yet done with this model version and these settings.
 
     `task_name` continue (the input's start and what the model makes after it; with `prefix_bytes`
@@ -268,6 +303,8 @@ def batch_generate(input_url: str, output_url: str, registry: str, name: str = "
     `target_modality`, default the input's, as `obf generate --task paired --target-modality`).
     `precision` int8 runs the model's quantised graphs (published when it was exported with
     `export.int8`) on CPU; fp16 its fp16 graphs (`export.fp16`), made for the CUDA provider.
+    `temperature`, `top_k`, `top_p`: the decoding, by default `obf generate`'s for the task
+    (`obf.sampling.DECODING`); each state record names them.
     Runs may overlap on one output prefix (a scheduled run while a manual one goes on): each
     input is generated under a per-input claim (`_claims/`, S3 conditional writes), so no input is
     generated by both; a crashed run's claims expire after `claim_ttl_s` seconds."""
@@ -280,9 +317,10 @@ def batch_generate(input_url: str, output_url: str, registry: str, name: str = "
         raise ValueError("output_url must not lie inside input_url (outputs would become inputs)")
     if any(storage.join(input_url, "").startswith(storage.join(output_url, p + "/")) for p in (STATE, RUNS)):
         raise ValueError(f"input_url lies under output_url's {STATE}/ or {RUNS}/: batch-generate's own bookkeeping")
-    model_dir, resolved = resolve_task(registry, name, version)
+    opts = decoding(task_name, max_bytes, seed, temperature, top_k, top_p)  # bad values fail here, before any work
+    resolved = resolve_task(registry, name, version)
     entries, done = list_task(input_url, output_url, resolved)
-    settings = settings_id(task_name, max_bytes, seed, precision, target_modality, prefix_bytes, prefix_fraction)
+    settings = settings_id(task_name, max_bytes, seed, precision, target_modality, prefix_bytes, prefix_fraction, opts)
     statuses: dict[str, dict[str, Any]] = {}
     pending: list[storage.Entry] = []
     for e in entries:
@@ -306,10 +344,12 @@ def batch_generate(input_url: str, output_url: str, registry: str, name: str = "
         records_of.setdefault(k.rsplit("/", 1)[0], []).append(k)
     stale = {e.key: records_of[d] for e in pending if (d := state_dir(resolved, e)) in records_of}
     run_id = str(flow_run.get_id() or f"local-{uuid.uuid4().hex}")
-    futures = [generate_batch.submit(pending[i:i + batch_size], model_dir, resolved, output_url, task_name, max_bytes,
+    futures = [generate_batch.submit(pending[i:i + batch_size], (registry, name), resolved, output_url, task_name,
+                                     max_bytes,
                                      max_input_bytes, seed, provider, precision,
                                      {e.key: stale[e.key] for e in pending[i:i + batch_size] if e.key in stale},
-                                     target_modality, prefix_bytes, prefix_fraction, run_id, claim_ttl_s)
+                                     target_modality, prefix_bytes, prefix_fraction, run_id, claim_ttl_s,
+                                     temperature, top_k, top_p)
                for i in range(0, len(pending), batch_size)]
     for fut, start in zip(futures, range(0, len(pending), batch_size)):
         try:

@@ -31,7 +31,7 @@ def _params(args: argparse.Namespace) -> Params:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from obf import stages
 
-    manifest = stages.ingest(args.source, args.out, _params(args), progress=not args.quiet)
+    manifest = stages.ingest(args.source, args.out, _params(args), progress=not args.quiet, dask=args.dask)
     if not args.quiet:
         mods = ", ".join(f"{m} {v['files']}" for m, v in manifest["by_modality"].items() if v["files"])
         print(f"{args.out}: {manifest['files']} files, {manifest['bytes']} bytes ({mods}); "
@@ -67,8 +67,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from obf.sampling import SamplingOptions
 
     try:
-        opts = SamplingOptions(max_bytes=args.max_bytes, temperature=args.temperature, top_k=args.top_k,
-                               top_p=args.top_p, seed=args.seed)
+        opts = SamplingOptions.for_task(args.task, max_bytes=args.max_bytes, temperature=args.temperature,
+                                        top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     except ValueError as e:
         raise ObfError(str(e)) from None
     status = stages.generate(args.model, args.inputs, args.out, _params(args), task=args.task,
@@ -89,7 +89,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_registry(args: argparse.Namespace) -> int:
+    import json
+
+    from obf import registry
+
+    if args.action == "list":
+        for version in registry.list_versions(args.registry, args.name):
+            m = registry.describe(args.registry, args.name, version)
+            ev = m.get("card", {}).get("evaluation", {})
+            figures = (f"bpb {ev['bpb']:.3f} (best compressor {ev['best_compressor_bpb']:.3f}, {ev['split']} split)"
+                       if ev.get("bpb") is not None and ev.get("best_compressor_bpb") is not None else "no model card")
+            print(f"{version}  {m.get('published', '?')}  {figures}")
+        return 0
+    print(json.dumps(registry.describe(args.registry, args.name, args.version), indent=2, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from obf.sampling import DECODING
+
     parser = argparse.ArgumentParser(prog="obf", description="OmniByteFormer: a byte-level encoder-decoder for any file.")
     parser.add_argument("--version", action="version", version=f"obf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -99,7 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "canonicalise media, dedupe by sha256, assign a content-hash split and "
                                    "write memmap shards, index.jsonl and manifest.json to DIR.")
     p.add_argument("source", metavar="SOURCE", help="local folder, file, or fsspec URL (s3://bucket/prefix)")
-    p.add_argument("--out", required=True, metavar="DIR", help="dataset dir to (re)create")
+    p.add_argument("--out", required=True, metavar="DEST", help="dataset to (re)create: a local dir or an fsspec URL "
+                   "(s3://bucket/ds)")
+    p.add_argument("--dask", metavar="ADDRESS", help="spread the work over the Dask cluster whose scheduler is at "
+                   "ADDRESS (tcp://host:8786): its workers read, canonicalise, hash and write the shards to DEST, "
+                   "which they must reach (a URL, or a shared filesystem)")
     _add_params(p)
     p.set_defaults(func=cmd_ingest)
 
@@ -108,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "paired objectives mixed by train.task_weights). Writes model.safetensors, "
                                    "config.json and a resumable train_state.pt to MODEL_DIR, and DVCLive metrics. "
                                    "For several processes: torchrun --nproc_per_node N -m obf train DATA --out DIR.")
-    p.add_argument("data", metavar="DATA", help="dataset dir written by `obf ingest`")
+    p.add_argument("data", metavar="DATA", help="dataset written by `obf ingest`: a dir, or its URL (s3://bucket/ds; "
+                                                  "read through a local cache, $OBF_DATA_CACHE, verified by sha256)")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model dir to write")
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/train_state.pt (exact)")
     p.add_argument("--live", metavar="DIR", default=None, help="DVCLive dir (default: MODEL_DIR/dvclive)")
@@ -175,9 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "about this many more, rounded to whole rows/sample frames/frames, at least one (default 1024)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output file that obf did not write (default: refuse)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely bytes (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    cont, pair = DECODING["continue"], DECODING["paired"]
+    p.add_argument("--temperature", type=float, default=None,
+                   help=f"0 = greedy (default: {cont['temperature']:g} for continue, chosen by measurement; "
+                        f"{pair['temperature']:g} for paired)")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely bytes (0 = off, the default)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help=f"nucleus sampling mass (1 = off; default {cont['top_p']:g} for continue, "
+                        f"{pair['top_p']:g} for paired)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
                    help="ONNX Runtime provider / torch device (auto = CUDA when it works)")
@@ -189,6 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-input-bytes", type=int, default=None, help="size cap per input (default ingest.max_file_bytes)")
     _add_params(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("registry", help="the versions of a published model and their model cards",
+                       description="`list`: the versions of NAME in REGISTRY (any fsspec URL), each with its "
+                                   "publication date and headline figures. `show`: one version's manifest as JSON: "
+                                   "its files (sha256, size) and its model card (the dataset's manifest sha256, the "
+                                   "full settings, obf's version, code hash and git commit, the evaluation's figures).")
+    p.add_argument("action", choices=("list", "show"))
+    p.add_argument("registry", metavar="REGISTRY", help="registry URL (a folder, s3://bucket/models, ...)")
+    p.add_argument("name", metavar="NAME", help="model name in the registry")
+    p.add_argument("--version", default="latest", help="show: the version (default latest)")
+    p.add_argument("-q", "--quiet", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_registry)
     return parser
 
 

@@ -15,7 +15,10 @@ never moves existing ones.
 from __future__ import annotations
 
 
+import hashlib
 import json
+import os
+import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from obf.vocab import (MODALITIES)
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
 INDEX = "index.jsonl"
+_VERIFIED = ".verified"  # in a cached copy of a remote dataset: every file's sha256 was checked
 
 
 class DataError(ObfError):
@@ -92,6 +96,71 @@ def build_manifest(records: list[Record], rejected: list[dict], duplicates: list
     }
 
 
+def data_cache() -> Path:
+    """Where datasets read from URLs are kept: $OBF_DATA_CACHE, else ~/.cache/obf/datasets."""
+    return Path(os.environ.get("OBF_DATA_CACHE", Path.home() / ".cache" / "obf" / "datasets"))
+
+
+def local_dataset(url: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """A local dir holding the ingested dataset at `url`: the dir itself when it is local; for any
+    other fsspec URL (`s3://bucket/ds`), a copy in the cache, named by the sha256 of the dataset's
+    manifest.json and index.jsonl (which names every file's sha256), downloaded once and verified
+    before use: every stored file's bytes must hash to the sha256 its index record names (else a
+    DataError, and nothing is kept)."""
+    from obf import storage
+
+    if storage.is_local(str(url)):
+        return storage.local_path(str(url))
+    url = str(url)
+    try:
+        manifest = storage.read_bytes(storage.join(url, MANIFEST))
+        index = storage.read_bytes(storage.join(url, INDEX))
+    except storage.NotFoundError:
+        raise DataError(f"{url}: not an ingested dataset (no {MANIFEST} / {INDEX}); run `obf ingest` first") from None
+    dest = Path(cache_dir or data_cache()) / content_sha256(manifest, index)[:32]
+    if (dest / _VERIFIED).is_file():
+        return dest
+    with storage.cache_lock(dest):  # torchrun ranks sharing this cache download it once
+        if not (dest / _VERIFIED).is_file():  # else another process verified it while this one waited
+            _download_verified(url, dest, manifest, index)
+    return dest
+
+
+def content_sha256(manifest: bytes, index: bytes) -> str:
+    """What a dataset is, as one sha256: its manifest.json and its index.jsonl (which names every
+    file's key, split and sha256), so two datasets with the same counts but other bytes differ."""
+    return hashlib.sha256(manifest + b"\0" + index).hexdigest()
+
+
+def dataset_sha256(root: str | Path) -> str:
+    """`content_sha256` of the dataset dir at `root`."""
+    return content_sha256((Path(root) / MANIFEST).read_bytes(), (Path(root) / INDEX).read_bytes())
+
+
+def _download_verified(url: str, dest: Path, manifest: bytes, index: bytes) -> None:
+    """Download the dataset at `url` beside `dest`, check every file's sha256, and move it in."""
+    from obf import storage
+
+    tmp = storage.temp_dir_beside(dest)
+    try:
+        (tmp / MANIFEST).write_bytes(manifest)
+        (tmp / INDEX).write_bytes(index)
+        (tmp / "shards").mkdir()
+        ds = Dataset(tmp)
+        for shard in sorted({r.shard for r in ds.records}):
+            name = f"shards/{shard:06d}.bin"
+            storage.download(storage.join(url, name), tmp / name)
+        for r in ds.records:
+            if hashlib.sha256(ds.file_bytes(r)).hexdigest() != r.sha256:
+                raise DataError(f"{url}: {r.key} does not match its sha256 in {INDEX}; the dataset is corrupt")
+        del ds
+        (tmp / _VERIFIED).write_text("ok\n")
+        storage.replace_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 class Dataset:
     """Read side of an ingested dataset: records + zero-copy byte views into the shards."""
 
@@ -123,7 +192,21 @@ class Dataset:
         """uint8 view (length,) of one stored file; no copy."""
         return self.shard(r.shard)[r.offset:r.offset + r.length]
 
-    def select(self, *, split: str | None = None, modality: str | None = None) -> list[Record]:
+    def select(self, *, split: str | None = None, modality: str | None = None, paired: bool | None = None
+               ) -> list[Record]:
+        """Records of a split and modality; `paired` False leaves out the files of pairs (inputs and
+        targets: they serve the `paired` objective, not `continue`), True keeps only them."""
+        members = self.paired_keys() if paired is not None else set()
         return [r for r in self.records
-                if (split is None or r.split == split) and (modality is None or r.modality == modality)]
+                if (split is None or r.split == split) and (modality is None or r.modality == modality)
+                and (paired is None or (r.key in members) == paired)]
+
+    def paired_keys(self) -> set[str]:
+        """Keys of every file that belongs to a pair, as its input or its target."""
+        return {k for r in self.records if r.pair for k in (r.key, r.pair)}
+
+    def pairs(self, split: str) -> list[tuple[Record, Record]]:
+        """(input, target) of every pair of `split`; both files lie in it (ingest keeps pairs whole)."""
+        by_key = {r.key: r for r in self.records if r.split == split}
+        return [(r, by_key[r.pair]) for r in by_key.values() if r.pair and r.pair in by_key]
 

@@ -11,9 +11,10 @@ the stored (canonical) bytes, the bytes the model sees, so adding files never mo
 ones and one picture in two formats is one file.
 
 Paired examples (for the `paired` task) are files under an `inputs/` folder whose relative name
-also exists under a sibling `targets/` folder, or the `{input, target}` lines of a `pairs.jsonl`
-(keys relative to the source). Both files of a pair are stored as ordinary files too; the target
-takes the split of its input so that a pair is never cut across splits.
+also exists under a sibling `targets/` folder (or, else, whose name there differs only in its
+extension, when one file alone matches), or the `{input, target}` lines of a `pairs.jsonl`
+(keys relative to the source). Both files of a pair are stored as ordinary files too; files joined
+by pairs share one split (`_link_pairs`), so a pair is never cut across splits.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -240,17 +242,34 @@ def _load_all(entries: list[storage.Entry], cfg: IngestConfig, remote: bool) -> 
             yield item
 
 
+def _stem(key: str) -> str:
+    """A key without its file name's extension ('a/b.png' -> 'a/b')."""
+    head, _, name = key.rpartition("/")
+    base = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return f"{head}/{base}" if head else base
+
+
 def find_pairs(entries: list[storage.Entry], pairs_jsonl: bytes | None) -> dict[str, str]:
-    """{input key: target key} from inputs/ + targets/ folders and an optional pairs.jsonl."""
+    """{input key: target key} from inputs/ + targets/ folders and an optional pairs.jsonl.
+
+    A file under `inputs/` pairs with the file of the same relative name under the sibling
+    `targets/`, or else with the one file there whose name differs only in its extension (a
+    conversion keeps the name: inputs/a.png -> targets/a.bmp)."""
     keys = {e.key for e in entries}
+    by_stem: dict[str, list[str]] = {}
+    for k in keys:
+        by_stem.setdefault(_stem(k), []).append(k)
     pairs: dict[str, str] = {}
     for k in sorted(keys):
         parts = k.split("/")
         for i, part in enumerate(parts[:-1]):
             if part == "inputs":
                 target = "/".join([*parts[:i], "targets", *parts[i + 1:]])
+                same_stem = by_stem.get(_stem(target), [])
                 if target in keys:
                     pairs[k] = target
+                elif len(same_stem) == 1:
+                    pairs[k] = same_stem[0]
                 break
     if pairs_jsonl is not None:
         for n, line in enumerate(pairs_jsonl.decode("utf-8", "replace").splitlines(), 1):
@@ -282,39 +301,118 @@ def _precheck(e: storage.Entry, cfg: IngestConfig) -> str | None:
     return None
 
 
-def ingest(source: str, out_dir: str | Path, cfg: IngestConfig, *, progress: bool = True) -> dict:
+def ingest(source: str, out_dir: str | Path, cfg: IngestConfig, *, progress: bool = True,
+           dask: str | None = None) -> dict:
     """Ingest every file under `source` (folder or fsspec URL) into `out_dir`; return the manifest.
 
-    The dataset is built in a temp dir beside `out_dir` and renamed into place at the end, so a
-    failure leaves any previous dataset untouched and no half-written dir behind. `out_dir` may
-    only be new, empty or an earlier `obf ingest` output, never the source or around it.
+    `out_dir` is a local dir or any fsspec URL (`s3://bucket/ds`). A local dataset is built in a
+    temp dir beside `out_dir` and renamed into place at the end, so a failure leaves any previous
+    dataset untouched and no half-written dir behind. On a URL, the shards go under numbers after
+    those of any dataset there, `index.jsonl` and then `manifest.json` are written last, and only
+    then are the old dataset's shards removed: a failure leaves the old dataset whole. `out_dir`
+    may only be new, empty or an earlier `obf ingest` output, never the source or around it.
+
+    `dask`: the address of a Dask scheduler (`tcp://host:8786`): the cluster's workers read,
+    canonicalise, hash and write the shards (`obf.ingest_dask`; `source` and `out_dir` must be
+    reachable from every worker); the dataset is the one a local ingest makes, but for shard
+    boundaries.
     """
-    out = Path(out_dir)
-    storage.check_output_dir(out, "ingest", [source])
+    out = str(out_dir)
+    remote_out = not storage.is_local(out)
+    if remote_out:
+        _check_remote_output(out, source)
+    else:
+        storage.check_output_dir(Path(out), "ingest", [source])
     entries = storage.list_files(source)
     if not entries:
         raise DataError(f"{source}: holds no file to ingest")
     pairs_file = [e for e in entries if e.key == "pairs.jsonl" and not e.error]
     pairs = find_pairs(entries, storage.read_bytes(pairs_file[0].url) if pairs_file else None)
     entries = [e for e in entries if e.key != "pairs.jsonl"]
-    tmp = storage.temp_dir_beside(out)
+    remote_in = not storage.is_local(source)
+    if remote_out:
+        from obf.ingest_dask import existing_shards
+
+        first = max(existing_shards(storage.join(out, "shards")), default=-1) + 1
+        if dask:
+            manifest = _ingest_into(entries, pairs, out, cfg, remote=remote_in, progress=progress, dask=dask,
+                                    first_shard=first)
+        else:
+            with tempfile.TemporaryDirectory(prefix="obf-ingest-") as tmp:
+                _ingest_into(entries, pairs, tmp, cfg, remote=remote_in, progress=progress)
+                manifest = _upload(Path(tmp), out, first)
+        _remove_unused_shards(out)
+        return manifest
+    tmp = storage.temp_dir_beside(Path(out))
     try:
-        manifest = _ingest_into(entries, pairs, tmp, cfg, remote=not storage.is_local(source), progress=progress)
+        manifest = _ingest_into(entries, pairs, str(tmp), cfg, remote=remote_in, progress=progress, dask=dask)
         storage.mark_output_dir(tmp, "ingest")
-        storage.replace_dir(tmp, out)
+        storage.replace_dir(tmp, Path(out))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
 
 
-def _ingest_into(entries: list[storage.Entry], pairs: dict[str, str], root: Path, cfg: IngestConfig, *, remote: bool, progress: bool) -> dict:
-    from tqdm import tqdm
+def _check_remote_output(out: str, source: str) -> None:
+    """Refuse, with one line, a URL output that holds what obf ingest did not write, or that is,
+    holds or lies inside the source."""
+    a, b = out.rstrip("/") + "/", source.rstrip("/") + "/"
+    if a.startswith(b) or b.startswith(a):
+        raise storage.StorageError(f"{out}: the output {'is' if a == b else 'overlaps'} the input {source}; "
+                                   "choose another output")
+    try:
+        found = storage.list_files(out)
+    except storage.NotFoundError:
+        return
+    if not found:
+        return
+    try:
+        owner = json.loads(storage.read_bytes(storage.join(out, storage.OUTPUT_MARK)))["command"]
+    except (storage.StorageError, ValueError, KeyError, TypeError):
+        owner = None
+    if owner != "ingest":
+        raise storage.StorageError(f"{out}: holds files obf ingest did not write; choose another output "
+                                   "(obf replaces only what it wrote)")
 
+
+def _upload(tmp: Path, out: str, first: int) -> dict:
+    """Copy a dataset built locally in `tmp` to the URL `out` (one PUT per shard, numbered from
+    `first`), then its index and manifest (last); returns the manifest."""
+    from obf.dataset import Dataset
+
+    records = Dataset(tmp).records
+    for shard in sorted({r.shard for r in records}):
+        storage.write_bytes_atomic(storage.join(out, f"shards/{first + shard:06d}.bin"),
+                                   (tmp / "shards" / f"{shard:06d}.bin").read_bytes())
+    records = [replace(r, shard=first + r.shard) for r in records]
+    manifest = json.loads((tmp / MANIFEST).read_text())
+    _write_index_and_manifest(out, records, manifest)
+    return manifest
+
+
+def _write_index_and_manifest(root: str, records: list[Record], manifest: dict) -> None:
+    """The dataset's index, output mark and manifest, the manifest last: until it is written, a
+    reader sees the dataset that was there before (or none)."""
+    storage.write_bytes_atomic(storage.join(root, INDEX), "".join(r.to_json() + "\n" for r in records).encode())
+    storage.write_bytes_atomic(storage.join(root, storage.OUTPUT_MARK), (json.dumps({"command": "ingest"}) + "\n").encode())
+    storage.write_bytes_atomic(storage.join(root, MANIFEST), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _remove_unused_shards(out: str) -> None:
+    """After a new manifest: remove the shards no record names (an older dataset's, a dead run's)."""
+    from obf.ingest_dask import existing_shards
+
+    used = {json.loads(line)["shard"] for line in storage.read_bytes(storage.join(out, INDEX)).splitlines() if line}
+    for n in existing_shards(storage.join(out, "shards")):
+        if n not in used:
+            storage.remove(storage.join(out, f"shards/{n:06d}.bin"))
+
+
+def _ingest_into(entries: list[storage.Entry], pairs: dict[str, str], root: str, cfg: IngestConfig, *,
+                 remote: bool, progress: bool, dask: str | None = None, first_shard: int = 0) -> dict:
+    """Ingest `entries` into the dataset at `root` (local, or a URL with `dask`); returns the manifest."""
     rejected: list[dict] = []
-    duplicates: list[dict] = []
-    seen: dict[str, str] = {}
-    records: list[Record] = []
     readable = []
     for e in entries:
         reason = _precheck(e, cfg)
@@ -322,11 +420,40 @@ def _ingest_into(entries: list[storage.Entry], pairs: dict[str, str], root: Path
             rejected.append({"source": e.key, "reason": reason})
         else:
             readable.append(e)
+    start = time.perf_counter()
+    if dask:
+        from obf.ingest_dask import run
+
+        records, more, duplicates = run(readable, cfg, root, dask, first_shard=first_shard, progress=progress)
+        rejected += more
+    else:
+        records, more, duplicates = _store_all(readable, Path(root), cfg, remote=remote, progress=progress)
+        rejected += more
+    elapsed = time.perf_counter() - start
+    records = _link_pairs(records, pairs, {d["source"]: d["same_as"] for d in duplicates})
+    manifest = build_manifest(records, rejected, duplicates, cfg)
+    _write_index_and_manifest(root, records, manifest)
+    if progress:
+        mb = sum(e.size for e in readable) / 1e6
+        print(f"ingest: {len(records)} files stored, {len(duplicates)} duplicates, {len(rejected)} rejected, "
+              f"{mb:.1f} MB read in {elapsed:.1f}s ({mb / max(elapsed, 1e-9):.1f} MB/s)", file=sys.stderr)
+    return manifest
+
+
+def _store_all(readable: list[storage.Entry], root: Path, cfg: IngestConfig, *, remote: bool, progress: bool
+               ) -> tuple[list[Record], list[dict], list[dict]]:
+    """Read, hash, canonicalise and store every file on this machine: worker processes for a
+    local folder, threads for URLs. Returns (records, rejected, duplicates) in listing order."""
+    from tqdm import tqdm
+
+    rejected: list[dict] = []
+    duplicates: list[dict] = []
+    seen: dict[str, str] = {}
+    records: list[Record] = []
     total = sum(e.size for e in readable)
     writer = ShardWriter(root, cfg.shard_bytes, total)
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="ingest", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
-    start = time.perf_counter()
     pool = _fork_pool() if not remote and _process_pool_usable() else None
     one_pass = pool is not None and not cfg.canonicalize  # workers write what they hash
     copier = Copier(pool) if pool is not None and not one_pass else None
@@ -370,36 +497,47 @@ def _ingest_into(entries: list[storage.Entry], pairs: dict[str, str], root: Path
         writer.close()
     if one_pass and len(records) < len(readable):
         records = compact(writer, records)
-    elapsed = time.perf_counter() - start
-    records = _link_pairs(records, pairs, {d["source"]: d["same_as"] for d in duplicates})
-    with open(root / INDEX, "w") as f:
-        for r in records:
-            f.write(r.to_json() + "\n")
-    manifest = build_manifest(records, rejected, duplicates, cfg)
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    if progress:
-        mb = total / 1e6
-        print(f"ingest: {len(records)} files stored, {len(duplicates)} duplicates, {len(rejected)} rejected, "
-              f"{mb:.1f} MB read in {elapsed:.1f}s ({mb / max(elapsed, 1e-9):.1f} MB/s)", file=sys.stderr)
-    return manifest
+    return records, rejected, duplicates
 
 
 def _link_pairs(records: list[Record], pairs: dict[str, str], dup_of: dict[str, str]) -> list[Record]:
-    """Set `pair` on pair inputs and give each target its input's split."""
+    """Set `pair` on pair inputs and keep every pair inside one split.
+
+    Files joined by pairs (an input and its target; two inputs that share a target, and so on)
+    form a group that takes one split: its input's own, and where inputs share a target, the
+    most held-out of theirs (test, then val, then train). So a target shared by a training input
+    and a test input is never trained on, and training never reads a validation or test file
+    through a pair."""
     by_key = {r.key: r for r in records}
-    target_split: dict[str, str] = {}
+    parent: dict[str, str] = {}
+
+    def root(k: str) -> str:
+        while parent.get(k, k) != k:
+            parent[k] = parent.get(parent[k], parent[k])
+            k = parent[k]
+        return k
+
     linked: dict[str, str] = {}
     for inp, tgt in pairs.items():
         inp, tgt = dup_of.get(inp, inp), dup_of.get(tgt, tgt)
-        if inp in by_key and tgt in by_key and inp != tgt:
+        if inp in by_key and tgt in by_key:  # inp == tgt: a target equal to its input (a gray picture made gray)
             linked[inp] = tgt
-            target_split[tgt] = by_key[inp].split
+            parent.setdefault(inp, inp)
+            parent.setdefault(tgt, tgt)
+            parent[root(inp)] = root(tgt)
+    rank = {"test": 0, "val": 1, "train": 2}
+    group_split: dict[str, str] = {}
+    for k in linked:  # the inputs decide
+        g = root(k)
+        s = by_key[k].split
+        if g not in group_split or rank[s] < rank[group_split[g]]:
+            group_split[g] = s
     out = []
     for r in records:
         if r.key in linked:
             r = replace(r, pair=linked[r.key])
-        if r.key in target_split:
-            r = replace(r, split=target_split[r.key])
+        if r.key in parent:
+            r = replace(r, split=group_split[root(r.key)])
         out.append(r)
     return out
 

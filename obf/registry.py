@@ -75,8 +75,10 @@ def _version_number(version: str) -> int | None:
     return int(version[1:]) if re.fullmatch(r"v\d+", version) else None
 
 
-def publish(onnx_dir: str | Path, registry: str, name: str, version: str | None = None) -> dict[str, Any]:
-    """Publish an exported ONNX dir as `<registry>/<name>/<version>/`; returns the manifest.
+def publish(onnx_dir: str | Path, registry: str, name: str, version: str | None = None,
+            card: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Publish an exported ONNX dir as `<registry>/<name>/<version>/`; returns the manifest, which
+    carries `card` (`obf.provenance.card`: the dataset, settings, code and figures it came from).
 
     Safe to run concurrently: each publish gets a version of its own, and `latest.json` only
     ever moves forward (to a higher `vNNNN`; a named version other than `vNNNN` moves it when
@@ -114,7 +116,7 @@ def publish(onnx_dir: str | Path, registry: str, name: str, version: str | None 
             storage.write_bytes_atomic(storage.join(base, p.name), data)
             files[p.name] = {"sha256": _sha(data), "bytes": len(data)}
     manifest = {"name": name, "version": candidate, "files": files,
-                "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **({"card": card} if card else {})}
     blob = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     try:
         storage.write_if(storage.join(base, MANIFEST), blob, etag=None)
@@ -176,9 +178,14 @@ def _cache_ok(d: Path, manifest: dict[str, Any]) -> bool:
         return False
 
 
-def resolve(registry: str, name: str, version: str = "latest", *, cache_dir: str | Path | None = None
-            ) -> tuple[Path, str]:
-    """Local, verified dir of `name` at `version` ('latest' or pinned) and the resolved version."""
+def describe(registry: str, name: str, version: str = "latest") -> dict[str, Any]:
+    """The manifest of a published version ('latest' or pinned): its files and its model card."""
+    return resolve_version(registry, name, version)[1]
+
+
+def resolve_version(registry: str, name: str, version: str = "latest") -> tuple[str, dict[str, Any], bytes]:
+    """The published version `version` names ('latest' or pinned), with its manifest (parsed and
+    as stored), verified against latest.json; nothing is downloaded."""
     _check_name("name", name)
     root = storage.join(registry, name)
     expect_manifest_sha = None
@@ -189,20 +196,32 @@ def resolve(registry: str, name: str, version: str = "latest", *, cache_dir: str
     manifest, blob = _read_json(storage.join(storage.join(root, version), MANIFEST), f"model {name}/{version}")
     if expect_manifest_sha and _sha(blob) != expect_manifest_sha:
         raise RegistryError(f"{name}/{version}: manifest does not match latest.json")
+    return version, manifest, blob
+
+
+def resolve(registry: str, name: str, version: str = "latest", *, cache_dir: str | Path | None = None
+            ) -> tuple[Path, str]:
+    """Local, verified dir of `name` at `version` ('latest' or pinned) and the resolved version.
+    The cache is `cache_dir`, else $OBF_CACHE of this process (each machine keeps its own)."""
+    version, manifest, blob = resolve_version(registry, name, version)
+    root = storage.join(registry, name)
     dest = Path(cache_dir or default_cache()) / name / version
     if _cache_ok(dest, manifest):
         return dest, version
-    tmp = storage.temp_dir_beside(dest)
-    try:
-        for fname, info in sorted(manifest["files"].items()):
-            storage.safe_key(fname)
-            data = storage.read_bytes(storage.join(storage.join(root, version), fname))
-            if _sha(data) != info["sha256"]:
-                raise RegistryError(f"{name}/{version}/{fname}: sha256 mismatch; refusing a corrupt download")
-            (tmp / fname).write_bytes(data)
-        (tmp / MANIFEST).write_bytes(blob)
-        storage.replace_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with storage.cache_lock(dest):  # processes sharing this cache download it once
+        if _cache_ok(dest, manifest):  # another process fetched it while this one waited
+            return dest, version
+        tmp = storage.temp_dir_beside(dest)
+        try:
+            for fname, info in sorted(manifest["files"].items()):
+                storage.safe_key(fname)
+                data = storage.read_bytes(storage.join(storage.join(root, version), fname))
+                if _sha(data) != info["sha256"]:
+                    raise RegistryError(f"{name}/{version}/{fname}: sha256 mismatch; refusing a corrupt download")
+                (tmp / fname).write_bytes(data)
+            (tmp / MANIFEST).write_bytes(blob)
+            storage.replace_dir(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return dest, version

@@ -11,19 +11,23 @@ from pathlib import Path
 from obf.config import Params
 
 
-def ingest(source: str, out_dir: str | Path, params: Params, *, progress: bool = True) -> dict:
-    """Raw files at `source` (folder or fsspec URL) -> byte dataset in `out_dir`; returns the manifest."""
+def ingest(source: str, out_dir: str | Path, params: Params, *, progress: bool = True, dask: str | None = None
+           ) -> dict:
+    """Raw files at `source` (folder or fsspec URL) -> byte dataset at `out_dir` (a dir or a URL);
+    returns the manifest. `dask`: a Dask scheduler's address to spread the work over."""
     from obf.ingest import ingest as _ingest
 
-    return _ingest(source, out_dir, params.ingest, progress=progress)
+    return _ingest(source, out_dir, params.ingest, progress=progress, dask=dask)
 
 
 def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume: bool = False,
           live_dir: str | Path | None = None, progress: bool = True, sample_log: str | None = None) -> dict:
-    """Ingested dataset -> trained model dir (model.safetensors, config.json, train_state.pt)."""
+    """Ingested dataset (a local dir or any fsspec URL, read through a verified local cache:
+    `obf.dataset.local_dataset`) -> trained model dir (model.safetensors, config.json, train_state.pt)."""
+    from obf.dataset import local_dataset
     from obf.train import train as _train
 
-    return _train(data_dir, model_dir, params, resume=resume, live_dir=live_dir, progress=progress,
+    return _train(local_dataset(data_dir), model_dir, params, resume=resume, live_dir=live_dir, progress=progress,
                   sample_log=sample_log)
 
 
@@ -88,7 +92,8 @@ def generate(model_dir: str, inputs: list[str], out_dir: str, params: Params, *,
     with tqdm(total=len(inputs), desc="generate", unit="file", disable=not progress) as bar:
         bar.update(sum(p.error is not None for p in prepared))
         results = generate_files(backend, prepared, task=task, target_modality=target_modality,
-                                 opts=opts or SamplingOptions(), batch_size=batch_size, prefix_bytes=prefix_bytes,
+                                 opts=opts or SamplingOptions.for_task(task), batch_size=batch_size,
+                                 prefix_bytes=prefix_bytes,
                                  prefix_fraction=prefix_fraction, on_batch=bar.update)
     status, written = [], {}
     for r in results:

@@ -15,7 +15,8 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 from fsspec.core import url_to_fs
 
@@ -208,6 +209,25 @@ def read_bytes(url: str) -> bytes:
         raise StorageError(f"{url}: is a directory") from None
 
 
+def download(url: str, dest: Path, chunk: int = 8 << 20) -> None:
+    """Copy one object to the local file `dest`, streamed in chunks (a shard does not pass through
+    memory whole). Raises StorageError with a one-line reason."""
+    try:
+        if is_local(url):
+            import shutil
+
+            shutil.copyfile(local_path(url), dest)
+            return
+        fs, path = _remote(url)
+        with fs.open(path, "rb") as src, open(dest, "wb") as out:
+            while block := src.read(chunk):
+                out.write(block)
+    except FileNotFoundError:
+        raise NotFoundError(f"{url}: not found") from None
+    except PermissionError:
+        raise StorageError(f"{url}: permission denied") from None
+
+
 def exists(url: str) -> bool:
     if is_local(url):
         return local_path(url).exists()
@@ -378,6 +398,22 @@ def check_output_dir(dest: str | Path, command: str, inputs: Sequence[str | Path
 def mark_output_dir(tmp: Path, command: str) -> None:
     """Mark a dir being built as the output of `command`, so a later run may replace it."""
     (tmp / OUTPUT_MARK).write_text(json.dumps({"command": command}) + "\n")
+
+
+@contextmanager
+def cache_lock(dest: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `dest` across the processes of this machine (`fcntl.flock` on
+    `<dest>.lock`), so that processes sharing a cache (Dask workers, torchrun ranks) fill an entry
+    once: the first downloads and verifies, the others wait and find it done."""
+    import fcntl
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.with_name(dest.name + ".lock"), "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def replace_dir(new: Path, dest: Path) -> None:

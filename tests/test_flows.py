@@ -23,14 +23,14 @@ from obf.config import load_params
 from obf.ingest import ingest
 from obf.export import export
 from obf.formats import opens
-from obf.registry import RegistryError, publish, resolve
+from obf.registry import RegistryError, describe, publish, resolve
 from obf.train import train
 
 from .conftest import RAW, ROOT, free_port
 
 BIN = Path(sys.executable).parent
-TINY = ["model.preset=tiny", "model.patch_size=4", "model.max_src_len=128", "model.max_tgt_len=32",
-        "train.batch_size=4", "train.steps=20", "train.warmup_steps=2", "train.eval_every=1000",
+TINY = ["model.preset=tiny", "model.patch_size=4", "model.max_src_len=128", "model.max_input_len=512",
+        "model.max_tgt_len=32", "train.batch_size=4", "train.steps=20", "train.warmup_steps=2", "train.eval_every=1000",
         "train.eval_batches=1", "train.checkpoint_every=1000", "train.task_weights={continue: 1.0}",
         "evaluate.sample_bytes=32", "evaluate.denoise_windows=2"]
 MIXED = ["text/bisect.py", "text/this_py.txt", "image/horse.png", "image/text.gif", "audio/hello_world.wav",
@@ -133,6 +133,67 @@ def test_train_flow_from_s3_publishes_a_verifiable_model(harness, s3_bucket, tmp
     assert storage.exists(f"{s3_bucket}/models/tiny/latest.json")
 
 
+def test_train_flow_keeps_its_build_and_a_failed_publish_does_not_train_again(harness, s3_bucket, tmp_path,
+                                                                              monkeypatch):
+    """The exported model and its evaluation persist as a build keyed by the dataset, the settings
+    and the code; a rerun after a failed publish publishes that build without training, with its
+    model card; the run's temp work dir is gone either way."""
+    import tempfile
+
+    import flows.train as ft
+    from obf import provenance
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    upload(RAW, f"{s3_bucket}/raw", MIXED + ["text/heapq.py"])
+    reg = f"{s3_bucket}/models"
+    broken = [True]
+    real_publish = ft.publish
+
+    def flaky_publish(*args, **kw):
+        if broken[0]:
+            raise RuntimeError("the registry is unreachable")
+        return real_publish(*args, **kw)
+
+    monkeypatch.setattr(ft, "publish", flaky_publish)
+    monkeypatch.setattr(ft, "publish_task", ft.publish_task.with_options(retries=0))
+    kw = dict(source=f"{s3_bucket}/raw", registry=reg, name="tiny", params=None,
+              overrides=[*TINY, "ingest.val_fraction=0.3"])
+    with pytest.raises(RuntimeError, match="unreachable"):
+        ft.train_flow(**kw)
+    assert list((tmp_path / "tmp").iterdir()) == []  # the work dir went with the run
+    builds = [e.key for e in storage.list_files(f"{reg}/_builds/tiny")]
+    assert any(k.endswith("/build.json") for k in builds) and any(k.endswith("onnx/decoder.onnx") for k in builds)
+    assert not storage.exists(f"{reg}/tiny/latest.json")
+
+    broken[0] = False
+    monkeypatch.setattr(ft.stages, "train", lambda *a, **k: pytest.fail("trained again"))
+    out = ft.train_flow(**kw)
+    assert out["version"] == "v0001" and out["trained"] is False
+    assert list((tmp_path / "tmp").iterdir()) == []
+    card = describe(reg, "tiny")["card"]
+    build = json.loads(storage.read_bytes(f"{reg}/_builds/tiny/{out['build']}/build.json"))
+    evaluated = storage.read_bytes(f"{reg}/_builds/tiny/{out['build']}/{build['attempt']}/eval/metrics.json")
+    assert card["code_version"] == provenance.code_version() and card["obf_version"]
+    assert card["settings"]["model"]["preset"] == "tiny" and card["settings"]["train"]["steps"] == 20
+    assert len(card["dataset_manifest_sha256"]) == 64 and len(card["dataset_sha256"]) == 64
+    assert sorted(f.rsplit("/", 1)[-1] for f in build["files"] if "/onnx/" in f) == sorted(
+        k for k in describe(reg, "tiny")["files"])  # the version holds exactly the build's files
+    assert card["evaluation"]["bpb"] == pytest.approx(json.loads(evaluated)["overall"]["bpb"])
+    path, _ = resolve(reg, "tiny", cache_dir=tmp_path / "cache")
+    assert (path / "decoder.onnx").is_file()
+    # the registry tools show the card
+    r = subprocess.run([sys.executable, "-m", "obf.cli", "registry", "show", reg, "tiny"], capture_output=True,
+                       text=True, env=os.environ)
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)
+    assert shown["version"] == "v0001" and shown["card"]["dataset_manifest_sha256"] == card["dataset_manifest_sha256"]
+    r = subprocess.run([sys.executable, "-m", "obf.cli", "registry", "list", reg, "tiny"], capture_output=True,
+                       text=True, env=os.environ)
+    assert r.returncode == 0 and "v0001" in r.stdout, r.stderr
+
+
 def _outputs(out_url: str) -> list[str]:
     """The output files under `out_url`: not the flow's own records or its in-flight claims."""
     return sorted(e.key for e in storage.list_files(out_url) if not e.key.startswith(("_runs/", "_state/", "_claims/")))
@@ -208,9 +269,13 @@ def test_batch_generate_idempotent_incremental_and_poison(harness, onnx_model, s
 
 def test_batch_generate_paired_conversion_and_prefix_completion(harness, onnx_model, s3_bucket, tmp_path,
                                                                 monkeypatch):
-    """The flow takes the CLI's options: paired with a target modality (one output per input, the
-    other setting's output replaced), and continue with a kept prefix completed to the file's size."""
-    from flows.generate import batch_generate
+    """The flow takes the CLI's options: continue with a kept prefix completed to the file's size,
+    and paired with a target modality: each input's conversion, the same bytes `obf generate`
+    makes, its decoding in the state record; inputs a conversion cannot take fail by name."""
+    from flows.generate import BatchGenerateFailed, batch_generate
+    from obf.backends.onnx import OnnxBackend
+    from obf.generation import generate_files, ingest_config_of, prepare
+    from obf.sampling import SamplingOptions
 
     monkeypatch.setenv("OBF_CACHE", str(tmp_path / "cache"))
     reg, inp, out = f"{s3_bucket}/models", f"{s3_bucket}/in", f"{s3_bucket}/out"
@@ -224,14 +289,42 @@ def test_batch_generate_paired_conversion_and_prefix_completion(harness, onnx_mo
     assert _outputs(out) == ["image/horse.bmp.bmp", "image/horse.png.bmp", "text/bisect.py.txt"]
     with Image.open(io.BytesIO(storage.read_bytes(f"{out}/image/horse.png.bmp"))) as im:
         assert im.mode == "RGBA" and im.size == (64, 52)  # completed to the declared size, alpha kept
-    res = batch_generate(**kw, task_name="paired", target_modality="text")
-    assert res["ok"] == 3
-    assert _outputs(out) == ["image/horse.bmp.txt", "image/horse.png.txt", "text/bisect.py.txt"]
-    records = [json.loads(storage.read_bytes(e.url)) for e in storage.list_files(f"{out}/_state")]
-    assert len(records) == 3 and {(r["task"], r["target_modality"], r["modality"]) for r in records} == {
-        ("paired", "text", "text")}
     with pytest.raises(ValueError, match="target_modality"):
         batch_generate(**kw, target_modality="text")
+
+    # paired to text: each input's built-in conversion (ascii of a picture, upper of a line, hex of
+    # binary data), made exactly as `obf generate --task paired` makes it from the same model
+    pin, pout = f"{s3_bucket}/pin", f"{s3_bucket}/pout"
+    pic = io.BytesIO()
+    Image.new("RGB", (6, 5), (200, 30, 90)).save(pic, format="PNG")
+    sources = {"pic.png": pic.getvalue(), "line.txt": b"a line of text to upper-case\n", "chunk.bin": bytes(range(48)),
+               "alpha.png": storage.read_bytes(str(RAW / "image/horse.png")), "long.txt": b"x" * 300}
+    for name, data in sources.items():
+        storage.write_bytes_atomic(f"{pin}/{name}", data)
+    pkw = dict(input_url=pin, output_url=pout, registry=reg, max_bytes=64, batch_size=8, task_name="paired",
+               target_modality="text")
+    with pytest.raises(BatchGenerateFailed, match="2 of 5"):
+        batch_generate(**pkw)
+    failed = {i["input"]: i["error"] for i in _manifests(pout)[0]["inputs"] if i["status"] == "failed"}
+    assert "transparency" in failed["alpha.png"] and "256 bytes" in failed["long.txt"]
+    assert _outputs(pout) == ["chunk.bin.txt", "line.txt.txt", "pic.png.txt"]
+    backend = OnnxBackend(onnx_model, provider="cpu")
+    good = ["chunk.bin", "line.txt", "pic.png"]  # the flow's batch, in its order
+    prepared = [prepare(n, ingest_config_of(backend), max_input_bytes=1 << 20, data=sources[n]) for n in good]
+    want = generate_files(backend, prepared, task="paired", target_modality="text", batch_size=8,
+                          opts=SamplingOptions.for_task("paired", max_bytes=64))
+    for name, r in zip(good, want):
+        assert storage.read_bytes(f"{pout}/{name}.txt") == r.output, name
+    records = [json.loads(storage.read_bytes(e.url)) for e in storage.list_files(f"{pout}/_state")]
+    assert len(records) == 3 and {(r["task"], r["target_modality"], r["temperature"], r["top_k"], r["top_p"])
+                                  for r in records} == {("paired", "text", 0.0, 0, 1.0)}  # paired decodes greedily
+    # other decoding is another job: every input is made again, and its record says how
+    with pytest.raises(BatchGenerateFailed):
+        batch_generate(**pkw, temperature=0.7, top_k=20)
+    records = [json.loads(storage.read_bytes(e.url)) for e in storage.list_files(f"{pout}/_state")]
+    assert len(records) == 3 and {(r["temperature"], r["top_k"], r["top_p"]) for r in records} == {(0.7, 20, 1.0)}
+    with pytest.raises(ValueError, match="temperature"):
+        batch_generate(**pkw, temperature=-1.0)
 
 
 def test_batch_generate_in_int8(harness, onnx_model, s3_bucket, tmp_path, monkeypatch):
@@ -314,6 +407,81 @@ def test_batch_generate_on_a_local_dask_cluster(harness, onnx_model, s3_bucket, 
                                                           batch_size=1)
     assert res["ok"] == 4
     assert len(_outputs(out)) == 4
+
+
+@pytest.fixture
+def dask_cluster(s3_server, tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes, as on other machines: each worker
+    runs in a folder of its own, with its own OBF_CACHE, TMPDIR and HOME, and reaches S3 through
+    the environment only. Stopped (process groups killed) also when the test fails."""
+    port = free_port()
+    procs = []
+
+    def start(args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
+        cwd.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen([str(BIN / "dask"), *args], cwd=cwd, env={**os.environ, **env},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    try:
+        start(["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], tmp_path / "scheduler")
+        for i in range(2):
+            home = tmp_path / f"worker{i}"
+            for d in ("cache", "tmp", "home"):
+                (home / d).mkdir(parents=True, exist_ok=True)
+            start(["worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
+                   "--local-directory", str(home / "tmp"), "--name", f"w{i}"], home,
+                  OBF_CACHE=str(home / "cache"), TMPDIR=str(home / "tmp"), HOME=str(home / "home"))
+        from distributed import Client
+
+        with Client(f"tcp://127.0.0.1:{port}", timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield f"tcp://127.0.0.1:{port}", [tmp_path / f"worker{i}" for i in range(2)]
+    finally:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # a process that ignores SIGTERM must not outlive the test
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def test_batch_generate_on_dask_workers_that_share_nothing_with_the_flow(harness, onnx_model, s3_bucket, dask_cluster,
+                                                                         tmp_path, monkeypatch):
+    """Each task fetches the model itself into its worker's own verified cache; the flow process
+    reads which version to use and downloads nothing. Its cache is a relative path, which names
+    another place in each worker's folder: a path handed from the flow to a task finds nothing."""
+    from prefect_dask import DaskTaskRunner
+
+    from flows.generate import batch_generate
+
+    address, workers = dask_cluster
+    flow_dir = tmp_path / "flow"
+    flow_dir.mkdir()
+    monkeypatch.chdir(flow_dir)
+    monkeypatch.setenv("OBF_CACHE", "flow-cache")  # relative: the flow's own folder, no worker's
+    reg, inp, out = f"{s3_bucket}/models", f"{s3_bucket}/in", f"{s3_bucket}/out"
+    publish(onnx_model, reg, "obf")
+    upload(RAW, inp, MIXED)
+    run = batch_generate.with_options(task_runner=DaskTaskRunner(address=address))
+    res = run(input_url=inp, output_url=out, registry=reg, max_bytes=32, batch_size=2)
+    assert (res["ok"], res["failed"]) == (len(MIXED), 0)
+    outs = _outputs(out)
+    assert len(outs) == len(MIXED)
+    for key in outs:
+        assert opens(storage.read_bytes(f"{out}/{key}"), key.split("/")[0]), key
+    assert not (flow_dir / "flow-cache").exists()  # the flow fetched nothing
+    fetched = [w for w in workers if any((w / "cache" / "obf").glob("v*/obf.json"))]
+    assert fetched, "the workers fetched the model into their own caches"
+    assert not any((w / "flow-cache").exists() for w in workers)
+    again = run(input_url=inp, output_url=out, registry=reg, max_bytes=32, batch_size=2)
+    assert (again["ok"], again["skipped"]) == (0, len(MIXED))
 
 
 def _wait_http(url: str, timeout: float) -> None:

@@ -303,3 +303,69 @@ def test_one_picture_in_two_formats_is_one_file(tmp_path):
     assert m["files"] == 1 and m["duplicates"] == [{"source": "b.tif", "same_as": "a.png"}]
     off = ingest(str(src), tmp_path / "raw", IngestConfig(canonicalize=False), progress=False)
     assert off["files"] == 2  # stored as they are, they are two different files
+
+
+def _same_dataset(a: Dataset, b: Dataset) -> None:
+    """The same records (key, split, modality, format, length, sha256, pair) and bytes; shard
+    placement may differ."""
+    def rows(ds):
+        return [(r.key, r.split, r.modality, r.format, r.length, r.sha256, r.pair) for r in ds.records]
+
+    assert rows(a) == rows(b)
+    for ra, rb in zip(a.records, b.records):
+        assert bytes(a.file_bytes(ra)) == bytes(b.file_bytes(rb))
+
+
+def _mixed_source(tmp_path):
+    """Files of every modality, a pair, a duplicate of an earlier file and an empty file."""
+    src = tmp_path / "src"
+    _copy_some(src, SOME)
+    shutil.copy(RAW / "text/heapq.py", src / "zz_copy_of_heapq.py")  # a duplicate in a later part
+    shutil.copy(RAW / "text/heapq.py", src / "text" / "heapq_again.py")  # and one in the same part
+    (src / "empty.bin").write_bytes(b"")
+    (src / "inputs").mkdir()
+    (src / "targets").mkdir()
+    (src / "inputs" / "a.txt").write_bytes(b"hello, pairs\n")
+    (src / "targets" / "a.txt").write_bytes(b"HELLO, PAIRS\n")
+    return src
+
+
+def test_dask_ingest_to_s3_is_the_local_ingest_and_a_rerun_replaces_it(tmp_path, s3_bucket):
+    """Workers of a real Dask cluster (two processes) read, canonicalise, hash and write shard
+    parts straight to S3; the driver's dataset is the one a local ingest makes, record by record
+    and byte by byte, with the same duplicates and rejections. A rerun into the same URL replaces
+    it (old shards removed only after the new manifest), and a URL holding others' files is refused."""
+    from distributed import LocalCluster
+
+    from obf.dataset import local_dataset
+    from obf.storage import StorageError, list_files
+
+    src = _mixed_source(tmp_path)
+    cfg = IngestConfig(max_file_bytes=1_000_000, shard_bytes=200_000)  # several parts, several shards
+    local = ingest(str(src), tmp_path / "local", cfg, progress=False)
+    url = f"{s3_bucket}/ds"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        first = ingest(str(src), url, cfg, progress=False, dask=cluster.scheduler_address)
+        shards_before = {e.key for e in list_files(f"{url}/shards")}
+        again = ingest(str(src), url, cfg, progress=False, dask=cluster.scheduler_address)
+    for m in (first, again):
+        assert {k: m[k] for k in ("files", "bytes", "duplicates", "rejected", "pairs", "splits")} == {
+            k: local[k] for k in ("files", "bytes", "duplicates", "rejected", "pairs", "splits")}
+    assert len(local["duplicates"]) == 2 and [r["source"] for r in local["rejected"]] == ["empty.bin"]
+    shards_after = {e.key for e in list_files(f"{url}/shards")}
+    assert shards_after and not shards_after & shards_before  # the first run's shards went, after the switch
+    _same_dataset(Dataset(tmp_path / "local"), Dataset(local_dataset(url, tmp_path / "cache")))
+
+    foreign = f"{s3_bucket}/theirs"
+    write_bytes_atomic(f"{foreign}/notes.txt", b"not obf's")
+    with pytest.raises(StorageError, match="did not write"):
+        ingest(str(src), foreign, cfg, progress=False)
+
+
+def test_local_ingest_to_an_s3_url_is_the_local_ingest(tmp_path, s3_bucket):
+    from obf.dataset import local_dataset
+
+    src = _mixed_source(tmp_path)
+    ingest(str(src), tmp_path / "local", CFG, progress=False)
+    ingest(str(src), f"{s3_bucket}/ds", CFG, progress=False)
+    _same_dataset(Dataset(tmp_path / "local"), Dataset(local_dataset(f"{s3_bucket}/ds", tmp_path / "cache")))

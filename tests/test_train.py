@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from obf.config import load_params
-from obf.dataset import Dataset
+from obf.dataset import DataError, Dataset
 from obf.ingest import ingest
 from obf.objectives import ExampleSampler
 from obf.model import OmniByteFormer
@@ -28,8 +28,9 @@ TINY = ["model.preset=tiny", "model.max_src_len=128", "model.max_tgt_len=32", "t
         "train.eval_every=5", "train.eval_batches=1", "train.warmup_steps=2"]
 SUBSET = ["text/heapq.py", "text/GPL-3.txt", "text/shlex.py", "text/csv.py", "image/coffee.jpg", "image/horse.png",
           "image/brick.png", "audio/numbers.wav", "audio/hola.mp3", "audio/pangram.wav", "video/hubble_pan.y4m",
-          "binary/true.elf", "binary/eeg.dat", "pairs/inputs/zen00.txt", "pairs/targets/zen00.txt",
-          "pairs/inputs/zen01.txt", "pairs/targets/zen01.txt", "pairs/inputs/zen02.txt", "pairs/targets/zen02.txt"]
+          "binary/true.elf", "binary/eeg.dat", "pairs/upper/inputs/0005.txt", "pairs/upper/targets/0005.txt",
+          "pairs/upper/inputs/0015.txt", "pairs/upper/targets/0015.txt", "pairs/upper/inputs/0029.txt",
+          "pairs/upper/targets/0029.txt"]
 
 
 def env(**extra):
@@ -347,3 +348,35 @@ def test_long_steps_come_every_long_every_steps_with_the_whole_context(dataset):
     assert max(b.src.shape[1] for b in longs) > 128 and max(len(b.rows) for b in longs) > 2
     ranks = [step_batch(2, Dist(rank=r, world=2), t, short, long) for r in (0, 1)]
     assert ranks[0].indices != ranks[1].indices  # ranks draw distinct chunks
+
+
+def test_train_reads_a_dataset_from_a_url_through_a_verified_cache(dataset, s3_bucket, tmp_path, monkeypatch):
+    """`obf train s3://.../ds`: the dataset is fetched once into $OBF_DATA_CACHE, every file checked
+    against its sha256, and training sees what it sees locally; a corrupt copy is refused."""
+    from obf import storage
+    from obf.dataset import local_dataset
+
+    url = f"{s3_bucket}/ds"
+    for p in sorted(Path(dataset).rglob("*")):
+        if p.is_file():
+            storage.write_bytes_atomic(f"{url}/{p.relative_to(dataset).as_posix()}", p.read_bytes())
+    monkeypatch.setenv("OBF_DATA_CACHE", str(tmp_path / "cache"))
+    local = local_dataset(url)
+    assert local.parent == tmp_path / "cache"
+    assert [r.key for r in Dataset(local).records] == [r.key for r in Dataset(dataset).records]
+    assert local_dataset(url) == local  # cached, verified once
+    r = obf("train", url, "--out", str(tmp_path / "m"), "-q", *sum((["--set", s] for s in
+                                                                  [*TINY, "train.steps=3"]), []))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["step"] == 3
+    shard = f"{s3_bucket}/bad/shards/000000.bin"
+    for p in sorted(Path(dataset).rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            rel = p.relative_to(dataset).as_posix()
+            storage.write_bytes_atomic(f"{s3_bucket}/bad/{rel}", data if "shards" not in rel else data[:-1] + b"!")
+    assert storage.exists(shard)
+    assert local_dataset(f"{s3_bucket}/bad") == local  # the same index: the verified copy serves it
+    with pytest.raises(DataError, match="does not match its sha256"):
+        local_dataset(f"{s3_bucket}/bad", cache_dir=tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists() or not list((tmp_path / "fresh").iterdir())  # nothing half-kept
