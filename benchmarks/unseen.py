@@ -6,8 +6,11 @@ the embedded corpus or in the material reserved for independent evaluation): pro
 (package descriptions, licences, a Prefect module), images (Prefect's UI icons, NetworkX's plot
 baselines), and binaries (NumPy arrays and an extension module, CPython bytecode compiled here, an
 SQLite database written here from the installed packages' metadata). No audio or video ships in
-them. They are ingested as the model's training data was (`obf ingest`: images to 64-pixel BMP)
-and scored by `obf evaluate` on the whole split.
+them, so both are made here (`media`): sounds synthesised from a seeded recipe (a bell, a melody
+of plucked notes, a noise-burst effect) and two short H.264 clips panning over the icon and the
+plot above. They are ingested as the model's training data was (`obf ingest`: images to 64-pixel
+BMP, audio to 8 kHz WAV, video to 32x32 Y4M) and scored by `obf evaluate` on the whole split.
+Nothing here is ever used to choose a design or a setting: it is the figure the README leads with.
 
     python benchmarks/unseen.py data/model [--keep DIR]
 
@@ -56,6 +59,79 @@ def sqlite_of_packages(path: Path) -> None:
     db.close()
 
 
+RATE = 16000
+
+
+def _wav(samples, rate: int = RATE) -> bytes:
+    """Mono 16-bit PCM WAV of float samples in [-1, 1]."""
+    import io
+    import wave
+
+    import numpy as np
+
+    pcm = (np.clip(samples, -1, 1) * 32000).astype("<i2").tobytes()
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return out.getvalue()
+
+
+def sounds() -> dict[str, tuple[str, bytes]]:
+    """Three sounds synthesised from seeded recipes: {name: (what it is, WAV bytes)}."""
+    import numpy as np
+
+    rng = np.random.default_rng(2026)
+    t = np.arange(int(RATE * 2.0)) / RATE
+    bell = sum(a * np.sin(2 * np.pi * f * t) * np.exp(-t * d)
+               for f, a, d in ((523.0, 0.5, 1.5), (1318.0, 0.25, 2.5), (2093.0, 0.15, 4.0), (3140.0, 0.08, 6.0)))
+    notes = []
+    for f in (262, 294, 330, 349, 392, 349, 330, 294, 262, 330, 392, 523):  # a plucked melody, 0.25 s a note
+        n = np.arange(int(RATE * 0.25)) / RATE
+        tone = sum(np.sin(2 * np.pi * f * k * n) / k for k in range(1, 6)) * np.exp(-n * 6)
+        notes.append(0.3 * tone + 0.01 * rng.standard_normal(len(n)))
+    melody = np.concatenate(notes)
+    bursts = np.zeros(int(RATE * 1.5))
+    for start in (0.0, 0.4, 0.55, 1.0):  # noise bursts with a falling resonance: footsteps, a door
+        i = int(start * RATE)
+        n = np.arange(min(len(bursts) - i, int(RATE * 0.3))) / RATE
+        noise = rng.standard_normal(len(n))
+        tone = np.sin(2 * np.pi * (300 - 400 * n) * n)
+        bursts[i:i + len(n)] += (0.5 * noise * np.exp(-n * 30) + 0.4 * tone * np.exp(-n * 8))
+    return {"bell.wav": ("a bell: four decaying partials, synthesised here", _wav(0.8 * bell)),
+            "melody.wav": ("twelve plucked notes with harmonics and a little noise, synthesised here", _wav(melody)),
+            "effects.wav": ("noise bursts with a falling resonance, synthesised here", _wav(0.7 * bursts))}
+
+
+def clip(image: bytes, frames: int = 20, size: int = 64, fps: int = 10) -> bytes:
+    """An H.264 clip panning and zooming slowly over a picture (PyAV), as MP4 bytes."""
+    import io
+
+    import av
+    import numpy as np
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(image)).convert("RGB")
+    w, h = im.size
+    out = io.BytesIO()
+    with av.open(out, "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width = s.height = size
+        s.pix_fmt = "yuv420p"
+        for k in range(frames):
+            z = 0.9 - 0.35 * k / frames
+            cw, ch = int(w * z), int(h * z)
+            x0, y0 = int((w - cw) * k / frames), int((h - ch) * (0.5 + 0.3 * np.sin(k / 4)))
+            frame = av.VideoFrame.from_image(im.crop((x0, y0, x0 + cw, y0 + ch)).resize((size, size)))
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return out.getvalue()
+
+
 def gather(dest: Path) -> dict[str, str]:
     """Write the files to `dest`; returns {file name: where it came from}."""
     numpy, prefect, networkx = package_dir("numpy"), package_dir("prefect"), package_dir("networkx")
@@ -83,6 +159,10 @@ def gather(dest: Path) -> dict[str, str]:
         db = Path(tmp) / "packages.sqlite"
         sqlite_of_packages(db)
         put("packages.sqlite", "SQLite database of the installed distributions, written here", db.read_bytes())
+    for name, (origin, data) in sounds().items():
+        picks[name] = (origin, data)
+    picks["icon_pan.mp4"] = ("a pan over prefect's 192 px icon, encoded here", clip(picks["prefect_icon.png"][1]))
+    picks["plot_pan.mp4"] = ("a pan over the NetworkX plot, encoded here", clip(picks["networkx_plot.png"][1]))
     for name, (_, data) in picks.items():
         (dest / name).write_bytes(data)
     return {name: origin for name, (origin, _) in picks.items()}

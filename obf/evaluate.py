@@ -7,10 +7,11 @@ overlap by `evaluate.stride` so that every scored byte has decoder context, each
 once), the end-of-file marker counted, summed in bits and divided by the file's bytes. `bpb` is
 the model as it serves: the network with its mixer (`obf.mixer`) when it carries one;
 `network_bpb` is the network alone. Baselines compress the same (stored, canonical) bytes with
-gzip -9, bz2 -9, xz -9e and zstd -19, and as raw streams without containers (deflate, LZMA2,
-zstd without checksum); `best` is the smallest of all per file, and it is what the model is
-compared with. Scoring itself is `obf.scoring`: a torch checkpoint and its ONNX export give the
-same numbers.
+gzip -9, bz2 -9, xz -9e and zstd -19, as raw streams without containers (deflate, LZMA2,
+zstd without checksum), and with the strongest classical coders (PPMd orders 6 and 32, brotli
+11); `best` is the smallest of all per file, and it is what the model is compared with. The
+files of pairs are measured as conversions (`obf.fidelity`), not as files. Scoring itself is
+`obf.scoring`: a torch checkpoint and its ONNX export give the same numbers.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ import numpy as np
 
 from obf import storage
 from obf.config import EvaluateConfig, IngestConfig, Params
-from obf.dataset import Dataset, DataError
+from obf.dataset import Dataset, DataError, local_dataset
+from obf.fidelity import Case
 from obf.ingest import ingest
 from obf.objectives import Example, collate, span_corrupt
 from obf.scoring import whole_file_bits
 from obf.formats import opens, to_file
 from obf.metrics import LN2, log_probs_of
 from obf.sampling import SamplingOptions, generate
-from obf.vocab import MODALITIES, N_BYTES, modality_id, task_id
+from obf.vocab import MODALITIES, N_BYTES, PAIRED_TAGS, modality_id, task_id
 
 
 
@@ -54,10 +56,15 @@ def compressed_sizes(data: bytes) -> dict[str, int]:
     Whole-file tools as people run them: gzip -9, bz2 -9, xz -9e, zstd -19. Beside them the raw
     streams without their containers (headers, checksums, sizes), which is what a model is fairly
     compared with on small files: raw deflate -9 (`zlib`, wbits -15), raw LZMA2 preset 9e, and a
-    zstd -19 frame without checksum, content size or dictionary id. `best` is the smallest of all
-    for this file: the strongest peer a user could pick per file, and what claims compare with."""
+    zstd -19 frame without checksum, content size or dictionary id. And the strongest classical
+    coders: PPMd (variant I, 7-Zip's text method) of order 6 (16 MiB) and of order 32 (256 MiB, as
+    7-Zip's ultra setting), and brotli at quality 11 with its largest window (16 MiB). `best` is
+    the smallest of all for this file: the strongest peer a user could pick per file, and what
+    claims compare with."""
     import zlib
 
+    import brotli
+    import pyppmd
     import zstandard
 
     sizes = {
@@ -70,6 +77,9 @@ def compressed_sizes(data: bytes) -> dict[str, int]:
                                        filters=[{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}])),
         "zstd_raw": len(zstandard.ZstdCompressor(level=19, write_checksum=False, write_content_size=False,
                                                  write_dict_id=False).compress(data)),
+        "ppmd6": len(pyppmd.compress(data, max_order=6, mem_size=16 << 20)),
+        "ppmd32": len(pyppmd.compress(data, max_order=32, mem_size=256 << 20)),
+        "brotli": len(brotli.compress(data, quality=11, lgwin=24)),
     }
     sizes["best"] = min(sizes.values())
     return sizes
@@ -117,20 +127,32 @@ class EvalFile:
 
 
 def _files_of(data: str, cfg: EvaluateConfig, ingest_cfg: IngestConfig, workdir: Path, progress: bool
-              ) -> tuple[list[EvalFile], str]:
-    """Files to evaluate: a split of an ingested dataset, or any folder/URL ingested on the fly."""
+              ) -> tuple[list[EvalFile], list[Case], str]:
+    """Files to evaluate: a split of an ingested dataset, or any folder/URL ingested on the fly.
+    The files of pairs are not scored as files: they come back as cases of their conversion (at
+    most `evaluate.conversion_pairs` each, in key order)."""
     split = cfg.split
     if storage.is_local(data) and (storage.local_path(data) / "manifest.json").is_file():
         ds = Dataset(storage.local_path(data))
+    elif not storage.is_local(data) and storage.exists(storage.join(data, "manifest.json")):
+        ds = Dataset(local_dataset(data))  # an ingested dataset on storage, through the verified cache
     else:
         ingest(data, workdir / "dataset", ingest_cfg, progress=progress)
         ds = Dataset(workdir / "dataset")
         split = "all"  # a folder of test files: score every file
-    records = ds.records if split == "all" else ds.select(split=split)
+    splits = ("train", "val", "test") if split == "all" else (split,)
+    records = [r for s in splits for r in ds.select(split=s, paired=False)]
     files = [EvalFile(r.key, r.modality, np.asarray(ds.file_bytes(r))) for r in records]
+    cases: list[Case] = []
+    taken: dict[str, int] = defaultdict(int)
+    for inp, tgt in sorted((p for s in splits for p in ds.pairs(s)), key=lambda p: p[0].key):
+        case = Case(inp.key, ds.file_bytes(inp).tobytes(), inp.modality, ds.file_bytes(tgt).tobytes(), tgt.modality)
+        if taken[case.conversion] < cfg.conversion_pairs:
+            taken[case.conversion] += 1
+            cases.append(case)
     if not files:
         raise DataError(f"{data}: no file to evaluate" + ("" if split == "all" else f" in split {split!r}"))
-    return files, split
+    return files, cases, split
 
 
 _SIGNATURES = {"report.md": b"# Evaluation of `", "bpb.csv": b"label,modality,method,bpb\n"}
@@ -173,7 +195,7 @@ def evaluate(model_dir: str, data: str, out: str | Path, params: Params, *, per_
     backend = open_backend(model_dir, provider=provider, precision=precision)
     with tempfile.TemporaryDirectory(prefix="obf-eval-") as tmp:
         # files given as a folder are canonicalised like the model's training data
-        files, split = _files_of(data, cfg, ingest_config_of(backend), Path(tmp), progress)
+        files, cases, split = _files_of(data, cfg, ingest_config_of(backend), Path(tmp), progress)
         scored = whole_file_bits(backend, [(f.data, f.modality) for f in files], cfg.batch_size, cfg.stride, progress)
         bits, net = scored.model, scored.network
         sizes = [compressed_sizes(f.data.tobytes()) for f in files]
@@ -187,6 +209,7 @@ def evaluate(model_dir: str, data: str, out: str | Path, params: Params, *, per_
     try:
         picks = {m: max((files[i] for i in by_mod[m]), key=lambda f: len(f.data)) for m in MODALITIES if m in by_mod}
         samples = write_samples(backend, picks, cfg, tmp_samples)
+        conversions = write_conversions(backend, cases, cfg, tmp_samples, progress) if cases else {}
         for m in MODALITIES:
             idx = by_mod.get(m)
             if not idx:
@@ -212,7 +235,7 @@ def evaluate(model_dir: str, data: str, out: str | Path, params: Params, *, per_
     overall["samples_open_raw"] = _ratio(sum(s["opens_raw"] for s in samples), len(samples))
     overall["samples_open"] = _ratio(sum(s["opens"] for s in samples), len(samples))
     metrics: dict[str, Any] = {"model": str(model_dir), "data": str(data), "split": split,
-                               "modalities": per_mod, "overall": overall}
+                               "modalities": per_mod, "overall": overall, "conversions": conversions}
     if per_file:
         metrics["files"] = [{"path": f.path, "modality": f.modality, "bytes": len(f.data),
                              "bpb": _ratio(bits[i], len(f.data)), "network_bpb": _ratio(net[i], len(f.data))}
@@ -225,6 +248,47 @@ def evaluate(model_dir: str, data: str, out: str | Path, params: Params, *, per_
     return metrics
 
 
+# --------------------------------------------------------------------------- conversions
+
+
+def write_conversions(backend: Any, cases: list[Case], cfg: EvaluateConfig, dest: Path, progress: bool
+                      ) -> dict[str, Any]:
+    """`obf.fidelity.measure` per conversion, and for the report the first two `gray` pairs and
+    the first `ascii` pair: input, target and what the model made, as pictures (and text)."""
+    from obf import previews
+    from obf.fidelity import measure
+
+    room = backend.max_input_len - PAIRED_TAGS
+    long = sum(len(c.input) > room for c in cases)
+    if long:  # as training does: a pair whose input the model cannot read is left out, and counted
+        print(f"evaluate: {long} pair(s) with inputs over {room} bytes (model.max_input_len) left out",
+              file=sys.stderr)
+        cases = [c for c in cases if len(c.input) <= room]
+        if not cases:
+            return {}
+    out, made = measure(backend, cases, batch_size=min(cfg.batch_size, 16), progress=progress)
+    shown = 0
+    for c, g in zip(cases, made):
+        if c.conversion == "gray" and shown < 2:
+            pics = {}
+            for part, data in (("input", c.input), ("target", c.target), ("made", g)):
+                name = f"gray_{shown}_{part}.png"
+                try:
+                    (dest / name).write_bytes(previews.image_png(to_file(data, "image")[0]))
+                    pics[part] = f"samples/{name}"
+                except Exception as e:  # a made picture that does not open is shown as such
+                    pics[part] = f"does not open ({type(e).__name__})"
+            out["gray"].setdefault("examples", []).append({"pair": c.key, **pics})
+            shown += 1
+        if c.conversion == "ascii" and "examples" not in out["ascii"]:
+            name = "ascii_0_input.png"
+            (dest / name).write_bytes(previews.image_png(c.input))
+            out["ascii"]["examples"] = [{"pair": c.key, "input": f"samples/{name}",
+                                         "target": c.target.decode("utf-8", "replace"),
+                                         "made": g.decode("utf-8", "replace")}]
+    return out
+
+
 # --------------------------------------------------------------------------- samples
 
 
@@ -234,8 +298,15 @@ def write_samples(backend: Any, picks: dict[str, EvalFile], cfg: EvaluateConfig,
     Each sample keeps the start of its file (`evaluate.sample_prefix_fraction` of it, more when
     the rest would exceed `evaluate.sample_bytes`) and the model makes the rest: up to the size the
     header declares for images, audio and video (see `obf.completion`), up to EOS or
-    `sample_bytes` for text and binary. All samples are generated in one batch."""
+    `sample_bytes` for text and binary. All samples are generated in one batch.
+
+    Beside each: how its generated part compares with the real part it replaces
+    (`obf.likeness.compare`), and the bits per byte the model, as generation serves it, gives
+    each of the two (`generated_bpb`, `real_bpb`): a part sampled from a calibrated model costs
+    about what the real one does; one far cheaper has collapsed into what the model expects."""
     from obf.completion import plan
+    from obf.likeness import compare
+    from obf.scoring import served_log_probs
 
     plans = {}
     for m, f in picks.items():
@@ -246,14 +317,22 @@ def write_samples(backend: Any, picks: dict[str, EvalFile], cfg: EvaluateConfig,
                            top_p=cfg.top_p, seed=cfg.seed)
     mods = list(plans)
     gens = generate(backend, [plans[m].keep for m in mods], mods, opts=opts, specs=[plans[m].spec for m in mods])
+    reals = [picks[m].data.tobytes()[len(plans[m].keep):len(plans[m].keep) + len(g)] for m, g in zip(mods, gens)]
+    lengths = [min(len(g), len(r)) for g, r in zip(gens, reals)]
+    files = [(np.frombuffer(plans[m].keep + part[:n], np.uint8), m)
+             for m, g, r, n in zip(mods, gens, reals, lengths) for part in (g, r)]
+    served, _ = served_log_probs(backend, files, cfg.batch_size, cfg.stride,
+                                 learn_until=[len(plans[m].keep) for m in mods for _ in range(2)])
     out = {}
-    for m, gen in zip(mods, gens):
-        pl, source = plans[m], picks[m].data.tobytes()
+    for j, (m, gen) in enumerate(zip(mods, gens)):
+        pl, source, n, k = plans[m], picks[m].data.tobytes(), lengths[j], len(plans[m].keep)
         raw = pl.keep + gen
         data, ext = to_file(raw, m)
         (dest / f"{m}{ext}").write_bytes(data)
+        bpb = [-float(served[2 * j + i][k:k + n].sum()) / LN2 / n if n else float("nan") for i in (0, 1)]
         out[m] = {"source": picks[m].path, "prefix_bytes": len(pl.keep), "generated_bytes": len(gen),
                   "file": f"samples/{m}{ext}", "opens_raw": opens(raw, m), "opens": opens(data, m), "note": pl.note,
+                  "generated_bpb": bpb[0], "real_bpb": bpb[1], **compare(pl.keep, gen, reals[j]),
                   **_previews(m, data, source, len(pl.keep), ext, dest)}
     return out
 
@@ -331,6 +410,12 @@ def render_sample(m: str, s: dict[str, Any]) -> list[str]:
              f"{s['prefix_bytes']:,} bytes kept, {s['generated_bytes']:,} generated: {s['note']}. "
              f"Opens as generated: {'yes' if s['opens_raw'] else 'no'}; after repair: {'yes' if s['opens'] else 'no'}. "
              f"File: [{s['file']}]({s['file']}).", ""]
+    if s.get("compared_bytes"):
+        parts += [f"The generated part beside the real part it replaces ({s['compared_bytes']:,} bytes each): "
+                  f"{s['generated_bpb']:.2f} bits per byte under the model (real part {s['real_bpb']:.2f}); raw LZMA2 "
+                  f"size ratio {s['lzma_ratio']:.2f}; commonest byte {s['top_share']:.0%} of it (real part "
+                  f"{s['real_top_share']:.0%}); it adds {s['novelty_ratio']:.2f}x the new information the real part "
+                  "adds to the kept part.", ""]
     if "preview" in s:
         parts += ["| source | sample (model-made part included) |", "|---|---|",
                   f"| ![source]({s['source_preview']}) | ![sample]({s['preview']}) |", ""]
@@ -358,7 +443,33 @@ def render_report(metrics: dict[str, Any]) -> str:
              ""]
     for m, v in metrics["modalities"].items():
         parts += render_sample(m, v["sample"])
+    if metrics.get("conversions"):
+        parts += render_conversions(metrics["conversions"])
     return "\n".join(parts).rstrip() + "\n"
+
+
+def render_conversions(conv: dict[str, Any]) -> list[str]:
+    """The conversions table and examples of the report."""
+    parts = ["## Conversions", "",
+             "`paired` pairs of the split, per conversion (`obf.conversions`): the share of targets the model makes "
+             "exactly (greedy), of target bytes right where they belong (generated, and teacher forced), and the "
+             "target's bits per byte with its input against scored alone.", "",
+             "| conversion | pairs | exact | bytes right (generated) | bytes right (teacher forced) | bpb with input "
+             "| bpb alone | pixels exact | pixel error |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, v in conv.items():
+        px = (f"{v['pixels_exact']:.1%} | {v['pixel_mean_error']:.1f}" if "pixels_exact" in v else " | ")
+        parts.append(f"| {name} | {v['pairs']} | {v['exact']:.1%} | {v['byte_accuracy']['generated']:.1%} | "
+                     f"{v['byte_accuracy']['teacher_forced']:.1%} | {v['bpb']['with_input']:.3f} | "
+                     f"{v['bpb']['without_input']:.3f} | {px} |")
+    parts.append("")
+    for ex in conv.get("gray", {}).get("examples", []):
+        cells = [f"![{k}]({ex[k]})" if ex[k].startswith("samples/") else ex[k] for k in ("input", "target", "made")]
+        parts += [f"`gray` of `{ex['pair']}`:", "", "| input | target | made by the model |", "|---|---|---|",
+                  "| " + " | ".join(cells) + " |", ""]
+    for ex in conv.get("ascii", {}).get("examples", []):
+        parts += [f"`ascii` of `{ex['pair']}`: ![input]({ex['input']})", "", "Target:", "", _fenced(ex["target"]), "",
+                  "Made by the model:", "", _fenced(ex["made"]), ""]
+    return parts
 
 
 def render_csv(metrics: dict[str, Any]) -> str:

@@ -10,7 +10,9 @@ import sys
 import tempfile
 import zlib
 
+import brotli
 import numpy as np
+import pyppmd
 import pytest
 import zstandard
 
@@ -91,6 +93,10 @@ def test_baselines_equal_direct_compressor_calls_and_per_file_sums(trained, tmp_
                 {"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}])) for d in datas],
             "zstd_raw": [len(zstandard.ZstdCompressor(level=19, write_checksum=False, write_content_size=False)
                              .compress(d)) for d in datas],
+            # the strongest classical coders: PPMd (7-Zip's text method) and brotli's largest window
+            "ppmd6": [len(pyppmd.compress(d, max_order=6, mem_size=16 << 20)) for d in datas],
+            "ppmd32": [len(pyppmd.compress(d, max_order=32, mem_size=256 << 20)) for d in datas],
+            "brotli": [len(brotli.compress(d, quality=11, lgwin=24)) for d in datas],
         }
         sizes["best"] = [min(col) for col in zip(*sizes.values())]  # the smallest per file
         got = m["modalities"][modality]["baselines"]
@@ -98,6 +104,8 @@ def test_baselines_equal_direct_compressor_calls_and_per_file_sums(trained, tmp_
         for k, v in sizes.items():
             assert got[k] == pytest.approx(8 * sum(v) / n, rel=1e-12), k
         assert sizes["deflate_raw"] == [g - 18 for g in sizes["gzip"]]  # gzip = raw deflate + 18 bytes
+        assert all(pyppmd.decompress(pyppmd.compress(d, max_order=32, mem_size=256 << 20), max_order=32,
+                                     mem_size=256 << 20) == d for d in datas)  # real coders: they decode
     # per-file figures sum back to the per-modality ones
     for modality, v in m["modalities"].items():
         rows = [f for f in m["files"] if f["modality"] == modality]
@@ -153,7 +161,7 @@ def test_windows_score_every_byte_and_eos_exactly_once(n, stride, group):
     scored = []
     for ex, windows in file_windows(data, "binary", 64, 8, stride, group):
         assert len(windows) == len(ex.earlier) + 1 <= group
-        for (start, tgt), (at, first) in zip((*ex.earlier, (len(ex.src), ex.tgt)), windows):
+        for (start, tgt, _), (at, first) in zip((*ex.earlier, (len(ex.src), ex.tgt, None)), windows):
             ctx = ex.src[2:start]  # what this window's encoder sees: the bytes right before it
             s = ctx[-1] + 1 if ctx else 0  # the bytes are their own offsets (n <= 256)
             assert at == s  # the window's start in the file, as scoring maps targets to positions
