@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,9 @@ def main() -> None:
     ap.add_argument("--providers", nargs="*", default=["cpu"], help="ONNX Runtime providers to measure (none: skip)")
     ap.add_argument("--int8", action="store_true", help="add int8 ONNX Runtime (CPU) and int8 T5 (CPU) rows")
     ap.add_argument("--fp16", action="store_true", help="add our fp16 ONNX graphs on each provider")
+    ap.add_argument("--patch-memory", action="store_true",
+                    help="add ONNX Runtime rows of the same network whose decoder reads the encoder's patches "
+                         "(model.cross_bytes=false, as before conversions needed every source byte)")
     ap.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []),
                     help="torch devices for our torch backend and T5")
     args = ap.parse_args()
@@ -121,6 +125,14 @@ def main() -> None:
             half = OnnxBackend(work / "onnx", provider=prov, precision="fp16")
             print(f"onnx {prov} fp16: cache on the device: {half.cache_on_device}")
             engines[f"onnx_{prov}_fp16"] = obf_runner(half, args.new)
+        if args.patch_memory:
+            if not (work / "onnx_patches").is_dir():
+                twin = replace(cfg, cross_bytes=False)
+                torch.manual_seed(0)
+                save_model(work / "model_patches", OmniByteFormer(twin).eval(), twin)
+                export(work / "model_patches", work / "onnx_patches", ExportConfig(), progress=False)
+            engines[f"onnx_{prov}_patch_memory"] = obf_runner(OnnxBackend(work / "onnx_patches", provider=prov),
+                                                               args.new)
         if args.int8 and prov == "cpu":
             engines["onnx_cpu_int8"] = obf_runner(OnnxBackend(work / "onnx", provider=prov, precision="int8"),
                                                   args.new)

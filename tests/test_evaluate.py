@@ -75,8 +75,16 @@ def test_baselines_equal_direct_compressor_calls_and_per_file_sums(trained, tmp_
     for n in names:
         (src / n).parent.mkdir(parents=True, exist_ok=True)
         (src / n).write_bytes((RAW / n).read_bytes())
+    for i, line in enumerate([b"import heapq\n", b"def merge(a, b):\n"]):  # two `upper` pairs: not scored as files
+        (src / "inputs").mkdir(exist_ok=True)
+        (src / "targets").mkdir(exist_ok=True)
+        (src / "inputs" / f"{i}.txt").write_bytes(line)
+        (src / "targets" / f"{i}.txt").write_bytes(line.upper())
     out = tmp_path / "eval" / "metrics.json"
     m = evaluate(str(model), str(src), out, params, per_file=True, progress=False)
+    upper = m["conversions"]["upper"]
+    assert upper["pairs"] == 2 and 0 <= upper["exact"] <= 1 and upper["bpb"]["with_input"] > 0
+    assert set(upper["byte_accuracy"]) == {"generated", "teacher_forced"}
     assert json.loads(out.read_text()) == json.loads(json.dumps(m))
     # text and binary are stored as they are, so the baselines are the compressors on the raw files
     for modality, files in (("text", ["text/heapq.py", "text/shlex.py"]), ("binary", ["binary/true.elf"])):
@@ -113,7 +121,14 @@ def test_baselines_equal_direct_compressor_calls_and_per_file_sums(trained, tmp_
         assert sum(f["bpb"] * f["bytes"] for f in rows) / v["bytes"] == pytest.approx(v["bpb"], rel=1e-9)
         assert 0.0 <= v["denoise_accuracy"] <= 1.0
         assert v["sample"]["opens"]
-    assert (out.parent / "report.md").read_text().startswith("# Evaluation")
+        sample = v["sample"]  # the generated part beside the real part it replaces (none when it ended at once)
+        if sample["compared_bytes"]:
+            assert sample["generated_bpb"] > 0 and sample["real_bpb"] > 0 and sample["lzma_ratio"] > 0
+            assert 0 < sample["top_share"] <= 1 and 0 < sample["real_top_share"] <= 1 and sample["novelty_ratio"] >= 0
+    assert sum(v["sample"]["compared_bytes"] > 0 for v in m["modalities"].values()) >= 4
+    report = (out.parent / "report.md").read_text()
+    assert report.startswith("# Evaluation") and "bits per byte under the model" in report
+    assert "## Conversions" in report and "| upper | 2 |" in report
     assert (out.parent / "bpb.csv").read_text().splitlines()[0] == "label,modality,method,bpb"
     assert all((out.parent / v["sample"]["file"]).is_file() for v in m["modalities"].values())
 
