@@ -134,6 +134,7 @@ def main() -> int:
     ap.add_argument("--per-modality", type=int, default=4, help="files per modality, the largest first")
     ap.add_argument("--bytes", type=int, default=4096, help="bytes generated per file at most")
     ap.add_argument("--grid", action="store_true", help="compare the decoding settings of GRID")
+    ap.add_argument("--settings", nargs="+", metavar="NAME", help="with --grid: only these settings of GRID")
     ap.add_argument("--bpb", action="store_true", help="also the bits per byte of both parts under the model")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -144,7 +145,8 @@ def main() -> int:
     backend = open_backend(args.model)
     files = files_of(args.model, args.data, args.split, args.per_modality)
     d = DECODING["continue"]
-    settings = GRID if args.grid else [("default", d["temperature"], d["top_p"], False)]
+    settings = ([g for g in GRID if not args.settings or g[0] in args.settings] if args.grid
+                else [("default", d["temperature"], d["top_p"], False)])
     results = []
     for name, t, p, learn in settings:
         rows = run(backend, files, max_new=args.bytes, temperature=t, top_p=p, learn=learn, seed=args.seed,
@@ -165,7 +167,8 @@ def main() -> int:
         best = max(results, key=lambda r: score(r["modalities"]))
         print(f"\nchosen: {best['setting']} ({best['targets_held']} of {3 * len(best['modalities'])} targets held)")
     where = "unseen" if args.data is None else args.split
-    save("samples" + ("" if where == "unseen" else f"_{where}") + ("_grid" if args.grid else ""),
+    save("samples" + ("" if where == "unseen" else f"_{where}") + ("_grid" if args.grid else "")
+         + ("" if args.bytes == 1024 or not args.grid else f"_{args.bytes}"),
          {"model": args.model, "data": args.data or "outside the corpus (benchmarks/unseen.py)", "split": where,
           "max_new_bytes": args.bytes, "results": results})
     return 0

@@ -220,9 +220,9 @@ class EvaluateConfig:
     mean_span: float = 3.0
     sample_prefix_fraction: float = 0.5  # share of each sample file kept (more when the rest exceeds sample_bytes)
     sample_bytes: int = 4096  # bytes generated per sample, at most (media: whole rows / frames)
-    temperature: float = 0.8
+    temperature: float = 1.1  # as obf generate's default (obf.sampling.DECODING["continue"])
     top_k: int = 0
-    top_p: float = 0.95
+    top_p: float = 1.0
     seed: int = 0
     conversion_pairs: int = 40  # pairs per conversion measured (teacher-forced and generated), at most; 0 = none
 
