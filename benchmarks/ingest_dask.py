@@ -15,6 +15,7 @@ Saves results/ingest_dask.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -46,8 +47,13 @@ def run_ingest(src: Path, out: Path, dask: str | None, canonicalize: bool) -> di
     os.sync()
     r = subprocess.run([sys.executable, "-c", RUN, str(src), str(out), dask or "", "1" if canonicalize else "0"],
                        capture_output=True, text=True, check=True)
+    # what must equal the local ingest's: every record but its shard placement, and the manifest's lists
+    rows = [{k: v for k, v in json.loads(line).items() if k not in ("shard", "offset")}
+            for line in (out / "index.jsonl").read_text().splitlines()]
+    manifest = json.loads((out / "manifest.json").read_text())
+    digest = hashlib.sha256(json.dumps([rows, manifest["duplicates"], manifest["rejected"]]).encode()).hexdigest()
     shutil.rmtree(out, ignore_errors=True)
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return {**json.loads(r.stdout.strip().splitlines()[-1]), "records_sha256": digest}
 
 
 def main() -> None:
@@ -74,11 +80,13 @@ def main() -> None:
                     t = time.perf_counter()
                     d = run_ingest(src, work / "ds", c.scheduler_address, args.canonicalize)
                     d["wall_with_driver_start"] = time.perf_counter() - t
-                row[f"dask_{n}"] = {**d, "mb_s": total / d["seconds"]}
+                row[f"dask_{n}"] = {**d, "mb_s": total / d["seconds"],
+                                    "same_records_as_local": d["records_sha256"] == local["records_sha256"]}
                 print(f"{total:.0f} MB: dask, {n} worker(s) {row[f'dask_{n}']['mb_s']:.1f} MB/s "
                       f"(x{row[f'dask_{n}']['mb_s'] / row['dask_1']['mb_s']:.2f} of one worker, "
                       f"x{row[f'dask_{n}']['mb_s'] / row['local']['mb_s']:.2f} of local), "
-                      f"driver peak {d['peak_rss_mb']:.0f} MB")
+                      f"driver peak {d['peak_rss_mb']:.0f} MB, records equal local: "
+                      f"{row[f'dask_{n}']['same_records_as_local']}")
             results.append(row)
             shutil.rmtree(src, ignore_errors=True)
     finally:
