@@ -60,7 +60,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, nargs="+", default=[50, 500])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    ap.add_argument("--canonicalize", action="store_true", help="canonicalise media (CPU-bound) instead of storing bytes")
+    ap.add_argument("--canonicalize", action="store_true",
+                    help="canonicalise media (CPU-bound) instead of storing bytes")
     args = ap.parse_args()
     from distributed import LocalCluster
 

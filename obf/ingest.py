@@ -394,9 +394,12 @@ def _upload(tmp: Path, out: str, first: int) -> dict:
 def _write_index_and_manifest(root: str, records: list[Record], manifest: dict) -> None:
     """The dataset's index, output mark and manifest, the manifest last: until it is written, a
     reader sees the dataset that was there before (or none)."""
-    storage.write_bytes_atomic(storage.join(root, INDEX), "".join(r.to_json() + "\n" for r in records).encode())
-    storage.write_bytes_atomic(storage.join(root, storage.OUTPUT_MARK), (json.dumps({"command": "ingest"}) + "\n").encode())
-    storage.write_bytes_atomic(storage.join(root, MANIFEST), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    def put(name: str, text: str) -> None:
+        storage.write_bytes_atomic(storage.join(root, name), text.encode())
+
+    put(INDEX, "".join(r.to_json() + "\n" for r in records))
+    put(storage.OUTPUT_MARK, json.dumps({"command": "ingest"}) + "\n")
+    put(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def _remove_unused_shards(out: str) -> None:
