@@ -11,6 +11,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "data" / "raw"
 
+# Every Prefect server the tests start (the harness, a run's ephemeral server, `prefect server
+# start`) inherits this: its telemetry service writes to the SQLite database while the server
+# migrates it at start-up, which on a loaded 2-core host ends in "database is locked".
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# and an ephemeral server may take longer than Prefect's default 20 s to answer there
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
 
 def free_port() -> int:
     with socket.socket() as s:

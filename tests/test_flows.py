@@ -162,7 +162,7 @@ def test_train_flow_keeps_its_build_and_a_failed_publish_does_not_train_again(ha
               overrides=[*TINY, "ingest.val_fraction=0.3"])
     with pytest.raises(RuntimeError, match="unreachable"):
         ft.train_flow(**kw)
-    assert list((tmp_path / "tmp").iterdir()) == []  # the work dir went with the run
+    assert _work_dirs(tmp_path / "tmp") == []  # the work dir went with the run
     builds = [e.key for e in storage.list_files(f"{reg}/_builds/tiny")]
     assert any(k.endswith("/build.json") for k in builds) and any(k.endswith("onnx/decoder.onnx") for k in builds)
     assert not storage.exists(f"{reg}/tiny/latest.json")
@@ -171,14 +171,14 @@ def test_train_flow_keeps_its_build_and_a_failed_publish_does_not_train_again(ha
     monkeypatch.setattr(ft.stages, "train", lambda *a, **k: pytest.fail("trained again"))
     out = ft.train_flow(**kw)
     assert out["version"] == "v0001" and out["trained"] is False
-    assert list((tmp_path / "tmp").iterdir()) == []
+    assert _work_dirs(tmp_path / "tmp") == []
     card = describe(reg, "tiny")["card"]
     build = json.loads(storage.read_bytes(f"{reg}/_builds/tiny/{out['build']}/build.json"))
     evaluated = storage.read_bytes(f"{reg}/_builds/tiny/{out['build']}/{build['attempt']}/eval/metrics.json")
     assert card["code_version"] == provenance.code_version() and card["obf_version"]
     assert card["settings"]["model"]["preset"] == "tiny" and card["settings"]["train"]["steps"] == 20
     assert len(card["dataset_manifest_sha256"]) == 64 and len(card["dataset_sha256"]) == 64
-    assert sorted(f.rsplit("/", 1)[-1] for f in build["files"] if "/onnx/" in f) == sorted(
+    assert sorted(f.rsplit("/", 1)[-1] for f in build["files"] if "/onnx/" in f and "/onnx/." not in f) == sorted(
         k for k in describe(reg, "tiny")["files"])  # the version holds exactly the build's files
     assert card["evaluation"]["bpb"] == pytest.approx(json.loads(evaluated)["overall"]["bpb"])
     path, _ = resolve(reg, "tiny", cache_dir=tmp_path / "cache")
@@ -192,6 +192,11 @@ def test_train_flow_keeps_its_build_and_a_failed_publish_does_not_train_again(ha
     r = subprocess.run([sys.executable, "-m", "obf.cli", "registry", "list", reg, "tiny"], capture_output=True,
                        text=True, env=os.environ)
     assert r.returncode == 0 and "v0001" in r.stdout, r.stderr
+
+
+def _work_dirs(tmp: Path) -> list[str]:
+    """The train-flow's own work dirs under `tmp` (torch may leave caches of its own there)."""
+    return [p.name for p in tmp.iterdir() if p.name.startswith("obf-train-flow-")]
 
 
 def _outputs(out_url: str) -> list[str]:
@@ -295,10 +300,11 @@ def test_batch_generate_paired_conversion_and_prefix_completion(harness, onnx_mo
     # paired to text: each input's built-in conversion (ascii of a picture, upper of a line, hex of
     # binary data), made exactly as `obf generate --task paired` makes it from the same model
     pin, pout = f"{s3_bucket}/pin", f"{s3_bucket}/pout"
-    pic = io.BytesIO()
+    pic, see_through = io.BytesIO(), io.BytesIO()
     Image.new("RGB", (6, 5), (200, 30, 90)).save(pic, format="PNG")
+    Image.new("RGBA", (6, 5), (200, 30, 90, 0)).save(see_through, format="PNG")  # transparent: refused
     sources = {"pic.png": pic.getvalue(), "line.txt": b"a line of text to upper-case\n", "chunk.bin": bytes(range(48)),
-               "alpha.png": storage.read_bytes(str(RAW / "image/horse.png")), "long.txt": b"x" * 300}
+               "alpha.png": see_through.getvalue(), "long.txt": b"x" * 300}
     for name, data in sources.items():
         storage.write_bytes_atomic(f"{pin}/{name}", data)
     pkw = dict(input_url=pin, output_url=pout, registry=reg, max_bytes=64, batch_size=8, task_name="paired",
@@ -365,7 +371,8 @@ def test_crash_mid_run_then_rerun_leaves_no_gap_or_duplicate(onnx_model, s3_serv
             " claim_ttl_s=2)\n")
     # its own session: the kill below takes the ephemeral Prefect server the run starts with it
     # (killed alone, the run would leave that server serving with no parent)
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    log = open(tmp_path / "run.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -375,7 +382,7 @@ def test_crash_mid_run_then_rerun_leaves_no_gap_or_duplicate(onnx_model, s3_serv
         except storage.StorageError:
             pass
         time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
+    assert proc.poll() is None, "the run ended before it could be killed: " + (tmp_path / "run.log").read_text()[-2000:]
     os.killpg(proc.pid, signal.SIGKILL)  # kill -9 of the run and everything it started
     proc.wait()
     partial = _outputs(out)
@@ -705,7 +712,7 @@ def test_two_batches_racing_for_the_same_inputs_make_each_once(onnx_model, s3_bu
     monkeypatch.setenv("OBF_CACHE", str(tmp_path / "cache"))
     reg, inp, out = f"{s3_bucket}/models", f"{s3_bucket}/in", f"{s3_bucket}/out"
     publish(onnx_model, reg, "obf")
-    path, version = resolve(reg, "obf", cache_dir=tmp_path / "cache")
+    _, version = resolve(reg, "obf", cache_dir=tmp_path / "cache")
     for i in range(12):
         storage.write_bytes_atomic(f"{inp}/doc{i:02d}.txt", f"document {i}\n".encode() * 30)
     entries = storage.list_files(inp)
@@ -713,7 +720,7 @@ def test_two_batches_racing_for_the_same_inputs_make_each_once(onnx_model, s3_bu
 
     def run(run_id):
         start.wait()
-        results[run_id] = generate_batch.fn(entries, str(path), version, out, "continue", 64, 1 << 20, 0, "cpu",
+        results[run_id] = generate_batch.fn(entries, (reg, "obf"), version, out, "continue", 64, 1 << 20, 0, "cpu",
                                             run_id=run_id)
 
     threads = [threading.Thread(target=run, args=(r,)) for r in ("run-a", "run-b")]

@@ -341,7 +341,7 @@ def test_generate_completes_bmp_wav_y4m_from_a_prefix_to_their_declared_size(exp
 
     root, _, _ = exported
     bmp, wav, y4m = _media_inputs(tmp_path)
-    r = _cli_generate(root, [bmp, wav, y4m], tmp_path / "out", "--prefix-bytes", "3000")
+    r = _cli_generate(root, [bmp, wav, y4m], tmp_path / "out", "--prefix-bytes", "3000", "--temperature", "0")
     assert r.returncode == 0, r.stderr
     backend = OnnxBackend(root / "onnx", provider="cpu")
     for src, modality in ((bmp, "image"), (wav, "audio"), (y4m, "video")):
@@ -365,7 +365,7 @@ def test_continue_on_a_whole_media_file_extends_it_with_its_header_updated(expor
 
     root, _, _ = exported
     bmp, wav, y4m = _media_inputs(tmp_path)
-    r = _cli_generate(root, [bmp, wav, y4m], tmp_path / "out", "--max-bytes", "2000")
+    r = _cli_generate(root, [bmp, wav, y4m], tmp_path / "out", "--max-bytes", "2000", "--temperature", "0")
     assert r.returncode == 0, r.stderr
     out = tmp_path / "out"
     with Image.open(out / "in.bmp.bmp") as im, Image.open(bmp) as im0:
