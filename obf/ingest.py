@@ -40,7 +40,8 @@ from obf import storage
 from obf.config import IngestConfig
 from obf.formats import FormatError, Sniffed, canonicalize, sniff
 from obf.system import usable_cpus
-from obf.dataset import INDEX, MANIFEST, DataError, Record, build_manifest, split_of
+from obf.dataset import DataError, Record, build_manifest, split_of
+from obf.ingest_remote import check_remote_output, remove_unused_shards, upload, write_index_and_manifest
 from obf.shards import Copier, ShardWriter, compact, on_shards, pwrite_all
 
 _T = TypeVar("_T")
@@ -320,7 +321,7 @@ def ingest(source: str, out_dir: str | Path, cfg: IngestConfig, *, progress: boo
     out = str(out_dir)
     remote_out = not storage.is_local(out)
     if remote_out:
-        _check_remote_output(out, source)
+        check_remote_output(out, source)
     else:
         storage.check_output_dir(Path(out), "ingest", [source])
     entries = storage.list_files(source)
@@ -340,8 +341,8 @@ def ingest(source: str, out_dir: str | Path, cfg: IngestConfig, *, progress: boo
         else:
             with tempfile.TemporaryDirectory(prefix="obf-ingest-") as tmp:
                 _ingest_into(entries, pairs, tmp, cfg, remote=remote_in, progress=progress)
-                manifest = _upload(Path(tmp), out, first)
-        _remove_unused_shards(out)
+                manifest = upload(Path(tmp), out, first)
+        remove_unused_shards(out)
         return manifest
     tmp = storage.temp_dir_beside(Path(out))
     try:
@@ -352,64 +353,6 @@ def ingest(source: str, out_dir: str | Path, cfg: IngestConfig, *, progress: boo
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def _check_remote_output(out: str, source: str) -> None:
-    """Refuse, with one line, a URL output that holds what obf ingest did not write, or that is,
-    holds or lies inside the source."""
-    a, b = out.rstrip("/") + "/", source.rstrip("/") + "/"
-    if a.startswith(b) or b.startswith(a):
-        raise storage.StorageError(f"{out}: the output {'is' if a == b else 'overlaps'} the input {source}; "
-                                   "choose another output")
-    try:
-        found = storage.list_files(out)
-    except storage.NotFoundError:
-        return
-    if not found:
-        return
-    try:
-        owner = json.loads(storage.read_bytes(storage.join(out, storage.OUTPUT_MARK)))["command"]
-    except (storage.StorageError, ValueError, KeyError, TypeError):
-        owner = None
-    if owner != "ingest":
-        raise storage.StorageError(f"{out}: holds files obf ingest did not write; choose another output "
-                                   "(obf replaces only what it wrote)")
-
-
-def _upload(tmp: Path, out: str, first: int) -> dict:
-    """Copy a dataset built locally in `tmp` to the URL `out` (one PUT per shard, numbered from
-    `first`), then its index and manifest (last); returns the manifest."""
-    from obf.dataset import Dataset
-
-    records = Dataset(tmp).records
-    for shard in sorted({r.shard for r in records}):
-        storage.write_bytes_atomic(storage.join(out, f"shards/{first + shard:06d}.bin"),
-                                   (tmp / "shards" / f"{shard:06d}.bin").read_bytes())
-    records = [replace(r, shard=first + r.shard) for r in records]
-    manifest = json.loads((tmp / MANIFEST).read_text())
-    _write_index_and_manifest(out, records, manifest)
-    return manifest
-
-
-def _write_index_and_manifest(root: str, records: list[Record], manifest: dict) -> None:
-    """The dataset's index, output mark and manifest, the manifest last: until it is written, a
-    reader sees the dataset that was there before (or none)."""
-    def put(name: str, text: str) -> None:
-        storage.write_bytes_atomic(storage.join(root, name), text.encode())
-
-    put(INDEX, "".join(r.to_json() + "\n" for r in records))
-    put(storage.OUTPUT_MARK, json.dumps({"command": "ingest"}) + "\n")
-    put(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-
-
-def _remove_unused_shards(out: str) -> None:
-    """After a new manifest: remove the shards no record names (an older dataset's, a dead run's)."""
-    from obf.ingest_dask import existing_shards
-
-    used = {json.loads(line)["shard"] for line in storage.read_bytes(storage.join(out, INDEX)).splitlines() if line}
-    for n in existing_shards(storage.join(out, "shards")):
-        if n not in used:
-            storage.remove(storage.join(out, f"shards/{n:06d}.bin"))
 
 
 def _ingest_into(entries: list[storage.Entry], pairs: dict[str, str], root: str, cfg: IngestConfig, *,
@@ -435,7 +378,7 @@ def _ingest_into(entries: list[storage.Entry], pairs: dict[str, str], root: str,
     elapsed = time.perf_counter() - start
     records = _link_pairs(records, pairs, {d["source"]: d["same_as"] for d in duplicates})
     manifest = build_manifest(records, rejected, duplicates, cfg)
-    _write_index_and_manifest(root, records, manifest)
+    write_index_and_manifest(root, records, manifest)
     if progress:
         mb = sum(e.size for e in readable) / 1e6
         print(f"ingest: {len(records)} files stored, {len(duplicates)} duplicates, {len(rejected)} rejected, "
