@@ -56,18 +56,22 @@ def train_flops_per_step(cfg, batch: int, src_len: int, tgt_len: int) -> float:
     dec_block = 2 * (4 * d * d + 2 * d * d + 3 * d * ff) + 2 * tgt_len * d + 4 * sp * d
     cross_kv = 2 * 2 * d * d * cfg.decoder_layers  # K/V projections of every patch for each decoder layer
     head = 2 * d * cfg.vocab_size
-    fwd = batch * sp * (cfg.encoder_layers * enc_block + cross_kv) + batch * tgt_len * (cfg.decoder_layers * dec_block + head)
+    fwd = batch * sp * (cfg.encoder_layers * enc_block + cross_kv) + batch * tgt_len * (
+        cfg.decoder_layers * dec_block + head
+    )
     return 3.0 * fwd
 
 
 def score_held_out(model: str, files: dict[str, bytes]) -> list[dict[str, Any]]:
     """Whole-file bits per byte of `model` (a model or ONNX dir) on files made by a benchmark, as
-    served (`model_bpb`, with its mixer) and of the network alone, beside the best compressor of each: one row per file, `obf evaluate --per-file` on a temp
-    folder with params.yaml's settings (samples and denoise scoring kept minimal)."""
+    served (`model_bpb`, with its mixer) and of the network alone, beside the best compressor of
+    each: one row per file, `obf evaluate --per-file` on a temp folder with params.yaml's settings
+    (samples and denoise scoring kept minimal)."""
     import tempfile
 
-    from obf.config import load_params
-    from obf.evaluate import compressed_sizes, evaluate
+    from obf.core.config import load_params
+    from obf.evaluate.baselines import compressed_sizes
+    from obf.evaluate.run import evaluate
 
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,7 +86,16 @@ def score_held_out(model: str, files: dict[str, bytes]) -> list[dict[str, Any]]:
         data = files[f["path"]]
         sizes = compressed_sizes(data)
         best = min((k for k in sizes if k != "best"), key=lambda k: sizes[k])
-        rows.append({"file": f["path"], "modality": f["modality"], "bytes": f["bytes"], "model_bpb": f["bpb"],
-                     "network_bpb": f.get("network_bpb", f["bpb"]),
-                     "xz_bpb": 8 * sizes["xz"] / len(data), "best_bpb": 8 * sizes["best"] / len(data), "best": best})
+        rows.append(
+            {
+                "file": f["path"],
+                "modality": f["modality"],
+                "bytes": f["bytes"],
+                "model_bpb": f["bpb"],
+                "network_bpb": f.get("network_bpb", f["bpb"]),
+                "xz_bpb": 8 * sizes["xz"] / len(data),
+                "best_bpb": 8 * sizes["best"] / len(data),
+                "best": best,
+            }
+        )
     return rows

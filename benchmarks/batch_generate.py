@@ -51,11 +51,11 @@ def main() -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.generate import batch_generate
-    from obf import storage
-    from obf.checkpoint import save_model
-    from obf.config import load_params
-    from obf.export import export
-    from obf.model import OmniByteFormer
+    from obf.core import storage
+    from obf.core.config import load_params
+    from obf.export.onnx_export import export
+    from obf.model.checkpoint import save_model
+    from obf.model.network import OmniByteFormer
     from obf.registry import publish
 
     s3fs.S3FileSystem().mkdir("bench")

@@ -46,8 +46,8 @@ def main() -> int:
     ap.add_argument("--name", default="defaults_ab", help="result file name in benchmarks/results (no .json)")
     args = ap.parse_args()
 
-    from obf.config import load_params
-    from obf.evaluate import evaluate
+    from obf.core.config import load_params
+    from obf.evaluate.run import evaluate
     from obf.train import train
 
     variants = [parse_variant(v) for v in (args.variant or ["default"])]

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import save, train_flops_per_step  # noqa: E402
-from obf.config import load_params  # noqa: E402
+from obf.core.config import load_params
 from obf.train import train  # noqa: E402
 
 
@@ -62,15 +62,33 @@ def main() -> None:
     steps_per_s = summary["steps"] / summary["seconds"]
     achieved = flops_step * steps_per_s
     pk = peak(dev)
-    res = {"preset": args.preset, "params": summary["params"], "device": dev,
-           "gpu": torch.cuda.get_device_name(0) if dev == "cuda" else None, "batch": args.batch,
-           "src_bytes": args.src, "tgt_bytes": args.tgt, "patch_size": args.patch, "compile": args.compile,
-           "steps": summary["steps"], "seconds": summary["seconds"], "target_bytes_per_s": summary["target_bytes_per_s"],
-           "steps_per_s": steps_per_s, "achieved_flops": achieved, "bf16_matmul_peak": pk, "mfu": achieved / pk,
-           "final_loss_bpb": summary["final_loss_bpb"], "val_bpb": summary["val_bpb"], "precision": summary["precision"]}
-    print(f"{args.preset}: {summary['params'] / 1e6:.1f} M params, {summary['steps']} steps in {summary['seconds']:.0f}s, "
-          f"{summary['target_bytes_per_s']:,.0f} target bytes/s, {achieved / 1e12:.1f} TFLOP/s achieved vs "
-          f"{pk / 1e12:.0f} TFLOP/s bf16 matmul peak (MFU {res['mfu']:.1%}); val bpb {summary['val_bpb']}")
+    res = {
+        "preset": args.preset,
+        "params": summary["params"],
+        "device": dev,
+        "gpu": torch.cuda.get_device_name(0) if dev == "cuda" else None,
+        "batch": args.batch,
+        "src_bytes": args.src,
+        "tgt_bytes": args.tgt,
+        "patch_size": args.patch,
+        "compile": args.compile,
+        "steps": summary["steps"],
+        "seconds": summary["seconds"],
+        "target_bytes_per_s": summary["target_bytes_per_s"],
+        "steps_per_s": steps_per_s,
+        "achieved_flops": achieved,
+        "bf16_matmul_peak": pk,
+        "mfu": achieved / pk,
+        "final_loss_bpb": summary["final_loss_bpb"],
+        "val_bpb": summary["val_bpb"],
+        "precision": summary["precision"],
+    }
+    print(
+        f"{args.preset}: {summary['params'] / 1e6:.1f} M params, {summary['steps']} steps "
+        f"in {summary['seconds']:.0f}s, "
+        f"{summary['target_bytes_per_s']:,.0f} target bytes/s, {achieved / 1e12:.1f} TFLOP/s achieved vs "
+        f"{pk / 1e12:.0f} TFLOP/s bf16 matmul peak (MFU {res['mfu']:.1%}); val bpb {summary['val_bpb']}"
+    )
     save(f"gpu_train_{args.preset}", res)
 
 

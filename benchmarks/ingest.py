@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import save  # noqa: E402
-from obf.config import IngestConfig  # noqa: E402
-from obf.ingest import ingest  # noqa: E402
+from obf.core.config import IngestConfig
+from obf.data.ingest import ingest
 
 RAW = Path(__file__).resolve().parents[1] / "data" / "raw"
 
@@ -98,7 +98,10 @@ def main() -> None:
         print(f"{files} files, {mb:.0f} MB (warm page cache)")
         print(f"  cat (ceiling)           {res['cat_mb_s']:8.1f} MB/s")
         print(f"  obf ingest              {res['ingest_mb_s']:8.1f} MB/s   = {res['ratio_vs_cat']:.2f} x cat")
-        print(f"  obf ingest, canonical   {res['canonicalize_mb_s']:8.1f} MB/s   ({res['canonicalize_slice_mb']:.0f} MB slice)")
+        print(
+            f"  obf ingest, canonical   {res['canonicalize_mb_s']:8.1f} MB/s   "
+            f"({res['canonicalize_slice_mb']:.0f} MB slice)"
+        )
         save("ingest", res)
     finally:
         shutil.rmtree(work, ignore_errors=True)

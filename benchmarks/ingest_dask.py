@@ -4,7 +4,7 @@ the driver's peak memory, on generated folders of mixed files.
     python benchmarks/ingest_dask.py [--mb 50 500] [--canonicalize]
 
 The folders are those of benchmarks/ingest.py (copies of the sample corpus with a unique tail).
-Each ingest runs in a fresh process (`obf.ingest.ingest`, as `obf ingest` runs it), so its peak
+Each ingest runs in a fresh process (`obf.data.ingest.ingest`, as `obf ingest` runs it), so its peak
 resident memory is its own: for the Dask runs that is the driver alone (listing, the records of
 every file, the index and manifest), for the local ingest the parent of its worker processes.
 Workers are processes with one thread each (`LocalCluster(processes=True)`), writing their shard
@@ -33,7 +33,7 @@ from benchmarks.ingest import make_folder  # noqa: E402
 RUN = """
 import json, resource, sys, time
 from obf.config import IngestConfig
-from obf.ingest import ingest
+from obf.data.ingest import ingest
 src, out, dask, canon = sys.argv[1], sys.argv[2], sys.argv[3] or None, sys.argv[4] == "1"
 cfg = IngestConfig(canonicalize=canon, max_file_bytes=64 * 1024 * 1024)
 t = time.perf_counter()

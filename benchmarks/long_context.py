@@ -50,10 +50,10 @@ class Runner:
     def __init__(self, data: str, sets: list[str]) -> None:
         import torch
 
-        from obf.config import load_params
-        from obf.dataset import Dataset
-        from obf.devices import resolve_device, use_bf16
-        from obf.model import OmniByteFormer
+        from obf.core.config import load_params
+        from obf.data.dataset import Dataset
+        from obf.model.devices import resolve_device, use_bf16
+        from obf.model.network import OmniByteFormer
         from obf.train import make_optimizer, training_samplers
 
         self.params = p = load_params(ROOT / "params.yaml", sets)
@@ -71,7 +71,7 @@ class Runner:
     def step(self) -> int:
         import torch
 
-        from obf.metrics import LN2
+        from obf.core.bits import LN2
         from obf.train import Dist, _to_device, loss_bits, step_batch
 
         batch = step_batch(self.steps, Dist(), self.params.train, self.short, self.long)
@@ -127,8 +127,10 @@ def main() -> int:
                      "windows": t.windows, "batch_size": t.batch_size, "causal_encoder": m.causal_encoder,
                      "steps": r.steps, "seconds": r.seconds, "target_bytes": r.bytes,
                      "target_bytes_per_s": rate, "ratio": rate / ref})
-        print(f"{name:<18} {m.max_src_len:>8} {m.patch_size:>5} {t.windows:>7} {r.steps:>5} {r.bytes / r.steps:>10,.0f} "
-              f"{rate:>14,.0f} {rate / ref:>6.2f}")
+        print(
+            f"{name:<18} {m.max_src_len:>8} {m.patch_size:>5} {t.windows:>7} {r.steps:>5} {r.bytes / r.steps:>10,.0f} "
+            f"{rate:>14,.0f} {rate / ref:>6.2f}"
+        )
     path = save("long_context", {"data": args.data, "seconds": args.seconds, "rounds": args.rounds, "rows": rows})
     print(f"saved {path}")
     return 0

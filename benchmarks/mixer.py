@@ -35,8 +35,8 @@ def step_cost(mixer, ds) -> dict[str, float]:
 
     import numpy as np
 
-    from obf.match import modality_index
-    from obf.mixer import TAIL, Mixer, RowHints, Tail, file_hints
+    from obf.mixer.match import modality_index
+    from obf.mixer.mix import TAIL, Mixer, RowHints, Tail, file_hints
 
     rec = next(r for r in ds.records if r.modality == "image")
     ctx = bytes(ds.file_bytes(rec))[:4096]
@@ -67,12 +67,12 @@ def main() -> int:
     ap.add_argument("--name", default="mixer", help="result file name in benchmarks/results (no .json)")
     args = ap.parse_args()
 
-    from obf.checkpoint import load_model
-    from obf.config import load_params
-    from obf.dataset import Dataset
-    from obf.evaluate import evaluate
-    from obf.match import MIN_LEN_OF, MIN_LEN, RECOVER
-    from obf.stride import ACTIVITY_BUCKETS
+    from obf.core.config import load_params
+    from obf.data.dataset import Dataset
+    from obf.evaluate.run import evaluate
+    from obf.mixer.match import MIN_LEN, MIN_LEN_OF, RECOVER
+    from obf.mixer.stride_hint import ACTIVITY_BUCKETS
+    from obf.model.checkpoint import load_model
     from obf.train import fit_model_mixer
 
     params = load_params(ROOT / "params.yaml", [f"train.mixer_fit_bytes={args.fit_bytes}"])

@@ -7,7 +7,7 @@
 Each file (canonicalised as the model's training data, `obf ingest`) keeps its start (half of
 it, more when the rest is over `--bytes`; media keep whole rows / sample frames) and the model
 makes the rest, as `obf generate --prefix-fraction` does. The generated part is compared with
-the real part it replaces (`obf.likeness`): the raw-LZMA2 size ratio (near 1: as predictable as
+the real part it replaces (`obf.evaluate.likeness`): the raw-LZMA2 size ratio (near 1: as predictable as
 the real data; near 0: a loop), the commonest byte's share beside the real part's, and how much
 new information it adds to the kept part beside what the real part adds (near 0: a copy). With
 `--bpb`, also the bits per byte the model gives each part (as generation serves it).
@@ -44,10 +44,10 @@ TARGETS = {"lzma_ratio": (0.6, 1.6), "top_gap": 0.2, "novelty_ratio": (0.5, 2.0)
 
 def files_of(model: str, data: str | None, split: str, per_modality: int) -> list[tuple[str, str, bytes]]:
     """(name, modality, canonical bytes) of the files to continue."""
-    from obf.backends import open_backend
-    from obf.dataset import Dataset
-    from obf.generation import ingest_config_of
-    from obf.ingest import ingest
+    from obf.data.dataset import Dataset
+    from obf.data.ingest import ingest
+    from obf.generate.files import ingest_config_of
+    from obf.runtime.backend import open_backend
 
     with tempfile.TemporaryDirectory(prefix="obf-samples-") as tmp:
         if data is None:
@@ -72,10 +72,10 @@ def files_of(model: str, data: str | None, split: str, per_modality: int) -> lis
 def run(backend: Any, files: list[tuple[str, str, bytes]], *, max_new: int, temperature: float, top_p: float,
         learn: bool, seed: int, bpb: bool) -> list[dict[str, Any]]:
     """Generate every file's rest with one setting; one row of measures per file."""
-    from obf.completion import plan
-    from obf.likeness import compare
-    from obf.sampling import SamplingOptions, generate
-    from obf.scoring import served_log_probs
+    from obf.evaluate.likeness import compare
+    from obf.generate.planning import plan
+    from obf.generate.sampling import SamplingOptions, generate
+    from obf.runtime.scoring import served_log_probs
 
     plans = [plan(d, m, max_bytes=max_new, prefix_bytes=max(len(d) // 2, len(d) - max_new)) for _, m, d in files]
     opts = SamplingOptions(max_bytes=max_new, temperature=temperature, top_p=top_p, seed=seed,
@@ -139,8 +139,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from obf.backends import open_backend
-    from obf.sampling import DECODING
+    from obf.generate.sampling import DECODING
+    from obf.runtime.backend import open_backend
 
     backend = open_backend(args.model)
     files = files_of(args.model, args.data, args.split, args.per_modality)

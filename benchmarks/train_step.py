@@ -21,11 +21,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import save, train_flops_per_step  # noqa: E402
-from obf.config import ModelConfig  # noqa: E402
-from obf.model import OmniByteFormer  # noqa: E402
-from obf.devices import cpu_bf16_pays  # noqa: E402
+from obf.core.config import ModelConfig
+from obf.core.vocab import BOS
+from obf.model.devices import cpu_bf16_pays
+from obf.model.network import OmniByteFormer
 from obf.train import loss_bits  # noqa: E402
-from obf.vocab import BOS  # noqa: E402
 
 D, H, FF, ENC, DEC, B, S, T = 256, 4, 1024, 6, 2, 8, 512, 256
 
@@ -143,10 +143,13 @@ def main() -> None:
         print(f"  {k:10s} {v:12,.0f} target bytes/s")
     print(f"  ours P=1 / T5 fp32      {res['ratio_p1_vs_t5_fp32']:.2f}x")
     print(f"  ours P=1 / best T5      {res['ratio_p1_vs_best_t5']:.2f}x")
-    print(f"  ours P=4 / best T5      {res['ratio_p4_vs_best_t5']:.2f}x   (P=4 over P=1: {res['p4_gain_over_p1']:.2f}x)")
-    print(f"  achieved {achieved[1] / 1e9:.0f} / {achieved[4] / 1e9:.0f} GFLOP/s (P=1 / P=4) vs measured "
-          f"{'bf16' if bf16 else 'fp32'} matmul peak {peak / 1e9:.0f} GFLOP/s "
-          f"(MFU {res['mfu']['p1']:.1%} / {res['mfu']['p4']:.1%})")
+    print(f"  ours P=4 / best T5      {res['ratio_p4_vs_best_t5']:.2f}x   "
+          f"(P=4 over P=1: {res['p4_gain_over_p1']:.2f}x)")
+    print(
+        f"  achieved {achieved[1] / 1e9:.0f} / {achieved[4] / 1e9:.0f} GFLOP/s (P=1 / P=4) vs measured "
+        f"{'bf16' if bf16 else 'fp32'} matmul peak {peak / 1e9:.0f} GFLOP/s "
+        f"(MFU {res['mfu']['p1']:.1%} / {res['mfu']['p4']:.1%})"
+    )
     save(f"train_step_{dev}", res)
 
 

@@ -174,12 +174,13 @@ def main() -> int:
     ap.add_argument("--keep", help="also keep the gathered raw files here")
     args = ap.parse_args()
 
-    from obf.config import load_params
-    from obf.dataset import Dataset
-    from obf.evaluate import compressed_sizes, evaluate
-    from obf.generation import ingest_config_of
-    from obf.backends import open_backend
-    from obf.ingest import ingest
+    from obf.core.config import load_params
+    from obf.data.dataset import Dataset
+    from obf.data.ingest import ingest
+    from obf.evaluate.baselines import compressed_sizes
+    from obf.evaluate.run import evaluate
+    from obf.generate.files import ingest_config_of
+    from obf.runtime.backend import open_backend
 
     params = load_params(ROOT / "params.yaml", ["evaluate.split=all", "evaluate.sample_bytes=16",
                                                 "evaluate.denoise_windows=0"])
@@ -195,24 +196,43 @@ def main() -> int:
         m = evaluate(args.model, str(Path(tmp) / "ds"), Path(tmp) / "eval" / "metrics.json", params, per_file=True,
                      progress=False)
     files = []
-    print("| file | modality | bytes | model bpb | network bpb | best compressor bpb (which) |\n|---|---|---:|---:|---:|---|")
+    print("| file | modality | bytes | model bpb | network bpb | best compressor bpb (which) |\n"
+          "|---|---|---:|---:|---:|---|")
     for f in sorted(m["files"], key=lambda f: (f["modality"], f["path"])):
         sizes = best[f["path"]]
         which = min((k for k in sizes if k != "best"), key=sizes.__getitem__)
         b = 8 * sizes["best"] / f["bytes"]
         files.append({**f, "origin": origins.get(f["path"], ""), "best_bpb": b, "best": which})
         mark = "**" if f["bpb"] < b else ""
-        print(f"| {f['path']} | {f['modality']} | {f['bytes']:,} | {mark}{f['bpb']:.3f}{mark} | {f['network_bpb']:.3f} "
-              f"| {b:.3f} ({which}) |")
+        print(
+            f"| {f['path']} | {f['modality']} | {f['bytes']:,} | {mark}{f['bpb']:.3f}{mark} | {f['network_bpb']:.3f} "
+            f"| {b:.3f} ({which}) |"
+        )
     print("\n| modality | files | model bpb | network bpb | best compressor bpb |\n|---|---:|---:|---:|---:|")
     rows = {**m["modalities"], "overall": m["overall"]}
     for k, v in rows.items():
         mark = "**" if v["bpb"] < v["baselines"]["best"] else ""
-        print(f"| {k} | {v['files']} | {mark}{v['bpb']:.3f}{mark} | {v['network_bpb']:.3f} | {v['baselines']['best']:.3f} |")
-    save("unseen", {"model": args.model, "files": files,
-                    "modalities": {k: {"files": v["files"], "bytes": v["bytes"], "model": v["bpb"],
-                                       "network": v["network_bpb"], "best": v["baselines"]["best"]}
-                                   for k, v in rows.items()}})
+        print(
+            f"| {k} | {v['files']} | {mark}{v['bpb']:.3f}{mark} | {v['network_bpb']:.3f} "
+            f"| {v['baselines']['best']:.3f} |"
+        )
+    save(
+        "unseen",
+        {
+            "model": args.model,
+            "files": files,
+            "modalities": {
+                k: {
+                    "files": v["files"],
+                    "bytes": v["bytes"],
+                    "model": v["bpb"],
+                    "network": v["network_bpb"],
+                    "best": v["baselines"]["best"],
+                }
+                for k, v in rows.items()
+            },
+        },
+    )
     return 0
 
 

@@ -39,7 +39,8 @@ def images(src: Path) -> list[Path]:
         im.save(out / name, **kw)
         made.append(out / name)
 
-    shutil.copy(mpl / "grace_hopper.jpg", out / "grace_hopper.jpg"); made.append(out / "grace_hopper.jpg")
+    shutil.copy(mpl / "grace_hopper.jpg", out / "grace_hopper.jpg")
+    made.append(out / "grace_hopper.jpg")
     shutil.copy(sk / "no_time_for_that_tiny.gif", out / "no_time_for_that_tiny.gif")
     shutil.copy(sk / "horse.png", out / "horse.png")
     def small(name: str, side: int) -> Image.Image:
@@ -169,7 +170,7 @@ PAIRS = {"upper": 500, "hex": 500, "gray": 400, "ascii": 400}  # pairs made of e
 def _text_segments(rng: np.random.Generator) -> list[bytes]:
     """Lines and short paragraphs (1 to 6 consecutive lines, at most 256 bytes) of the corpus's
     text files, each with a lower-case letter (else its upper case is itself)."""
-    from obf.formats import sniff
+    from obf.formats.sniff import sniff
 
     out = set()
     for path in sorted((RAW / "text").iterdir()):
@@ -190,7 +191,7 @@ def _text_segments(rng: np.random.Generator) -> list[bytes]:
 def _binary_chunks(rng: np.random.Generator, count: int) -> list[bytes]:
     """Chunks of 16 to 128 bytes of the corpus's binaries (executables, extension modules, a zip,
     NumPy and MRI data) that obf sniffs as binary."""
-    from obf.formats import sniff
+    from obf.formats.sniff import sniff
 
     blobs = [p.read_bytes() for p in sorted((RAW / "binary").iterdir())]
     out: set[bytes] = set()
@@ -232,11 +233,11 @@ def _image_crops(rng: np.random.Generator, count: int) -> list[bytes]:
 
 
 def pairs() -> None:
-    """The built-in conversions (`obf.conversions`) made from the corpus's own material, as
+    """The built-in conversions (`obf.formats.conversions`) made from the corpus's own material, as
     pairs/<conversion>/inputs/NNNN.<ext> -> pairs/<conversion>/targets/NNNN.<ext>: `upper` from
     lines and paragraphs of its text, `hex` from chunks of its binaries, `gray` and `ascii` from
     small crops of its pictures (distinct crops for each). Deterministic (seeded)."""
-    from obf.conversions import convert
+    from obf.formats.conversions import convert
 
     root = RAW / "pairs"
     for name in PAIRS:  # only what this function writes; anything else under pairs/ stays

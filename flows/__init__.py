@@ -1,1 +1,1 @@
-"""Prefect flows over `obf.stages` and `obf.backends`: no logic of their own beyond orchestration."""
+"""Prefect flows over `obf.stages` and `obf.runtime`: no logic of their own beyond orchestration."""

@@ -8,7 +8,7 @@ only what is missing; a run with other settings generates every input again (its
 replace the earlier ones, and each state record says which settings made its output).
 
 Outputs keep the input's whole relative key and add the extension of their modality
-(`a/b.png` -> `a/b.png.bmp`, `obf.generation.output_key`), so distinct inputs never share an
+(`a/b.png` -> `a/b.png.bmp`, `obf.generate.files.output_key`), so distinct inputs never share an
 output; one PUT per object; the state of each input is written after its output. Overlapping
 runs on one output prefix generate each input once: a run works on an input only under its
 claim in `_claims/`, taken with S3 conditional writes (`try_claim`). Every run writes
@@ -39,15 +39,14 @@ from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from obf import storage
-from obf.generation import generate_files, ingest_config_of, output_key, prepare
+from obf.core import storage
+from obf.core.config import ConfigError, GenerateSettings
+from obf.generate.files import generate_files, ingest_config_of, output_key, prepare
 from obf.registry import resolve, resolve_version
-from obf.sampling import SamplingOptions
-from obf.vocab import MODALITIES
 
 STATE, RUNS, CLAIMS = "_state", "_runs", "_claims"
 DEFAULT_CLAIM_TTL_S = 1800  # a crashed run's claims block other runs this long at most; must exceed a batch's time
-DEFAULT_WORKERS = 4  # batches in flight at once; fp32 ran fastest with 4 of 1 / 2 / 4 on 2 cores (benchmarks/)
+DEFAULT_WORKERS = 4  # batches in flight at once; the fastest of 1 / 2 / 4 (benchmarks/batch_generate.py)
 _BACKEND_LOCK = threading.Lock()
 
 
@@ -61,7 +60,7 @@ def _backend(registry: str, name: str, version: str, provider: str, precision: s
 
 @functools.cache
 def _open_backend(registry: str, name: str, version: str, provider: str, precision: str) -> Any:
-    from obf.backends.onnx import OnnxBackend
+    from obf.runtime.onnx_backend import OnnxBackend
 
     model_dir, _ = resolve(registry, name, version)
     return OnnxBackend(model_dir, provider=provider, precision=precision)
@@ -88,23 +87,6 @@ def with_content_hashes(entries: list[storage.Entry]) -> list[storage.Entry]:
 def own_key(key: str) -> bool:
     """Keys under the flow's own bookkeeping prefixes: never inputs."""
     return key.split("/", 1)[0] in (STATE, RUNS, CLAIMS)
-
-
-def settings_id(task_name: str, max_bytes: int, seed: int, precision: str, target_modality: str | None = None,
-                prefix_bytes: int | None = None, prefix_fraction: float | None = None,
-                opts: SamplingOptions | None = None) -> str:
-    """The generation settings that change an output (the provider does not: CUDA and CPU run the
-    same graphs); `opts` the decoding as resolved (`SamplingOptions.for_task`)."""
-    o = opts or SamplingOptions.for_task(task_name)
-    return (f"{task_name}|{max_bytes}|{seed}|{precision}|{target_modality}|{prefix_bytes}|{prefix_fraction}|"
-            f"{o.temperature:g}|{o.top_k}|{o.top_p:g}")
-
-
-def decoding(task_name: str, max_bytes: int, seed: int, temperature: float | None, top_k: int | None,
-             top_p: float | None) -> SamplingOptions:
-    """The flow's decoding: `obf generate`'s defaults for the task where a parameter is None."""
-    return SamplingOptions.for_task(task_name, max_bytes=max_bytes, seed=seed, temperature=temperature, top_k=top_k,
-                                    top_p=top_p)
 
 
 def _digest(text: str) -> str:
@@ -190,16 +172,15 @@ def list_task(input_url: str, output_url: str, version: str) -> tuple[list[stora
 
 
 @task(name="generate-batch", retries=1, retry_delay_seconds=5)
-def generate_batch(entries: list[storage.Entry], model: tuple[str, str], version: str, output_url: str, task_name: str,
-                   max_bytes: int, max_input_bytes: int, seed: int, provider: str, precision: str = "fp32",
-                   stale: dict[str, list[str]] | None = None, target_modality: str | None = None,
-                   prefix_bytes: int | None = None, prefix_fraction: float | None = None, run_id: str = "",
-                   claim_ttl_s: float = DEFAULT_CLAIM_TTL_S, temperature: float | None = None,
-                   top_k: int | None = None, top_p: float | None = None) -> list[dict[str, Any]]:
+def generate_batch(entries: list[storage.Entry], model: tuple[str, str], version: str, output_url: str,
+                   settings: GenerateSettings, *, max_input_bytes: int, provider: str,
+                   stale: dict[str, list[str]] | None = None, run_id: str = "",
+                   claim_ttl_s: float = DEFAULT_CLAIM_TTL_S) -> list[dict[str, Any]]:
     """Generate, write (one PUT each) and record a batch of inputs; a bad input fails alone.
 
     `model`: (registry, name) of the model, whose `version` this task fetches itself into its
-    machine's cache: a task on another machine needs nothing of the flow's.
+    machine's cache: a task on another machine needs nothing of the flow's. `settings`: what to
+    generate; `provider` and `max_input_bytes` only how.
 
     `stale` names, per input, the records of other settings whose output this run replaces: they
     are deleted before the new output is written, so a crash in between leaves no record that
@@ -211,42 +192,38 @@ def generate_batch(entries: list[storage.Entry], model: tuple[str, str], version
     another run holds, or that another run finished while this one waited, is skipped. The claim
     is dropped once the input's output and state are written (or it failed); a crashed run's
     claims expire after `claim_ttl_s`."""
-    opts = decoding(task_name, max_bytes, seed, temperature, top_k, top_p)
-    settings = settings_id(task_name, max_bytes, seed, precision, target_modality, prefix_bytes, prefix_fraction, opts)
+    sid = settings.settings_id()
     out: list[dict[str, Any]] = []
     mine: list[storage.Entry] = []
     for e in entries:
-        claim = storage.join(output_url, claim_key(version, e, settings))
+        claim = storage.join(output_url, claim_key(version, e, sid))
         if not try_claim(claim, run_id or "anonymous", claim_ttl_s):
             out.append({"input": e.key, "status": "skipped", "note": "claimed by another run"})
-        elif storage.exists(storage.join(output_url, state_key(version, e, settings))):
+        elif storage.exists(storage.join(output_url, state_key(version, e, sid))):
             storage.remove(claim)  # another run finished it while this one waited
-            out.append({"input": e.key, "status": "skipped", "note": "already done (by another run, or an earlier try of this batch)"})
+            note = "already done (by another run, or an earlier try of this batch)"
+            out.append({"input": e.key, "status": "skipped", "note": note})
         else:
             mine.append(e)
     try:
-        return out + _generate_claimed(mine, model, version, output_url, task_name, max_input_bytes, opts,
-                                       provider, precision, stale, target_modality, prefix_bytes,
-                                       prefix_fraction, settings)
+        return out + _generate_claimed(mine, model, version, output_url, settings, max_input_bytes=max_input_bytes,
+                                       provider=provider, stale=stale or {})
     finally:
         for e in mine:
-            storage.remove(storage.join(output_url, claim_key(version, e, settings)))
+            storage.remove(storage.join(output_url, claim_key(version, e, sid)))
 
 
 def _generate_claimed(entries: list[storage.Entry], model: tuple[str, str], version: str, output_url: str,
-                      task_name: str,
-                      max_input_bytes: int, opts: SamplingOptions, provider: str, precision: str,
-                      stale: dict[str, list[str]] | None, target_modality: str | None, prefix_bytes: int | None,
-                      prefix_fraction: float | None, settings: str) -> list[dict[str, Any]]:
+                      settings: GenerateSettings, *, max_input_bytes: int, provider: str,
+                      stale: dict[str, list[str]]) -> list[dict[str, Any]]:
     """Generate, write and record inputs this run holds the claims of."""
     if not entries:
         return []
-    backend = _backend(*model, version, provider, precision)
+    backend = _backend(*model, version, provider, settings.precision)
     canon = ingest_config_of(backend)
     prepared = [prepare(e.url, canon, max_input_bytes=max_input_bytes) for e in entries]
-    results = generate_files(backend, prepared, task=task_name, opts=opts,
-                             batch_size=len(prepared), target_modality=target_modality, prefix_bytes=prefix_bytes,
-                             prefix_fraction=prefix_fraction)
+    results = generate_files(backend, prepared, settings, batch_size=len(prepared))
+    sid, settings_record = settings.settings_id(), settings.record()
     out = []
     for e, r in zip(entries, results, strict=True):
         if r.error is not None:
@@ -255,7 +232,7 @@ def _generate_claimed(entries: list[storage.Entry], model: tuple[str, str], vers
         key = output_key(e.key, r.extension)
         url = storage.join(output_url, key)
         old_outputs = set()
-        for old in (stale or {}).get(e.key, []):
+        for old in stale.get(e.key, []):
             try:
                 old_outputs.add(json.loads(storage.read_bytes(storage.join(output_url, old)))["output"])
             except (storage.StorageError, ValueError, KeyError):
@@ -266,12 +243,9 @@ def _generate_claimed(entries: list[storage.Entry], model: tuple[str, str], vers
             storage.remove(storage.join(output_url, old_key))
         rec = {"input": e.key, "fingerprint": fingerprint(e), "output": key, "modality": r.modality,
                "bytes": len(r.output), "kept": r.kept, "generated": r.generated, "model_version": version,
-               "task": task_name, "target_modality": target_modality, "prefix_bytes": prefix_bytes,
-               "prefix_fraction": prefix_fraction, "max_bytes": opts.max_bytes, "seed": opts.seed,
-               "precision": precision, "temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p,
-               "status": "ok"}
-        storage.write_bytes_atomic(storage.join(output_url, state_key(version, e, settings)),
-                                   (json.dumps(rec, sort_keys=True) + "\n").encode())
+               **settings_record, "status": "ok"}
+        state = (json.dumps(rec, sort_keys=True) + "\n").encode()
+        storage.write_bytes_atomic(storage.join(output_url, state_key(version, e, sid)), state)
         out.append({"input": e.key, "status": "ok", "output": key, "modality": r.modality})
     return out
 
@@ -288,13 +262,27 @@ class BatchGenerateFailed(RuntimeError):
 
 
 @flow(name="batch-generate", log_prints=True, task_runner=default_task_runner())
-def batch_generate(input_url: str, output_url: str, registry: str, name: str = "obf", version: str = "latest",
-                   task_name: str = "continue", max_bytes: int = 512, batch_size: int = 8,
-                   max_input_bytes: int = 16 * 1024 * 1024, seed: int = 0, provider: str = "auto",
-                   precision: str = "fp32", target_modality: str | None = None, prefix_bytes: int | None = None,
-                   prefix_fraction: float | None = None, claim_ttl_s: float = DEFAULT_CLAIM_TTL_S,
-                   temperature: float | None = None, top_k: int | None = None, top_p: float | None = None
-                   ) -> dict[str, Any]:
+def batch_generate(
+    input_url: str,
+    output_url: str,
+    registry: str,
+    name: str = "obf",
+    version: str = "latest",
+    task_name: str = "continue",
+    max_bytes: int = 512,
+    batch_size: int = 8,
+    max_input_bytes: int = 16 * 1024 * 1024,
+    seed: int = 0,
+    provider: str = "auto",
+    precision: str = "fp32",
+    target_modality: str | None = None,
+    prefix_bytes: int | None = None,
+    prefix_fraction: float | None = None,
+    claim_ttl_s: float = DEFAULT_CLAIM_TTL_S,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> dict[str, Any]:
     """Generate an output for every input not yet done with this model version and these settings.
 
     `task_name` continue (the input's start and what the model makes after it; with `prefix_bytes`
@@ -304,23 +292,25 @@ def batch_generate(input_url: str, output_url: str, registry: str, name: str = "
     `precision` int8 runs the model's quantised graphs (published when it was exported with
     `export.int8`) on CPU; fp16 its fp16 graphs (`export.fp16`), made for the CUDA provider.
     `temperature`, `top_k`, `top_p`: the decoding, by default `obf generate`'s for the task
-    (`obf.sampling.DECODING`); each state record names them.
+    (`obf.generate.sampling.DECODING`); each state record names them.
     Runs may overlap on one output prefix (a scheduled run while a manual one goes on): each
     input is generated under a per-input claim (`_claims/`, S3 conditional writes), so no input is
     generated by both; a crashed run's claims expire after `claim_ttl_s` seconds."""
     log = get_run_logger()
-    if task_name not in ("continue", "paired"):
-        raise ValueError(f"task_name must be continue or paired, not {task_name!r}")
-    if target_modality is not None and (task_name != "paired" or target_modality not in MODALITIES):
-        raise ValueError(f"target_modality is for task_name='paired' and one of {', '.join(MODALITIES)}")
+    settings = GenerateSettings(task=task_name, target_modality=target_modality, max_bytes=max_bytes,
+                                prefix_bytes=prefix_bytes, prefix_fraction=prefix_fraction, temperature=temperature,
+                                top_k=top_k, top_p=top_p, seed=seed, precision=precision)
+    try:
+        settings.validate("batch-generate")  # bad values fail here, before any work
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
     if storage.join(output_url, "").startswith(storage.join(input_url, "")):
         raise ValueError("output_url must not lie inside input_url (outputs would become inputs)")
     if any(storage.join(input_url, "").startswith(storage.join(output_url, p + "/")) for p in (STATE, RUNS)):
         raise ValueError(f"input_url lies under output_url's {STATE}/ or {RUNS}/: batch-generate's own bookkeeping")
-    opts = decoding(task_name, max_bytes, seed, temperature, top_k, top_p)  # bad values fail here, before any work
     resolved = resolve_task(registry, name, version)
     entries, done = list_task(input_url, output_url, resolved)
-    settings = settings_id(task_name, max_bytes, seed, precision, target_modality, prefix_bytes, prefix_fraction, opts)
+    sid = settings.settings_id()
     statuses: dict[str, dict[str, Any]] = {}
     pending: list[storage.Entry] = []
     for e in entries:
@@ -330,39 +320,60 @@ def batch_generate(input_url: str, output_url: str, registry: str, name: str = "
             statuses[e.key] = {"input": e.key, "status": "failed", "error": str(err)}
             continue
         if own_key(e.key):
-            statuses[e.key] = {"input": e.key, "status": "failed",
-                               "error": f"under {e.key.split('/', 1)[0]}/, batch-generate's own bookkeeping prefix"}
+            statuses[e.key] = {
+                "input": e.key,
+                "status": "failed",
+                "error": f"under {e.key.split('/', 1)[0]}/, batch-generate's own bookkeeping prefix",
+            }
             continue
-        if state_key(resolved, e, settings) in done:  # same key, size and ETag, same model and settings
+        if state_key(resolved, e, sid) in done:  # same key, size and ETag, same model and settings
             statuses[e.key] = {"input": e.key, "status": "skipped"}
         else:
             pending.append(e)
-    log.info("model %s/%s: %d inputs, %d to do, %d already done", name, resolved, len(entries), len(pending),
-             sum(s["status"] == "skipped" for s in statuses.values()))
+    log.info(
+        "model %s/%s: %d inputs, %d to do, %d already done",
+        name,
+        resolved,
+        len(entries),
+        len(pending),
+        sum(s["status"] == "skipped" for s in statuses.values()),
+    )
     records_of: dict[str, list[str]] = {}  # an input's state folder -> its records (of other settings)
     for k in done:
         records_of.setdefault(k.rsplit("/", 1)[0], []).append(k)
     stale = {e.key: records_of[d] for e in pending if (d := state_dir(resolved, e)) in records_of}
     run_id = str(flow_run.get_id() or f"local-{uuid.uuid4().hex}")
-    futures = [generate_batch.submit(pending[i:i + batch_size], (registry, name), resolved, output_url, task_name,
-                                     max_bytes,
-                                     max_input_bytes, seed, provider, precision,
-                                     {e.key: stale[e.key] for e in pending[i:i + batch_size] if e.key in stale},
-                                     target_modality, prefix_bytes, prefix_fraction, run_id, claim_ttl_s,
-                                     temperature, top_k, top_p)
-               for i in range(0, len(pending), batch_size)]
+    futures = [
+        generate_batch.submit(
+            pending[i : i + batch_size],
+            (registry, name),
+            resolved,
+            output_url,
+            settings,
+            max_input_bytes=max_input_bytes,
+            provider=provider,
+            stale={e.key: stale[e.key] for e in pending[i : i + batch_size] if e.key in stale},
+            run_id=run_id,
+            claim_ttl_s=claim_ttl_s,
+        )
+        for i in range(0, len(pending), batch_size)
+    ]
     for fut, start in zip(futures, range(0, len(pending), batch_size)):
         try:
             for s in fut.result():
                 statuses[s["input"]] = s
         except Exception as err:  # the whole batch failed (after retries): record each input
-            for e in pending[start:start + batch_size]:
+            for e in pending[start : start + batch_size]:
                 statuses[e.key] = {"input": e.key, "status": "failed", "error": f"batch failed: {err}"}
     counts = {k: sum(s["status"] == k for s in statuses.values()) for k in ("ok", "skipped", "failed")}
-    manifest = {"flow_run_id": run_id, "model": {"name": name, "version": resolved, "registry": registry,
-                                                 "precision": precision},
-                "input_url": input_url, "output_url": output_url, "counts": counts,
-                "inputs": [statuses[k] for k in sorted(statuses)]}
+    manifest = {
+        "flow_run_id": run_id,
+        "model": {"name": name, "version": resolved, "registry": registry, "precision": precision},
+        "input_url": input_url,
+        "output_url": output_url,
+        "counts": counts,
+        "inputs": [statuses[k] for k in sorted(statuses)],
+    }
     url = manifest_task(output_url, run_id, manifest)
     log.info("done: %(ok)d generated, %(skipped)d skipped, %(failed)d failed", counts)
     if counts["failed"]:

@@ -26,9 +26,10 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from obf import provenance, stages, storage
-from obf.config import load_params
-from obf.dataset import dataset_sha256
+from obf import provenance, stages
+from obf.core import storage
+from obf.core.config import load_params
+from obf.data.dataset import dataset_sha256
 from obf.registry import publish
 
 BUILD = "build.json"  # written last: a build is complete when it is there
@@ -49,13 +50,16 @@ def train_task(data_dir: str, model_dir: str, params_path: str | None, overrides
 
 
 @task(name="evaluate")
-def evaluate_task(model_dir: str, data_dir: str, out: str, params_path: str | None, overrides: list[str]) -> dict[str, Any]:
+def evaluate_task(
+    model_dir: str, data_dir: str, out: str, params_path: str | None, overrides: list[str]
+) -> dict[str, Any]:
     return stages.evaluate(model_dir, data_dir, out, load_params(params_path, overrides), progress=False)
 
 
 @task(name="export")
-def export_task(model_dir: str, onnx_dir: str, data_dir: str, params_path: str | None, overrides: list[str]
-                ) -> dict[str, Any]:
+def export_task(
+    model_dir: str, onnx_dir: str, data_dir: str, params_path: str | None, overrides: list[str]
+) -> dict[str, Any]:
     return stages.export(model_dir, onnx_dir, load_params(params_path, overrides), data=data_dir, progress=False)
 
 
@@ -78,8 +82,9 @@ def find_build_task(url: str) -> dict[str, Any] | None:
     try:
         return json.loads(blob)
     except ValueError:
-        raise storage.StorageError(f"{storage.join(url, BUILD)}: not a build record (corrupt JSON); "
-                                   "remove it to train again") from None
+        raise storage.StorageError(
+            f"{storage.join(url, BUILD)}: not a build record (corrupt JSON); remove it to train again"
+        ) from None
 
 
 @task(name="save-build", **STORAGE_RETRIES)
@@ -99,8 +104,9 @@ def save_build_task(url: str, parts: dict[str, str], record: dict[str, Any]) -> 
                 files[key] = hashlib.sha256(data).hexdigest()
     record = {**record, "attempt": attempt, "files": files}
     try:
-        storage.write_if(storage.join(url, BUILD), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(),
-                         etag=None)
+        storage.write_if(
+            storage.join(url, BUILD), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), etag=None
+        )
     except storage.ConflictError:  # another run of the same key finished first: use its build
         theirs = find_build_task.fn(url)
         if theirs is None:
@@ -121,7 +127,7 @@ def fetch_build_task(url: str, record: dict[str, Any], sub: str, dest: str) -> N
         data = storage.read_bytes(storage.join(url, key))
         if hashlib.sha256(data).hexdigest() != sha:
             raise storage.StorageError(f"{storage.join(url, key)}: does not match its sha256 in {BUILD}")
-        target = Path(dest) / storage.safe_key(key[len(prefix):])
+        target = Path(dest) / storage.safe_key(key[len(prefix) :])
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
 
@@ -129,16 +135,30 @@ def fetch_build_task(url: str, record: dict[str, Any], sub: str, dest: str) -> N
 def metrics_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for m, v in [*metrics["modalities"].items(), ("overall", metrics["overall"])]:
-        rows.append({"modality": m, "files": v["files"], "bytes": v["bytes"], "model_bpb": round(v["bpb"], 4),
-                     **{f"{k}_bpb": round(b, 4) for k, b in v["baselines"].items()},
-                     "denoise_accuracy": round(v.get("denoise_accuracy", float("nan")), 4)})
+        rows.append(
+            {
+                "modality": m,
+                "files": v["files"],
+                "bytes": v["bytes"],
+                "model_bpb": round(v["bpb"], 4),
+                **{f"{k}_bpb": round(b, 4) for k, b in v["baselines"].items()},
+                "denoise_accuracy": round(v.get("denoise_accuracy", float("nan")), 4),
+            }
+        )
     return rows
 
 
 @flow(name="train-flow", log_prints=True)
-def train_flow(source: str, registry: str, name: str = "obf", params: str | None = "params.yaml",
-               overrides: list[str] | None = None, workdir: str | None = None,
-               keep_workdir: bool = False, dask_address: str | None = None) -> dict[str, Any]:
+def train_flow(
+    source: str,
+    registry: str,
+    name: str = "obf",
+    params: str | None = "params.yaml",
+    overrides: list[str] | None = None,
+    workdir: str | None = None,
+    keep_workdir: bool = False,
+    dask_address: str | None = None,
+) -> dict[str, Any]:
     """Train a model on the files at `source` and publish it to `registry` as `name`.
 
     `params`: a params file (a path that does not exist fails the run before any work), or None /
@@ -163,11 +183,22 @@ def train_flow(source: str, registry: str, name: str = "obf", params: str | None
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _train_and_publish(source: str, registry: str, name: str, params_path: str | None, overrides: list[str],
-                       resolved: Any, work: Path, log: Any, dask_address: str | None) -> dict[str, Any]:
+def _train_and_publish(
+    source: str,
+    registry: str,
+    name: str,
+    params_path: str | None,
+    overrides: list[str],
+    resolved: Any,
+    work: Path,
+    log: Any,
+    dask_address: str | None,
+) -> dict[str, Any]:
     data, model, onnx, eval_dir = str(work / "dataset"), str(work / "model"), str(work / "onnx"), work / "eval"
     manifest = ingest_task(source, data, params_path, overrides, dask_address)
-    log.info("ingested %d files (%d bytes), %d rejected", manifest["files"], manifest["bytes"], len(manifest["rejected"]))
+    log.info(
+        "ingested %d files (%d bytes), %d rejected", manifest["files"], manifest["bytes"], len(manifest["rejected"])
+    )
     data_sha = dataset_sha256(data)
     key = provenance.build_key(data_sha, resolved)
     url = build_url(registry, name, key)
@@ -178,11 +209,17 @@ def _train_and_publish(source: str, registry: str, name: str, params_path: str |
         log.info("trained %d steps, %.0f target bytes/s", summary["steps"], summary["target_bytes_per_s"])
         metrics = evaluate_task(model, data, str(eval_dir / "metrics.json"), params_path, overrides)
         export_info = export_task(model, onnx, data, params_path, overrides)
-        card = provenance.card(data_sha, resolved, metrics,
-                               manifest_sha256=hashlib.sha256((Path(data) / "manifest.json").read_bytes()).hexdigest())
-        record = save_build_task(url, {"onnx": onnx, "eval": str(eval_dir)},
-                                 {"key": key, "card": card, "train": summary,
-                                  "parity_max_abs_diff": export_info["parity"]["max_abs_diff"]})
+        card = provenance.card(
+            data_sha,
+            resolved,
+            metrics,
+            manifest_sha256=hashlib.sha256((Path(data) / "manifest.json").read_bytes()).hexdigest(),
+        )
+        record = save_build_task(
+            url,
+            {"onnx": onnx, "eval": str(eval_dir)},
+            {"key": key, "card": card, "train": summary, "parity_max_abs_diff": export_info["parity"]["max_abs_diff"]},
+        )
     else:
         log.info("build %s found at %s: publishing it without training again", key, url)
     # publish exactly the build's files, fetched into a fresh dir (never a kept workdir's old files)
@@ -193,8 +230,17 @@ def _train_and_publish(source: str, registry: str, name: str, params_path: str |
         metrics = json.loads((eval_dir / "metrics.json").read_text())
         published = publish_task(onnx, registry, name, record["card"])
         create_table_artifact(metrics_table(metrics), key="obf-metrics", description=f"{name}/{published['version']}")
-        create_markdown_artifact((eval_dir / "report.md").read_text(), key="obf-report",
-                                 description=f"Evaluation of {name}/{published['version']}")
+        create_markdown_artifact(
+            (eval_dir / "report.md").read_text(),
+            key="obf-report",
+            description=f"Evaluation of {name}/{published['version']}",
+        )
     log.info("published %s/%s to %s (parity %.1e)", name, published["version"], registry, record["parity_max_abs_diff"])
-    return {"name": name, "version": published["version"], "registry": registry, "metrics": metrics["overall"],
-            "build": key, "trained": trained}
+    return {
+        "name": name,
+        "version": published["version"],
+        "registry": registry,
+        "metrics": metrics["overall"],
+        "build": key,
+        "trained": trained,
+    }

@@ -1,7 +1,10 @@
 """OmniByteFormer: a byte-level Transformer encoder-decoder for any file.
 
-The package is split so that the serving path (formats, storage, sampling, the ONNX backend,
-the registry) imports no torch; only the model, training, export and the torch backend do.
+The package is layered; each layer imports only those below it (import-linter contracts in
+pyproject.toml): the entry points (`cli`, `stages`, `train`, `registry`, `provenance`) ->
+`evaluate` / `export` -> `generate` -> `runtime` -> `model` / `mixer` / `data` -> `formats` ->
+`core`. The serving path (`core`, `formats`, `mixer`, `generate`, the ONNX runtime, `registry`)
+imports no torch.
 """
 
 __version__ = "0.1.0"

@@ -7,12 +7,14 @@ problem (`ObfError`) prints one line and exits 1; Ctrl-C exits 130.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from obf import __version__
-from obf.config import Params, load_params
-from obf.errors import ObfError
+from obf.core.config import GenerateSettings, Params, load_params
+from obf.core.errors import ObfError
 
 
 def _add_params(p: argparse.ArgumentParser) -> None:
@@ -21,7 +23,25 @@ def _add_params(p: argparse.ArgumentParser) -> None:
                         "defaults, which differ from the project's params.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one param, repeatable (like `dvc exp run -S`)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
+    _add_verbosity(p)
+
+
+def _add_verbosity(p: argparse.ArgumentParser, hidden: bool = False) -> None:
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help=argparse.SUPPRESS if hidden else "warnings and errors only: no progress bars or summaries")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help=argparse.SUPPRESS if hidden else "debug messages too")
+
+
+def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """Send the library's log records (the `obf` logger) to stderr as plain lines: summaries at
+    INFO, what was left out at WARNING; `-q` keeps warnings only, `-v` adds DEBUG."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("obf")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
 
 
 def _params(args: argparse.Namespace) -> Params:
@@ -64,17 +84,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from obf import stages
-    from obf.sampling import SamplingOptions
 
-    try:
-        opts = SamplingOptions.for_task(args.task, max_bytes=args.max_bytes, temperature=args.temperature,
-                                        top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    except ValueError as e:
-        raise ObfError(str(e)) from None
-    status = stages.generate(args.model, args.inputs, args.out, _params(args), task=args.task,
-                             target_modality=args.target_modality, opts=opts, provider=args.provider,
-                             precision=args.precision, batch_size=args.batch_size, max_input_bytes=args.max_input_bytes,
-                             prefix_bytes=args.prefix_bytes, prefix_fraction=args.prefix_fraction,
+    params = _params(args)
+    status = stages.generate(args.model, args.inputs, args.out, params, generate_settings(params.generate, args),
+                             provider=args.provider, batch_size=args.batch_size, max_input_bytes=args.max_input_bytes,
                              overwrite=args.overwrite, progress=not args.quiet)
     failed = [s for s in status if s["status"] != "ok"]
     for s in status:
@@ -87,6 +100,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if failed:
         print(f"obf generate: {len(failed)} of {len(status)} inputs failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def generate_settings(base: GenerateSettings, args: argparse.Namespace) -> GenerateSettings:
+    """`base` (params.yaml's `generate` section) with the flags given on the command line."""
+    given = {k: getattr(args, k) for k in ("task", "target_modality", "max_bytes", "prefix_bytes", "prefix_fraction",
+                                           "temperature", "top_k", "top_p", "seed", "precision")}
+    given = {k: v for k, v in given.items() if v is not None}
+    if "prefix_bytes" in given or "prefix_fraction" in given:  # one flag replaces the other's setting
+        given = {"prefix_bytes": None, "prefix_fraction": None, **given}
+    if given.get("task") == "continue":  # params.yaml's paired target modality does not apply
+        given.setdefault("target_modality", None)
+    settings = dataclasses.replace(base, **given)
+    settings.validate()
+    return settings
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
@@ -107,128 +134,213 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from obf.sampling import DECODING
+    from obf.generate.sampling import DECODING
 
-    parser = argparse.ArgumentParser(prog="obf", description="OmniByteFormer: a byte-level encoder-decoder for any file.")
+    parser = argparse.ArgumentParser(
+        prog="obf", description="OmniByteFormer: a byte-level encoder-decoder for any file."
+    )
     parser.add_argument("--version", action="version", version=f"obf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("ingest", help="raw files (folder or fsspec URL) -> byte dataset",
-                       description="Hash every file under SOURCE, sniff its modality, optionally "
-                                   "canonicalise media, dedupe by sha256, assign a content-hash split and "
-                                   "write memmap shards, index.jsonl and manifest.json to DIR.")
+    p = sub.add_parser(
+        "ingest",
+        help="raw files (folder or fsspec URL) -> byte dataset",
+        description="Hash every file under SOURCE, sniff its modality, optionally "
+        "canonicalise media, dedupe by sha256, assign a content-hash split and "
+        "write memmap shards, index.jsonl and manifest.json to DIR.",
+    )
     p.add_argument("source", metavar="SOURCE", help="local folder, file, or fsspec URL (s3://bucket/prefix)")
-    p.add_argument("--out", required=True, metavar="DEST", help="dataset to (re)create: a local dir or an fsspec URL "
-                   "(s3://bucket/ds)")
-    p.add_argument("--dask", metavar="ADDRESS", help="spread the work over the Dask cluster whose scheduler is at "
-                   "ADDRESS (tcp://host:8786): its workers read, canonicalise, hash and write the shards to DEST, "
-                   "which they must reach (a URL, or a shared filesystem)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DEST",
+        help="dataset to (re)create: a local dir or an fsspec URL (s3://bucket/ds)",
+    )
+    p.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="spread the work over the Dask cluster whose scheduler is at "
+        "ADDRESS (tcp://host:8786): its workers read, canonicalise, hash and write the shards to DEST, "
+        "which they must reach (a URL, or a shared filesystem)",
+    )
     _add_params(p)
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("train", help="byte dataset -> model dir",
-                       description="Train the encoder-decoder on an ingested dataset (continue / denoise / "
-                                   "paired objectives mixed by train.task_weights). Writes model.safetensors, "
-                                   "config.json and a resumable train_state.pt to MODEL_DIR, and DVCLive metrics. "
-                                   "For several processes: torchrun --nproc_per_node N -m obf train DATA --out DIR.")
-    p.add_argument("data", metavar="DATA", help="dataset written by `obf ingest`: a dir, or its URL (s3://bucket/ds; "
-                                                  "read through a local cache, $OBF_DATA_CACHE, verified by sha256)")
+    p = sub.add_parser(
+        "train",
+        help="byte dataset -> model dir",
+        description="Train the encoder-decoder on an ingested dataset (continue / denoise / "
+        "paired objectives mixed by train.task_weights). Writes model.safetensors, "
+        "config.json and a resumable train_state.pt to MODEL_DIR, and DVCLive metrics. "
+        "For several processes: torchrun --nproc_per_node N -m obf train DATA --out DIR.",
+    )
+    p.add_argument(
+        "data",
+        metavar="DATA",
+        help="dataset written by `obf ingest`: a dir, or its URL (s3://bucket/ds; "
+        "read through a local cache, $OBF_DATA_CACHE, verified by sha256)",
+    )
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model dir to write")
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/train_state.pt (exact)")
     p.add_argument("--live", metavar="DIR", default=None, help="DVCLive dir (default: MODEL_DIR/dvclive)")
-    p.add_argument("--sample-log", metavar="PREFIX", default=None,
-                   help="debug: append the sample indices each rank trains on to PREFIX.rank<R> (JSON lines)")
+    p.add_argument(
+        "--sample-log",
+        metavar="PREFIX",
+        default=None,
+        help="debug: append the sample indices each rank trains on to PREFIX.rank<R> (JSON lines)",
+    )
     _add_params(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="per-modality bits per byte vs gzip/bz2/xz, reconstruction, samples",
-                       description="Score MODEL (a training checkpoint dir or an exported ONNX dir) on DATA (an "
-                                   "ingested dataset dir, split evaluate.split, or any folder/URL of files, ingested "
-                                   "on the fly). Writes metrics.json to --out and report.md, bpb.csv and samples/ "
-                                   "beside it.")
+    p = sub.add_parser(
+        "evaluate",
+        help="per-modality bits per byte vs gzip/bz2/xz, reconstruction, samples",
+        description="Score MODEL (a training checkpoint dir or an exported ONNX dir) on DATA (an "
+        "ingested dataset dir, split evaluate.split, or any folder/URL of files, ingested "
+        "on the fly). Writes metrics.json to --out and report.md, bpb.csv and samples/ "
+        "beside it.",
+    )
     p.add_argument("model", metavar="MODEL", help="model dir (obf train) or ONNX dir (obf export)")
     p.add_argument("data", metavar="DATA", help="dataset dir, folder or fsspec URL of files")
     p.add_argument("--out", required=True, metavar="METRICS_JSON", help="where to write metrics.json")
-    p.add_argument("--per-file", action="store_true", help="add a per-file list to metrics.json")
+    p.add_argument("--per-file", action="store_true",
+                   help="add the per-file rows to metrics.json (details.json beside it always has them)")
     p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto", help="device / ONNX Runtime provider")
-    p.add_argument("--precision", choices=("fp32", "bf16", "int8", "fp16"), default="fp32",
-                   help="fp32 (default); int8: an ONNX dir's quantised graphs (export.int8); fp16: an ONNX dir's "
-                        "fp16 graphs (export.fp16, for CUDA); bf16: a checkpoint on torch")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "int8", "fp16"),
+        default="fp32",
+        help="fp32 (default); int8: an ONNX dir's quantised graphs (export.int8); fp16: an ONNX dir's "
+        "fp16 graphs (export.fp16, for CUDA); bf16: a checkpoint on torch",
+    )
     _add_params(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("export", help="model dir -> ONNX dir (encoder, decoder with KV cache, obf.json)",
-                       description="Export a trained model to encoder.onnx + decoder.onnx with dynamic batch and "
-                                   "lengths and an explicit KV cache; checks parity with the torch model and "
-                                   "fails, leaving nothing behind, when it exceeds export.max_abs_diff.")
+    p = sub.add_parser(
+        "export",
+        help="model dir -> ONNX dir (encoder, decoder with KV cache, obf.json)",
+        description="Export a trained model to encoder.onnx + decoder.onnx with dynamic batch and "
+        "lengths and an explicit KV cache; checks parity with the torch model and "
+        "fails, leaving nothing behind, when it exceeds export.max_abs_diff.",
+    )
     p.add_argument("model", metavar="MODEL_DIR", help="model dir written by `obf train`")
     p.add_argument("--out", required=True, metavar="ONNX_DIR", help="ONNX dir to (re)create")
-    p.add_argument("--data", default=None, metavar="DATA_DIR",
-                   help="dataset (obf ingest) whose validation files the parity check and the int8 / fp16 reports "
-                        "also run on (default: random bytes only)")
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="DATA_DIR",
+        help="dataset (obf ingest) whose validation files the parity check and the int8 / fp16 reports "
+        "also run on (default: random bytes only)",
+    )
     _add_params(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("generate", help="input files -> generated files that open",
-                       description="For each INPUT (path or fsspec URL), generate with the model (ONNX dir on ONNX "
-                                   "Runtime, or a training checkpoint on torch) and write a valid file of its "
-                                   "modality to DIR as <input name><output extension> (a.png -> a.png.bmp), so "
-                                   "distinct inputs never share an output. continue on an image, audio or video "
-                                   "file: with --prefix-bytes/--prefix-fraction, keep that start of the canonical "
-                                   "BMP/WAV/Y4M and generate the rest of the file its header declares (BMP rows are "
-                                   "stored bottom-up: the kept start is the bottom of the picture); without, extend "
-                                   "the whole file by about --max-bytes (whole rows, sample frames or frames) with "
-                                   "its header updated. Text and binary: until end of file or --max-bytes. Inputs "
-                                   "are batched; a bad input is reported and the others still complete; exit code 1 "
-                                   "if any input failed.")
+    p = sub.add_parser(
+        "generate",
+        help="input files -> generated files that open",
+        description="For each INPUT (path or fsspec URL), generate with the model (ONNX dir on ONNX "
+        "Runtime, or a training checkpoint on torch) and write a valid file of its "
+        "modality to DIR as <input name><output extension> (a.png -> a.png.bmp), so "
+        "distinct inputs never share an output. continue on an image, audio or video "
+        "file: with --prefix-bytes/--prefix-fraction, keep that start of the canonical "
+        "BMP/WAV/Y4M and generate the rest of the file its header declares (BMP rows are "
+        "stored bottom-up: the kept start is the bottom of the picture); without, extend "
+        "the whole file by about --max-bytes (whole rows, sample frames or frames) with "
+        "its header updated. Text and binary: until end of file or --max-bytes. Inputs "
+        "are batched; a bad input is reported and the others still complete; exit code 1 "
+        "if any input failed.",
+    )
     p.add_argument("model", metavar="MODEL", help="ONNX dir (obf export) or model dir (obf train)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="input files (paths or URLs)")
     p.add_argument("--out", required=True, metavar="DIR", help="output dir or URL prefix")
-    p.add_argument("--task", choices=("continue", "paired"), default="continue",
-                   help="continue: the input's start followed by what the model makes; paired: the input's paired target")
+    p.add_argument(
+        "--task",
+        choices=("continue", "paired"),
+        default=None,
+        help="continue: the input's start followed by what the model makes; paired: the input's paired target "
+        "(default: generate.task in --params, continue)",
+    )
     p.add_argument("--target-modality", default=None, help="modality of the paired target (default: the input's)")
     keep = p.add_mutually_exclusive_group()
-    keep.add_argument("--prefix-bytes", type=int, default=None, metavar="N",
-                      help="continue: keep the first N bytes of the canonical input (at least its header; whole "
-                           "rows / sample frames) and generate the rest")
-    keep.add_argument("--prefix-fraction", type=float, default=None, metavar="F",
-                      help="continue: keep this fraction, in [0, 1), of the canonical input (of an image, audio or "
-                           "video file: of what follows its header, so 0.5 keeps half the rows) and generate the rest")
-    p.add_argument("--max-bytes", type=int, default=1024,
-                   help="text/binary and paired: bytes to generate at most; continue on a whole image/audio/video: "
-                        "about this many more, rounded to whole rows/sample frames/frames, at least one (default 1024)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing output file that obf did not write (default: refuse)")
+    keep.add_argument(
+        "--prefix-bytes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="continue: keep the first N bytes of the canonical input (at least its header; whole "
+        "rows / sample frames) and generate the rest",
+    )
+    keep.add_argument(
+        "--prefix-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="continue: keep this fraction, in [0, 1), of the canonical input (of an image, audio or "
+        "video file: of what follows its header, so 0.5 keeps half the rows) and generate the rest",
+    )
+    p.add_argument(
+        "--max-bytes",
+        type=int,
+        default=None,
+        help="text/binary and paired: bytes to generate at most; continue on a whole image/audio/video: "
+        "about this many more, rounded to whole rows/sample frames/frames, at least one "
+        "(default: generate.max_bytes, 1024)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output file that obf did not write (default: refuse)",
+    )
     cont, pair = DECODING["continue"], DECODING["paired"]
-    p.add_argument("--temperature", type=float, default=None,
-                   help=f"0 = greedy (default: {cont['temperature']:g} for continue, chosen by measurement; "
-                        f"{pair['temperature']:g} for paired)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help=f"0 = greedy (default: {cont['temperature']:g} for continue, chosen by measurement; "
+        f"{pair['temperature']:g} for paired)",
+    )
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely bytes (0 = off, the default)")
-    p.add_argument("--top-p", type=float, default=None,
-                   help=f"nucleus sampling mass (1 = off; default {cont['top_p']:g} for continue, "
-                        f"{pair['top_p']:g} for paired)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="ONNX Runtime provider / torch device (auto = CUDA when it works)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "int8", "fp16"), default="fp32",
-                   help="fp32 (default); int8: the quantised graphs of an ONNX dir exported with export.int8 "
-                        "(CPU); fp16: its fp16 graphs (export.fp16; CUDA, cache kept on the GPU); bf16: a "
-                        "checkpoint dir on torch")
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        help=f"nucleus sampling mass (1 = off; default {cont['top_p']:g} for continue, {pair['top_p']:g} for paired)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: generate.seed, 0)")
+    p.add_argument(
+        "--provider",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="ONNX Runtime provider / torch device (auto = CUDA when it works)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "int8", "fp16"),
+        default=None,
+        help="fp32 (default: generate.precision); int8: the quantised graphs of an ONNX dir exported with export.int8 "
+        "(CPU); fp16: its fp16 graphs (export.fp16; CUDA, cache kept on the GPU); bf16: a "
+        "checkpoint dir on torch",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="inputs generated together")
-    p.add_argument("--max-input-bytes", type=int, default=None, help="size cap per input (default ingest.max_file_bytes)")
+    p.add_argument(
+        "--max-input-bytes", type=int, default=None, help="size cap per input (default ingest.max_file_bytes)"
+    )
     _add_params(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("registry", help="the versions of a published model and their model cards",
-                       description="`list`: the versions of NAME in REGISTRY (any fsspec URL), each with its "
-                                   "publication date and headline figures. `show`: one version's manifest as JSON: "
-                                   "its files (sha256, size) and its model card (the dataset's manifest sha256, the "
-                                   "full settings, obf's version, code hash and git commit, the evaluation's figures).")
+    p = sub.add_parser(
+        "registry",
+        help="the versions of a published model and their model cards",
+        description="`list`: the versions of NAME in REGISTRY (any fsspec URL), each with its "
+        "publication date and headline figures. `show`: one version's manifest as JSON: "
+        "its files (sha256, size) and its model card (the dataset's manifest sha256, the "
+        "full settings, obf's version, code hash and git commit, the evaluation's figures).",
+    )
     p.add_argument("action", choices=("list", "show"))
     p.add_argument("registry", metavar="REGISTRY", help="registry URL (a folder, s3://bucket/models, ...)")
     p.add_argument("name", metavar="NAME", help="model name in the registry")
     p.add_argument("--version", default="latest", help="show: the version (default latest)")
-    p.add_argument("-q", "--quiet", action="store_true", help=argparse.SUPPRESS)
+    _add_verbosity(p, hidden=True)
     p.set_defaults(func=cmd_registry)
     return parser
 
@@ -237,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    configure_logging(args.quiet, args.verbose)
     try:
         return func(args)
     except ObfError as e:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import obf
-from obf.config import Params
+from obf.core.config import Params
 
 _PACKAGE = Path(obf.__file__).resolve().parent
 
@@ -65,7 +65,7 @@ def build_key(data_sha256: str, params: Params) -> str:
 
 def card(data_sha256: str, params: Params, metrics: dict[str, Any], *, manifest_sha256: str | None = None
          ) -> dict[str, Any]:
-    """A model card: dataset (`dataset_sha256`: its manifest and index, `obf.dataset.dataset_sha256`;
+    """A model card: dataset (`dataset_sha256`: its manifest and index, `obf.data.dataset.dataset_sha256`;
     and its manifest.json's own sha256), settings, code and the evaluation's headline figures."""
     overall = metrics.get("overall", {})
     return {"dataset_sha256": data_sha256, "dataset_manifest_sha256": manifest_sha256,

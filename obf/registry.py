@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from obf import storage
-from obf.errors import ObfError
+from obf.core import storage
+from obf.core.errors import ObfError
 
 MANIFEST, LATEST, CLAIM = "manifest.json", "latest.json", ".claim"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -173,7 +173,8 @@ def _read_json(url: str, what: str) -> tuple[dict[str, Any], bytes]:
 
 def _cache_ok(d: Path, manifest: dict[str, Any]) -> bool:
     try:
-        return all((d / n).is_file() and _sha((d / n).read_bytes()) == f["sha256"] for n, f in manifest["files"].items())
+        files = manifest["files"].items()
+        return all((d / n).is_file() and _sha((d / n).read_bytes()) == f["sha256"] for n, f in files)
     except OSError:
         return False
 
@@ -199,8 +200,9 @@ def resolve_version(registry: str, name: str, version: str = "latest") -> tuple[
     return version, manifest, blob
 
 
-def resolve(registry: str, name: str, version: str = "latest", *, cache_dir: str | Path | None = None
-            ) -> tuple[Path, str]:
+def resolve(
+    registry: str, name: str, version: str = "latest", *, cache_dir: str | Path | None = None
+) -> tuple[Path, str]:
     """Local, verified dir of `name` at `version` ('latest' or pinned) and the resolved version.
     The cache is `cache_dir`, else $OBF_CACHE of this process (each machine keeps its own)."""
     version, manifest, blob = resolve_version(registry, name, version)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from obf.config import Params
+from obf.core.config import GenerateSettings, Params
 
 
 def ingest(source: str, out_dir: str | Path, params: Params, *, progress: bool = True, dask: str | None = None
            ) -> dict:
     """Raw files at `source` (folder or fsspec URL) -> byte dataset at `out_dir` (a dir or a URL);
     returns the manifest. `dask`: a Dask scheduler's address to spread the work over."""
-    from obf.ingest import ingest as _ingest
+    from obf.data.ingest import ingest as _ingest
 
     return _ingest(source, out_dir, params.ingest, progress=progress, dask=dask)
 
@@ -23,8 +23,8 @@ def ingest(source: str, out_dir: str | Path, params: Params, *, progress: bool =
 def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume: bool = False,
           live_dir: str | Path | None = None, progress: bool = True, sample_log: str | None = None) -> dict:
     """Ingested dataset (a local dir or any fsspec URL, read through a verified local cache:
-    `obf.dataset.local_dataset`) -> trained model dir (model.safetensors, config.json, train_state.pt)."""
-    from obf.dataset import local_dataset
+    `obf.data.dataset.local_dataset`) -> trained model dir (model.safetensors, config.json, train_state.pt)."""
+    from obf.data.dataset import local_dataset
     from obf.train import train as _train
 
     return _train(local_dataset(data_dir), model_dir, params, resume=resume, live_dir=live_dir, progress=progress,
@@ -34,7 +34,7 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
 def evaluate(model_dir: str, data: str, out: str | Path, params: Params, *, per_file: bool = False,
              provider: str = "auto", precision: str = "fp32", progress: bool = True) -> dict:
     """Model (checkpoint or ONNX dir) + data (dataset dir, folder or URL) -> metrics.json, report.md, bpb.csv."""
-    from obf.evaluate import evaluate as _evaluate
+    from obf.evaluate.run import evaluate as _evaluate
 
     return _evaluate(model_dir, data, out, params, per_file=per_file, provider=provider, precision=precision,
                      progress=progress)
@@ -44,34 +44,38 @@ def export(model_dir: str | Path, out_dir: str | Path, params: Params, *, data: 
            progress: bool = True) -> dict:
     """Training checkpoint -> ONNX dir (encoder.onnx, decoder.onnx, obf.json), parity-checked on
     random bytes and, given a dataset `data`, on a few of its validation files."""
-    from obf import storage
-    from obf.export import dataset_samples
-    from obf.export import export as _export
+    from obf.core import storage
+    from obf.export.onnx_export import dataset_samples
+    from obf.export.onnx_export import export as _export
 
     storage.check_output_dir(out_dir, "export", [str(model_dir), None if data is None else str(data)])
     real = dataset_samples(data) if data is not None else None
     return _export(model_dir, out_dir, params.export, real=real, progress=progress)
 
 
-def generate(model_dir: str, inputs: list[str], out_dir: str, params: Params, *, task: str = "continue",
-             target_modality: str | None = None, opts=None, provider: str = "auto", precision: str = "fp32",
-             batch_size: int = 8, max_input_bytes: int | None = None, prefix_bytes: int | None = None,
-             prefix_fraction: float | None = None, overwrite: bool = False, progress: bool = True) -> list[dict]:
+def generate(model_dir: str, inputs: list[str], out_dir: str, params: Params,
+             settings: GenerateSettings | None = None, *, provider: str = "auto", batch_size: int = 8,
+             max_input_bytes: int | None = None, overwrite: bool = False, progress: bool = True) -> list[dict]:
     """Input files -> one valid output file each in `out_dir`, named `output_name`; returns a status per input.
 
-    An output file that exists and that obf did not write (the dir's ledger, `generation.LEDGER`,
+    `settings`: what to generate (default `params.generate`); `provider`, `batch_size` and
+    `max_input_bytes` change how it runs, not what it writes.
+
+    An output file that exists and that obf did not write (the dir's ledger, `obf.generate.ledger.LEDGER`,
     has no matching sha256 for it) is refused for its input unless `overwrite`; of two inputs
     with the same base name, the second is refused. Nothing is ever deleted."""
     from tqdm import tqdm
 
-    from obf import storage
-    from obf.backends import open_backend
-    from obf.formats import EXTENSIONS
-    from obf.generation import (Prepared, generate_files, ingest_config_of, output_name, prepare, read_ledger,
-                                record_outputs, written_by_obf)
-    from obf.sampling import SamplingOptions
+    from obf.core import storage
+    from obf.formats.sniff import EXTENSIONS
+    from obf.generate.files import Prepared, generate_files, ingest_config_of, output_name, prepare
+    from obf.generate.ledger import read_ledger, record_outputs, written_by_obf
+    from obf.runtime.backend import open_backend
 
-    backend = open_backend(model_dir, provider=provider, precision=precision)
+    settings = settings or params.generate
+    settings.validate()
+    task, target_modality = settings.task, settings.target_modality
+    backend = open_backend(model_dir, provider=provider, precision=settings.precision)
     cap = max_input_bytes or params.ingest.max_file_bytes
     canon = ingest_config_of(backend)  # the forms the model was trained on
     prepared = [prepare(src, canon, max_input_bytes=cap) for src in inputs]
@@ -91,10 +95,7 @@ def generate(model_dir: str, inputs: list[str], out_dir: str, params: Params, *,
             owners[base] = p.source
     with tqdm(total=len(inputs), desc="generate", unit="file", disable=not progress) as bar:
         bar.update(sum(p.error is not None for p in prepared))
-        results = generate_files(backend, prepared, task=task, target_modality=target_modality,
-                                 opts=opts or SamplingOptions.for_task(task), batch_size=batch_size,
-                                 prefix_bytes=prefix_bytes,
-                                 prefix_fraction=prefix_fraction, on_batch=bar.update)
+        results = generate_files(backend, prepared, settings, batch_size=batch_size, on_batch=bar.update)
     status, written = [], {}
     for r in results:
         if r.error is not None:

@@ -1,4 +1,4 @@
-"""The training loop: objectives from obf.objectives, AdamW, warm-up + cosine, bf16 autocast, DDP.
+"""The training loop: objectives from obf.data.objectives, AdamW, warm-up + cosine, bf16 autocast, DDP.
 
 Single process: `obf train DATA --out MODEL_DIR`. Many processes:
 `torchrun --nproc_per_node N -m obf train DATA --out MODEL_DIR` (gloo on CPU, NCCL on CUDA);
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-
 import json
+import logging
 import math
 import os
 import sys
@@ -28,17 +28,17 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from obf.checkpoint import CheckpointError, load_train_state, save_checkpoint
-from obf.config import ModelConfig, Params, TrainConfig
-from obf.dataset import Dataset, DataError
-from obf.objectives import Batch, ExampleSampler, collate, continue_example
-from obf.devices import resolve_device, use_bf16
-from obf.metrics import LN2
-from obf.mixer import Mixer, MixerStats, fit_mixer
-from obf.model import OmniByteFormer
-from obf.vocab import MODALITIES, PAD
+from obf.core.bits import LN2
+from obf.core.config import ModelConfig, Params, TrainConfig
+from obf.core.vocab import MODALITIES, PAD
+from obf.data.dataset import DataError, Dataset
+from obf.data.objectives import Batch, ExampleSampler, collate, continue_example
+from obf.mixer.mix import Mixer, MixerStats, fit_mixer
+from obf.model.checkpoint import CheckpointError, load_train_state, save_checkpoint
+from obf.model.devices import resolve_device, use_bf16
+from obf.model.network import OmniByteFormer
 
-
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- devices and precision
 
@@ -158,7 +158,8 @@ def _check_resume_state(state: dict[str, Any], model_cfg: ModelConfig, train_cfg
         raise CheckpointError("resume: the dataset differs from the one the checkpoint was trained on "
                               "(manifest.json changed); train from scratch without --resume")
     if state.get("world_size", 1) != world:
-        raise CheckpointError(f"resume: the checkpoint was trained with {state.get('world_size')} processes, not {world}")
+        raise CheckpointError(f"resume: the checkpoint was trained with {state.get('world_size')} processes, "
+                              f"not {world}")
 
 
 class _Budget:
@@ -191,13 +192,33 @@ def training_samplers(ds: Dataset, params: Params) -> tuple[ExampleSampler, Exam
     per continue example) and of long steps (one `continue` chunk of `train.long_windows` at the
     model's whole context; see `step_batch`), over the train split."""
     t, m = params.train, params.model
-    kw = dict(max_tgt_len=m.max_tgt_len, balance_modalities=t.balance_modalities, modality_weights=t.modality_weights,
-              noise_density=t.noise_density, mean_span=t.mean_span)
-    short = ExampleSampler(ds, "train", max_src_len=t.src_len or m.max_src_len, task_weights=t.task_weights,
-                           seed=t.seed, random_bytes_weight=t.random_bytes_weight, windows=t.windows,
-                           max_input_len=m.input_len, **kw)
-    long = ExampleSampler(ds, "train", max_src_len=m.max_src_len, task_weights={"continue": 1.0}, seed=t.seed + 1,
-                          windows=t.long_windows, **kw)
+    kw = dict(
+        max_tgt_len=m.max_tgt_len,
+        balance_modalities=t.balance_modalities,
+        modality_weights=t.modality_weights,
+        noise_density=t.noise_density,
+        mean_span=t.mean_span,
+    )
+    short = ExampleSampler(
+        ds,
+        "train",
+        max_src_len=t.src_len or m.max_src_len,
+        task_weights=t.task_weights,
+        seed=t.seed,
+        random_bytes_weight=t.random_bytes_weight,
+        windows=t.windows,
+        max_input_len=m.input_len,
+        **kw,
+    )
+    long = ExampleSampler(
+        ds,
+        "train",
+        max_src_len=m.max_src_len,
+        task_weights={"continue": 1.0},
+        seed=t.seed + 1,
+        windows=t.long_windows,
+        **kw,
+    )
     return short, long
 
 
@@ -220,12 +241,21 @@ def step_batch(step: int, d: Dist, cfg: TrainConfig, short: ExampleSampler, long
 
 def _to_device(b: Batch, device: torch.device) -> tuple[torch.Tensor, ...]:
     """src (B, S), dec (N, T), tgt (N, T), rows (N,), visible (N,), align (N,) on `device`."""
-    return tuple(torch.from_numpy(a).to(device, non_blocking=True)
-                 for a in (b.src, b.dec, b.tgt, b.rows, b.visible, b.align))
+    return tuple(
+        torch.from_numpy(a).to(device, non_blocking=True) for a in (b.src, b.dec, b.tgt, b.rows, b.visible, b.align)
+    )
 
 
-def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume: bool = False,
-          live_dir: str | Path | None = None, progress: bool = True, sample_log: str | None = None) -> dict[str, Any]:
+def train(
+    data_dir: str | Path,
+    model_dir: str | Path,
+    params: Params,
+    *,
+    resume: bool = False,
+    live_dir: str | Path | None = None,
+    progress: bool = True,
+    sample_log: str | None = None,
+) -> dict[str, Any]:
     """Train on the ingested dataset in `data_dir`; write the model and train state to `model_dir`."""
     from tqdm import tqdm
 
@@ -235,15 +265,20 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
     if ds.manifest.get("files", 0) == 0 or not ds.records:
         raise DataError(f"{data_dir}: the dataset holds no file; nothing to train on")
     train_sampler, long_sampler = training_samplers(ds, params)
-    if train_sampler.long_inputs and progress:
-        print(f"train: {train_sampler.long_inputs} pairs left out: their inputs exceed model.max_input_len "
-              f"({mcfg.input_len} ids with the tags)", file=sys.stderr)
-    sampler_kw = dict(max_src_len=tcfg.src_len or mcfg.max_src_len, max_tgt_len=mcfg.max_tgt_len,
-                      balance_modalities=tcfg.balance_modalities, noise_density=tcfg.noise_density,
-                      mean_span=tcfg.mean_span)
+    if train_sampler.long_inputs:
+        log.warning("train: %d pairs left out: their inputs exceed model.max_input_len (%d ids with the tags)",
+                    train_sampler.long_inputs, mcfg.input_len)
+    sampler_kw = dict(
+        max_src_len=tcfg.src_len or mcfg.max_src_len,
+        max_tgt_len=mcfg.max_tgt_len,
+        balance_modalities=tcfg.balance_modalities,
+        noise_density=tcfg.noise_density,
+        mean_span=tcfg.mean_span,
+    )
     try:
         val_sampler: ExampleSampler | None = ExampleSampler(
-            ds, "val", task_weights={"continue": 1.0}, seed=tcfg.seed, modality_weights={}, **sampler_kw)
+            ds, "val", task_weights={"continue": 1.0}, seed=tcfg.seed, modality_weights={}, **sampler_kw
+        )
     except DataError:
         val_sampler = None
     state = load_train_state(model_dir) if resume else None
@@ -269,7 +304,9 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
     if tcfg.compile:
         net = torch.compile(net)
     if d.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[d.local_rank] if device.type == "cuda" else None)
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[d.local_rank] if device.type == "cuda" else None
+        )
 
     live = None
     if d.main:
@@ -280,21 +317,44 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
     def checkpoint(step: int, val: dict[str, float] | None, final: bool = False) -> None:
         if not d.main:
             return
-        state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                 "optimizer": opt.state_dict(), "step": step, "torch_rng": torch.get_rng_state(),
-                 "model_config": mcfg.to_dict(), "train_config": _resume_train_config(tcfg), "data_sha256": data_sha256,
-                 "world_size": d.world, "seconds": clock.spent()}  # the mixer's fit below is not training time
+        state = {
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "torch_rng": torch.get_rng_state(),
+            "model_config": mcfg.to_dict(),
+            "train_config": _resume_train_config(tcfg),
+            "data_sha256": data_sha256,
+            "world_size": d.world,
+            "seconds": clock.spent(),
+        }  # the mixer's fit below is not training time
         t = time.perf_counter()
         mixer = fit_model_mixer(model, ds, tcfg) if final else None
         fit_seconds[0] += time.perf_counter() - t
-        save_checkpoint(model_dir, model, mcfg, state, step=step,
-                        extra={"val_bpb": val or {}, "ingest": ds.manifest.get("ingest"),
-                               **({"mixer": mixer.to_dict()} if mixer is not None else {})})
+        save_checkpoint(
+            model_dir,
+            model,
+            mcfg,
+            state,
+            step=step,
+            extra={
+                "val_bpb": val or {},
+                "ingest": ds.manifest.get("ingest"),
+                **({"mixer": mixer.to_dict()} if mixer is not None else {}),
+            },
+        )
 
     fit_seconds = [0.0]
     clock = _Budget(tcfg.minutes * 60, float(state.get("seconds", 0.0)) if state else 0.0, d, device)
-    bar = tqdm(total=tcfg.steps, initial=start_step, desc="train", unit="step", disable=not (progress and d.main),
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=tcfg.steps,
+        initial=start_step,
+        desc="train",
+        unit="step",
+        disable=not (progress and d.main),
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     step = start_step
     last_val: dict[str, float] | None = None
     t0, bytes_seen, tokens_window, time_window = time.perf_counter(), 0, 0, time.perf_counter()
@@ -352,21 +412,28 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
         if log_f:
             log_f.close()
     elapsed = time.perf_counter() - t0 - fit_seconds[0]  # training alone; the mixer's fit is reported beside it
-    summary = {"steps": step, "start_step": start_step, "seconds": elapsed, "mixer_fit_seconds": fit_seconds[0],
-               "target_bytes_per_s": bytes_seen / max(elapsed, 1e-9), "final_loss_bpb": loss_value,
-               "val_bpb": last_val or {}, "params": model.num_params(), "device": str(device),
-               "precision": "bf16" if bf16 else "fp32", "world_size": d.world}
+    summary = {
+        "steps": step,
+        "start_step": start_step,
+        "seconds": elapsed,
+        "mixer_fit_seconds": fit_seconds[0],
+        "target_bytes_per_s": bytes_seen / max(elapsed, 1e-9),
+        "final_loss_bpb": loss_value,
+        "val_bpb": last_val or {},
+        "params": model.num_params(),
+        "device": str(device),
+        "precision": "bf16" if bf16 else "fp32",
+        "world_size": d.world,
+    }
     if live is not None:
         for k in ("target_bytes_per_s", "params"):
             live.summary[k] = summary[k]
         live.end()
     if d.main:
         (model_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        if progress:
-            vals = ", ".join(f"{m} {v:.3f}" for m, v in (last_val or {}).items())
-            print(f"train: {step} steps in {elapsed:.0f}s (mixer fit {fit_seconds[0]:.0f}s), "
-                  f"{summary['target_bytes_per_s']:,.0f} target bytes/s on "
-                  f"{device} ({summary['precision']}); val bpb: {vals or 'n/a'}", file=sys.stderr)
+        vals = ", ".join(f"{m} {v:.3f}" for m, v in (last_val or {}).items())
+        log.info("train: %d steps in %.0fs (mixer fit %.0fs), %s target bytes/s on %s (%s); val bpb: %s", step, elapsed,
+                 fit_seconds[0], f"{summary['target_bytes_per_s']:,.0f}", device, summary["precision"], vals or "n/a")
     if d.world > 1:
         dist.barrier()
     return summary
@@ -376,8 +443,8 @@ def fit_model_mixer(model: OmniByteFormer, ds: Dataset, tcfg: TrainConfig) -> Mi
     """Fit the mixer (`obf.mixer`) on up to `train.mixer_fit_bytes` bytes of training files per
     modality (whole files, or their first 16 KiB, in key order), scored like evaluation by the
     trained network. None when `mixer_fit_bytes` is 0: the model is the network alone."""
-    from obf.backends.torch import TorchBackend
-    from obf.scoring import whole_file_bits
+    from obf.runtime.scoring import whole_file_bits
+    from obf.runtime.torch_backend import TorchBackend
 
     if not tcfg.mixer_fit_bytes:
         return None
@@ -386,7 +453,7 @@ def fit_model_mixer(model: OmniByteFormer, ds: Dataset, tcfg: TrainConfig) -> Mi
         left = tcfg.mixer_fit_bytes
         for r in ds.select(split="train"):
             if r.modality == m and left > 0:
-                data = ds.file_bytes(r)[:min(16384, left)]
+                data = ds.file_bytes(r)[: min(16384, left)]
                 files.append((data, m))
                 left -= len(data)
     stats = MixerStats()
@@ -404,6 +471,6 @@ def _open_live(path: str | Path, *, resume: bool):
     try:
         from dvclive import Live
     except ImportError:
-        print("train: dvclive is not installed; no DVCLive metrics or plots are written", file=sys.stderr)
+        log.warning("train: dvclive is not installed; no DVCLive metrics or plots are written")
         return None
     return Live(dir=str(path), resume=resume, dvcyaml=None, save_dvc_exp=False, report=None)

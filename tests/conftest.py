@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,10 @@ RAW = ROOT / "data" / "raw"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # and an ephemeral server may take longer than Prefect's default 20 s to answer there
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# Every process the tests start inherits this mark, also one whose parent died: the session's
+# clean-up stops the Prefect servers that carry it and no other (a user's own server is left alone).
+SESSION_MARK = f"OBF_TEST_SESSION={uuid.uuid4().hex}".encode()
+os.environ["OBF_TEST_SESSION"] = SESSION_MARK.split(b"=", 1)[1].decode()
 
 
 def free_port() -> int:
@@ -72,17 +77,19 @@ def s3_bucket(s3_server):
 
 
 def _prefect_servers() -> set[int]:
-    """PIDs of Prefect API servers (uvicorn running prefect.server) on this machine."""
+    """PIDs of the Prefect API servers (uvicorn running prefect.server) this test session started."""
     pids = set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            if not (b"uvicorn" in b" ".join(cmd) and any(b"prefect.server" in part for part in cmd)):
+                continue
+            if SESSION_MARK in (proc / "environ").read_bytes().split(b"\0"):
+                pids.add(int(proc.name))
         except OSError:
             continue
-        if b"uvicorn" in b" ".join(cmd) and any(b"prefect.server" in part for part in cmd):
-            pids.add(int(proc.name))
     return pids
 
 

@@ -95,7 +95,9 @@ class FaultProxy:
         self._reply(h, status, out_headers, data, head=h.command == "HEAD")
 
     @staticmethod
-    def _reply(h: BaseHTTPRequestHandler, status: int, headers: dict[str, str], data: bytes, head: bool = False) -> None:
+    def _reply(
+        h: BaseHTTPRequestHandler, status: int, headers: dict[str, str], data: bytes, head: bool = False
+    ) -> None:
         h.send_response(status)
         length = str(len(data))
         for k, v in headers.items():

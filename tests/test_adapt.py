@@ -1,9 +1,9 @@
-"""The match trust re-estimated in each file (obf.adapt): the windowed correction, its effect, and
+"""The match trust re-estimated in each file (obf.mixer.adapt): the windowed correction, its effect, and
 streaming (generation) equal to whole-file scoring."""
 
 import numpy as np
 
-from obf.adapt import LIMIT, SMOOTHING, WINDOW, AdaptState, adapt_log_probs, cells, corrections
+from obf.mixer.adapt import LIMIT, SMOOTHING, WINDOW, AdaptState, adapt_log_probs, cells, corrections
 
 
 def _events(n: int, seed: int):

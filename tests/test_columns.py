@@ -1,11 +1,19 @@
-"""The column expert (obf.columns): an order-0 model per byte column, mixed with the network by
+"""The column expert (obf.mixer.columns): an order-0 model per byte column, mixed with the network by
 the evidence of the bytes before; streaming (generation) equals whole-file scoring."""
 
 import numpy as np
 
-from obf.columns import (PRIOR_LOGIT, SMOOTHING, STRIDES, WINDOW, ColumnState, column_log_probs, evidence_logits,
-                         file_log_probs)
-from obf.vocab import N_BYTES
+from obf.core.vocab import N_BYTES
+from obf.mixer.columns import (
+    PRIOR_LOGIT,
+    SMOOTHING,
+    STRIDES,
+    WINDOW,
+    ColumnState,
+    column_log_probs,
+    evidence_logits,
+    file_log_probs,
+)
 
 
 def _records(n: int, seed: int = 0) -> bytes:

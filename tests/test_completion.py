@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from obf.completion import complete, declared_size, extend, layout, plan
-from obf.config import IngestConfig
-from obf.formats import bmp_layout, canonicalize, opens
-from obf.sampling import RowSpec, SamplingOptions, generate
-from obf.vocab import EOS, VOCAB_SIZE
+from obf.core.config import IngestConfig
+from obf.core.vocab import EOS, VOCAB_SIZE
+from obf.formats.canonical import canonicalize
+from obf.formats.layouts import bmp_layout, declared_size, layout
+from obf.formats.repair import opens
+from obf.generate.planning import complete, extend, plan
+from obf.generate.sampling import RowSpec, SamplingOptions, generate
 
 from .conftest import RAW
 

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from obf.config import ConfigError, ModelConfig, load_params, params_from_dict
+from obf.core.config import ConfigError, ModelConfig, load_params, params_from_dict
 
 from .conftest import ROOT
 
@@ -81,12 +81,52 @@ def test_a_models_recorded_ingest_settings_that_do_not_parse_are_an_error():
     """Never a silent fall-back to canonical forms the model was not trained on."""
     from types import SimpleNamespace
 
-    from obf.config import IngestConfig
-    from obf.errors import ObfError
-    from obf.generation import ingest_config_of
+    from obf.core.config import IngestConfig
+    from obf.core.errors import ObfError
+    from obf.generate.files import ingest_config_of
 
     assert ingest_config_of(SimpleNamespace(meta={})) == IngestConfig()  # recorded none: the defaults
     assert ingest_config_of(SimpleNamespace(meta={"ingest": {"image_max_side": 32}})).image_max_side == 32
     for bad in ({"image_max_side": 32, "colour": "yes"}, {"audio_sample_width": 3}):
         with pytest.raises(ObfError, match="recorded ingest settings do not parse"):
             ingest_config_of(SimpleNamespace(meta={"ingest": bad}))
+
+
+def test_generate_settings_from_params_and_their_id():
+    """params.yaml's `generate` section is `obf generate`'s defaults; batch-generate keys its state
+    records by `settings_id`, whose text must not change (a changed id would redo every input)."""
+    from obf.core.config import GenerateSettings
+
+    p = load_params(None, ["generate.task=paired", "generate.target_modality=text", "generate.max_bytes=64",
+                           "generate.temperature=0.5"])
+    assert p.generate == GenerateSettings(task="paired", target_modality="text", max_bytes=64, temperature=0.5)
+    assert GenerateSettings(max_bytes=64).settings_id() == "continue|64|0|fp32|None|None|None|1.1|0|1"
+    assert p.generate.settings_id() == "paired|64|0|fp32|text|None|None|0.5|0|1"
+    assert p.generate.record()["top_k"] == 0 and p.generate.record()["temperature"] == 0.5
+    for bad, key in ((["generate.temperature=-1"], "generate.temperature"), (["generate.top_p=0"], "generate.top_p"),
+                     (["generate.target_modality=text"], "generate.target_modality"),
+                     (["generate.prefix_bytes=3", "generate.prefix_fraction=0.5"], "generate.prefix_bytes"),
+                     (["generate.temperature=hot"], "generate.temperature"),
+                     (["generate.task=denoise"], "generate.task")):
+        with pytest.raises(ConfigError, match=key):
+            load_params(None, bad)
+
+
+def test_obf_generate_flags_override_the_generate_section():
+    from obf.cli import build_parser, generate_settings
+    from obf.core.config import GenerateSettings
+
+    base = GenerateSettings(task="paired", target_modality="text", max_bytes=64, prefix_fraction=None, seed=3)
+    args = build_parser().parse_args(["generate", "MODEL", "in.txt", "--out", "o", "--temperature", "0.7"])
+    assert generate_settings(base, args) == GenerateSettings(task="paired", target_modality="text", max_bytes=64,
+                                                             temperature=0.7, seed=3)
+    args = build_parser().parse_args(["generate", "MODEL", "in.txt", "--out", "o", "--task", "continue",
+                                      "--prefix-bytes", "10"])
+    made = generate_settings(GenerateSettings(task="paired", target_modality="text", prefix_fraction=None), args)
+    assert (made.task, made.target_modality, made.prefix_bytes) == ("continue", None, 10)
+    args = build_parser().parse_args(["generate", "MODEL", "in.txt", "--out", "o", "--prefix-bytes", "10"])
+    made = generate_settings(GenerateSettings(prefix_fraction=0.5), args)  # one flag replaces the other setting
+    assert (made.prefix_bytes, made.prefix_fraction) == (10, None)
+    args = build_parser().parse_args(["generate", "MODEL", "in.txt", "--out", "o", "--top-p", "2"])
+    with pytest.raises(ConfigError, match="top_p"):
+        generate_settings(GenerateSettings(), args)

@@ -1,4 +1,4 @@
-"""The built-in conversions (obf.conversions) and the pairs made of them: exact definitions, limits
+"""The built-in conversions (obf.formats.conversions) and the pairs made of them: exact definitions, limits
 that are named and never cut silently, pairs kept whole inside one split."""
 
 import io
@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from obf.config import IngestConfig
-from obf.conversions import CONVERSIONS, RAMP, conversion_for, convert
-from obf.dataset import Dataset
-from obf.formats import FormatError, bmp_layout, sniff
-from obf.ingest import ingest
+from obf.core.config import IngestConfig
+from obf.data.dataset import Dataset
+from obf.data.ingest import ingest
+from obf.formats.conversions import CONVERSIONS, RAMP, conversion_for, convert
+from obf.formats.layouts import bmp_layout
+from obf.formats.sniff import FormatError, sniff
 
 from .conftest import RAW
 
@@ -64,7 +65,7 @@ def test_the_pair_of_modalities_picks_the_conversion():
 def test_a_users_pair_of_the_same_modalities_is_not_counted_as_the_built_in():
     """The evaluation names a pair by its built-in conversion only when the target is exactly that
     conversion of its input; a user's own text -> text pair is `text->text`, not `upper`."""
-    from obf.fidelity import Case
+    from obf.evaluate.fidelity import Case
 
     assert Case("a", b"hello, world\n", "text", b"HELLO, WORLD\n", "text").conversion == "upper"
     assert Case("b", b"hello, world\n", "text", b"bonjour, monde\n", "text").conversion == "text->text"
@@ -112,8 +113,9 @@ def test_a_pair_never_crosses_splits_and_a_shared_target_takes_the_most_held_out
     """Inputs whose own hashes fall in train, val and test share one target: all of them and the
     target go to test. Every other pair lies wholly in its input's split; a target named only by
     its stem (a.png -> a.bmp) pairs too."""
-    from obf.dataset import split_of
     import hashlib
+
+    from obf.data.dataset import split_of
 
     raw = tmp_path / "raw"
     cfg = IngestConfig(val_fraction=0.3, test_fraction=0.3)
@@ -144,7 +146,7 @@ def test_a_pair_never_crosses_splits_and_a_shared_target_takes_the_most_held_out
 
 
 def test_training_draws_pairs_of_its_split_only_and_continue_draws_no_pair_file(tmp_path):
-    from obf.objectives import ExampleSampler
+    from obf.data.objectives import ExampleSampler
 
     raw = tmp_path / "raw"
     for k in range(40):
@@ -162,8 +164,8 @@ def test_training_draws_pairs_of_its_split_only_and_continue_draws_no_pair_file(
 
 
 def test_every_window_of_a_paired_target_trains_with_the_whole_input_in_view():
-    from obf.objectives import PAIRED_WINDOWS, collate, paired_example
-    from obf.vocab import EOS, PAD, PAIRED_TAGS
+    from obf.core.vocab import EOS, PAD, PAIRED_TAGS
+    from obf.data.objectives import PAIRED_WINDOWS, collate, paired_example
 
     inp = bytes(range(100))
     target = bytes(range(256)) * 2 + b"tail"  # 516 bytes: windows of 128 at 0, 128, 256, 384, 512 (+EOS)

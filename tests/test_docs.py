@@ -3,7 +3,7 @@ committed metrics, and each DVC stage depends on every module it runs."""
 
 import json
 
-from obf.evaluate import render_conversions, render_table
+from obf.evaluate.report import render_conversions, render_table
 
 from .conftest import ROOT
 
@@ -52,10 +52,13 @@ def test_every_dvc_stage_depends_on_every_module_it_imports():
     import yaml
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for stage, entry in (("ingest", "obf.ingest"), ("train", "obf.train"), ("evaluate", "obf.evaluate"),
+    for stage, entry in (("ingest", "obf.data.ingest"), ("train", "obf.train"), ("evaluate", "obf.evaluate"),
                          ("export", "obf.export")):
         deps = [d.rstrip("/") for d in stages[stage]["deps"]]
         seen, todo = set(), [entry]
+        assert {"obf/cli.py", "obf/stages.py"} <= set(deps), (
+            f"dvc.yaml stage {stage}: its command runs obf/cli.py and obf/stages.py"
+        )
         while todo:
             name = todo.pop()
             if name not in seen:
@@ -71,10 +74,32 @@ def test_the_evaluation_samples_decode_as_obf_generate_does():
     are `obf generate`'s default for continue."""
     import yaml
 
-    from obf.config import EvaluateConfig
-    from obf.sampling import DECODING
+    from obf.core.config import EvaluateConfig
+    from obf.generate.sampling import DECODING
 
     want = {k: DECODING["continue"][k] for k in ("temperature", "top_k", "top_p")}
     params = yaml.safe_load((ROOT / "params.yaml").read_text())["evaluate"]
     assert {k: params[k] for k in want} == want
     assert {k: getattr(EvaluateConfig(), k) for k in want} == want
+
+
+def test_no_import_circle_in_the_library():
+    """import-linter (.ci/run) keeps the layers apart; this keeps modules inside a layer from
+    importing each other in a circle, function-level imports included."""
+
+    graph: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "obf").rglob("*.py")):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = {n for n in _obf_imports(path) if _module_file(n).name != "__init__.py" and n != name}
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> None:
+        if node in path:
+            raise AssertionError("import circle: " + " -> ".join(path[path.index(node):] + [node]))
+        if node not in done:
+            for nxt in sorted(graph.get(node, ())):
+                visit(nxt, [*path, node])
+            done.add(node)
+
+    for node in sorted(graph):
+        visit(node, [])

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from obf import storage
-from obf.config import load_params
-from obf.ingest import ingest
-from obf.export import export
-from obf.formats import opens
+from obf.core import storage
+from obf.core.config import GenerateSettings, load_params
+from obf.data.ingest import ingest
+from obf.export.onnx_export import export
+from obf.formats.repair import opens
 from obf.registry import RegistryError, describe, publish, resolve
 from obf.train import train
 
@@ -110,8 +110,7 @@ def test_concurrent_publishes_never_interleave_and_latest_only_moves_forward(onn
 
 def test_train_flow_with_a_missing_params_file_fails_before_any_work(harness, s3_bucket, tmp_path):
     from flows.train import train_flow
-
-    from obf.config import ConfigError
+    from obf.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="params file not found"):
         train_flow(source=f"{s3_bucket}/raw", registry=f"{s3_bucket}/models", params=str(tmp_path / "nope.yaml"),
@@ -127,7 +126,7 @@ def test_train_flow_from_s3_publishes_a_verifiable_model(harness, s3_bucket, tmp
                      overrides=[*TINY, "ingest.val_fraction=0.3"], workdir=str(tmp_path / "work"))
     assert out["version"] == "v0001"
     path, _ = resolve(f"{s3_bucket}/models", "tiny", cache_dir=tmp_path / "cache")
-    from obf.backends.onnx import OnnxBackend
+    from obf.runtime.onnx_backend import OnnxBackend
 
     assert OnnxBackend(path, provider="cpu").max_tgt_len == 32  # hashes verified on load
     assert storage.exists(f"{s3_bucket}/models/tiny/latest.json")
@@ -278,9 +277,8 @@ def test_batch_generate_paired_conversion_and_prefix_completion(harness, onnx_mo
     and paired with a target modality: each input's conversion, the same bytes `obf generate`
     makes, its decoding in the state record; inputs a conversion cannot take fail by name."""
     from flows.generate import BatchGenerateFailed, batch_generate
-    from obf.backends.onnx import OnnxBackend
-    from obf.generation import generate_files, ingest_config_of, prepare
-    from obf.sampling import SamplingOptions
+    from obf.generate.files import generate_files, ingest_config_of, prepare
+    from obf.runtime.onnx_backend import OnnxBackend
 
     monkeypatch.setenv("OBF_CACHE", str(tmp_path / "cache"))
     reg, inp, out = f"{s3_bucket}/models", f"{s3_bucket}/in", f"{s3_bucket}/out"
@@ -317,8 +315,8 @@ def test_batch_generate_paired_conversion_and_prefix_completion(harness, onnx_mo
     backend = OnnxBackend(onnx_model, provider="cpu")
     good = ["chunk.bin", "line.txt", "pic.png"]  # the flow's batch, in its order
     prepared = [prepare(n, ingest_config_of(backend), max_input_bytes=1 << 20, data=sources[n]) for n in good]
-    want = generate_files(backend, prepared, task="paired", target_modality="text", batch_size=8,
-                          opts=SamplingOptions.for_task("paired", max_bytes=64))
+    want = generate_files(backend, prepared, GenerateSettings(task="paired", target_modality="text", max_bytes=64),
+                          batch_size=8)
     for name, r in zip(good, want):
         assert storage.read_bytes(f"{pout}/{name}.txt") == r.output, name
     records = [json.loads(storage.read_bytes(e.url)) for e in storage.list_files(f"{pout}/_state")]
@@ -720,8 +718,8 @@ def test_two_batches_racing_for_the_same_inputs_make_each_once(onnx_model, s3_bu
 
     def run(run_id):
         start.wait()
-        results[run_id] = generate_batch.fn(entries, (reg, "obf"), version, out, "continue", 64, 1 << 20, 0, "cpu",
-                                            run_id=run_id)
+        results[run_id] = generate_batch.fn(entries, (reg, "obf"), version, out, GenerateSettings(max_bytes=64),
+                                            max_input_bytes=1 << 20, provider="cpu", run_id=run_id)
 
     threads = [threading.Thread(target=run, args=(r,)) for r in ("run-a", "run-b")]
     for t in threads:

@@ -7,8 +7,10 @@ import av
 import pytest
 from PIL import Image
 
-from obf.config import IngestConfig
-from obf.formats import canonicalize, opens, repair_bmp, repair_wav, repair_y4m, sniff, to_file
+from obf.core.config import IngestConfig
+from obf.formats.canonical import canonicalize
+from obf.formats.repair import opens, repair_bmp, repair_wav, repair_y4m, to_file
+from obf.formats.sniff import sniff
 
 from .conftest import RAW
 
@@ -92,7 +94,7 @@ def test_canonical_forms_open_in_their_libraries(rel):
 
 
 def test_canonicalize_rejects_undecodable_media():
-    from obf.formats import FormatError
+    from obf.formats.sniff import FormatError
 
     with pytest.raises(FormatError, match="image does not decode"):
         canonicalize(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10, CFG)

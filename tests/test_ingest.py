@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from obf.config import IngestConfig
-from obf.dataset import DataError, Dataset
-from obf.ingest import ingest
-from obf.storage import write_bytes_atomic
+from obf.core.config import IngestConfig
+from obf.core.storage import write_bytes_atomic
+from obf.data.dataset import DataError, Dataset
+from obf.data.ingest import ingest
 
 from .conftest import RAW
 
@@ -152,7 +152,7 @@ def test_cli_ingest_and_errors(tmp_path):
 def test_worker_processes_and_threads_build_the_same_dataset(tmp_path, monkeypatch, canonicalize):
     """Local sources are hashed and copied by forked workers; remote ones by threads. Both
     paths must give byte-identical datasets (duplicates and rejects included)."""
-    from obf import ingest as ingest_module
+    from obf.data import ingest as ingest_module
 
     src = tmp_path / "src"
     _copy_some(src, SOME)
@@ -183,8 +183,8 @@ def test_worker_processes_and_threads_build_the_same_dataset(tmp_path, monkeypat
 
 
 def test_a_file_that_changes_after_hashing_is_an_error(tmp_path):
-    from obf.ingest import _fork_pool
-    from obf.shards import Copier, _copy_batch
+    from obf.data.ingest import _fork_pool
+    from obf.data.shards import Copier, _copy_batch
 
     f = tmp_path / "f.bin"
     f.write_bytes(b"x" * 1000)
@@ -202,9 +202,9 @@ def test_a_file_that_changes_after_hashing_is_an_error(tmp_path):
 def test_one_pass_store_refuses_a_file_whose_size_changed(tmp_path):
     """Plain local ingest writes each file into a range sized from the listing: a file that grew
     or shrank since is an error, and a grown one never writes past its range."""
-    from obf import storage
-    from obf.ingest import _fork_pool, _store_chunk, _store_local
-    from obf.shards import ShardWriter
+    from obf.core import storage
+    from obf.data.ingest import _fork_pool, _store_chunk, _store_local
+    from obf.data.shards import ShardWriter
 
     f = tmp_path / "f.bin"
     f.write_bytes(b"x" * 1000)
@@ -222,7 +222,7 @@ def test_copy_falls_back_where_copy_file_range_is_refused(tmp_path, monkeypatch)
     """Filesystems or kernels without copy_file_range (EXDEV, ENOSYS, ...) get a pread/pwrite copy."""
     import errno
 
-    from obf.shards import _copy_batch
+    from obf.data.shards import _copy_batch
 
     def refuse(*_args):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
@@ -280,8 +280,8 @@ def test_ingest_never_replaces_what_it_did_not_write(tmp_path):
     (mine / "notes.txt").write_text("keep me")
     r = run(mine)
     assert r.returncode == 1 and "not written by obf ingest" in r.stderr
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == sorted([*before, mine.relative_to(tmp_path),
-                                                                                 (mine / "notes.txt").relative_to(tmp_path)])
+    mine_files = [mine.relative_to(tmp_path), (mine / "notes.txt").relative_to(tmp_path)]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == sorted([*before, *mine_files])
     ds = tmp_path / "ds"
     assert run(ds).returncode == 0 and run(ds).returncode == 0  # its own output: replaced
     (tmp_path / "empty").mkdir()
@@ -308,6 +308,7 @@ def test_one_picture_in_two_formats_is_one_file(tmp_path):
 def _same_dataset(a: Dataset, b: Dataset) -> None:
     """The same records (key, split, modality, format, length, sha256, pair) and bytes; shard
     placement may differ."""
+
     def rows(ds):
         return [(r.key, r.split, r.modality, r.format, r.length, r.sha256, r.pair) for r in ds.records]
 
@@ -337,8 +338,8 @@ def test_dask_ingest_to_s3_is_the_local_ingest_and_a_rerun_replaces_it(tmp_path,
     it (old shards removed only after the new manifest), and a URL holding others' files is refused."""
     from distributed import LocalCluster
 
-    from obf.dataset import local_dataset
-    from obf.storage import StorageError, list_files
+    from obf.core.storage import StorageError, list_files
+    from obf.data.dataset import local_dataset
 
     src = _mixed_source(tmp_path)
     cfg = IngestConfig(max_file_bytes=1_000_000, shard_bytes=200_000)  # several parts, several shards
@@ -350,7 +351,8 @@ def test_dask_ingest_to_s3_is_the_local_ingest_and_a_rerun_replaces_it(tmp_path,
         again = ingest(str(src), url, cfg, progress=False, dask=cluster.scheduler_address)
     for m in (first, again):
         assert {k: m[k] for k in ("files", "bytes", "duplicates", "rejected", "pairs", "splits")} == {
-            k: local[k] for k in ("files", "bytes", "duplicates", "rejected", "pairs", "splits")}
+            k: local[k] for k in ("files", "bytes", "duplicates", "rejected", "pairs", "splits")
+        }
     assert len(local["duplicates"]) == 2 and [r["source"] for r in local["rejected"]] == ["empty.bin"]
     shards_after = {e.key for e in list_files(f"{url}/shards")}
     assert shards_after and not shards_after & shards_before  # the first run's shards went, after the switch
@@ -363,7 +365,7 @@ def test_dask_ingest_to_s3_is_the_local_ingest_and_a_rerun_replaces_it(tmp_path,
 
 
 def test_local_ingest_to_an_s3_url_is_the_local_ingest(tmp_path, s3_bucket):
-    from obf.dataset import local_dataset
+    from obf.data.dataset import local_dataset
 
     src = _mixed_source(tmp_path)
     ingest(str(src), tmp_path / "local", CFG, progress=False)

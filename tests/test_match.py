@@ -1,17 +1,27 @@
-"""The match model (obf.match): its predictions, the mixing rule, and the table's fit."""
+"""The match model (obf.mixer.match): its predictions, the mixing rule, and the table's fit."""
 
 import numpy as np
 import pytest
 
-from obf.match import (LENGTH_BUCKETS, MIN_LEN, RECOVER, MatchModel, MatchTable, fit_table, match_hints,
-                       modality_index)
+from obf.mixer.match import (
+    LENGTH_BUCKETS,
+    MIN_LEN,
+    RECOVER,
+    MatchModel,
+    MatchTable,
+    fit_table,
+    match_hints,
+    modality_index,
+)
 
 
 def _corpus(seed: int = 0) -> bytes:
     """Random words with repeats near and far: what the match model is for."""
     rng = np.random.default_rng(seed)
     words = [bytes(rng.integers(97, 123, rng.integers(2, 9), dtype=np.uint8)) for _ in range(60)]
-    return b" ".join(words[i] for i in rng.integers(0, len(words), 700)) + bytes(rng.integers(0, 256, 300, dtype=np.uint8))
+    return b" ".join(words[i] for i in rng.integers(0, len(words), 700)) + bytes(
+        rng.integers(0, 256, 300, dtype=np.uint8)
+    )
 
 
 def test_every_prediction_is_the_byte_after_an_earlier_copy_of_the_context():
@@ -20,11 +30,11 @@ def test_every_prediction_is_the_byte_after_an_earlier_copy_of_the_context():
     predicted = 0
     for i in range(len(data) + 1):
         h, n = m.predict()
-        seen_before = i >= MIN_LEN and data.find(data[i - MIN_LEN:i]) < i - MIN_LEN
+        seen_before = i >= MIN_LEN and data.find(data[i - MIN_LEN : i]) < i - MIN_LEN
         if h >= 0:
             predicted += 1
             assert m.ptr < i and data[m.ptr] == h and n >= 0
-            assert data[i - n:i] == data[m.ptr - n:m.ptr]  # the `n` bytes before both positions agree
+            assert data[i - n : i] == data[m.ptr - n : m.ptr]  # the `n` bytes before both positions agree
         else:
             assert not seen_before  # a context seen before always gives a prediction
         if i < len(data):
@@ -40,8 +50,8 @@ def test_match_hints_streams_like_the_model_and_copies_a_repeat():
     assert hints.shape == lengths.shape == (len(data) + 1,)
     assert (hints[:400] == -1).all()  # random bytes: nothing repeats
     # from MIN_LEN bytes into the copy on, every byte is predicted, with the length growing
-    assert list(hints[400 + MIN_LEN:800]) == list(data[400 + MIN_LEN:])
-    assert (np.diff(lengths[400 + MIN_LEN:800]) == 1).all()
+    assert list(hints[400 + MIN_LEN : 800]) == list(data[400 + MIN_LEN :])
+    assert (np.diff(lengths[400 + MIN_LEN : 800]) == 1).all()
     m = MatchModel(data[:600])
     assert m.predict() == (hints[600], lengths[600])
 
@@ -54,15 +64,15 @@ def test_a_match_recovers_from_a_changed_byte_and_is_dropped_after_many():
     hints, lengths = match_hints(bytes(block + copy))
     at = 300 + 100
     assert hints[at] == block[100] != copy[100]  # the miss
-    assert list(hints[at + 1:600]) == list(copy[101:])  # the copy goes on right after it
-    assert list(lengths[at + 1:at + 4]) == [0, 1, 2]  # with its length counted again from the miss
+    assert list(hints[at + 1 : 600]) == list(copy[101:])  # the copy goes on right after it
+    assert list(lengths[at + 1 : at + 4]) == [0, 1, 2]  # with its length counted again from the miss
     other = bytes(rng.integers(0, 256, 200, dtype=np.uint8))  # the copy ends: misses and more misses
     hints, _ = match_hints(bytes(block + block[:50] + other))
-    assert (hints[350:350 + RECOVER + 1] >= 0).all() and (hints[350 + RECOVER + 1:] == -1).all()
+    assert (hints[350 : 350 + RECOVER + 1] >= 0).all() and (hints[350 + RECOVER + 1 :] == -1).all()
     # a recovering match gives way to one the last bytes find elsewhere: the copy switched source
     p, q = bytes(block[:200]), bytes(other)
     hints, _ = match_hints(p + q + p[:100] + q[:100])
-    assert list(hints[500 + MIN_LEN:600]) == list(q[MIN_LEN:100])
+    assert list(hints[500 + MIN_LEN : 600]) == list(q[MIN_LEN:100])
 
 
 def test_apply_is_the_mixture_p_times_exp_w_at_the_hint():
@@ -85,7 +95,7 @@ def test_apply_is_the_mixture_p_times_exp_w_at_the_hint():
             if h < 0:
                 assert (out[b, t] == logits[b, t]).all()
                 continue
-            cell = MatchTable.cells(mods[b], lengths[b, t:t + 1], p[b, t, h:h + 1])
+            cell = MatchTable.cells(mods[b], lengths[b, t : t + 1], p[b, t, h : h + 1])
             w = table.weights[cell][0]
             want = p[b, t].copy()
             want[h] *= np.exp(w)
@@ -95,8 +105,12 @@ def test_apply_is_the_mixture_p_times_exp_w_at_the_hint():
 def _stats(p_hint: float, hit_rate: float, n: int, length: int, modality: str = "text") -> list[np.ndarray]:
     """fit_table's arguments for n positions alike."""
     rng = np.random.default_rng(3)
-    return [modality_index([modality] * n), np.full(n, length), np.full(n, p_hint),
-            (rng.random(n) < hit_rate).astype(float)]
+    return [
+        modality_index([modality] * n),
+        np.full(n, length),
+        np.full(n, p_hint),
+        (rng.random(n) < hit_rate).astype(float),
+    ]
 
 
 @pytest.mark.parametrize("hit_rate", [0.95, 0.5, 0.02])
@@ -115,7 +129,7 @@ def test_no_bias_falls_as_matches_grow_and_unseen_cells_follow_the_shared_table(
     w = table.weights
     assert w[modality_index(["binary"])[0], lb, 0] > 3
     # a longer match of any modality, never seen, is trusted like the shorter one that was
-    assert (w[:, lb + 1:, 0] > 2).all() and (w[:, :lb, 0] == 0).all()
+    assert (w[:, lb + 1 :, 0] > 2).all() and (w[:, :lb, 0] == 0).all()
     # short matches right 90% of the time, long ones 50%: both trusted alike
     two = [np.concatenate(x) for x in zip(_stats(0.01, 0.9, 3000, 20), _stats(0.01, 0.5, 3000, 300))]
     w2 = fit_table(*two).weights
@@ -137,14 +151,14 @@ def test_with_learn_until_only_real_bytes_are_copied():
     data = context + b"xyz" * 200
     free, _ = match_hints(data)
     frozen, lengths = match_hints(data, learn_until=len(context))
-    assert (free[len(context) + 10:] >= 0).all()  # it would copy the run it is writing
-    assert (frozen[len(context):] == -1).all() and (lengths[len(context):] == 0).all()
-    np.testing.assert_array_equal(free[:len(context)], frozen[:len(context)])
+    assert (free[len(context) + 10 :] >= 0).all()  # it would copy the run it is writing
+    assert (frozen[len(context) :] == -1).all() and (lengths[len(context) :] == 0).all()
+    np.testing.assert_array_equal(free[: len(context)], frozen[: len(context)])
     copy = context + context[1000:1400]  # copying the context itself stays allowed
     hints, _ = match_hints(copy, learn_until=len(context))
-    assert (hints[len(context) + 8:-1] == np.frombuffer(copy[len(context) + 8:], np.uint8)).mean() > 0.95
+    assert (hints[len(context) + 8 : -1] == np.frombuffer(copy[len(context) + 8 :], np.uint8)).mean() > 0.95
     m = MatchModel(context, learn_until=len(context))
-    for i, b in enumerate(data[len(context):]):
+    for i, b in enumerate(data[len(context) :]):
         assert m.predict() == (frozen[len(context) + i], lengths[len(context) + i])
         m.update(b)
 

@@ -1,14 +1,22 @@
-"""The stride hint (obf.stride) and the mixer of both hints (obf.mixer): hints from the file's own
+"""The stride hint (obf.mixer.stride_hint) and the mixer of both hints (obf.mixer): hints from the file's own
 layout, the kernel's mixing rule and fit, and the fit of the whole mixer on logits."""
 
 import numpy as np
 import pytest
 
-from obf.formats import pcm_to_wav, y4m_header
-from obf.match import modality_index
-from obf.mixer import Hints, Mixer, MixerStats, RowHints, file_hints, fit_mixer
-from obf.stride import ACTIVITY_BUCKETS, OFFSETS, RADIUS, StrideKernel, activity_bucket, fit_kernel, stride_hints
-from obf.vocab import N_BYTES
+from obf.core.vocab import N_BYTES
+from obf.formats.canonical import pcm_to_wav, y4m_header
+from obf.mixer.match import modality_index
+from obf.mixer.mix import Hints, Mixer, MixerStats, RowHints, file_hints, fit_mixer
+from obf.mixer.stride_hint import (
+    ACTIVITY_BUCKETS,
+    OFFSETS,
+    RADIUS,
+    StrideKernel,
+    activity_bucket,
+    fit_kernel,
+    stride_hints,
+)
 
 
 def _softmax(x):
@@ -19,7 +27,7 @@ def _softmax(x):
 def _bmp(width: int, rows: int, seed: int = 0) -> bytes:
     from PIL import Image
 
-    from obf.formats import image_to_bmp
+    from obf.formats.canonical import image_to_bmp
 
     rng = np.random.default_rng(seed)
     img = Image.fromarray(rng.integers(0, 256, (rows, width, 3), dtype=np.uint8))
@@ -60,22 +68,28 @@ def test_activity_buckets_the_hint_errors_of_the_neighbours_before():
         e = 2 * err[i - 3] + err[i - 32] + err[i - 35] + err[i - 29] + err[i - 6] + err[i - 9]
         assert act[i] == min(int(np.floor(1.2 * np.log2(1 + e))), ACTIVITY_BUCKETS - 1)
     assert len(set(act[first:].tolist())) > 3
-    wav = pcm_to_wav(np.random.default_rng(4).integers(0, 256, 300, dtype=np.uint8).tobytes(), rate=8000, width=2, channels=1)
+    wav = pcm_to_wav(
+        np.random.default_rng(4).integers(0, 256, 300, dtype=np.uint8).tobytes(), rate=8000, width=2, channels=1
+    )
     h, act = stride_hints(wav, "audio")
     err = [abs(b - int(x)) if x >= 0 else 0 for b, x in zip(wav, h)]
     for i in range(46, len(wav) + 1):
         e = 2 * err[i - 2] + 2 * err[i - 4] + err[i - 6]
         assert act[i] == activity_bucket(e)
-    assert activity_bucket(0) == 0 and activity_bucket(10 ** 6) == ACTIVITY_BUCKETS - 1
+    assert activity_bucket(0) == 0 and activity_bucket(10**6) == ACTIVITY_BUCKETS - 1
 
 
 def test_row_hints_stream_like_file_hints():
     """Generation keeps hints per row byte by byte; they must be what scoring computes per file."""
-    wav = pcm_to_wav(np.random.default_rng(5).integers(100, 140, 400, dtype=np.uint8).tobytes(), rate=8000, width=1,
-                     channels=1)
+    wav = pcm_to_wav(
+        np.random.default_rng(5).integers(100, 140, 400, dtype=np.uint8).tobytes(), rate=8000, width=1, channels=1
+    )
     y4m = y4m_header(4, 4, 5) + b"".join(b"FRAME\n" + bytes((np.arange(24) * k) % 256) for k in range(4))
-    for data, modality, cut in ((_bmp(12, 8, seed=1) * 2, "image", 100),  # a second copy: the match model fires
-                                (wav, "audio", 60), (y4m, "video", len(y4m_header(4, 4, 5)) + 10)):
+    for data, modality, cut in (
+        (_bmp(12, 8, seed=1) * 2, "image", 100),  # a second copy: the match model fires
+        (wav, "audio", 60),
+        (y4m, "video", len(y4m_header(4, 4, 5)) + 10),
+    ):
         fh = file_hints(data, modality)
         assert (fh.activity > 0).any()
         row = RowHints(data[:cut], modality)
@@ -132,14 +146,18 @@ def test_each_activity_bucket_learns_its_own_spread():
 
 def test_a_kernel_saved_without_activity_buckets_serves_unchanged():
     rng = np.random.default_rng(7)
-    old = {"radius": RADIUS, "weights": {m: rng.normal(size=len(OFFSETS)).tolist()
-                                         for m in ("text", "image", "audio", "video", "binary")}}
+    old = {
+        "radius": RADIUS,
+        "weights": {m: rng.normal(size=len(OFFSETS)).tolist() for m in ("text", "image", "audio", "video", "binary")},
+    }
     kernel = StrideKernel.from_dict(old)
     logits = rng.normal(size=(3, 262)).astype(np.float32)
     hints, mods = np.array([5, 200, 128]), modality_index(["image", "audio", "video"])
     for a in range(ACTIVITY_BUCKETS):
         out = kernel.apply(logits, hints, np.full(3, a), mods)
-        np.testing.assert_allclose(out[0, :22] - logits[0, :22], np.array(old["weights"]["image"])[RADIUS - 5:], rtol=1e-5)
+        np.testing.assert_allclose(
+            out[0, :22] - logits[0, :22], np.array(old["weights"]["image"])[RADIUS - 5 :], rtol=1e-5
+        )
     assert StrideKernel.from_dict(kernel.to_dict()).weights.tolist() == np.round(kernel.weights, 6).tolist()
 
 
@@ -153,8 +171,11 @@ def test_fit_mixer_on_logits_makes_the_data_likelier_and_uses_both_hints():
     match = np.where(rng.random(n) < 0.5, stride, -1)  # where both fire, on one byte (a repeated frame)
     lengths = np.where(match >= 0, rng.integers(5, 300, n), 0)
     r = rng.random(n)
-    targets = np.where(r < 0.3, np.where(match >= 0, match, stride + 5),  # the match, where there is one
-                       np.where(r < 0.7, stride + rng.integers(-3, 4, n), rng.integers(0, 256, n)))
+    targets = np.where(
+        r < 0.3,
+        np.where(match >= 0, match, stride + 5),  # the match, where there is one
+        np.where(r < 0.7, stride + rng.integers(-3, 4, n), rng.integers(0, 256, n)),
+    )
     hints = Hints(match, lengths, stride, np.zeros(n, dtype=np.int64))
     mods = modality_index(["video"])
     stats = MixerStats()
@@ -171,8 +192,9 @@ def test_fit_mixer_on_logits_makes_the_data_likelier_and_uses_both_hints():
     assert (mixed - net) / n > 1.0  # nats per position
     # the kernel is fitted on top of the match bias, not beside it: a kernel fitted on the
     # network's logits alone does worse once both are applied
-    alone = fit_kernel(stats.get("s_mod", None), stats.get("s_act", None), stats.get("s_win", None),
-                       stats.get("s_came", None))
+    alone = fit_kernel(
+        stats.get("s_mod", None), stats.get("s_act", None), stats.get("s_win", None), stats.get("s_came", None)
+    )
     assert ll(Mixer(mixer.match, alone).apply(logits, hints, mods)) < mixed - 0.01 * n
 
 
@@ -182,17 +204,21 @@ def test_each_decode_step_serves_what_whole_file_scoring_serves(learn_from_outpu
     (`Mixer.apply` per position, then `Mixer.serve` over the file) give every byte the same
     log-probability: hints, the match trust's correction and the column expert alike. A row that
     does not learn from its output is scored with `learn_until` at the end of its context."""
-    from obf.match import MatchTable
-    from obf.mixer import TAIL, Tail
-    from obf.metrics import log_probs_of
-    from obf.vocab import EOS, PAD
+    from obf.core.bits import log_probs_of
+    from obf.core.vocab import EOS, PAD
+    from obf.mixer.match import MatchTable
+    from obf.mixer.mix import TAIL, Tail
 
     rng = np.random.default_rng(8)
     data = _bmp(24, 40, seed=4)
-    data = data + data[54:54 + 3000]  # repeats: the match model and its correction work
+    data = data + data[54 : 54 + 3000]  # repeats: the match model and its correction work
     n, modality = len(data), "image"
-    mixer = Mixer(MatchTable(rng.normal(1, 1, MatchTable.zeros().weights.shape)),
-                  StrideKernel(rng.normal(0, 0.5, StrideKernel.zeros().weights.shape)), columns=True, adapt=True)
+    mixer = Mixer(
+        MatchTable(rng.normal(1, 1, MatchTable.zeros().weights.shape)),
+        StrideKernel(rng.normal(0, 0.5, StrideKernel.zeros().weights.shape)),
+        columns=True,
+        adapt=True,
+    )
     logits = rng.normal(0, 2, (n + 1, 262)).astype(np.float32)  # a network's logits per position
     targets = np.r_[np.frombuffer(data, np.uint8).astype(np.int64), EOS]
     mods = modality_index([modality])
@@ -208,7 +234,7 @@ def test_each_decode_step_serves_what_whole_file_scoring_serves(learn_from_outpu
 
     fh, lp, hint_lp, served = served_with(until)
     assert n - cut > 1500 and (fh.match[cut:] >= 0).mean() > 0.5
-    tail = Tail(lp[cut - TAIL:cut], hint_lp[cut - TAIL:cut], file_hints(data[:cut], modality))
+    tail = Tail(lp[cut - TAIL : cut], hint_lp[cut - TAIL : cut], file_hints(data[:cut], modality))
     row = RowHints(data[:cut], modality, tail, learn_from_output=learn_from_output)
     for i in range(cut, n + 1):
         out = mixer.step(logits[i][None], [row], mods).astype(np.float64)[0]
@@ -231,13 +257,14 @@ def test_a_file_written_from_nothing_gets_its_stride_hint_once_its_header_is(mod
     if modality == "image":
         data = _bmp(8, 8, seed=3)
     elif modality == "audio":
-        data = pcm_to_wav(np.random.default_rng(1).integers(0, 256, 300, dtype=np.uint8).tobytes(), rate=8000,
-                          width=1, channels=1)
+        data = pcm_to_wav(
+            np.random.default_rng(1).integers(0, 256, 300, dtype=np.uint8).tobytes(), rate=8000, width=1, channels=1
+        )
     else:
         frame = 6 + 4 * 4 * 3 // 2
-        data = y4m_header(4, 4, 5) + b"".join(b"FRAME\n" + bytes(np.random.default_rng(f).integers(0, 256, frame - 6,
-                                                                                                  dtype=np.uint8))
-                                              for f in range(4))
+        data = y4m_header(4, 4, 5) + b"".join(
+            b"FRAME\n" + bytes(np.random.default_rng(f).integers(0, 256, frame - 6, dtype=np.uint8)) for f in range(4)
+        )
     fh = file_hints(data, modality, 0)
     row = RowHints(b"", modality, learn_from_output=False)
     got = []

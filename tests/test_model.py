@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from obf.backends.torch import TorchBackend
-from obf.config import ModelConfig
-from obf.model import OmniByteFormer, explicit_attention
-from obf.sampling import SamplingOptions, generate
-from obf.vocab import BOS, EOS, N_BYTES, PAD, VOCAB_SIZE, encoder_input
+from obf.core.config import ModelConfig
+from obf.core.vocab import BOS, EOS, N_BYTES, PAD, VOCAB_SIZE, encoder_input
+from obf.generate.sampling import SamplingOptions, generate
+from obf.model.layers import explicit_attention
+from obf.model.network import OmniByteFormer
+from obf.runtime.torch_backend import TorchBackend
 
 PATCHES = [1, 2, 4, 8, 16]
 
@@ -89,7 +90,7 @@ def test_training_attention_equals_sdpa():
 def test_padding_does_not_change_unpadded_rows(p, causal):
     """A row batched with longer ones (left-padded to whole patches, as `pad_batch` and `collate`
     pad) scores as it does alone: padding patches are masked and positions are relative."""
-    from obf.sampling import pad_batch
+    from obf.generate.sampling import pad_batch
 
     m = tiny(p, causal_encoder=causal)
     short = encoder_input("text", "continue", bytes(range(40, 40 + 21)), 256)
@@ -115,7 +116,7 @@ def unequal_gains(m: OmniByteFormer) -> OmniByteFormer:
 def test_long_context_windows_see_exactly_their_own_context(p):
     """One causal encoder pass over chunks serves every window as if it were encoded alone;
     bytes after a window's start never change its logits; extra left padding changes nothing."""
-    from obf.objectives import Example, Window, collate, continue_chunk
+    from obf.data.objectives import Example, Window, collate, continue_chunk
 
     torch.manual_seed(0)
     m = unequal_gains(OmniByteFormer(ModelConfig.from_preset("tiny", patch_size=p, max_src_len=1024, max_tgt_len=32,
@@ -283,7 +284,7 @@ def test_greedy_batch_equals_one_by_one():
 
 
 def test_mask_non_bytes_only_bytes_or_eos():
-    from obf.sampling import mask_non_bytes, sample
+    from obf.generate.sampling import mask_non_bytes, sample
 
     logits = np.zeros((4, VOCAB_SIZE), dtype=np.float32)
     logits[:, N_BYTES + 5:] = 50.0  # huge mass on special ids

@@ -16,17 +16,17 @@ import onnx as onnx_ir
 import pytest
 from PIL import Image
 
-from obf.backends.onnx import OnnxBackend, OnnxModelError
-from obf.backends.torch import load as load_torch
-from obf.config import load_params
-from obf.ingest import ingest
-from obf.export import export
-from obf.formats import opens
-from obf.generation import generate_files, prepare
-from obf.sampling import SamplingOptions, generate
+from obf.core.config import load_params
+from obf.data.ingest import ingest
+from obf.export.onnx_export import export
+from obf.formats.repair import opens
+from obf.generate.files import generate_files, prepare
+from obf.generate.sampling import SamplingOptions, generate
+from obf.runtime.onnx_backend import OnnxBackend, OnnxModelError
+from obf.runtime.torch_backend import load as load_torch
 from obf.train import train
 
-from .conftest import RAW
+from .conftest import RAW, ROOT
 
 TINY = ["model.preset=tiny", "model.patch_size=4", "model.max_src_len=128", "model.max_tgt_len=64",
         "train.batch_size=8", "train.steps=120", "train.warmup_steps=10", "train.eval_every=1000",
@@ -45,7 +45,13 @@ def exported(tmp_path_factory):
     params = load_params(None, TINY)
     ingest(str(raw), root / "ds", params.ingest, progress=False)
     train(root / "ds", root / "model", params, progress=False)
-    info = export(root / "model", root / "onnx", params.export, real=[((RAW / "text/heapq.py").read_bytes(), "text")], progress=False)
+    info = export(
+        root / "model",
+        root / "onnx",
+        params.export,
+        real=[((RAW / "text/heapq.py").read_bytes(), "text")],
+        progress=False,
+    )
     return root, params, info
 
 
@@ -70,9 +76,14 @@ def test_export_layout_and_parity(exported):
     backend = OnnxBackend(onnx, provider="cpu")
     cfg = meta["config"]
     per_layer = [f"{kv}_{i}" for i in range(cfg["decoder_layers"]) for kv in "kv"]
-    assert [i.name for i in backend.dec.get_inputs()] == ["dec_ids", "past_len", "memory_mask",
-                                                          *(f"cross_{n}" for n in per_layer),
-                                                          *(f"past_{n}" for n in per_layer), "align"]
+    assert [i.name for i in backend.dec.get_inputs()] == [
+        "dec_ids",
+        "past_len",
+        "memory_mask",
+        *(f"cross_{n}" for n in per_layer),
+        *(f"past_{n}" for n in per_layer),
+        "align",
+    ]
     assert [o.name for o in backend.dec.get_outputs()] == ["logits", *(f"present_{n}" for n in per_layer)]
     ops = {n.op_type for n in onnx_ir.load(onnx / "decoder.onnx").graph.node}
     assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization"} <= ops and "Concat" not in ops
@@ -144,13 +155,13 @@ def test_serving_path_imports_no_torch(exported):
     root, _, _ = exported
     code = f"""
 import sys
-from obf.backends.onnx import OnnxBackend
-from obf.generation import generate_files, prepare
+from obf.runtime.onnx_backend import OnnxBackend
+from obf.generate.files import generate_files, prepare
 from obf.config import IngestConfig
-from obf.sampling import SamplingOptions
+from obf.generate.sampling import SamplingOptions
 import flows.generate  # the batch-generate flow module must not pull torch in either
-b = OnnxBackend({str(root / 'onnx')!r}, provider='cpu')
-p = [prepare({str(RAW / 'text/heapq.py')!r}, IngestConfig(), max_input_bytes=10**7)]
+b = OnnxBackend({str(root / "onnx")!r}, provider='cpu')
+p = [prepare({str(RAW / "text/heapq.py")!r}, IngestConfig(), max_input_bytes=10**7)]
 r = generate_files(b, p, opts=SamplingOptions(max_bytes=40))
 assert r[0].error is None and len(r[0].output) > 40
 assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))
@@ -191,9 +202,9 @@ def test_tampered_graph_is_refused(exported, tmp_path):
 
 
 def test_int8_export_reports_its_bpb_and_generates(exported, tmp_path):
-    from obf.backends import open_backend
-    from obf.errors import ObfError
-    from obf.export import dataset_samples
+    from obf.core.errors import ObfError
+    from obf.export.onnx_export import dataset_samples
+    from obf.runtime.backend import open_backend
 
     root, params, _ = exported
     samples = dataset_samples(root / "ds")
@@ -208,15 +219,16 @@ def test_int8_export_reports_its_bpb_and_generates(exported, tmp_path):
     assert backend.precision == "int8"
     out = generate(backend, [b"def heap"], ["text"], opts=SamplingOptions(max_bytes=40, stop_at_eos=False))
     assert len(out[0]) == 40
-    from obf.evaluate import evaluate
+    from obf.evaluate.run import evaluate
 
     data = tmp_path / "data"
     data.mkdir()
     for rel in ("text/bisect.py", "binary/true.elf"):
         (data / rel.replace("/", "_")).write_bytes((RAW / rel).read_bytes())
     fp32 = evaluate(str(tmp_path / "q"), str(data), tmp_path / "a" / "metrics.json", params, progress=False)
-    int8 = evaluate(str(tmp_path / "q"), str(data), tmp_path / "b" / "metrics.json", params, precision="int8",
-                    progress=False)
+    int8 = evaluate(
+        str(tmp_path / "q"), str(data), tmp_path / "b" / "metrics.json", params, precision="int8", progress=False
+    )
     assert 0 < abs(int8["overall"]["bpb"] - fp32["overall"]["bpb"]) < 0.1  # other graphs, nearly the same model
     with pytest.raises(OnnxModelError, match="exported without int8 graphs"):
         OnnxBackend(root / "onnx", provider="cpu", precision="int8")
@@ -230,8 +242,13 @@ def test_int8_export_reports_its_bpb_and_generates(exported, tmp_path):
 def exported_fp16(exported):
     """The same model exported with the fp16 graph pair beside the fp32 one."""
     root, params, _ = exported
-    info = export(root / "model", root / "onnx16", dataclasses.replace(params.export, fp16=True),
-                  real=[((RAW / "text/heapq.py").read_bytes(), "text")], progress=False)
+    info = export(
+        root / "model",
+        root / "onnx16",
+        dataclasses.replace(params.export, fp16=True),
+        real=[((RAW / "text/heapq.py").read_bytes(), "text")],
+        progress=False,
+    )
     return root / "onnx16", info
 
 
@@ -276,18 +293,42 @@ def test_fp16_on_cuda_keeps_the_cache_on_the_device(exported_fp16):
     rng = np.random.default_rng(0)
     src, dec = rng.integers(0, 256, (3, 100)), rng.integers(0, 256, (3, 40))
     assert np.abs(gpu.logits(src, dec) - cpu.logits(src, dec)).max() < 0.05
-    out = generate(gpu, [b"def heap", b"\x00"], ["text", "binary"], opts=SamplingOptions(max_bytes=100, stop_at_eos=False))
+    out = generate(
+        gpu, [b"def heap", b"\x00"], ["text", "binary"], opts=SamplingOptions(max_bytes=100, stop_at_eos=False)
+    )
     assert [len(o) for o in out] == [100, 100]
 
 
 def test_failed_parity_leaves_nothing(exported, tmp_path):
-    from obf.export import ExportError
-    from obf.config import ExportConfig
+    from obf.core.config import ExportConfig
+    from obf.export.onnx_export import ExportError
 
     root, _, _ = exported
     with pytest.raises(ExportError, match="parity check failed"):
         export(root / "model", tmp_path / "strict", ExportConfig(max_abs_diff=1e-12), progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+_NO_TORCH = (
+    "import sys\n"
+    "for m in ('torch', 'safetensors', 'onnx', 'dvc', 'dvclive'): sys.modules[m] = None  # unimportable\n"
+)
+
+
+def test_the_serving_path_runs_without_torch(exported, tmp_path):
+    """What `pip install ".[serve]"` installs is enough: `obf generate` on an ONNX dir, and the
+    batch-generate flow's module, with torch, safetensors, onnx and DVC unimportable."""
+    root, _, _ = exported
+    cli = _NO_TORCH + "from obf.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-c", cli, "generate", str(root / "onnx"), str(RAW / "text/bisect.py"),
+                        "--out", str(out), "--max-bytes", "32", "--params", "none", "-q"],
+                       capture_output=True, text=True, cwd=tempfile.gettempdir())
+    assert r.returncode == 0, r.stderr
+    assert (out / "bisect.py.txt").read_bytes().startswith((RAW / "text/bisect.py").read_bytes()[:64])
+    flow = _NO_TORCH + "import flows.generate, obf.runtime, obf.generate\nprint('ok')\n"
+    r = subprocess.run([sys.executable, "-c", flow], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
 
 
 def test_cli_generate_reports_bad_inputs_and_completes_the_rest(exported, tmp_path):
@@ -297,11 +338,34 @@ def test_cli_generate_reports_bad_inputs_and_completes_the_rest(exported, tmp_pa
     fake = tmp_path / "fake.png"
     fake.write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "obf.cli", "generate", str(root / "onnx"), str(RAW / "text/bisect.py"),
-                        str(tmp_path / "missing.txt"), str(big), str(fake), str(RAW / "image/coffee.jpg"),
-                        "--out", str(out), "--max-bytes", "64", "--max-input-bytes", "20000", "--provider", "cpu", "-q",
-                        "--params", "none"],
-                       capture_output=True, text=True, cwd=tempfile.gettempdir())
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "obf.cli",
+            "generate",
+            str(root / "onnx"),
+            str(RAW / "text/bisect.py"),
+            str(tmp_path / "missing.txt"),
+            str(big),
+            str(fake),
+            str(RAW / "image/coffee.jpg"),
+            "--out",
+            str(out),
+            "--max-bytes",
+            "64",
+            "--max-input-bytes",
+            "20000",
+            "--provider",
+            "cpu",
+            "-q",
+            "--params",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )
     assert r.returncode == 1
     assert "missing.txt" in r.stderr and "over the cap" in r.stderr and "image does not decode" in r.stderr
     assert "3 of 5 inputs failed" in r.stderr
@@ -312,20 +376,41 @@ def test_cli_generate_reports_bad_inputs_and_completes_the_rest(exported, tmp_pa
 
 
 def _cli_generate(root, inputs, out, *extra):
-    return subprocess.run([sys.executable, "-m", "obf.cli", "generate", str(root / "onnx"), *map(str, inputs),
-                           "--out", str(out), "--provider", "cpu", "-q", "--params", "none", *extra],
-                          capture_output=True, text=True, cwd=tempfile.gettempdir())
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "obf.cli",
+            "generate",
+            str(root / "onnx"),
+            *map(str, inputs),
+            "--out",
+            str(out),
+            "--provider",
+            "cpu",
+            "-q",
+            "--params",
+            "none",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )
 
 
 def _media_inputs(tmp_path):
     """A 64x64 BMP, a WAV and a Y4M, in the canonical forms the model knows."""
-    from obf.formats import canonicalize
+    from obf.formats.canonical import canonicalize
 
     cfg = load_params(None, TINY).ingest
     im = io.BytesIO()
     Image.open(RAW / "image/astronaut.png").convert("RGB").resize((64, 64)).save(im, format="BMP")
-    files = {"in.bmp": im.getvalue(), "in.wav": (RAW / "audio/numbers.wav").read_bytes(),
-             "in.y4m": (RAW / "video/hubble_pan.y4m").read_bytes()}
+    files = {
+        "in.bmp": im.getvalue(),
+        "in.wav": (RAW / "audio/numbers.wav").read_bytes(),
+        "in.y4m": (RAW / "video/hubble_pan.y4m").read_bytes(),
+    }
     paths = []
     for name, data in files.items():
         (tmp_path / name).write_bytes(canonicalize(data, cfg)[0])
@@ -336,8 +421,8 @@ def _media_inputs(tmp_path):
 def test_generate_completes_bmp_wav_y4m_from_a_prefix_to_their_declared_size(exported, tmp_path):
     """Done when of #18: the kept part equals the input, the rest is the model's, and the file is
     whole and opens as generated (its header and size unchanged, so no repair was needed)."""
-    from obf.completion import complete
-    from obf.formats import sniff
+    from obf.formats.sniff import sniff
+    from obf.generate.planning import complete
 
     root, _, _ = exported
     bmp, wav, y4m = _media_inputs(tmp_path)
@@ -348,9 +433,9 @@ def test_generate_completes_bmp_wav_y4m_from_a_prefix_to_their_declared_size(exp
         data = src.read_bytes()
         got = (tmp_path / "out" / f"{src.name}{src.suffix}").read_bytes()
         p = complete(data, modality, 3000)
-        assert len(got) == len(data) and got[:len(p.keep)] == p.keep and len(p.keep) >= 2900
+        assert len(got) == len(data) and got[: len(p.keep)] == p.keep and len(p.keep) >= 2900
         made = generate(backend, [p.keep], [modality], opts=SamplingOptions(max_bytes=1024), specs=[p.spec])[0]
-        assert got[len(p.keep):] == made and made != data[len(p.keep):]
+        assert got[len(p.keep) :] == made and made != data[len(p.keep) :]
         assert opens(p.keep + made, modality) and sniff(got).format == sniff(data).format
     with Image.open(tmp_path / "out" / "in.bmp.bmp") as im:
         assert im.size == (64, 64)
@@ -361,7 +446,7 @@ def test_generate_completes_bmp_wav_y4m_from_a_prefix_to_their_declared_size(exp
 
 
 def test_continue_on_a_whole_media_file_extends_it_with_its_header_updated(exported, tmp_path):
-    from obf.completion import extend
+    from obf.generate.planning import extend
 
     root, _, _ = exported
     bmp, wav, y4m = _media_inputs(tmp_path)
@@ -401,7 +486,7 @@ def test_generate_never_overwrites_what_it_did_not_write(exported, tmp_path):
 
 
 def test_evaluate_checkpoint_and_onnx_give_the_same_bpb(exported, tmp_path):
-    from obf.evaluate import evaluate
+    from obf.evaluate.run import evaluate
 
     root, params, _ = exported
     data = tmp_path / "data"
@@ -419,8 +504,8 @@ def test_mixer_travels_with_the_model_and_copies_what_repeats(exported):
     """Training fits the mixer into config.json, the export carries it, and both backends apply it
     alike: a file that repeats a random block costs far less than the network alone says, the
     same on torch and ONNX Runtime, and greedy generation after the block copies it."""
-    from obf.scoring import whole_file_bits
-    from obf.mixer import Mixer
+    from obf.mixer.mix import Mixer
+    from obf.runtime.scoring import whole_file_bits
 
     root, _, _ = exported
     saved = json.loads((root / "model" / "config.json").read_text())["mixer"]
@@ -445,13 +530,13 @@ def test_mixer_travels_with_the_model_and_copies_what_repeats(exported):
 
 
 def test_column_expert_codes_records_the_network_never_saw(exported):
-    """A dump of float64 samples: the column expert (obf.columns) makes it cost well under the
+    """A dump of float64 samples: the column expert (obf.mixer.columns) makes it cost well under the
     network's bits, alike on torch and ONNX Runtime; generation starts from the weight scoring
     gives the context's end, and greedy bytes keep the records' exponent column."""
-    from obf.adapt import adapt_log_probs
-    from obf.columns import column_log_probs, evidence_logits
-    from obf.mixer import TAIL, RowHints, file_hints
-    from obf.scoring import position_log_probs, tail_log_probs, whole_file_bits
+    from obf.mixer.adapt import adapt_log_probs
+    from obf.mixer.columns import column_log_probs, evidence_logits
+    from obf.mixer.mix import TAIL, RowHints, file_hints
+    from obf.runtime.scoring import position_log_probs, tail_log_probs, whole_file_bits
 
     root, _, _ = exported
     saved = json.loads((root / "model" / "config.json").read_text())["mixer"]
@@ -471,13 +556,18 @@ def test_column_expert_codes_records_the_network_never_saw(exported):
     n = len(ctx)
     whole = position_log_probs(tb, [(np.frombuffer(ctx, np.uint8), "binary")], 16)
     tail = tail_log_probs(tb, [ctx], ["binary"])[0]
-    np.testing.assert_allclose(tail.lp, whole.hinted[0][n - TAIL:n], atol=1e-4)
-    np.testing.assert_allclose(tail.hint_lp, whole.hint[0][n - TAIL:n], atol=1e-4)
+    np.testing.assert_allclose(tail.lp, whole.hinted[0][n - TAIL : n], atol=1e-4)
+    np.testing.assert_allclose(tail.hint_lp, whole.hint[0][n - TAIL : n], atol=1e-4)
     # generation starts where scoring the whole context would leave the file-adaptive parts
     fh = file_hints(ctx, "binary")
     assert (fh.match[:n] >= 0).sum() > 100
-    adapted = adapt_log_probs(np.frombuffer(ctx, np.uint8).astype(np.int64), fh.match[:n], fh.length[:n],
-                              whole.hinted[0][:n], whole.hint[0][:n])
+    adapted = adapt_log_probs(
+        np.frombuffer(ctx, np.uint8).astype(np.int64),
+        fh.match[:n],
+        fh.length[:n],
+        whole.hinted[0][:n],
+        whole.hint[0][:n],
+    )
     lq, _ = column_log_probs(ctx)
     row = RowHints(ctx, "binary", tail)
     assert row.columns.logit() == pytest.approx(evidence_logits(lq, adapted)[-1], abs=1e-3)
@@ -491,21 +581,25 @@ def test_column_expert_codes_records_the_network_never_saw(exported):
 def test_report_shows_each_sample_beside_its_source(exported, tmp_path):
     """Each sample completes a real file (its start kept); images and video frames are PNGs next to
     the source's, audio is linked with a waveform, text is inline."""
-    from obf.evaluate import evaluate
+    from obf.evaluate.run import evaluate
 
     root, params, _ = exported
     data = tmp_path / "data"
     data.mkdir()
     for rel in INPUTS.values():
         (data / rel.replace("/", "_")).write_bytes((RAW / rel).read_bytes())
-    params = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, sample_bytes=600,
-                                                                      denoise_windows=2))
+    params = dataclasses.replace(
+        params, evaluate=dataclasses.replace(params.evaluate, sample_bytes=600, denoise_windows=2)
+    )
     m = evaluate(str(root / "onnx"), str(data), tmp_path / "eval" / "metrics.json", params, progress=False)
     report = (tmp_path / "eval" / "report.md").read_text()
     for mod in ("image", "video"):
         s = m["modalities"][mod]["sample"]
         assert f"![sample]({s['preview']})" in report and f"![source]({s['source_preview']})" in report
-        with Image.open(tmp_path / "eval" / s["preview"]) as a, Image.open(tmp_path / "eval" / s["source_preview"]) as b:
+        with (
+            Image.open(tmp_path / "eval" / s["preview"]) as a,
+            Image.open(tmp_path / "eval" / s["source_preview"]) as b,
+        ):
             assert a.format == b.format == "PNG" and a.size == b.size and min(a.size) >= 96
         assert s["opens_raw"] and 0 < s["generated_bytes"] <= 600 + 1542
     audio = m["modalities"]["audio"]["sample"]
@@ -517,20 +611,24 @@ def test_report_shows_each_sample_beside_its_source(exported, tmp_path):
         src = data / INPUTS[mod].replace("/", "_")
         assert s["prefix_bytes"] > 0 and s["source"] == src.name
         if mod in ("text", "binary"):
-            assert sample[:s["prefix_bytes"]] == src.read_bytes()[:s["prefix_bytes"]]
+            assert sample[: s["prefix_bytes"]] == src.read_bytes()[: s["prefix_bytes"]]
 
 
 def test_export_and_evaluate_never_replace_what_they_did_not_write(exported, tmp_path):
     from obf import stages
-    from obf.errors import ObfError
+    from obf.core.errors import ObfError
 
     root, params, _ = exported
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
-    for out, match in ((root / "model", "is the input"), (root / "model" / "sub", "lies inside"),
-                       (root, "holds the input"), (foreign, "not written by obf export"),
-                       (root / "onnx-from-ingest", "written by obf ingest")):
+    for out, match in (
+        (root / "model", "is the input"),
+        (root / "model" / "sub", "lies inside"),
+        (root, "holds the input"),
+        (foreign, "not written by obf export"),
+        (root / "onnx-from-ingest", "written by obf ingest"),
+    ):
         if out.name == "onnx-from-ingest":
             ingest(str(RAW / "text"), out, params.ingest, progress=False)
         with pytest.raises(ObfError, match=match):
@@ -552,18 +650,30 @@ def test_export_and_evaluate_never_replace_what_they_did_not_write(exported, tmp
     for _ in range(2):  # its own outputs are replaced
         stages.evaluate(str(root / "onnx"), str(data), tmp_path / "metrics.json", params, progress=False)
     with pytest.raises(ObfError, match="is the input"):  # samples/ beside --out would replace the data
-        stages.evaluate(str(root / "onnx"), str(tmp_path / "samples"), tmp_path / "metrics.json", params, progress=False)
+        stages.evaluate(
+            str(root / "onnx"), str(tmp_path / "samples"), tmp_path / "metrics.json", params, progress=False
+        )
 
 
 def test_long_context_export_parity_scoring_and_generation(exported, tmp_path):
     """A 16 KiB causal-encoder model: the export's parity gate passes on a full-length source,
     whole-file scoring groups windows per encoder pass alike on both backends (same bits), and
     greedy generation after a context longer than the encoder's gives the same bytes."""
-    from obf.scoring import group_size, whole_file_bits
+    from obf.runtime.scoring import group_size, whole_file_bits
 
     root, _, _ = exported
-    params = load_params(None, [*TINY, "model.causal_encoder=true", "model.max_src_len=16384", "model.patch_size=16",
-                                "train.windows=4", "train.batch_size=2", "train.steps=4"])
+    params = load_params(
+        None,
+        [
+            *TINY,
+            "model.causal_encoder=true",
+            "model.max_src_len=16384",
+            "model.patch_size=16",
+            "train.windows=4",
+            "train.batch_size=2",
+            "train.steps=4",
+        ],
+    )
     train(root / "ds", tmp_path / "model", params, progress=False)
     elf = (RAW / "binary/_json.so").read_bytes()  # 210 KB: the parity source is a whole 16 KiB
     info = export(tmp_path / "model", tmp_path / "onnx", params.export, real=[(elf, "binary")], progress=False)

@@ -1,15 +1,15 @@
-"""The decode loop with a mixer (obf.sampling + obf.mixer): what it samples from a model whose
+"""The decode loop with a mixer (obf.generate.sampling + obf.mixer): what it samples from a model whose
 network is scripted, so that only the mixer's rules decide whether a run of one byte can feed on
 itself."""
 
 import numpy as np
 import pytest
 
-from obf.match import LENGTH_BUCKETS, MatchTable
-from obf.mixer import Mixer
-from obf.sampling import SamplingOptions, generate
-from obf.stride import StrideKernel
-from obf.vocab import EOS, VOCAB_SIZE
+from obf.core.vocab import EOS, VOCAB_SIZE
+from obf.generate.sampling import SamplingOptions, generate
+from obf.mixer.match import LENGTH_BUCKETS, MatchTable
+from obf.mixer.mix import Mixer
+from obf.mixer.stride_hint import StrideKernel
 
 LETTERS = b"abcd"
 
@@ -58,9 +58,9 @@ def test_a_run_of_one_byte_does_not_feed_on_itself():
     where the context put it; a mixer that learns from the bytes it has just made (the match
     model copying the run it is writing, the trust in such copies, the column counts) makes the
     next 'a' ever surer, until nothing else can come."""
-    from obf.match import modality_index
-    from obf.mixer import RowHints
-    from obf.scoring import tail_log_probs
+    from obf.mixer.match import modality_index
+    from obf.mixer.mix import RowHints
+    from obf.runtime.scoring import tail_log_probs
 
     backend = FourLetters(_trusting_mixer())
     context = _context(0)
@@ -101,7 +101,7 @@ class Recorder:
 
 
 def test_paired_windows_each_see_the_whole_input_aligned_at_their_offset():
-    from obf.vocab import PAD, PAIRED_TAGS, paired_input
+    from obf.core.vocab import PAD, PAIRED_TAGS, paired_input
 
     backend = Recorder()
     inputs = [b"abcdefghijklmnopqrstuvw", b"xyz"]

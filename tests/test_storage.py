@@ -1,7 +1,7 @@
 import pytest
 
-from obf import storage
-from obf.storage import StorageError, safe_key
+from obf.core import storage
+from obf.core.storage import StorageError, safe_key
 
 
 @pytest.mark.parametrize("key", ["a.txt", "a/b/c.bin", "dir//x.wav", "ünïcode/файл.txt"])

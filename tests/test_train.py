@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from obf.config import load_params
-from obf.dataset import DataError, Dataset
-from obf.ingest import ingest
-from obf.objectives import ExampleSampler
-from obf.model import OmniByteFormer
+from obf.core.config import load_params
+from obf.data.dataset import DataError, Dataset
+from obf.data.ingest import ingest
+from obf.data.objectives import ExampleSampler
+from obf.model.network import OmniByteFormer
 from obf.train import loss_bits
 
 from .conftest import RAW, ROOT
@@ -89,7 +89,9 @@ def test_sigkill_then_resume_is_bitwise_identical(dataset, tmp_path):
     assert full.returncode == 0, full.stderr
     cmd = [sys.executable, "-m", "obf.cli", "train", str(dataset), "--out", str(tmp_path / "cut"), "-q", *sets,
            "--params", "none"]
-    proc = subprocess.Popen(cmd, env=env(), cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, env=env(), cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     cfg = tmp_path / "cut" / "config.json"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -101,7 +103,7 @@ def test_sigkill_then_resume_is_bitwise_identical(dataset, tmp_path):
     proc.wait()
     killed_at = json.loads(cfg.read_text())["step"]
     assert 40 <= killed_at < 400
-    from obf.checkpoint import recover
+    from obf.model.checkpoint import recover
 
     recover(tmp_path / "cut")  # (a kill inside a checkpoint's renames is rolled forward by any reader)
     saved_step = torch.load(tmp_path / "cut" / "train_state.pt", weights_only=True)["step"]
@@ -120,10 +122,30 @@ def test_sigkill_then_resume_is_bitwise_identical(dataset, tmp_path):
 def test_ddp_two_gloo_ranks_see_disjoint_samples(dataset, tmp_path):
     log = tmp_path / "samples"
     r = subprocess.run(
-        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "obf", "train", str(dataset),
-         "--out", str(tmp_path / "ddp"), "-q", "--params", "none", "--sample-log", str(log),
-         *[f"--set={s}" for s in [*TINY, "train.steps=6", "train.device=cpu"]]],
-        capture_output=True, text=True, env=env(), timeout=300, cwd=tempfile.gettempdir())
+        [
+            str(BIN / "torchrun"),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "obf",
+            "train",
+            str(dataset),
+            "--out",
+            str(tmp_path / "ddp"),
+            "-q",
+            "--params",
+            "none",
+            "--sample-log",
+            str(log),
+            *[f"--set={s}" for s in [*TINY, "train.steps=6", "train.device=cpu"]],
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=300,
+        cwd=tempfile.gettempdir(),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     seen = [[json.loads(line)["index"] for line in open(f"{log}.rank{k}")] for k in (0, 1)]
     assert len(seen[0]) == len(seen[1]) == 6 * 4
@@ -135,7 +157,9 @@ def test_ddp_two_gloo_ranks_see_disjoint_samples(dataset, tmp_path):
 def test_lr_schedule_follows_the_budget_that_ends_first():
     from obf.train import lr_at
 
-    cfg = load_params(None, ["train.steps=1000", "train.warmup_steps=10", "train.lr=0.001", "train.min_lr_ratio=0.1"]).train
+    cfg = load_params(
+        None, ["train.steps=1000", "train.warmup_steps=10", "train.lr=0.001", "train.min_lr_ratio=0.1"]
+    ).train
     assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(10, cfg) == pytest.approx(1e-3)
     assert lr_at(505, cfg) == pytest.approx(lr_at(10, cfg, 0.5))  # half the steps == half the minutes
     assert lr_at(100, cfg, 1.0) == pytest.approx(1e-4) and lr_at(999, cfg, 0.2) == lr_at(999, cfg)
@@ -144,8 +168,17 @@ def test_lr_schedule_follows_the_budget_that_ends_first():
 def test_minutes_budget_ends_annealed_and_counts_across_resume(dataset, tmp_path):
     """A run ended by `train.minutes` has decayed its learning rate to the floor; a resumed run
     gets only what is left of the budget."""
-    sets = [f"--set={s}" for s in [*TINY, "train.steps=1000000", "train.eval_every=1000000", "train.lr=0.002",
-                                    "train.min_lr_ratio=0.1", "train.checkpoint_every=1000000"]]
+    sets = [
+        f"--set={s}"
+        for s in [
+            *TINY,
+            "train.steps=1000000",
+            "train.eval_every=1000000",
+            "train.lr=0.002",
+            "train.min_lr_ratio=0.1",
+            "train.checkpoint_every=1000000",
+        ]
+    ]
     out = tmp_path / "timed"
     r = obf("train", str(dataset), "--out", str(out), "-q", "--set=train.minutes=0.08", *sets, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -165,11 +198,40 @@ def test_ddp_ranks_stop_together_on_a_minutes_budget(dataset, tmp_path):
     others in their next all-reduce)."""
     log = tmp_path / "samples"
     r = subprocess.run(
-        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "obf", "train", str(dataset),
-         "--out", str(tmp_path / "ddp"), "-q", "--params", "none", "--sample-log", str(log),
-         *[f"--set={s}" for s in [*TINY, "train.steps=1000000", "train.minutes=0.1", "train.device=cpu",
-                                  "train.eval_every=1000000", "train.checkpoint_every=1000000"]]],
-        capture_output=True, text=True, env=env(), timeout=300, cwd=tempfile.gettempdir())
+        [
+            str(BIN / "torchrun"),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "obf",
+            "train",
+            str(dataset),
+            "--out",
+            str(tmp_path / "ddp"),
+            "-q",
+            "--params",
+            "none",
+            "--sample-log",
+            str(log),
+            *[
+                f"--set={s}"
+                for s in [
+                    *TINY,
+                    "train.steps=1000000",
+                    "train.minutes=0.1",
+                    "train.device=cpu",
+                    "train.eval_every=1000000",
+                    "train.checkpoint_every=1000000",
+                ]
+            ],
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=300,
+        cwd=tempfile.gettempdir(),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [len(open(f"{log}.rank{k}").readlines()) for k in (0, 1)]
     assert lines[0] == lines[1] > 0
@@ -188,15 +250,28 @@ def test_resume_refuses_another_dataset_or_setting_but_not_a_longer_budget(text_
     out = str(tmp_path / "m")
     sets = [f"--set={s}" for s in [*TINY, "train.steps=4", "train.eval_every=1000"]]
     assert obf("train", str(text_only), "--out", out, "-q", *sets).returncode == 0
-    for extra, expect in ((["--set", "train.lr=0.01"], "train.lr differs"),
-                          (["--set", "train.task_weights={continue: 0.5, denoise: 0.5}"], "train.task_weights differs"),
-                          (["--set", "model.d_ff=64"], "model config differs")):
+    for extra, expect in (
+        (["--set", "train.lr=0.01"], "train.lr differs"),
+        (["--set", "train.task_weights={continue: 0.5, denoise: 0.5}"], "train.task_weights differs"),
+        (["--set", "model.d_ff=64"], "model config differs"),
+    ):
         r = obf("train", str(text_only), "--out", out, "-q", "--resume", *sets, *extra)
         assert r.returncode == 1 and expect in r.stderr and r.stderr.count("\n") == 1, r.stderr
     r = obf("train", str(dataset), "--out", out, "-q", "--resume", *sets)
     assert r.returncode == 1 and "dataset differs" in r.stderr
-    r = obf("train", str(text_only), "--out", out, "-q", "--resume", *sets, "--set", "train.steps=6",
-            "--set", "train.minutes=5")
+    r = obf(
+        "train",
+        str(text_only),
+        "--out",
+        out,
+        "-q",
+        "--resume",
+        *sets,
+        "--set",
+        "train.steps=6",
+        "--set",
+        "train.minutes=5",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "m" / "train_summary.json").read_text())["start_step"] == 4
 
@@ -204,8 +279,8 @@ def test_resume_refuses_another_dataset_or_setting_but_not_a_longer_budget(text_
 def test_a_checkpoint_is_one_atomic_step(tmp_path, monkeypatch):
     """Weights, config and train state change together or not at all: a crash before the commit
     record leaves the old set whole; a crash after it is rolled forward by the next reader."""
-    import obf.checkpoint as ck
-    from obf.config import ModelConfig
+    import obf.model.checkpoint as ck
+    from obf.core.config import ModelConfig
 
     cfg = ModelConfig.from_preset("tiny", patch_size=4, max_src_len=64, max_tgt_len=16)
     torch.manual_seed(1)
@@ -238,8 +313,12 @@ def test_a_checkpoint_is_one_atomic_step(tmp_path, monkeypatch):
         ck.save_checkpoint(d, m1, cfg, {"step": 3}, step=3)
     monkeypatch.undo()
     assert ck.load_train_state(d)["step"] == 2 and ck.read_config(d)[1]["step"] == 2  # the old set, whole
-    assert sorted(p.name for p in d.iterdir()) == ["checkpoint.json", "config.json", "model.safetensors",
-                                                  "train_state.pt"]  # its temps cleaned up
+    assert sorted(p.name for p in d.iterdir()) == [
+        "checkpoint.json",
+        "config.json",
+        "model.safetensors",
+        "train_state.pt",
+    ]  # its temps cleaned up
 
 
 def test_bad_inputs_are_clear_errors(text_only, tmp_path):
@@ -250,12 +329,16 @@ def test_bad_inputs_are_clear_errors(text_only, tmp_path):
     cases = [
         (["train", str(tmp_path / "empty_ds"), "--out", str(tmp_path / "m1")], "holds no file"),
         (["train", str(tmp_path / "nope"), "--out", str(tmp_path / "m2")], "not an ingested dataset"),
-        (["train", str(text_only), "--out", str(tmp_path / "m3"), "--set", "train.modality_weights={video: 1.0}"],
-         "train.modality_weights.video > 0 but split 'train' has no video file"),
+        (
+            ["train", str(text_only), "--out", str(tmp_path / "m3"), "--set", "train.modality_weights={video: 1.0}"],
+            "train.modality_weights.video > 0 but split 'train' has no video file",
+        ),
         (["train", str(text_only), "--out", str(tmp_path / "m4"), "--resume"], "nothing to resume"),
         (["train", str(text_only), "--out", str(tmp_path / "m5"), "--set", "train.lr=-1"], "train.lr"),
-        (["train", str(text_only), "--out", str(tmp_path / "m6"), "--set", "train.task_weights={paired: 1.0}"],
-         "train.task_weights.paired > 0 but split 'train' has no paired files"),
+        (
+            ["train", str(text_only), "--out", str(tmp_path / "m6"), "--set", "train.task_weights={paired: 1.0}"],
+            "train.task_weights.paired > 0 but split 'train' has no paired files",
+        ),
         (["train", str(text_only), "--out", str(tmp_path / "m7"), "--set", "model.patch_size=3"], "model.patch_size"),
     ]
     for args, expect in cases:
@@ -281,10 +364,19 @@ def test_train_stage_through_dvc_repro(tmp_path):
     run = lambda *c: subprocess.run(list(c), cwd=repo, capture_output=True, text=True, env=env(), timeout=600)
     assert run("git", "init", "-q").returncode == 0
     assert run("dvc", "init", "-q").returncode == 0
-    sets = ["model.preset=tiny", "model.max_src_len=128", "model.max_tgt_len=32", "train.steps=8",
-            "train.batch_size=4", "train.eval_every=4", "train.eval_batches=1", "train.warmup_steps=2"]
-    from obf.config import apply_overrides
+    sets = [
+        "model.preset=tiny",
+        "model.max_src_len=128",
+        "model.max_tgt_len=32",
+        "train.steps=8",
+        "train.batch_size=4",
+        "train.eval_every=4",
+        "train.eval_batches=1",
+        "train.warmup_steps=2",
+    ]
     import yaml
+
+    from obf.core.config import apply_overrides
 
     (repo / "params.yaml").write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(params), sets)))
     run("git", "add", "-A")
@@ -303,7 +395,7 @@ def test_train_stage_through_dvc_repro(tmp_path):
 def test_random_byte_examples_predict_random_bytes_from_a_random_context(text_only):
     """train.random_bytes_weight: that share of continue examples predicts uniform random bytes
     after a real file start, with random bytes already in the context; the rest are unchanged."""
-    from obf.vocab import modality_id
+    from obf.core.vocab import modality_id
 
     ds = Dataset(text_only)
     kw = dict(max_src_len=128, max_tgt_len=32, task_weights={"continue": 1.0}, seed=3)
@@ -327,10 +419,22 @@ def test_long_steps_come_every_long_every_steps_with_the_whole_context(dataset):
     Each batch is a pure function of (step, rank)."""
     from obf.train import Dist, step_batch
 
-    p = load_params(None, ["model.preset=tiny", "model.causal_encoder=true", "model.patch_size=4",
-                           "model.max_src_len=2048", "model.max_tgt_len=32",
-                           "train.src_len=128", "train.windows=2", "train.batch_size=4", "train.long_every=3",
-                           "train.long_windows=8", "train.task_weights={continue: 1.0}"])
+    p = load_params(
+        None,
+        [
+            "model.preset=tiny",
+            "model.causal_encoder=true",
+            "model.patch_size=4",
+            "model.max_src_len=2048",
+            "model.max_tgt_len=32",
+            "train.src_len=128",
+            "train.windows=2",
+            "train.batch_size=4",
+            "train.long_every=3",
+            "train.long_windows=8",
+            "train.task_weights={continue: 1.0}",
+        ],
+    )
     t = p.train
     ds = Dataset(dataset)
     kw = dict(max_tgt_len=32, task_weights={"continue": 1.0}, seed=0)
@@ -353,8 +457,8 @@ def test_long_steps_come_every_long_every_steps_with_the_whole_context(dataset):
 def test_train_reads_a_dataset_from_a_url_through_a_verified_cache(dataset, s3_bucket, tmp_path, monkeypatch):
     """`obf train s3://.../ds`: the dataset is fetched once into $OBF_DATA_CACHE, every file checked
     against its sha256, and training sees what it sees locally; a corrupt copy is refused."""
-    from obf import storage
-    from obf.dataset import local_dataset
+    from obf.core import storage
+    from obf.data.dataset import local_dataset
 
     url = f"{s3_bucket}/ds"
     for p in sorted(Path(dataset).rglob("*")):
@@ -365,8 +469,9 @@ def test_train_reads_a_dataset_from_a_url_through_a_verified_cache(dataset, s3_b
     assert local.parent == tmp_path / "cache"
     assert [r.key for r in Dataset(local).records] == [r.key for r in Dataset(dataset).records]
     assert local_dataset(url) == local  # cached, verified once
-    r = obf("train", url, "--out", str(tmp_path / "m"), "-q", *sum((["--set", s] for s in
-                                                                  [*TINY, "train.steps=3"]), []))
+    r = obf(
+        "train", url, "--out", str(tmp_path / "m"), "-q", *sum((["--set", s] for s in [*TINY, "train.steps=3"]), [])
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "m" / "config.json").read_text())["step"] == 3
     shard = f"{s3_bucket}/bad/shards/000000.bin"

@@ -1,0 +1,253 @@
+"""Whole-file scoring: the bits a model needs for every byte of a file, each predicted from the
+bytes before it in that file only, window after window, batched over files.
+
+Shared by evaluation (`obf evaluate`) and training, which fits the model's mixer (`obf.mixer`)
+on the network's logits of training files scored the same way. Works with any backend that
+offers teacher-forced `logits(src, dec)` (and `window_logits` for a causal encoder): a torch
+checkpoint and its ONNX export give the same numbers. Generation asks it for the log-probabilities
+of a context's last bytes (`tail_log_probs`), from which the mixer's file-adaptive parts start.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NamedTuple
+
+import numpy as np
+
+from obf.core.bits import LN2, log_probs_of
+from obf.core.vocab import PAD
+from obf.data.objectives import Example, collate, windows_example
+from obf.mixer.match import modality_index
+from obf.mixer.mix import TAIL, Hints, MixerStats, Tail, file_hints, mixer_of
+from obf.runtime.backend import Backend, meta_of
+
+
+def file_windows(data: np.ndarray | bytes, modality: str, max_src_len: int, max_tgt_len: int,
+                 stride: int, group: int = 1) -> list[tuple[Example, list[tuple[int, int]]]]:
+    """Examples whose scored targets cover the file and its EOS once, each with `(start, first)`
+    per window (in `collate`'s order: earlier windows, then the last): the window's first byte in
+    the file and its first scored target.
+
+    Window k starts at byte s_k and predicts targets s_k .. s_k + W - 1 (W = max_tgt_len) from the
+    bytes before s_k (encoder) and before each target (decoder). With stride < W, windows overlap
+    and only the last `stride` targets of a window are scored, so every scored byte has at least
+    W - stride bytes of decoder context: the usual sliding-window evaluation. stride = W gives
+    non-overlapping windows.
+
+    `group` > 1 (a causal encoder; stride a multiple of the patch size) puts up to `group`
+    consecutive windows on one encoder pass: the source ends at the last window's start and
+    holds `max_src_len` ids at most, so each window sees the bytes before it back to where that
+    source begins. `group_size` keeps that within a quarter of the context.
+    """
+    n, w = len(data), max_tgt_len
+    starts = [(0, 0)]
+    end = w  # positions [0, end) are scored
+    while end <= n:  # the EOS at position n is not scored yet
+        s = end + stride - w
+        starts.append((s, w - stride))
+        end = s + w
+    parts = [starts[g:g + group] for g in range(0, len(starts), group)]
+    return [(windows_example(data, [s for s, _ in part], modality, max_src_len, w), part) for part in parts]
+
+
+def group_size(backend: Backend, stride: int) -> int:
+    """Windows per encoder pass for `file_windows`: 1 unless the model's encoder is causal and the
+    stride keeps the windows on the patch grid; then as many as span a quarter of the context.
+    The torch and ONNX backends group alike, so a checkpoint and its export score the same."""
+    if not getattr(backend, "causal_encoder", False):
+        return 1
+    if stride % backend.patch_size:
+        return 1
+    return max(1, (backend.max_src_len - 2) // 4 // stride + 1)
+
+
+class FileBits(NamedTuple):
+    """Total bits per file: the model as served (the network and its mixer) and the network alone."""
+
+    model: list[float]
+    network: list[float]
+
+
+class PositionLogProbs(NamedTuple):
+    """Per file, (n+1,) log-probabilities in nats of its targets (n bytes, then EOS): the network
+    with its mixer's hints (`Mixer.apply`, before the file-adaptive parts), the same of each
+    position's match hint (0 where none), and the network alone; and the file's hints (None
+    without a mixer). Positions a `tails` request left out are 0."""
+
+    hinted: list[np.ndarray]
+    hint: list[np.ndarray]
+    network: list[np.ndarray]
+    hints: list[Hints | None]
+
+
+def position_log_probs(backend: Backend, files: list[tuple[np.ndarray, str]], batch_size: int,
+                       stride: int | None = None, progress: bool = False, fit: MixerStats | None = None,
+                       tails: list[int] | None = None, learn_until: list[int | None] | None = None
+                       ) -> PositionLogProbs:
+    """Score every position of each (bytes, modality) file, window after window as
+    `file_windows` lays them out; windows of all files are batched, `batch_size` windows at most
+    per batch (an example with many windows is a batch). Where the model carries a mixer
+    (`obf.mixer`), each position's logits are mixed with its hints exactly as sampling mixes
+    them. `fit` collects what `obf.mixer.fit_mixer` needs from the network's logits (training
+    fits its mixer so). `tails[i]`: only the windows that score file i's last `tails[i]` bytes.
+    `learn_until[i]`: file i's hints as generation gives them after a context of that length
+    (`obf.mixer.file_hints`)."""
+    from tqdm import tqdm
+
+    w = backend.max_tgt_len
+    stride = w // 2 if not stride else min(stride, w)
+    group = group_size(backend, stride)
+    mixer = mixer_of(meta_of(backend))
+    until = learn_until if learn_until is not None else [None] * len(files)
+    hints = [file_hints(data, modality, u) if mixer or fit else None for (data, modality), u in zip(files, until)]
+    work = []  # (file index, example, (start, first scored target) of each window)
+    for fi, (data, modality) in enumerate(files):
+        n = len(data)
+        from_pos = 0 if tails is None else n - tails[fi]
+        if tails is not None and not tails[fi]:
+            continue
+        for ex, windows in file_windows(data, modality, backend.max_src_len, w, stride, group):
+            if windows[-1][0] + w > from_pos:  # the last window scores up to its start + w
+                work.append((fi, ex, windows))
+    work.sort(key=lambda item: len(item[1].src))  # similar lengths together: less padding
+    batches, cur = [], []
+    for item in work:
+        if cur and sum(len(x[2]) for x in cur) + len(item[2]) > batch_size:
+            batches.append(cur)
+            cur = []
+        cur.append(item)
+    batches += [cur] if cur else []
+    hinted = [np.zeros(len(data) + 1) for data, _ in files]
+    hint = [np.zeros(len(data) + 1) for data, _ in files]
+    network = [np.zeros(len(data) + 1) for data, _ in files]
+    for chunk in tqdm(batches, desc="bpb", unit="batch", disable=not progress, file=sys.stderr):
+        b = collate([ex for _, ex, _ in chunk], multiple=max(8, backend.patch_size))
+        if group > 1:
+            logits = backend.window_logits(b.src, b.dec, b.rows, b.visible)
+        else:
+            logits = backend.logits(b.src, b.dec)
+        windows = [(fi, start, first) for fi, _, ws in chunk for start, first in ws]  # collate's window order
+        lp_net = log_probs_of(logits, b.tgt)  # (N, T)
+        lp, lp_hint = lp_net, np.zeros_like(lp_net)
+        if mixer is not None or fit is not None:
+            h = Hints(*(np.full(b.tgt.shape, fill, dtype=np.int64) for fill in (-1, 0, -1, 0)))  # (N, T) each
+            for n, (fi, start, _) in enumerate(windows):
+                k = min(b.tgt.shape[1], len(hints[fi].match) - start)
+                for mine, theirs in zip(h, hints[fi]):
+                    mine[n, :k] = theirs[start:start + k]
+            mods = modality_index([files[fi][1] for fi, _, _ in windows])[:, None]  # (N, 1)
+            if fit is not None:
+                unscored = np.arange(b.tgt.shape[1])[None, :] < np.array([f for _, _, f in windows])[:, None]
+                fit.add(logits, b.tgt, Hints(*(np.where(unscored, -1, x) for x in h)), mods)  # each position once
+            if mixer is not None:
+                mixed = mixer.apply(logits, h, mods)
+                lp = log_probs_of(mixed, b.tgt)
+                lp_hint = log_probs_of(mixed, np.where(h.match >= 0, h.match, PAD))  # 0 where no hint
+        for n, (fi, start, first) in enumerate(windows):
+            k = min(b.tgt.shape[1], len(hinted[fi]) - start)  # targets past EOS are padding
+            hinted[fi][start + first:start + k] = lp[n, first:k]
+            hint[fi][start + first:start + k] = lp_hint[n, first:k]
+            network[fi][start + first:start + k] = lp_net[n, first:k]
+    return PositionLogProbs(hinted, hint, network, hints)
+
+
+def served_log_probs(backend: Backend, files: list[tuple[np.ndarray, str]], batch_size: int, stride: int | None = None,
+                     progress: bool = False, fit: MixerStats | None = None,
+                     learn_until: list[int | None] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per file, (n+1,) log p of its targets (bytes, then EOS) under the model as served
+    (`position_log_probs`, then the mixer's file-adaptive parts: `Mixer.serve`) and under the
+    network alone. `learn_until[i]`: as generation serves the bytes after a context of that length."""
+    until = learn_until if learn_until is not None else [None] * len(files)
+    lp = position_log_probs(backend, files, batch_size, stride, progress, fit, learn_until=until)
+    mixer = mixer_of(meta_of(backend))
+    if mixer is None:
+        return lp.hinted, lp.network
+    served = [mixer.serve(data, hints, h, hl, u)
+              for (data, _), hints, h, hl, u in zip(files, lp.hints, lp.hinted, lp.hint, until)]
+    return served, lp.network
+
+
+def whole_file_bits(backend: Backend, files: list[tuple[np.ndarray, str]], batch_size: int, stride: int | None = None,
+                    progress: bool = False, fit: MixerStats | None = None) -> FileBits:
+    """Total bits to code each (bytes, modality) file with the model (`served_log_probs`);
+    `network` is the network alone."""
+    served, network = served_log_probs(backend, files, batch_size, stride, progress, fit)
+    return FileBits([-float(x.sum()) / LN2 for x in served], [-float(x.sum()) / LN2 for x in network])
+
+
+def tail_log_probs(backend: Backend, contexts: list[bytes], modalities: list[str]) -> list[Tail]:
+    """What `position_log_probs` (default stride) gives the last `obf.mixer.TAIL` bytes of each
+    context (fewer when it is shorter): what the mixer's file-adaptive parts need to start
+    generating after it as scoring would score it."""
+    files = [(np.frombuffer(bytes(c), np.uint8), m) for c, m in zip(contexts, modalities)]
+    tails = [min(TAIL, len(c)) for c in contexts]
+    lp = position_log_probs(backend, files, batch_size=32, tails=tails)
+    return [Tail(h[len(c) - t:len(c)], hl[len(c) - t:len(c)], fh)
+            for h, hl, fh, c, t in zip(lp.hinted, lp.hint, lp.hints, contexts, tails)]
+
+
+class PairedScores(NamedTuple):
+    """Per pair, over its target's n bytes and EOS (n+1,): the log p the model as served gives
+    each (given the whole input, window after window), and whether the hinted network's most
+    likely byte was the target (teacher forcing)."""
+
+    served: list[np.ndarray]
+    argmax_right: list[np.ndarray]
+
+
+def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]], batch_size: int = 32,
+                     progress: bool = False) -> PairedScores:
+    """Teacher-forced `paired` scoring of (input, input modality, target, target modality) pairs:
+    every window of each target with the whole input in the encoder, aligned with its part of the
+    input (`obf.data.objectives.paired_example`), as generation makes them. Where the model carries a
+    mixer, the target's hints come from its own bytes and nothing is learned from them
+    (`learn_until=0`): what generation serves a target it writes from nothing."""
+    from tqdm import tqdm
+
+    from obf.data.objectives import PAIRED_WINDOWS, paired_example
+
+    w = backend.max_tgt_len
+    mixer = mixer_of(meta_of(backend))
+    hints = [file_hints(t, tm, 0) if mixer else None for _, _, t, tm in pairs]
+    work = []  # (pair index, example, first target window)
+    for pi, (inp, im, tgt, tm) in enumerate(pairs):
+        n_windows = len(tgt) // w + 1
+        for k in range(0, n_windows, PAIRED_WINDOWS):
+            ks = range(k, min(n_windows, k + PAIRED_WINDOWS))
+            work.append((pi, paired_example(inp, im, tgt, tm, backend.max_input_len, w, ks), k))
+    batches, cur = [], []
+    for item in work:
+        if cur and sum(len(x[1].earlier) + 1 for x in cur) + len(item[1].earlier) + 1 > batch_size:
+            batches.append(cur)
+            cur = []
+        cur.append(item)
+    batches += [cur] if cur else []
+    lp_h = [np.zeros(len(t) + 1) for _, _, t, _ in pairs]
+    hint_lp = [np.zeros(len(t) + 1) for _, _, t, _ in pairs]
+    right = [np.zeros(len(t) + 1, dtype=bool) for _, _, t, _ in pairs]
+    for chunk in tqdm(batches, desc="paired", unit="batch", disable=not progress, file=sys.stderr):
+        b = collate([ex for _, ex, _ in chunk], multiple=max(8, backend.patch_size))
+        logits = backend.window_logits(b.src, b.dec, b.rows, b.visible, b.align)  # (N, T, V)
+        starts = [(pi, (k0 + j) * w) for pi, ex, k0 in chunk for j in range(len(ex.earlier) + 1)]  # collate's order
+        mixed, lp_hint = logits, np.zeros(b.tgt.shape)
+        if mixer is not None:
+            h = Hints(*(np.full(b.tgt.shape, fill, dtype=np.int64) for fill in (-1, 0, -1, 0)))  # (N, T) each
+            for n, (pi, start) in enumerate(starts):
+                k = min(b.tgt.shape[1], len(hints[pi].match) - start)
+                for mine, theirs in zip(h, hints[pi]):
+                    mine[n, :k] = theirs[start:start + k]
+            mods = modality_index([pairs[pi][3] for pi, _ in starts])[:, None]  # (N, 1)
+            mixed = mixer.apply(logits, h, mods)
+            lp_hint = log_probs_of(mixed, np.where(h.match >= 0, h.match, PAD))
+        lp = log_probs_of(mixed, b.tgt)
+        best = mixed.argmax(axis=-1) == b.tgt
+        for n, (pi, start) in enumerate(starts):
+            k = min(b.tgt.shape[1], len(lp_h[pi]) - start)
+            lp_h[pi][start:start + k] = lp[n, :k]
+            hint_lp[pi][start:start + k] = lp_hint[n, :k]
+            right[pi][start:start + k] = best[n, :k]
+    if mixer is None:
+        return PairedScores(lp_h, right)
+    served = [mixer.serve(t, hh, lp, hl, 0) for (_, _, t, _), hh, lp, hl in zip(pairs, hints, lp_h, hint_lp)]
+    return PairedScores(served, right)
