@@ -1,9 +1,10 @@
 """Datasets: ingest (local, URL, Dask), shards, the dataset reader, and the training objectives
 that turn files into examples.
+
+`ingest` is not re-exported: `obf.data.ingest` stays the module (`from obf.data.ingest import ingest`).
 """
 
 from obf.data.dataset import DataError, Dataset, Record, dataset_sha256, local_dataset
-from obf.data.ingest import ingest
 from obf.data.objectives import (
     PAIRED_WINDOWS,
     Batch,
@@ -25,7 +26,6 @@ __all__ = [
     "dataset_sha256",
     "Example",
     "ExampleSampler",
-    "ingest",
     "local_dataset",
     "paired_example",
     "PAIRED_WINDOWS",

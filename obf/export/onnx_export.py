@@ -156,7 +156,8 @@ def export(model_dir: str | Path, out_dir: str | Path, cfg: ExportConfig, *, rea
     """Export MODEL_DIR to ONNX_DIR atomically; fail (leaving nothing) when parity is out of tolerance.
 
     `real`: (bytes, modality) samples the parity check (and the int8 report) run on beside random
-    bytes; `obf export --data DATA` takes them from a dataset's validation split."""
+    bytes; `obf export --data DATA` takes them from a dataset's validation split. `progress` is
+    taken as by every stage; export draws no bar, and its summary goes to the `obf` logger."""
     out = Path(out_dir)
     storage.check_output_dir(out, "export", [str(model_dir)])
     model_cfg, meta = read_config(model_dir)
