@@ -69,7 +69,7 @@ def score_held_out(model: str, files: dict[str, bytes]) -> list[dict[str, Any]]:
     (samples and denoise scoring kept minimal)."""
     import tempfile
 
-    from obf.core.config import load_params
+    from obf.core.params import load_params
     from obf.evaluate.baselines import compressed_sizes
     from obf.evaluate.run import evaluate
 

@@ -52,7 +52,7 @@ def main() -> None:
 
     from flows.generate import batch_generate
     from obf.core import storage
-    from obf.core.config import load_params
+    from obf.core.params import load_params
     from obf.export.onnx_export import export
     from obf.model.checkpoint import save_model
     from obf.model.network import OmniByteFormer

@@ -46,7 +46,7 @@ def main() -> int:
     ap.add_argument("--name", default="defaults_ab", help="result file name in benchmarks/results (no .json)")
     args = ap.parse_args()
 
-    from obf.core.config import load_params
+    from obf.core.params import load_params
     from obf.evaluate.run import evaluate
     from obf.train import train
 

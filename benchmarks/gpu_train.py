@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import save, train_flops_per_step  # noqa: E402
-from obf.core.config import load_params
+from obf.core.params import load_params
 from obf.train import train  # noqa: E402
 
 

@@ -50,7 +50,7 @@ class Runner:
     def __init__(self, data: str, sets: list[str]) -> None:
         import torch
 
-        from obf.core.config import load_params
+        from obf.core.params import load_params
         from obf.data.dataset import Dataset
         from obf.model.devices import resolve_device, use_bf16
         from obf.model.network import OmniByteFormer

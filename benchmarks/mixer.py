@@ -67,7 +67,7 @@ def main() -> int:
     ap.add_argument("--name", default="mixer", help="result file name in benchmarks/results (no .json)")
     args = ap.parse_args()
 
-    from obf.core.config import load_params
+    from obf.core.params import load_params
     from obf.data.dataset import Dataset
     from obf.evaluate.run import evaluate
     from obf.mixer.match import MIN_LEN, MIN_LEN_OF, RECOVER

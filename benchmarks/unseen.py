@@ -174,7 +174,7 @@ def main() -> int:
     ap.add_argument("--keep", help="also keep the gathered raw files here")
     args = ap.parse_args()
 
-    from obf.core.config import load_params
+    from obf.core.params import load_params
     from obf.data.dataset import Dataset
     from obf.data.ingest import ingest
     from obf.evaluate.baselines import compressed_sizes

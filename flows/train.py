@@ -28,7 +28,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from obf import provenance, stages
 from obf.core import storage
-from obf.core.config import load_params
+from obf.core.params import load_params
 from obf.data.dataset import dataset_sha256
 from obf.registry import publish
 

@@ -13,8 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from obf import __version__
-from obf.core.config import GenerateSettings, Params, load_params
+from obf.core.config import GenerateSettings
 from obf.core.errors import ObfError
+from obf.core.params import Params, load_params
 
 
 def _add_params(p: argparse.ArgumentParser) -> None:

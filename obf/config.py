@@ -6,17 +6,18 @@ from obf.core.config import (
     ConfigError,
     EvaluateConfig,
     ExportConfig,
+    GenerateSettings,
     IngestConfig,
     ModelConfig,
-    Params,
     TrainConfig,
-    load_params,
 )
+from obf.core.params import Params, load_params
 
 __all__ = [
     "ConfigError",
     "EvaluateConfig",
     "ExportConfig",
+    "GenerateSettings",
     "IngestConfig",
     "ModelConfig",
     "Params",

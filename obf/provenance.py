@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import obf
-from obf.core.config import Params
+from obf.core.params import Params
 
 _PACKAGE = Path(obf.__file__).resolve().parent
 

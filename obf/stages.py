@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from obf.core.config import GenerateSettings, Params
+from obf.core.config import GenerateSettings
+from obf.core.params import Params
 
 
 def ingest(source: str, out_dir: str | Path, params: Params, *, progress: bool = True, dask: str | None = None

@@ -29,7 +29,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from obf.core.bits import LN2
-from obf.core.config import ModelConfig, Params, TrainConfig
+from obf.core.config import ModelConfig, TrainConfig
+from obf.core.params import Params
 from obf.core.vocab import MODALITIES, PAD
 from obf.data.dataset import DataError, Dataset
 from obf.data.objectives import Batch, ExampleSampler, collate, continue_example

@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from obf.core.config import ConfigError, ModelConfig, load_params, params_from_dict
+from obf.core.config import ConfigError, ModelConfig
+from obf.core.params import load_params, params_from_dict
 
 from .conftest import ROOT
 

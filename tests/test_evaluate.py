@@ -16,7 +16,7 @@ import pyppmd
 import pytest
 import zstandard
 
-from obf.core.config import load_params
+from obf.core.params import load_params
 from obf.core.vocab import EOS
 from obf.data.ingest import ingest
 from obf.evaluate.run import evaluate, headline

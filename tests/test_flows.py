@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from obf.core import storage
-from obf.core.config import GenerateSettings, load_params
+from obf.core.config import GenerateSettings
+from obf.core.params import load_params
 from obf.data.ingest import ingest
 from obf.export.onnx_export import export
 from obf.formats.repair import opens

@@ -16,7 +16,7 @@ import onnx as onnx_ir
 import pytest
 from PIL import Image
 
-from obf.core.config import load_params
+from obf.core.params import load_params
 from obf.data.ingest import ingest
 from obf.export.onnx_export import export
 from obf.formats.repair import opens

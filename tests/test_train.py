@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from obf.core.config import load_params
+from obf.core.params import load_params
 from obf.data.dataset import DataError, Dataset
 from obf.data.ingest import ingest
 from obf.data.objectives import ExampleSampler
@@ -376,7 +376,7 @@ def test_train_stage_through_dvc_repro(tmp_path):
     ]
     import yaml
 
-    from obf.core.config import apply_overrides
+    from obf.core.params import apply_overrides
 
     (repo / "params.yaml").write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(params), sets)))
     run("git", "add", "-A")

@@ -7,13 +7,13 @@ from obf.core.config import (
     ConfigError,
     EvaluateConfig,
     ExportConfig,
+    GenerateSettings,
     IngestConfig,
     ModelConfig,
-    Params,
     TrainConfig,
-    load_params,
 )
 from obf.core.errors import ObfError
+from obf.core.params import Params, load_params
 from obf.core.system import usable_cpus
 from obf.core.vocab import (
     BOS,
@@ -39,6 +39,7 @@ __all__ = [
     "EOS",
     "EvaluateConfig",
     "ExportConfig",
+    "GenerateSettings",
     "IngestConfig",
     "LN2",
     "load_params",

@@ -1,8 +1,9 @@
 """`params.yaml` sections as validated dataclasses. Imports no torch.
 
 Each pipeline stage reads one section. Unknown keys and bad values fail with one line naming the
-key (`ingest.val_fraction: must be in [0, 1), got 1.5`). `--set section.key=value` overrides are
-applied before validation, like `dvc exp run -S`.
+key (`ingest.val_fraction: must be in [0, 1), got 1.5`). The file as a whole, and `--set
+section.key=value` overrides applied before validation (like `dvc exp run -S`), are
+`obf.core.params`.
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from obf.core.errors import ObfError
 from obf.core.vocab import MODALITIES, TASKS, VOCAB_SIZE
@@ -24,7 +22,8 @@ class ConfigError(ObfError):
     """A bad parameter: unknown key, wrong type or out-of-range value."""
 
 
-def _require(ok: bool, key: str, message: str) -> None:
+def require(ok: bool, key: str, message: str) -> None:
+    """Raise `ConfigError("key: message")` unless `ok`: every check of a setting reads the same."""
     if not ok:
         raise ConfigError(f"{key}: {message}")
 
@@ -48,22 +47,22 @@ class IngestConfig:
     video_max_frames: int = 16
 
     def validate(self, s: str = "ingest") -> None:
-        _require(self.max_file_bytes > 0, f"{s}.max_file_bytes", "must be positive")
+        require(self.max_file_bytes > 0, f"{s}.max_file_bytes", "must be positive")
         for name in ("val_fraction", "test_fraction"):
             v = getattr(self, name)
-            _require(0.0 <= v < 1.0, f"{s}.{name}", f"must be in [0, 1), got {v}")
-        _require(self.val_fraction + self.test_fraction < 1.0, f"{s}.val_fraction",
+            require(0.0 <= v < 1.0, f"{s}.{name}", f"must be in [0, 1), got {v}")
+        require(self.val_fraction + self.test_fraction < 1.0, f"{s}.val_fraction",
                  "val_fraction + test_fraction must be below 1")
-        _require(self.shard_bytes >= 1024, f"{s}.shard_bytes", "must be at least 1024")
-        _require(self.image_max_side >= 1, f"{s}.image_max_side", "must be at least 1")
-        _require(1000 <= self.audio_rate <= 192000, f"{s}.audio_rate", "must be in 1000..192000")
-        _require(self.audio_sample_width in (1, 2), f"{s}.audio_sample_width", "must be 1 or 2")
-        _require(self.audio_channels in (1, 2), f"{s}.audio_channels", "must be 1 or 2")
+        require(self.shard_bytes >= 1024, f"{s}.shard_bytes", "must be at least 1024")
+        require(self.image_max_side >= 1, f"{s}.image_max_side", "must be at least 1")
+        require(1000 <= self.audio_rate <= 192000, f"{s}.audio_rate", "must be in 1000..192000")
+        require(self.audio_sample_width in (1, 2), f"{s}.audio_sample_width", "must be 1 or 2")
+        require(self.audio_channels in (1, 2), f"{s}.audio_channels", "must be 1 or 2")
         for name in ("video_width", "video_height"):
             v = getattr(self, name)
-            _require(v >= 2 and v % 2 == 0, f"{s}.{name}", f"must be even and at least 2, got {v}")
-        _require(self.video_fps >= 1, f"{s}.video_fps", "must be at least 1")
-        _require(self.video_max_frames >= 1, f"{s}.video_max_frames", "must be at least 1")
+            require(v >= 2 and v % 2 == 0, f"{s}.{name}", f"must be even and at least 2, got {v}")
+        require(self.video_fps >= 1, f"{s}.video_fps", "must be at least 1")
+        require(self.video_max_frames >= 1, f"{s}.video_max_frames", "must be at least 1")
 
 
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -100,26 +99,26 @@ class ModelConfig:
         self.validate()
 
     def validate(self, s: str = "model") -> None:
-        _require(self.d_model > 0 and self.n_heads > 0, f"{s}.d_model", "d_model and n_heads must be positive")
-        _require(self.d_model % self.n_heads == 0, f"{s}.n_heads",
+        require(self.d_model > 0 and self.n_heads > 0, f"{s}.d_model", "d_model and n_heads must be positive")
+        require(self.d_model % self.n_heads == 0, f"{s}.n_heads",
                  f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
-        _require((self.d_model // self.n_heads) % 2 == 0, f"{s}.n_heads", "head dim must be even for rotary")
-        _require(self.encoder_layers >= 1, f"{s}.encoder_layers", "must be at least 1")
-        _require(self.decoder_layers >= 1, f"{s}.decoder_layers", "must be at least 1")
-        _require(self.d_ff > 0, f"{s}.d_ff", "must be positive")
-        _require(
+        require((self.d_model // self.n_heads) % 2 == 0, f"{s}.n_heads", "head dim must be even for rotary")
+        require(self.encoder_layers >= 1, f"{s}.encoder_layers", "must be at least 1")
+        require(self.decoder_layers >= 1, f"{s}.decoder_layers", "must be at least 1")
+        require(self.d_ff > 0, f"{s}.d_ff", "must be positive")
+        require(
             self.patch_size in (1, 2, 4, 8, 16), f"{s}.patch_size", f"must be 1, 2, 4, 8 or 16, got {self.patch_size}"
         )
-        _require(self.max_src_len >= 2 * self.patch_size, f"{s}.max_src_len", "too small for one patch")
-        _require(self.max_src_len % self.patch_size == 0, f"{s}.max_src_len", "must be a multiple of patch_size")
-        _require(self.max_tgt_len >= 4, f"{s}.max_tgt_len", "must be at least 4")
-        _require(
+        require(self.max_src_len >= 2 * self.patch_size, f"{s}.max_src_len", "too small for one patch")
+        require(self.max_src_len % self.patch_size == 0, f"{s}.max_src_len", "must be a multiple of patch_size")
+        require(self.max_tgt_len >= 4, f"{s}.max_tgt_len", "must be at least 4")
+        require(
             self.max_input_len == 0 or self.max_input_len >= self.max_src_len,
             f"{s}.max_input_len",
             f"must be 0 or at least model.max_src_len ({self.max_src_len})",
         )
-        _require(self.max_input_len % self.patch_size == 0, f"{s}.max_input_len", "must be a multiple of patch_size")
-        _require(self.vocab_size == VOCAB_SIZE, f"{s}.vocab_size", f"must be {VOCAB_SIZE} (fixed by obf.core.vocab)")
+        require(self.max_input_len % self.patch_size == 0, f"{s}.max_input_len", "must be a multiple of patch_size")
+        require(self.vocab_size == VOCAB_SIZE, f"{s}.vocab_size", f"must be {VOCAB_SIZE} (fixed by obf.core.vocab)")
 
     @property
     def head_dim(self) -> int:
@@ -134,7 +133,7 @@ class ModelConfig:
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
         if name not in _PRESETS:
             raise ConfigError(f"model.preset: unknown preset {name!r}; expected one of {', '.join(_PRESETS)}")
-        return _build(cls, "model", {**_PRESETS[name], "preset": name, **overrides})
+        return build_section(cls, "model", {**_PRESETS[name], "preset": name, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,7 +141,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """A saved config; one saved before `cross_bytes` existed describes a model without it."""
-        return _build(cls, "model", {"cross_bytes": False, **d})
+        return build_section(cls, "model", {"cross_bytes": False, **d})
 
 
 def _default_task_weights() -> dict[str, float]:
@@ -183,44 +182,44 @@ class TrainConfig:
     checkpoint_every: int = 200
 
     def validate(self, s: str = "train") -> None:
-        _require(
+        require(
             self.device in ("auto", "cpu", "cuda"), f"{s}.device", f"must be auto, cpu or cuda, got {self.device!r}"
         )
-        _require(
+        require(
             self.precision in ("auto", "bf16", "fp32"),
             f"{s}.precision",
             f"must be auto, bf16 or fp32, got {self.precision!r}",
         )
-        _require(self.steps >= 1, f"{s}.steps", "must be at least 1")
-        _require(self.minutes >= 0, f"{s}.minutes", "must not be negative")
-        _require(self.batch_size >= 1, f"{s}.batch_size", "must be at least 1")
-        _require(self.lr > 0, f"{s}.lr", "must be positive")
-        _require(0 <= self.min_lr_ratio <= 1, f"{s}.min_lr_ratio", "must be in [0, 1]")
-        _require(self.warmup_steps >= 0, f"{s}.warmup_steps", "must not be negative")
-        _require(self.grad_clip >= 0, f"{s}.grad_clip", "must not be negative")
-        _require(0 < self.beta1 < 1 and 0 < self.beta2 < 1, f"{s}.beta1", "betas must be in (0, 1)")
+        require(self.steps >= 1, f"{s}.steps", "must be at least 1")
+        require(self.minutes >= 0, f"{s}.minutes", "must not be negative")
+        require(self.batch_size >= 1, f"{s}.batch_size", "must be at least 1")
+        require(self.lr > 0, f"{s}.lr", "must be positive")
+        require(0 <= self.min_lr_ratio <= 1, f"{s}.min_lr_ratio", "must be in [0, 1]")
+        require(self.warmup_steps >= 0, f"{s}.warmup_steps", "must not be negative")
+        require(self.grad_clip >= 0, f"{s}.grad_clip", "must not be negative")
+        require(0 < self.beta1 < 1 and 0 < self.beta2 < 1, f"{s}.beta1", "betas must be in (0, 1)")
         for k, v in self.task_weights.items():
-            _require(k in TASKS, f"{s}.task_weights.{k}", f"unknown task; expected one of {', '.join(TASKS)}")
-            _require(v >= 0, f"{s}.task_weights.{k}", "must not be negative")
-        _require(sum(self.task_weights.values()) > 0, f"{s}.task_weights", "at least one weight must be positive")
+            require(k in TASKS, f"{s}.task_weights.{k}", f"unknown task; expected one of {', '.join(TASKS)}")
+            require(v >= 0, f"{s}.task_weights.{k}", "must not be negative")
+        require(sum(self.task_weights.values()) > 0, f"{s}.task_weights", "at least one weight must be positive")
         for k, v in self.modality_weights.items():
-            _require(
+            require(
                 k in MODALITIES,
                 f"{s}.modality_weights.{k}",
                 f"unknown modality; expected one of {', '.join(MODALITIES)}",
             )
-            _require(v >= 0, f"{s}.modality_weights.{k}", "must not be negative")
-        _require(0 < self.noise_density < 1, f"{s}.noise_density", "must be in (0, 1)")
-        _require(self.mean_span >= 1, f"{s}.mean_span", "must be at least 1")
-        _require(0 <= self.random_bytes_weight < 1, f"{s}.random_bytes_weight", "must be in [0, 1)")
-        _require(self.windows >= 1, f"{s}.windows", "must be at least 1")
-        _require(self.src_len >= 0, f"{s}.src_len", "must not be negative")
-        _require(self.long_every >= 0, f"{s}.long_every", "must not be negative")
-        _require(self.long_windows >= 1, f"{s}.long_windows", "must be at least 1")
-        _require(self.mixer_fit_bytes >= 0, f"{s}.mixer_fit_bytes", "must not be negative")
-        _require(self.eval_every >= 1, f"{s}.eval_every", "must be at least 1")
-        _require(self.eval_batches >= 1, f"{s}.eval_batches", "must be at least 1")
-        _require(self.checkpoint_every >= 1, f"{s}.checkpoint_every", "must be at least 1")
+            require(v >= 0, f"{s}.modality_weights.{k}", "must not be negative")
+        require(0 < self.noise_density < 1, f"{s}.noise_density", "must be in (0, 1)")
+        require(self.mean_span >= 1, f"{s}.mean_span", "must be at least 1")
+        require(0 <= self.random_bytes_weight < 1, f"{s}.random_bytes_weight", "must be in [0, 1)")
+        require(self.windows >= 1, f"{s}.windows", "must be at least 1")
+        require(self.src_len >= 0, f"{s}.src_len", "must not be negative")
+        require(self.long_every >= 0, f"{s}.long_every", "must not be negative")
+        require(self.long_windows >= 1, f"{s}.long_windows", "must be at least 1")
+        require(self.mixer_fit_bytes >= 0, f"{s}.mixer_fit_bytes", "must not be negative")
+        require(self.eval_every >= 1, f"{s}.eval_every", "must be at least 1")
+        require(self.eval_batches >= 1, f"{s}.eval_batches", "must be at least 1")
+        require(self.checkpoint_every >= 1, f"{s}.checkpoint_every", "must be at least 1")
 
 
 @dataclass
@@ -242,22 +241,22 @@ class EvaluateConfig:
     conversion_pairs: int = 40  # pairs per conversion measured (teacher-forced and generated), at most; 0 = none
 
     def validate(self, s: str = "evaluate") -> None:
-        _require(
+        require(
             self.split in ("train", "val", "test", "all"),
             f"{s}.split",
             f"must be train, val, test or all, got {self.split!r}",
         )
-        _require(self.batch_size >= 1, f"{s}.batch_size", "must be at least 1")
-        _require(self.stride >= 0, f"{s}.stride", "must not be negative")
-        _require(self.denoise_windows >= 0, f"{s}.denoise_windows", "must not be negative")
-        _require(0 < self.noise_density < 1, f"{s}.noise_density", "must be in (0, 1)")
-        _require(self.mean_span >= 1, f"{s}.mean_span", "must be at least 1")
-        _require(0 <= self.sample_prefix_fraction < 1, f"{s}.sample_prefix_fraction", "must be in [0, 1)")
-        _require(self.sample_bytes >= 0, f"{s}.sample_bytes", "must not be negative")
-        _require(self.temperature >= 0, f"{s}.temperature", "must not be negative")
-        _require(self.top_k >= 0, f"{s}.top_k", "must not be negative")
-        _require(0 < self.top_p <= 1, f"{s}.top_p", "must be in (0, 1]")
-        _require(self.conversion_pairs >= 0, f"{s}.conversion_pairs", "must not be negative")
+        require(self.batch_size >= 1, f"{s}.batch_size", "must be at least 1")
+        require(self.stride >= 0, f"{s}.stride", "must not be negative")
+        require(self.denoise_windows >= 0, f"{s}.denoise_windows", "must not be negative")
+        require(0 < self.noise_density < 1, f"{s}.noise_density", "must be in (0, 1)")
+        require(self.mean_span >= 1, f"{s}.mean_span", "must be at least 1")
+        require(0 <= self.sample_prefix_fraction < 1, f"{s}.sample_prefix_fraction", "must be in [0, 1)")
+        require(self.sample_bytes >= 0, f"{s}.sample_bytes", "must not be negative")
+        require(self.temperature >= 0, f"{s}.temperature", "must not be negative")
+        require(self.top_k >= 0, f"{s}.top_k", "must not be negative")
+        require(0 < self.top_p <= 1, f"{s}.top_p", "must be in (0, 1]")
+        require(self.conversion_pairs >= 0, f"{s}.conversion_pairs", "must not be negative")
 
 
 # The decoding `obf generate` and batch-generate use unless told otherwise (the evaluation's
@@ -291,22 +290,22 @@ class GenerateSettings:
     precision: str = "fp32"  # fp32 | int8 | fp16 (an ONNX dir's graphs) | bf16 (a checkpoint on torch)
 
     def validate(self, s: str = "generate") -> None:
-        _require(self.task in DECODING, f"{s}.task", f"must be continue or paired, got {self.task!r}")
-        _require(
+        require(self.task in DECODING, f"{s}.task", f"must be continue or paired, got {self.task!r}")
+        require(
             self.target_modality is None or (self.task == "paired" and self.target_modality in MODALITIES),
             f"{s}.target_modality",
             f"is for task paired and one of {', '.join(MODALITIES)}",
         )
-        _require(self.max_bytes >= 0, f"{s}.max_bytes", "must not be negative")
-        _require(self.prefix_bytes is None or self.prefix_fraction is None, f"{s}.prefix_bytes",
+        require(self.max_bytes >= 0, f"{s}.max_bytes", "must not be negative")
+        require(self.prefix_bytes is None or self.prefix_fraction is None, f"{s}.prefix_bytes",
                  "give prefix_bytes or prefix_fraction, not both")
-        _require(self.prefix_bytes is None or self.prefix_bytes >= 0, f"{s}.prefix_bytes", "must not be negative")
-        _require(self.prefix_fraction is None or 0 <= self.prefix_fraction < 1, f"{s}.prefix_fraction",
+        require(self.prefix_bytes is None or self.prefix_bytes >= 0, f"{s}.prefix_bytes", "must not be negative")
+        require(self.prefix_fraction is None or 0 <= self.prefix_fraction < 1, f"{s}.prefix_fraction",
                  "must be in [0, 1)")
-        _require(self.temperature is None or self.temperature >= 0, f"{s}.temperature", "must not be negative")
-        _require(self.top_k is None or self.top_k >= 0, f"{s}.top_k", "must not be negative")
-        _require(self.top_p is None or 0 < self.top_p <= 1, f"{s}.top_p", "must be in (0, 1]")
-        _require(self.precision in ("fp32", "bf16", "int8", "fp16"), f"{s}.precision",
+        require(self.temperature is None or self.temperature >= 0, f"{s}.temperature", "must not be negative")
+        require(self.top_k is None or self.top_k >= 0, f"{s}.top_k", "must not be negative")
+        require(self.top_p is None or 0 < self.top_p <= 1, f"{s}.top_p", "must be in (0, 1]")
+        require(self.precision in ("fp32", "bf16", "int8", "fp16"), f"{s}.precision",
                  f"must be fp32, bf16, int8 or fp16, got {self.precision!r}")
 
     def resolved(self) -> GenerateSettings:
@@ -340,52 +339,31 @@ class ExportConfig:
     fp16: bool = False  # also write fp16 graphs for the CUDA provider (cache kept on the GPU)
 
     def validate(self, s: str = "export") -> None:
-        _require(17 <= self.opset <= 23, f"{s}.opset", f"must be in 17..23, got {self.opset}")
-        _require(self.max_abs_diff > 0, f"{s}.max_abs_diff", "must be positive")
-
-
-@dataclass
-class Params:
-    """Every section of params.yaml."""
-
-    ingest: IngestConfig = field(default_factory=IngestConfig)
-    model: ModelConfig = field(default_factory=lambda: ModelConfig.from_preset("small"))
-    train: TrainConfig = field(default_factory=TrainConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    generate: GenerateSettings = field(default_factory=GenerateSettings)
-
-
-_SECTIONS = {
-    "ingest": IngestConfig,
-    "train": TrainConfig,
-    "evaluate": EvaluateConfig,
-    "export": ExportConfig,
-    "generate": GenerateSettings,
-}
+        require(17 <= self.opset <= 23, f"{s}.opset", f"must be in 17..23, got {self.opset}")
+        require(self.max_abs_diff > 0, f"{s}.max_abs_diff", "must be positive")
 
 
 def _check_type(key: str, value: Any, tp: Any) -> Any:
     """Coerce/check `value` against a dataclass field annotation; ints are accepted as floats."""
     origin = typing.get_origin(tp)
     if tp is bool:
-        _require(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+        require(isinstance(value, bool), key, f"must be true or false, got {value!r}")
     elif tp is int:
-        _require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+        require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
     elif tp is float:
         if isinstance(value, str):  # YAML 1.1 reads `3e-3` (no dot) as a string
             try:
                 value = float(value)
             except ValueError:
                 pass
-        _require(
+        require(
             isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {value!r}"
         )
         value = float(value)
     elif tp is str:
-        _require(isinstance(value, str), key, f"must be a string, got {value!r}")
+        require(isinstance(value, str), key, f"must be a string, got {value!r}")
     elif origin is dict:
-        _require(isinstance(value, dict), key, f"must be a mapping, got {value!r}")
+        require(isinstance(value, dict), key, f"must be a mapping, got {value!r}")
         _, vt = typing.get_args(tp)
         value = {str(k): _check_type(f"{key}.{k}", v, vt) for k, v in value.items()}
     elif origin in (typing.Union, types.UnionType):
@@ -396,7 +374,9 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
     return value
 
 
-def _build(cls: type, section: str, data: dict[str, Any]) -> Any:
+def build_section(cls: type, section: str, data: dict[str, Any]) -> Any:
+    """One params section (a mapping) as `cls`: unknown keys refused, each value checked against
+    its field's annotation, then the dataclass's own `validate`."""
     if not isinstance(data, dict):
         raise ConfigError(f"{section}: must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -417,101 +397,3 @@ def _build(cls: type, section: str, data: dict[str, Any]) -> Any:
     return obj
 
 
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    if "=" not in item:
-        raise ConfigError(f"--set {item}: expected section.key=value")
-    key, raw = item.split("=", 1)
-    path = key.strip().split(".")
-    if len(path) < 2 or not all(path):
-        raise ConfigError(f"--set {item}: expected section.key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return path, value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Return a copy of the raw params mapping with `section.key=value` overrides applied."""
-    out: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    for item in overrides:
-        path, value = _parse_override(item)
-        node = out.setdefault(path[0], {})
-        for p in path[1:-1]:
-            nxt = node.get(p)
-            if not isinstance(nxt, dict):
-                nxt = {}
-            node[p] = nxt = dict(nxt)
-            node = nxt
-        node[path[-1]] = value
-    return out
-
-
-def params_from_dict(raw: dict[str, Any]) -> Params:
-    """Validate a raw params mapping into `Params`."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError("params: the file must hold a mapping of sections")
-    params = Params()
-    for section, data in raw.items():
-        if section == "model":
-            _require(data is None or isinstance(data, dict), "model", "must be a mapping")
-            data = dict(data or {})
-            preset = data.pop("preset", "small")
-            _require(isinstance(preset, str), "model.preset", "must be a string")
-            params.model = ModelConfig.from_preset(preset, **data)
-        elif section in _SECTIONS:
-            setattr(params, section, _build(_SECTIONS[section], section, data or {}))
-        else:
-            known = sorted([*_SECTIONS, "model"])
-            raise ConfigError(f"{section}: unknown params section; expected one of {', '.join(known)}")
-    m, t = params.model, params.train
-    ok = t.src_len == 0 or (2 * m.patch_size <= t.src_len <= m.max_src_len and t.src_len % m.patch_size == 0)
-    _require(
-        ok,
-        "train.src_len",
-        f"must be 0 or a multiple of model.patch_size ({m.patch_size}) up to "
-        f"model.max_src_len ({m.max_src_len}), got {t.src_len}",
-    )
-    chunks = [k for k, on in (("train.windows", t.windows > 1), ("train.long_every", t.long_every > 0)) if on]
-    for key in chunks[:1]:
-        _require(m.causal_encoder, key, "more than one window per example needs model.causal_encoder")
-        _require(
-            m.max_tgt_len % m.patch_size == 0,
-            key,
-            f"more than one window per example needs model.max_tgt_len ({m.max_tgt_len}) to be a multiple "
-            f"of model.patch_size ({m.patch_size})",
-        )
-    fits = (
-        ("train.windows", t.windows, t.src_len or m.max_src_len),
-        ("train.long_windows", t.long_windows if t.long_every else 1, m.max_src_len),
-    )
-    for key, n, ctx in fits:  # a chunk's earlier windows start inside its source (windows_example)
-        _require(
-            (n - 1) * m.max_tgt_len <= ctx - 2,
-            key,
-            f"{n} windows of model.max_tgt_len {m.max_tgt_len} bytes do not fit a context of {ctx} bytes",
-        )
-    return params
-
-
-def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
-    """Read a params file, apply overrides, validate.
-
-    `path` None or "none" asks for the built-in defaults (the dataclasses above, which are not
-    params.yaml's values). A file that is not there is an error, also the default params.yaml:
-    running outside the project must not train silently with other settings."""
-    raw: dict[str, Any] = {}
-    if path is not None and str(path).lower() != "none":
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(
-                f"{p}: params file not found (run in the project folder, give --params PATH, "
-                "or --params none for the built-in defaults)"
-            )
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return params_from_dict(apply_overrides(raw, overrides))

@@ -30,7 +30,8 @@ import numpy as np
 import obf.evaluate.previews as previews
 from obf.core import storage
 from obf.core.bits import LN2, log_probs_of
-from obf.core.config import EvaluateConfig, IngestConfig, Params
+from obf.core.config import EvaluateConfig, IngestConfig
+from obf.core.params import Params
 from obf.core.vocab import MODALITIES, N_BYTES, PAIRED_TAGS, modality_id, task_id
 from obf.data.dataset import DataError, Dataset, local_dataset
 from obf.data.ingest import ingest
