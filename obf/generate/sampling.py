@@ -52,8 +52,8 @@ class SamplingOptions:
     def of(cls, settings: GenerateSettings) -> SamplingOptions:
         """The decoding of `settings` (`obf generate`, batch-generate): its task's `DECODING` defaults
         where it leaves temperature, top_k or top_p unset."""
-        return cls.for_task(settings.task, max_bytes=settings.max_bytes, seed=settings.seed,
-                            temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
+        r = settings.resolved()
+        return cls(max_bytes=r.max_bytes, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, seed=r.seed)
 
     @classmethod
     def for_task(cls, task: str, *, temperature: float | None = None, top_k: int | None = None,
@@ -61,10 +61,8 @@ class SamplingOptions:
         """Options for `task` (continue or paired): its `DECODING` defaults where an argument is None."""
         if task not in DECODING:
             raise ValueError(f"task {task!r} cannot generate files; use continue or paired")
-        d = DECODING[task]
-        return cls(temperature=d["temperature"] if temperature is None else temperature,
-                   top_k=int(d["top_k"]) if top_k is None else top_k, top_p=d["top_p"] if top_p is None else top_p,
-                   **kw)
+        r = GenerateSettings(task=task, temperature=temperature, top_k=top_k, top_p=top_p).resolved()
+        return cls(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, **kw)
 
 
 @dataclass(frozen=True)
