@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "data" / "raw"
+BIN = Path(sys.executable).parent
 
 # Every Prefect server the tests start (the harness, a run's ephemeral server, `prefect server
 # start`) inherits this: its telemetry service writes to the SQLite database while the server
@@ -76,6 +81,67 @@ def s3_bucket(s3_server):
     yield f"s3://{name}"
 
 
+@dataclass
+class DaskProcesses:
+    """A running `dask scheduler` and its `dask worker`s, each worker a process group of its own."""
+
+    address: str
+    folders: list[Path]  # worker i's own folder: its cwd, with cache/, tmp/ and home/
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # "scheduler", "w0", "w1", ...
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a process group (a worker and its nanny): it dies as on a lost machine."""
+        proc = self.procs[name]
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+@pytest.fixture
+def dask_cluster(s3_server, tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes, as on other machines: each worker
+    runs in a folder of its own, with its own OBF_CACHE, TMPDIR and HOME, and reaches S3 through
+    the environment only (as it is when the fixture starts). Stopped (process groups killed) also
+    when the test fails."""
+    port = free_port()
+    cluster = DaskProcesses(f"tcp://127.0.0.1:{port}", [tmp_path / f"worker{i}" for i in range(2)])
+
+    def start(name: str, args: list[str], cwd: Path, **env: str) -> None:
+        cwd.mkdir(parents=True, exist_ok=True)
+        cluster.procs[name] = subprocess.Popen([str(BIN / "dask"), *args], cwd=cwd, env={**os.environ, **env},
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                               start_new_session=True)
+
+    try:
+        start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+              tmp_path / "scheduler")
+        for i, home in enumerate(cluster.folders):
+            for d in ("cache", "tmp", "home"):
+                (home / d).mkdir(parents=True, exist_ok=True)
+            start(f"w{i}", ["worker", cluster.address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
+                            "--local-directory", str(home / "tmp"), "--name", f"w{i}"], home,
+                  OBF_CACHE=str(home / "cache"), TMPDIR=str(home / "tmp"), HOME=str(home / "home"))
+        from distributed import Client
+
+        with Client(cluster.address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield cluster
+    finally:
+        for proc in cluster.procs.values():
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in cluster.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # a process that ignores SIGTERM must not outlive the test
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
 def _prefect_servers() -> set[int]:
     """PIDs of the Prefect API servers (uvicorn running prefect.server) this test session started."""
     pids = set()
@@ -98,9 +164,6 @@ def leave_nothing_running():
     """Every service a test starts is stopped, also when tests fail: a Prefect server that a test
     left serving (a killed flow run's ephemeral server, a harness whose parent died) is stopped at
     the end of the session and named, so the leak is seen and fixed rather than left behind."""
-    import signal
-    import sys
-
     before = _prefect_servers()
     yield
     left = _prefect_servers() - before

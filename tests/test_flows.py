@@ -27,9 +27,8 @@ from obf.formats.repair import opens
 from obf.registry import RegistryError, describe, publish, resolve
 from obf.train import train
 
-from .conftest import RAW, ROOT, free_port
+from .conftest import BIN, RAW, ROOT, free_port
 
-BIN = Path(sys.executable).parent
 TINY = ["model.preset=tiny", "model.patch_size=4", "model.max_src_len=128", "model.max_input_len=512",
         "model.max_tgt_len=32", "train.batch_size=4", "train.steps=20", "train.warmup_steps=2", "train.eval_every=1000",
         "train.eval_batches=1", "train.checkpoint_every=1000", "train.task_weights={continue: 1.0}",
@@ -415,49 +414,6 @@ def test_batch_generate_on_a_local_dask_cluster(harness, onnx_model, s3_bucket, 
     assert len(_outputs(out)) == 4
 
 
-@pytest.fixture
-def dask_cluster(s3_server, tmp_path):
-    """A real `dask scheduler` and two `dask worker` processes, as on other machines: each worker
-    runs in a folder of its own, with its own OBF_CACHE, TMPDIR and HOME, and reaches S3 through
-    the environment only. Stopped (process groups killed) also when the test fails."""
-    port = free_port()
-    procs = []
-
-    def start(args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
-        cwd.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen([str(BIN / "dask"), *args], cwd=cwd, env={**os.environ, **env},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        procs.append(proc)
-        return proc
-
-    try:
-        start(["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], tmp_path / "scheduler")
-        for i in range(2):
-            home = tmp_path / f"worker{i}"
-            for d in ("cache", "tmp", "home"):
-                (home / d).mkdir(parents=True, exist_ok=True)
-            start(["worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
-                   "--local-directory", str(home / "tmp"), "--name", f"w{i}"], home,
-                  OBF_CACHE=str(home / "cache"), TMPDIR=str(home / "tmp"), HOME=str(home / "home"))
-        from distributed import Client
-
-        with Client(f"tcp://127.0.0.1:{port}", timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
-        yield f"tcp://127.0.0.1:{port}", [tmp_path / f"worker{i}" for i in range(2)]
-    finally:
-        for proc in procs:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:  # a process that ignores SIGTERM must not outlive the test
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
 def test_batch_generate_on_dask_workers_that_share_nothing_with_the_flow(harness, onnx_model, s3_bucket, dask_cluster,
                                                                          tmp_path, monkeypatch):
     """Each task fetches the model itself into its worker's own verified cache; the flow process
@@ -467,7 +423,7 @@ def test_batch_generate_on_dask_workers_that_share_nothing_with_the_flow(harness
 
     from flows.generate import batch_generate
 
-    address, workers = dask_cluster
+    address, workers = dask_cluster.address, dask_cluster.folders
     flow_dir = tmp_path / "flow"
     flow_dir.mkdir()
     monkeypatch.chdir(flow_dir)
@@ -488,6 +444,41 @@ def test_batch_generate_on_dask_workers_that_share_nothing_with_the_flow(harness
     assert not any((w / "flow-cache").exists() for w in workers)
     again = run(input_url=inp, output_url=out, registry=reg, max_bytes=32, batch_size=2)
     assert (again["ok"], again["skipped"]) == (0, len(MIXED))
+
+
+def test_batch_generate_on_dask_workers_under_s3_faults(harness, onnx_model, s3_bucket, faulty_s3, dask_cluster,
+                                                        tmp_path, monkeypatch):
+    """Workers that share nothing with the flow, and ~11% of every S3 request failing (the seeded
+    fault proxy, which the workers reach too: it is their AWS_ENDPOINT_URL from the start): one
+    output per input, each opening as its format, and a rerun makes nothing again."""
+    from prefect_dask import DaskTaskRunner
+
+    from flows.generate import batch_generate
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OBF_CACHE", "flow-cache")
+    reg, inp, out = f"{s3_bucket}/models", f"{s3_bucket}/in", f"{s3_bucket}/out"
+    publish(onnx_model, reg, "obf")
+    upload(RAW, inp, MIXED)
+    from distributed import Client
+
+    with Client(dask_cluster.address, timeout=60) as client:  # the workers' S3 is the proxy
+        assert set(client.run(lambda: os.environ["AWS_ENDPOINT_URL"]).values()) == {faulty_s3.url}
+    run = batch_generate.with_options(task_runner=DaskTaskRunner(address=dask_cluster.address))
+    faulty_s3.enabled = True
+    res = run(input_url=inp, output_url=out, registry=reg, max_bytes=32, batch_size=2)
+    again = run(input_url=inp, output_url=out, registry=reg, max_bytes=32, batch_size=2)
+    faulty_s3.enabled = False
+    assert sum(faulty_s3.faults.values()) >= 5, faulty_s3.faults  # the faults really happened
+    assert (res["ok"], res["failed"]) == (len(MIXED), 0)
+    assert (again["ok"], again["skipped"]) == (0, len(MIXED))
+    outs = _outputs(out)
+    assert len(outs) == len(MIXED)  # one output per input, none twice
+    for key in outs:
+        assert opens(storage.read_bytes(f"{out}/{key}"), key.split("/")[0]), key
+    records = [json.loads(storage.read_bytes(e.url)) for e in storage.list_files(f"{out}/_state")]
+    assert sorted(r["input"] for r in records) == sorted(MIXED)
+    assert not (tmp_path / "flow-cache").exists()  # the flow fetched nothing; the workers did
 
 
 def _wait_http(url: str, timeout: float) -> None:

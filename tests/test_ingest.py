@@ -1,8 +1,10 @@
 """Ingest on real files: bad inputs, determinism, split stability, S3 == local, CLI errors."""
 
+import dataclasses
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from obf.core.storage import write_bytes_atomic
 from obf.data.dataset import DataError, Dataset
 from obf.data.ingest import ingest
 
-from .conftest import RAW
+from .conftest import BIN, RAW, ROOT
 
 CFG = IngestConfig(max_file_bytes=1_000_000)
 
@@ -371,3 +373,95 @@ def test_local_ingest_to_an_s3_url_is_the_local_ingest(tmp_path, s3_bucket):
     ingest(str(src), tmp_path / "local", CFG, progress=False)
     ingest(str(src), f"{s3_bucket}/ds", CFG, progress=False)
     _same_dataset(Dataset(tmp_path / "local"), Dataset(local_dataset(f"{s3_bucket}/ds", tmp_path / "cache")))
+
+
+def _slow_source(src, n: int = 48):
+    """`_mixed_source` plus `n` distinct 2-second 44.1 kHz stereo WAVs: resampling each to the
+    dataset's audio takes a worker tens of milliseconds, so a Dask ingest of it runs for seconds."""
+    import wave
+
+    t = np.arange(2 * 44100) / 44100
+    noise = np.random.default_rng(7).normal(0, 400, t.size)
+    (src / "music").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        x = (np.sin(2 * np.pi * (220 + 7 * i) * t) * 6000 + noise).astype("<i2")
+        with wave.open(str(src / "music" / f"tone{i:03d}.wav"), "wb") as w:
+            w.setnchannels(2)
+            w.setsampwidth(2)
+            w.setframerate(44100)
+            w.writeframes(np.stack([x, x], 1).tobytes())
+    return src
+
+
+def _wait(check, timeout: float, what: str):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_dask_ingest_survives_a_killed_worker_and_a_killed_driver(tmp_path, s3_bucket, dask_cluster):
+    """Real `dask scheduler` / `dask worker` processes, writing to moto S3.
+
+    1. A worker is SIGKILLed while it runs an ingest task: the task runs again on the other worker
+       and the dataset is the one a local ingest makes.
+    2. Over that dataset, a second `obf ingest --dask` (more files) is SIGKILLed once its workers
+       have written shards: the URL still holds the first dataset, whole and verified (sha256 of
+       every file). A rerun completes, is the local ingest of the new source, and leaves no shard
+       that its index does not name."""
+    import threading
+
+    from distributed import Client
+
+    from obf.core.params import load_params
+    from obf.core.storage import list_files
+    from obf.data.dataset import local_dataset
+    from obf.data.shards import existing_shards
+
+    cfg = dataclasses.replace(load_params(ROOT / "params.yaml").ingest, shard_bytes=300_000)
+    src = _slow_source(_mixed_source(tmp_path))
+    url = f"{s3_bucket}/ds"
+    client = Client(dask_cluster.address, timeout=60)
+    try:
+        # 1. a worker dies mid-task
+        done: dict = {}
+        driver = threading.Thread(target=lambda: done.update(
+            m=ingest(str(src), url, cfg, progress=False, dask=dask_cluster.address)))
+        driver.start()
+        busy = _wait(lambda: [a for a, keys in client.processing().items() if keys], 60, "a busy worker")
+        name = client.scheduler_info()["workers"][busy[0]]["name"]
+        assert driver.is_alive()
+        dask_cluster.kill(str(name))
+        driver.join(timeout=300)
+        assert "m" in done, "the ingest did not finish after a worker died"
+        ingest(str(src), tmp_path / "local", cfg, progress=False)
+        _same_dataset(Dataset(tmp_path / "local"), Dataset(local_dataset(url, tmp_path / "cache1")))
+
+        # 2. the driver dies after its workers wrote shards
+        before = {e.key for e in list_files(f"{url}/shards")}
+        src2 = _slow_source(tmp_path / "src2", n=64)
+        shutil.copytree(src, src2, dirs_exist_ok=True)
+        cmd = [str(BIN / "obf"), "ingest", str(src2), "--out", url, "--dask", dask_cluster.address, "-q",
+               "--set", "ingest.shard_bytes=300000"]
+        proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
+        _wait(lambda: {e.key for e in list_files(f"{url}/shards")} - before or proc.poll() is not None, 120,
+              "a new shard")
+        assert proc.poll() is None, "the ingest ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _wait(lambda: not any(client.processing().values()), 120, "the dead run's tasks to end")
+        assert {e.key for e in list_files(f"{url}/shards")} - before  # it did leave shards behind
+        _same_dataset(Dataset(tmp_path / "local"), Dataset(local_dataset(url, tmp_path / "cache2")))
+
+        assert subprocess.run(cmd, cwd=ROOT).returncode == 0
+        ingest(str(src2), tmp_path / "local2", cfg, progress=False)
+        _same_dataset(Dataset(tmp_path / "local2"), Dataset(local_dataset(url, tmp_path / "cache3")))
+        named = {r.shard for r in Dataset(local_dataset(url, tmp_path / "cache3")).records}
+        assert set(existing_shards(f"{url}/shards")) == named
+    finally:
+        client.close()
