@@ -413,13 +413,15 @@ def test_dask_ingest_survives_a_killed_worker_and_a_killed_driver(tmp_path, s3_b
     2. Over that dataset, a second `obf ingest --dask` (more files) is SIGKILLed once its workers
        have written shards: the URL still holds the first dataset, whole and verified (sha256 of
        every file). A rerun completes, is the local ingest of the new source, and leaves no shard
-       that its index does not name."""
+       that its index does not name.
+    3. The last worker is killed mid-task, with `distributed.scheduler.no-workers-timeout` set: the
+       ingest ends with a one-line error instead of waiting, and the URL holds the last dataset."""
     import threading
 
     from distributed import Client
 
     from obf.core.params import load_params
-    from obf.core.storage import list_files
+    from obf.core.storage import StorageError, list_files
     from obf.data.dataset import local_dataset
     from obf.data.shards import existing_shards
 
@@ -463,5 +465,27 @@ def test_dask_ingest_survives_a_killed_worker_and_a_killed_driver(tmp_path, s3_b
         _same_dataset(Dataset(tmp_path / "local2"), Dataset(local_dataset(url, tmp_path / "cache3")))
         named = {r.shard for r in Dataset(local_dataset(url, tmp_path / "cache3")).records}
         assert set(existing_shards(f"{url}/shards")) == named
+
+        # 3. no worker left
+        import dask
+
+        errors: list[Exception] = []
+
+        def doomed() -> None:
+            try:
+                ingest(str(src), url, cfg, progress=False, dask=dask_cluster.address)
+            except StorageError as err:
+                errors.append(err)
+
+        with dask.config.set({"distributed.scheduler.no-workers-timeout": "2s"}):
+            driver = threading.Thread(target=doomed, daemon=True)  # a hung one must not hold pytest
+            driver.start()
+            busy = _wait(lambda: [a for a, keys in client.processing().items() if keys], 60, "a busy worker")
+            assert len(client.nthreads()) == 1
+            dask_cluster.kill(str(client.scheduler_info()["workers"][busy[0]]["name"]))
+            driver.join(timeout=60)
+        assert not driver.is_alive() and len(errors) == 1 and "no workers for" in str(errors[0])
+        assert "\n" not in str(errors[0])
+        _same_dataset(Dataset(tmp_path / "local2"), Dataset(local_dataset(url, tmp_path / "cache4")))
     finally:
         client.close()

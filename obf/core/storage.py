@@ -342,18 +342,20 @@ def _umask() -> int:
     return mask
 
 
-def write_temp_beside(path: Path, write: Callable[[str], None]) -> str:
-    """Write a new temp file in `path`'s folder with `write(temp_path)`, fsync it, and return its
-    path: what every atomic writer of obf (files, conditional writes, checkpoints) renames into
-    place. The mode is what a plain `open()` would give (mkstemp's is 0600)."""
+def write_temp_beside(path: Path, write: Callable[[str], None], *, durable: bool = True) -> str:
+    """Write a new temp file in `path`'s folder with `write(temp_path)`, fsync it (unless not
+    `durable`), and return its path: what every atomic writer of obf (files, conditional writes,
+    checkpoints) renames into place. The mode is what a plain `open()` would give (mkstemp's is
+    0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
         write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -42,7 +42,7 @@ from obf.core.system import usable_cpus
 from obf.data.dataset import DataError, Record, build_manifest, split_of
 from obf.data.ingest_dask import run as run_on_dask
 from obf.data.ingest_remote import check_remote_output, remove_unused_shards, upload, write_index_and_manifest
-from obf.data.loading import Loaded, load_file
+from obf.data.loading import BLOCK, HEAD, Loaded, load_file
 from obf.data.shards import Copier, ShardWriter, compact, existing_shards, on_shards, pwrite_all
 from obf.formats.sniff import Sniffed, sniff
 
@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
-_HEAD = (1 << 16) + 1  # sniff() decides from the first 64 KiB; one byte more tells it the file goes on
-_BLOCK = 1 << 18  # read, hash and write unit: small enough to stay in cache from read to write
 
 
 def _store_file(
@@ -78,8 +76,8 @@ def _store_file(
         while done <= size and (n := os.readv(fd, [buf])):
             block = view[:n]
             h.update(block)
-            if len(head) < _HEAD:
-                head += block[: _HEAD - len(head)]
+            if len(head) < HEAD:
+                head += block[: HEAD - len(head)]
             pwrite_all(dst, block[: max(0, size - done)], offset + done)
             done += n
     except OSError as err:
@@ -93,7 +91,7 @@ def _store_file(
 
 def _store_chunk(jobs: list[tuple[str, str, int, int]]) -> list[tuple[int, str | None, Sniffed | None, str | None]]:
     """`_store_file` a run of (source path, shard path, offset, size) jobs, with one block buffer."""
-    buf = bytearray(_BLOCK)
+    buf = bytearray(BLOCK)
     return on_shards(jobs, lambda src, fd, offset, size: _store_file(src, fd, offset, size, buf))
 
 

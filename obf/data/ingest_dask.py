@@ -3,10 +3,9 @@ the destination; the driver decides duplicates, writes `index.jsonl` and `manife
 
 The listing is cut into parts of consecutive files (at most 16 MiB, or `ingest.shard_bytes`, of
 input each). Each part is one Dask task: it `load_file`s its files exactly as a local ingest does,
-appends the
-stored bytes of each new file to one shard and writes that shard with one PUT
-(`storage.write_bytes_atomic`), so a task that a dead worker leaves unfinished is simply run again
-and writes the same object. The driver takes the parts' results in listing order, so the first
+puts the stored bytes of each new file in one shard and writes that shard whole or not at all (one
+PUT; locally a temp file renamed into place), so a task that a dead worker leaves unfinished is
+simply run again and writes the same object. The driver takes the parts' results in listing order, so the first
 file of each content is kept and later ones are duplicates, as in a local ingest: for the same
 files the records (key, split, modality, length, sha256), the bytes of each, the duplicates and
 the rejections are the same; only shard boundaries differ (a duplicate of an earlier part's file
@@ -22,20 +21,35 @@ Where the parts go (`obf.data.ingest.ingest` picks; `DEST` must be reachable by 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from obf.core import storage
 from obf.core.config import IngestConfig
 from obf.data.dataset import Record, split_of
-from obf.data.loading import load_file
+from obf.data.loading import BLOCK, HEAD, load_file
+from obf.formats.canonical import REWRITTEN
+from obf.formats.sniff import sniff
 
 log = logging.getLogger(__name__)
 
-PART_BYTES = 16 << 20  # input per task: enough tasks to keep every worker busy, a bounded part in memory
+PART_BYTES = 16 << 20  # input per task at most: a bounded part in memory, few tasks on a big listing
+MIN_PART_BYTES = 1 << 20  # and at least: a task's own overhead stays small beside its work
+TASKS_PER_THREAD = 4  # on a small listing, parts shrink until every worker thread gets about this many
+
+
+def part_bytes(total: int, threads: int, shard_bytes: int) -> int:
+    """Input per task: at most a shard and PART_BYTES, and small enough that a listing of `total`
+    bytes makes TASKS_PER_THREAD tasks per worker thread, so that CPU-bound canonicalising keeps
+    every thread busy to the end (16 MiB parts would give a 2-worker cluster 3 tasks for 50 MB)."""
+    return max(MIN_PART_BYTES, min(shard_bytes, PART_BYTES, -(-total // (TASKS_PER_THREAD * max(threads, 1)))))
 
 
 def _parts(entries: list[storage.Entry], max_bytes: int) -> Iterator[list[storage.Entry]]:
@@ -52,28 +66,150 @@ def _parts(entries: list[storage.Entry], max_bytes: int) -> Iterator[list[storag
         yield part
 
 
-def ingest_part(entries: list[storage.Entry], cfg: IngestConfig, shard_url: str) -> list[tuple]:
-    """The task a worker runs: load every file of the part (`obf.data.ingest.load_file`), append the stored
-    bytes of each content new to the part to one shard, write it with one PUT, and return per file
-    (sha256, modality, format, offset, length, reject reason); offset is None for a file whose
-    content came earlier in the part (the driver records it as a duplicate)."""
+def _read_head(fd: int) -> bytes:
+    """The first `HEAD` bytes of the open file (all of it when shorter): what `sniff` decides from."""
+    head = b""
+    while len(head) < HEAD and (more := os.read(fd, HEAD - len(head))):
+        head += more
+    return head
 
-    shard = bytearray()
+
+def _stream_file(path: str, sink: BinaryIO, cfg: IngestConfig, buf: bytearray) -> tuple | None:
+    """Append a local file that is stored as it is (text and binary; every file when canonicalise
+    is off) to `sink`, block by block through `buf`, hashing each block while it is in cache, as a
+    local ingest's workers do: no copy of the whole file is ever held. Returns None, having
+    written nothing, for a file `load_file` must take whole (a medium to canonicalise, or one
+    that does not open: it words the reason as a local ingest does); else (sha256, sniffed,
+    length, reject reason)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        head = _read_head(fd)
+        if not head:
+            return None, None, 0, "empty file"
+        sn = sniff(head)
+        if cfg.canonicalize and sn.modality in REWRITTEN:
+            return None
+        h = hashlib.sha256(head)
+        sink.write(head)
+        done = len(head)
+        view = memoryview(buf)
+        while n := os.readv(fd, [buf]):
+            h.update(view[:n])
+            sink.write(view[:n])
+            done += n
+    except OSError as err:
+        return None, None, 0, f"unreadable ({err.strerror or err})"
+    finally:
+        os.close(fd)
+    if done > cfg.max_file_bytes:
+        return None, None, 0, f"larger than ingest.max_file_bytes ({done} > {cfg.max_file_bytes})"
+    return h.hexdigest(), sn, done, None
+
+
+def _fill(entries: list[storage.Entry], cfg: IngestConfig, sink: BinaryIO) -> list[tuple]:
+    """Append the stored bytes of each content new to the part to `sink`; returns per file
+    (sha256, modality, format, offset, length, reject reason). A rejected file or a repeat of an
+    earlier content is cut off the sink again, so the shard holds each kept content once."""
+    buf = bytearray(BLOCK)
     at: dict[str, int] = {}
-    out = []
+    out: list[tuple] = []
     for e in entries:
-        item = load_file(e, cfg)
-        if item.error is not None or item.sha256 is None or item.stored is None or item.sniffed is None:
-            out.append((None, None, None, None, 0, item.error or "unreadable"))
+        start = sink.tell()
+        got = _stream_file(storage.local_str(e.url), sink, cfg, buf) if storage.is_local(e.url) else None
+        if got is None:  # a medium to canonicalise, a remote file, or one that does not open: whole
+            item = load_file(e, cfg)
+            if item.error is None and item.sha256 and item.stored is not None and item.sniffed is not None:
+                sink.write(item.stored)
+                got = item.sha256, item.sniffed, len(item.stored), None
+            else:
+                got = None, None, 0, item.error or "unreadable"
+        digest, sn, length, error = got
+        if error is not None or digest in at:
+            sink.seek(start)
+            sink.truncate()
+        if error is not None:
+            out.append((None, None, None, None, 0, error))
             continue
         offset = None
-        if item.sha256 not in at:
-            offset = at[item.sha256] = len(shard)
-            shard += item.stored
-        out.append((item.sha256, item.sniffed.modality, item.sniffed.format, offset, len(item.stored), None))
-    if shard:
-        storage.write_bytes_atomic(shard_url, bytes(shard))
+        if digest not in at:
+            offset = at[digest] = start
+        out.append((digest, sn.modality, sn.format, offset, length, None))
     return out
+
+
+def ingest_part(entries: list[storage.Entry], cfg: IngestConfig, shard_url: str) -> list[tuple]:
+    """The task a worker runs: read every file of the part as a local ingest does, put the stored
+    bytes of each content new to the part in one shard, written whole or not at all, and return
+    per file (sha256, modality, format, offset, length, reject reason); offset is None for a file
+    whose content came earlier in the part (the driver records it as a duplicate).
+
+    A local shard lies in the temp dir that becomes DEST by one rename at the end: it is written
+    straight to a temp file and renamed, without an fsync of its own (as a local ingest's shards).
+    On object storage the shard is one PUT."""
+    if storage.is_local(shard_url):
+        path = storage.local_path(shard_url)
+        out: list[tuple] = []
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as sink:
+                out.extend(_fill(entries, cfg, sink))
+
+        tmp = storage.write_temp_beside(path, write, durable=False)
+        try:
+            if os.path.getsize(tmp):
+                os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return out
+    sink = io.BytesIO()
+    out = _fill(entries, cfg, sink)
+    if sink.tell():
+        storage.write_bytes_atomic(shard_url, sink.getvalue())
+    return out
+
+
+def _no_workers_limit() -> float | None:
+    """Dask's own `distributed.scheduler.no-workers-timeout` (seconds; None: wait for workers)."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    value = dask.config.get("distributed.scheduler.no-workers-timeout", None)
+    return None if value is None else parse_timedelta(value, default="s")
+
+
+def _result(client: Any, fut: Any, address: str) -> Any:
+    """`fut.result()`, watching the cluster while it waits. A cluster without workers is waited
+    for, as Dask does (an adaptive cluster may be scaling up), with a warning each minute, unless
+    `distributed.scheduler.no-workers-timeout` is set: then, once it has had no worker that long,
+    the ingest ends with a one-line error (and the dataset is left as it was). A task that failed
+    on every try (its error, or workers dying under it) ends it the same way."""
+    limit = _no_workers_limit()
+    poll = 10.0 if limit is None else min(10.0, max(limit / 4, 0.25))
+    idle_since: float | None = None
+    warned = 0.0
+    while True:
+        try:
+            return fut.result(timeout=poll)
+        except TimeoutError:
+            pass
+        except Exception as err:  # the task's own error after its retries, or KilledWorker
+            first = (str(err) or type(err).__name__).strip().splitlines()[0]
+            raise storage.StorageError(f"dask scheduler {address}: an ingest task failed: {first}") from None
+        if client.nthreads():
+            idle_since = None
+            continue
+        now = time.monotonic()
+        idle_since = idle_since or now
+        if limit is not None and now - idle_since >= limit:
+            raise storage.StorageError(f"dask scheduler {address}: no workers for {now - idle_since:.0f}s "
+                                       "(distributed.scheduler.no-workers-timeout); the dataset was not changed")
+        if now - warned >= 60:
+            warned = now
+            log.warning("dask scheduler %s has no workers; waiting for some (set "
+                        "distributed.scheduler.no-workers-timeout to give up instead)", address)
 
 
 def run(entries: list[storage.Entry], cfg: IngestConfig, root: str, address: str, *, first_shard: int = 0,
@@ -88,7 +224,6 @@ def run(entries: list[storage.Entry], cfg: IngestConfig, root: str, address: str
                                    ) from None
     from tqdm import tqdm
 
-    parts = list(_parts(entries, min(cfg.shard_bytes, PART_BYTES)))
     total = sum(e.size for e in entries)
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="ingest (dask)",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
@@ -102,11 +237,12 @@ def run(entries: list[storage.Entry], cfg: IngestConfig, root: str, address: str
     except (OSError, TimeoutError) as err:
         raise storage.StorageError(f"dask scheduler {address}: cannot connect ({err})") from None
     try:
+        parts = list(_parts(entries, part_bytes(total, sum(client.nthreads().values()), cfg.shard_bytes)))
         futures = [client.submit(ingest_part, part, cfg, storage.join(root, f"shards/{first_shard + i:06d}.bin"),
                                  key=f"obf-ingest-part-{first_shard + i}-{time.time_ns()}", retries=2, pure=False)
                    for i, part in enumerate(parts)]
         for i, (part, fut) in enumerate(zip(parts, futures)):
-            results: list[Any] = fut.result()
+            results: list[Any] = _result(client, fut, address)
             shard = first_shard + i
             for e, (digest, modality, fmt, offset, length, error) in zip(part, results):
                 bar.update(e.size)

@@ -12,6 +12,9 @@ from obf.core.config import IngestConfig
 from obf.formats.canonical import canonicalize
 from obf.formats.sniff import FormatError, Sniffed, sniff
 
+HEAD = (1 << 16) + 1  # sniff() decides from the first 64 KiB; one byte more tells it the file goes on
+BLOCK = 1 << 18  # read, hash and write unit of a streamed file: small enough to stay in cache from read to write
+
 
 @dataclass
 class Loaded:

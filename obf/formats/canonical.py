@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from obf.core.config import IngestConfig
 
 
+REWRITTEN = ("image", "audio", "video")  # the modalities canonicalize re-encodes; text and binary pass through
+
+
 def canonicalize(data: bytes, cfg: IngestConfig) -> tuple[bytes, Sniffed]:
     """Return the canonical bytes of `data` for its modality (text and binary pass through).
 
