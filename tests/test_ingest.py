@@ -489,3 +489,30 @@ def test_dask_ingest_survives_a_killed_worker_and_a_killed_driver(tmp_path, s3_b
         _same_dataset(Dataset(tmp_path / "local2"), Dataset(local_dataset(url, tmp_path / "cache4")))
     finally:
         client.close()
+
+
+def test_dask_parts_fit_the_cluster_and_a_failing_shard_write_is_the_tasks_error(tmp_path):
+    """Parts shrink to about four per worker thread on a small listing (within 1-16 MiB and a
+    shard); a source that fails to read is a reject, but a shard that cannot be written (a full
+    disk) fails the task, which Dask then retries: it never turns into rejected files."""
+    from obf.data.ingest_dask import _fill, part_bytes
+
+    mib = 1 << 20
+    assert part_bytes(50 * mib, 2, 64 * mib) == -(-50 * mib // 8)  # 8 tasks for 2 threads
+    assert part_bytes(5000 * mib, 2, 64 * mib) == 16 * mib
+    assert part_bytes(2 * mib, 8, 64 * mib) == mib
+    assert part_bytes(500 * mib, 0, 4 * mib) == 4 * mib  # no worker yet: as for one; never past a shard
+
+    src = tmp_path / "src"
+    _copy_some(src, ["text/heapq.py", "binary/true.elf"])
+    from obf.core.storage import list_files
+
+    class Full:
+        def tell(self) -> int:
+            return 0
+
+        def write(self, data) -> int:
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        _fill(list_files(str(src)), CFG, Full())

@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
-
-
 def _store_file(
     path: str, dst: int, offset: int, size: int, buf: bytearray
 ) -> tuple[int, str | None, Sniffed | None, str | None]:

@@ -1,15 +1,16 @@
 """Ingest on a Dask cluster: workers read, canonicalise, hash and write shard parts straight to
 the destination; the driver decides duplicates, writes `index.jsonl` and `manifest.json`.
 
-The listing is cut into parts of consecutive files (at most 16 MiB, or `ingest.shard_bytes`, of
-input each). Each part is one Dask task: it `load_file`s its files exactly as a local ingest does,
-puts the stored bytes of each new file in one shard and writes that shard whole or not at all (one
-PUT; locally a temp file renamed into place), so a task that a dead worker leaves unfinished is
-simply run again and writes the same object. The driver takes the parts' results in listing order, so the first
-file of each content is kept and later ones are duplicates, as in a local ingest: for the same
-files the records (key, split, modality, length, sha256), the bytes of each, the duplicates and
-the rejections are the same; only shard boundaries differ (a duplicate of an earlier part's file
-leaves its bytes unused in its shard).
+The listing is cut into parts of consecutive files (`part_bytes`: 1-16 MiB of input, about four
+per worker thread on a small listing). Each part is one Dask task: it reads its files as a local
+ingest does (text and binary streamed through one buffer, media loaded whole and canonicalised),
+puts the stored bytes of each new content in one shard and writes that shard whole or not at all
+(one PUT; locally a temp file renamed into place), so a task that a dead worker leaves unfinished
+is simply run again and writes the same object. The driver takes the parts' results in listing
+order, so the first file of each content is kept and later ones are duplicates, as in a local
+ingest: for the same files the records (key, split, modality, length, sha256), the bytes of each,
+the duplicates and the rejections are the same; only shard boundaries differ (a duplicate of an
+earlier part's file leaves its bytes unused in its shard).
 
 Where the parts go (`obf.data.ingest.ingest` picks; `DEST` must be reachable by every worker):
 - a local `DEST` (a shared filesystem, or a LocalCluster): a temp dir beside it, renamed into
@@ -66,42 +67,42 @@ def _parts(entries: list[storage.Entry], max_bytes: int) -> Iterator[list[storag
         yield part
 
 
-def _read_head(fd: int) -> bytes:
-    """The first `HEAD` bytes of the open file (all of it when shorter): what `sniff` decides from."""
-    head = b""
-    while len(head) < HEAD and (more := os.read(fd, HEAD - len(head))):
-        head += more
-    return head
-
-
 def _stream_file(path: str, sink: BinaryIO, cfg: IngestConfig, buf: bytearray) -> tuple | None:
     """Append a local file that is stored as it is (text and binary; every file when canonicalise
     is off) to `sink`, block by block through `buf`, hashing each block while it is in cache, as a
     local ingest's workers do: no copy of the whole file is ever held. Returns None, having
     written nothing, for a file `load_file` must take whole (a medium to canonicalise, or one
     that does not open: it words the reason as a local ingest does); else (sha256, sniffed,
-    length, reject reason)."""
+    length, reject reason). A source that fails to read is a reject; a failing write to the sink
+    (a full disk) is the task's error."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
     try:
-        head = _read_head(fd)
+        view = memoryview(buf)
+        try:
+            n = os.readv(fd, [buf])  # the first block holds sniff's head (BLOCK > HEAD)
+            while 0 < n < HEAD and (more := os.readv(fd, [view[n:]])):
+                n += more
+            head = bytes(view[: min(n, HEAD)])
+        except OSError as err:
+            return None, None, 0, f"unreadable ({err.strerror or err})"
         if not head:
             return None, None, 0, "empty file"
         sn = sniff(head)
         if cfg.canonicalize and sn.modality in REWRITTEN:
             return None
-        h = hashlib.sha256(head)
-        sink.write(head)
-        done = len(head)
-        view = memoryview(buf)
-        while n := os.readv(fd, [buf]):
+        h = hashlib.sha256()
+        done = 0
+        while n:
             h.update(view[:n])
             sink.write(view[:n])
             done += n
-    except OSError as err:
-        return None, None, 0, f"unreadable ({err.strerror or err})"
+            try:
+                n = os.readv(fd, [buf])
+            except OSError as err:
+                return None, None, 0, f"unreadable ({err.strerror or err})"
     finally:
         os.close(fd)
     if done > cfg.max_file_bytes:
@@ -154,7 +155,7 @@ def ingest_part(entries: list[storage.Entry], cfg: IngestConfig, shard_url: str)
         out: list[tuple] = []
 
         def write(tmp: str) -> None:
-            with open(tmp, "wb") as sink:
+            with open(tmp, "wb", buffering=0) as sink:  # whole blocks: straight to the file
                 out.extend(_fill(entries, cfg, sink))
 
         tmp = storage.write_temp_beside(path, write, durable=False)
