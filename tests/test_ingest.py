@@ -516,3 +516,24 @@ def test_dask_parts_fit_the_cluster_and_a_failing_shard_write_is_the_tasks_error
 
     with pytest.raises(OSError, match="No space left"):
         _fill(list_files(str(src)), CFG, Full())
+
+
+def test_a_url_dataset_whose_ingest_died_between_index_and_manifest_is_refused(tmp_path, s3_bucket):
+    """On object storage the index and the manifest are two PUTs. An ingest killed between them
+    leaves a new index beside the old manifest: readers refuse it with one line, and a rerun
+    mends it."""
+    from obf.data.dataset import local_dataset
+
+    src = _mixed_source(tmp_path)
+    url = f"{s3_bucket}/ds"
+    ingest(str(src), url, CFG, progress=False)
+    more = tmp_path / "more"
+    shutil.copytree(src, more)
+    (more / "extra.txt").write_bytes(b"one more file\n" * 40)
+    ingest(str(more), tmp_path / "new", CFG, progress=False)
+    write_bytes_atomic(f"{url}/index.jsonl", (tmp_path / "new" / "index.jsonl").read_bytes())  # the first PUT only
+    with pytest.raises(DataError, match="interrupted; run `obf ingest` again") as err:
+        local_dataset(url, tmp_path / "cache")
+    assert "\n" not in str(err.value)
+    ingest(str(more), url, CFG, progress=False)
+    _same_dataset(Dataset(tmp_path / "new"), Dataset(local_dataset(url, tmp_path / "cache")))

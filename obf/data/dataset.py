@@ -116,6 +116,7 @@ def local_dataset(url: str | Path, cache_dir: str | Path | None = None) -> Path:
         index = storage.read_bytes(storage.join(url, INDEX))
     except storage.NotFoundError:
         raise DataError(f"{url}: not an ingested dataset (no {MANIFEST} / {INDEX}); run `obf ingest` first") from None
+    _check_agree(url, manifest, index)
     dest = Path(cache_dir or data_cache()) / content_sha256(manifest, index)[:32]
     if (dest / _VERIFIED).is_file():
         return dest
@@ -123,6 +124,20 @@ def local_dataset(url: str | Path, cache_dir: str | Path | None = None) -> Path:
         if not (dest / _VERIFIED).is_file():  # else another process verified it while this one waited
             _download_verified(url, dest, manifest, index)
     return dest
+
+
+def _check_agree(url: str, manifest: bytes, index: bytes) -> None:
+    """A dataset at a URL is written index first, manifest last (two PUTs: object stores commit
+    one object at a time). An ingest that died between them leaves a new index beside the old
+    manifest; refuse that pair, by their counts, rather than read a mix."""
+    try:
+        m = json.loads(manifest)
+        lengths = [json.loads(line)["length"] for line in index.splitlines() if line.strip()]
+    except (ValueError, TypeError, KeyError) as e:
+        raise DataError(f"{url}: corrupt dataset index or manifest ({e})") from None
+    if (m.get("files"), m.get("bytes")) != (len(lengths), sum(lengths)):
+        raise DataError(f"{url}: {INDEX} ({len(lengths)} files) does not match {MANIFEST} ({m.get('files')} files): "
+                        "an ingest into it was interrupted; run `obf ingest` again")
 
 
 def content_sha256(manifest: bytes, index: bytes) -> str:
