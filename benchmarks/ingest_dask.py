@@ -118,12 +118,19 @@ def main() -> None:
     canonicalize = args.canonicalize or args.media
     results = []
     work = Path(tempfile.mkdtemp(prefix="obf-bench-ingest-dask-"))
-    clusters = {n: LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
-                for n in args.workers}
-    try:
-        for c in clusters.values():
-            with Client(c.scheduler_address) as client:
+
+    def timed_run(name: str, src: Path) -> dict:
+        """One ingest; a Dask one on a cluster of its own, started and warmed first and closed
+        after, so no other cluster's processes share the cores while it runs."""
+        if name == "local":
+            return run_ingest(src, work / "ds", None, canonicalize)
+        with LocalCluster(n_workers=int(name.split("_")[1]), threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster:
+            with Client(cluster.scheduler_address) as client:
                 client.run(_warm)
+            return run_ingest(src, work / "ds", cluster.scheduler_address, canonicalize)
+
+    try:
         for mb in args.mb:
             src = work / f"src{mb}"
             total = (make_media_folder(src, mb) if args.media else make_folder(src, mb)) / 1e6
@@ -132,8 +139,7 @@ def main() -> None:
             names = ["local", *(f"dask_{n}" for n in args.workers)]
             for r in range(args.rounds):
                 for name in names[r % len(names):] + names[: r % len(names)]:  # a new order each round
-                    address = None if name == "local" else clusters[int(name.split("_")[1])].scheduler_address
-                    runs.setdefault(name, []).append(run_ingest(src, work / "ds", address, canonicalize))
+                    runs.setdefault(name, []).append(timed_run(name, src))
             row: dict = {"mb": total, "canonicalize": canonicalize, "media": args.media, "rounds": args.rounds}
             for name in names:
                 best = min(runs[name], key=lambda d: d["seconds"])
@@ -151,8 +157,6 @@ def main() -> None:
             results.append(row)
             shutil.rmtree(src, ignore_errors=True)
     finally:
-        for c in clusters.values():
-            c.close()
         shutil.rmtree(work, ignore_errors=True)
     save("ingest_dask_media" if args.media else "ingest_dask", {"cores": os.cpu_count(), "runs": results})
 
