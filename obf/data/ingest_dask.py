@@ -155,7 +155,7 @@ def ingest_part(entries: list[storage.Entry], cfg: IngestConfig, shard_url: str)
         out: list[tuple] = []
 
         def write(tmp: str) -> None:
-            with open(tmp, "wb", buffering=0) as sink:  # whole blocks: straight to the file
+            with open(tmp, "wb") as sink:  # buffered: each write lands whole or raises
                 out.extend(_fill(entries, cfg, sink))
 
         tmp = storage.write_temp_beside(path, write, durable=False)
