@@ -127,7 +127,7 @@ def main() -> None:
             engines[f"onnx_{prov}_fp16"] = obf_runner(half, args.new)
         if args.patch_memory:
             if not (work / "onnx_patches").is_dir():
-                twin = replace(cfg, cross_bytes=False)
+                twin = replace(cfg, cross_bytes=False, query_map=False)
                 torch.manual_seed(0)
                 save_model(work / "model_patches", OmniByteFormer(twin).eval(), twin)
                 export(work / "model_patches", work / "onnx_patches", ExportConfig(), progress=False)

@@ -209,6 +209,7 @@ def training_samplers(ds: Dataset, params: Params) -> tuple[ExampleSampler, Exam
         random_bytes_weight=t.random_bytes_weight,
         windows=t.windows,
         max_input_len=m.input_len,
+        query_map=m.query_map,
         **kw,
     )
     long = ExampleSampler(
@@ -240,11 +241,11 @@ def step_batch(step: int, d: Dist, cfg: TrainConfig, short: ExampleSampler, long
     return short.batch(list(range(base, base + cfg.batch_size)))
 
 
-def _to_device(b: Batch, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """src (B, S), dec (N, T), tgt (N, T), rows (N,), visible (N,), align (N,) on `device`."""
-    return tuple(
-        torch.from_numpy(a).to(device, non_blocking=True) for a in (b.src, b.dec, b.tgt, b.rows, b.visible, b.align)
-    )
+def _to_device(b: Batch, device: torch.device) -> tuple[torch.Tensor | None, ...]:
+    """src (B, S), dec (N, T), tgt (N, T), rows (N,), visible (N,), align (N,), shift (N, T) on
+    `device` (shift None when no query moves: a batch without a mapped `paired` window)."""
+    arrays = (b.src, b.dec, b.tgt, b.rows, b.visible, b.align, b.shift if b.shift.any() else None)
+    return tuple(None if a is None else torch.from_numpy(a).to(device, non_blocking=True) for a in arrays)
 
 
 def train(
@@ -371,9 +372,9 @@ def train(
             if log_f:
                 for e_idx, m, t in zip(batch.indices, batch.modalities, batch.tasks):
                     log_f.write(json.dumps({"step": step, "index": e_idx, "modality": m, "task": t}) + "\n")
-            src, dec, tgt, rows, visible, align = _to_device(batch, device)
+            src, dec, tgt, rows, visible, align, shift = _to_device(batch, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = net(src, dec, rows, visible, align)  # (N, T, V): every window of every example
+                logits = net(src, dec, rows, visible, align, shift)  # (N, T, V): every window of every example
             bits, n = loss_bits(logits, tgt)
             loss = bits / n.clamp(min=1)
             opt.zero_grad(set_to_none=True)

@@ -74,6 +74,11 @@ def test_model_config_round_trip():
     assert ModelConfig.from_dict(c.to_dict()) == c and not c.causal_encoder
     old = {k: v for k, v in c.to_dict().items() if k != "causal_encoder"}  # saved before the key existed
     assert ModelConfig.from_dict(old).causal_encoder is False  # such a model's encoder was bidirectional
+    assert c.query_map  # new models place `paired` queries where the conversion reads
+    before = {k: v for k, v in c.to_dict().items() if k != "query_map"}
+    assert ModelConfig.from_dict(before).query_map is False  # trained with every query at its own offset
+    with pytest.raises(ConfigError, match="model.query_map"):
+        ModelConfig(cross_bytes=False, query_map=True)
     long = ModelConfig.from_preset("small", causal_encoder=True, max_src_len=16384)
     assert ModelConfig.from_dict(long.to_dict()) == long
 

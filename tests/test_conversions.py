@@ -11,7 +11,7 @@ from PIL import Image
 from obf.core.config import IngestConfig
 from obf.data.dataset import Dataset
 from obf.data.ingest import ingest
-from obf.formats.conversions import CONVERSIONS, RAMP, conversion_for, convert
+from obf.formats.conversions import CONVERSIONS, RAMP, conversion_for, convert, input_offsets
 from obf.formats.layouts import bmp_layout
 from obf.formats.sniff import FormatError, sniff
 
@@ -54,6 +54,36 @@ def test_gray_and_ascii_follow_pillow_luma_pixel_by_pixel():
     assert len(rows) == 6 and rows[-1] == ""  # top row first, "\n" after each row
     assert rows[0][0] == "@" and rows[4][6] == " "
     assert all(rows[r][c] == chr(RAMP[want[r, c] * 10 // 256]) for r in range(5) for c in range(7))
+
+
+def test_each_target_byte_reads_the_input_byte_its_conversion_maps_it_to():
+    """`input_offsets`, checked against what each target byte holds: a hex digit is a nibble of
+    the byte it reads, an ascii character the luma of the pixel whose bytes it reads."""
+    data = b"\x7fELF\x02\x01" + bytes(np.random.default_rng(1).integers(0, 256, 31, dtype=np.uint8))
+    canon, hexed = convert("hex", data)
+    reads = input_offsets("binary", "text", canon, np.arange(len(hexed) + 3))
+    for t, ch in enumerate(hexed):
+        col = t % 48  # a full line: "xx " x 15 + "xx\n"
+        if col % 3 < 2:
+            assert f"{canon[reads[t]]:02x}"[col % 3] == chr(ch)
+    assert (reads[len(hexed):] == len(canon) - 1).all()  # EOS and after: the last byte
+
+    pixels = np.random.default_rng(2).integers(0, 256, (5, 7, 3))
+    bmp, text = convert("ascii", _png(pixels))
+    reads = input_offsets("image", "text", bmp, np.arange(len(text) + 1))
+    lay = bmp_layout(bmp)
+    for t, ch in enumerate(text):
+        r = int(reads[t])
+        if ch == ord("\n"):  # the byte after its row's last pixel
+            assert (r - lay.offset) % lay.stride == 3 * lay.width
+            continue
+        b, g, red = bmp[r:r + 3]
+        luma = Image.fromarray(np.array([[[red, g, b]]], np.uint8)).convert("L").getpixel((0, 0))
+        assert chr(ch) == chr(RAMP[luma * 10 // 256])
+    assert reads[len(text)] == len(bmp) - 1
+
+    for source, target, data in (("text", "text", b"abc def"), ("image", "image", bmp), ("audio", "text", b"x" * 9)):
+        assert (input_offsets(source, target, data, np.arange(12)) == np.arange(12)).all()  # offsets kept
 
 
 def test_the_pair_of_modalities_picks_the_conversion():
@@ -180,3 +210,21 @@ def test_every_window_of_a_paired_target_trains_with_the_whole_input_in_view():
     got = [b.tgt[n][b.tgt[n] != PAD].tolist() for n in range(5)]
     assert sum(got, []) == [*target, EOS]
     assert PAIRED_WINDOWS >= 4  # a 16x16 BMP target (822 bytes) fits one example of 256-byte windows
+
+
+def test_a_paired_window_moves_each_query_to_the_byte_its_conversion_reads():
+    from obf.data.objectives import collate, paired_example
+
+    inp = bytes(range(1, 101))
+    _, target = convert("hex", inp)  # 300 bytes
+    moved = collate([paired_example(inp, "binary", target, "text", 256, 128, range(0, 3), query_map=True)])
+    reads = input_offsets("binary", "text", inp, np.arange(len(target) + 1))
+    for k in range(3):
+        n = min(128, len(target) + 1 - 128 * k)
+        assert (moved.shift[k, :n] == reads[128 * k:128 * k + n] - np.arange(128 * k, 128 * k + n)).all()
+        assert (moved.shift[k, n:] == 0).all()
+    assert moved.align.tolist() == collate([paired_example(inp, "binary", target, "text", 256, 128,
+                                                           range(0, 3))]).align.tolist()
+    flat = collate([paired_example(inp, "binary", target, "text", 256, 128, range(0, 3))])  # a model before
+    same = collate([paired_example(b"abc", "text", b"ABC", "text", 256, 128, range(0, 1), query_map=True)])
+    assert not flat.shift.any() and not same.shift.any()

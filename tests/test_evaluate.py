@@ -178,7 +178,7 @@ def test_windows_score_every_byte_and_eos_exactly_once(n, stride, group):
     scored = []
     for ex, windows in file_windows(data, "binary", 64, 8, stride, group):
         assert len(windows) == len(ex.earlier) + 1 <= group
-        for (start, tgt, _), (at, first) in zip((*ex.earlier, (len(ex.src), ex.tgt, None)), windows):
+        for (start, tgt, *_), (at, first) in zip((*ex.earlier, (len(ex.src), ex.tgt, None)), windows):
             ctx = ex.src[2:start]  # what this window's encoder sees: the bytes right before it
             s = ctx[-1] + 1 if ctx else 0  # the bytes are their own offsets (n <= 256)
             assert at == s  # the window's start in the file, as scoring maps targets to positions

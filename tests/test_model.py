@@ -132,7 +132,7 @@ def test_long_context_windows_see_exactly_their_own_context(p):
         got = m(*ids)
         n = 0
         for e in exs:
-            for start, tgt, _ in (*e.earlier, Window(len(e.src), e.tgt, len(e.src))):
+            for start, tgt, *_ in (*e.earlier, Window(len(e.src), e.tgt, len(e.src))):
                 alone = collate([Example(e.src[:start], tgt, "continue", e.modality, 0)], multiple=p)
                 ref = m(torch.from_numpy(alone.src), torch.from_numpy(alone.dec))
                 torch.testing.assert_close(got[n, :len(tgt)], ref[0, :len(tgt)], atol=2e-5, rtol=2e-5)

@@ -687,3 +687,90 @@ def test_long_context_export_parity_scoring_and_generation(exported, tmp_path):
     opts = SamplingOptions(max_bytes=80, stop_at_eos=False)
     ctx = [elf[:20000], elf[5000:5100]]
     assert generate(tb, ctx, ["binary", "binary"], opts=opts) == generate(ob, ctx, ["binary", "binary"], opts=opts)
+
+
+class _RecordingShifts:
+    """A backend as it is, recording the query move of every decode step generation asks for."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.shifts = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def step(self, tokens, memory, cache, shift=None):
+        self.shifts.append(None if shift is None else shift.copy())
+        return self.inner.step(tokens, memory, cache, shift)
+
+
+def test_paired_queries_read_where_the_conversion_maps_them_in_training_scoring_and_generation(exported):
+    """binary -> text is `hex`: each character's query moves to the byte it encodes. Teacher-forced
+    windows (what training and scoring run) and cached steps (what generation runs) agree on both
+    runtimes, and generation asks each step for exactly the move training used."""
+    from obf.data.objectives import collate, paired_example
+    from obf.formats.conversions import convert, input_offsets
+
+    root, _, _ = exported
+    inp, target = convert("hex", (RAW / "binary/true.elf").read_bytes()[:100])  # 300 characters
+    greedy = []
+    for backend in (load_torch(str(root / "model")), OnnxBackend(root / "onnx", provider="cpu")):
+        assert backend.query_map
+        w = backend.max_tgt_len
+        b = collate([paired_example(inp, "binary", target, "text", backend.max_input_len, w, range(0, 3),
+                                    query_map=True)], multiple=8)
+        assert b.shift.any()
+        full = backend.window_logits(b.src, b.dec, b.rows, b.visible, b.align, b.shift)  # (3, T, V)
+        flat = backend.window_logits(b.src, b.dec, b.rows, b.visible, b.align)
+        assert np.abs(full - flat).max() > 1e-3  # where a query reads changes what the model says
+        for n in range(3):
+            mem = backend.encode(b.src, b.align[n:n + 1])
+            cache = backend.init_cache(mem)
+            for t in range(w):
+                logits, cache = backend.step(b.dec[n, t:t + 1], mem, cache, b.shift[n, t:t + 1])
+                assert np.abs(logits[0] - full[n, t]).max() < 1e-3
+        rec = _RecordingShifts(backend)
+        opts = SamplingOptions(max_bytes=len(target), stop_at_eos=False)
+        greedy += generate(rec, [inp], ["binary"], task="paired", target_modalities=["text"], opts=opts)
+        moved = np.concatenate(rec.shifts)[:len(target)]
+        assert (moved == input_offsets("binary", "text", inp, np.arange(len(target))) - np.arange(len(target))).all()
+    assert greedy[0] == greedy[1]
+
+
+def test_an_export_from_before_query_map_still_runs_and_refuses_moved_windows(exported, tmp_path):
+    """Exports made before `query_map` take one cross position per row (align (B,)). Rebuilt here
+    from today's graph (the Unsqueeze they had put back), such an export generates what today's
+    does for a model that moves no query, and a teacher-forced window whose queries move is a
+    one-line error rather than wrong logits."""
+    import shutil
+
+    from obf.runtime.onnx_backend import sha256_file
+
+    root, _, _ = exported
+    old = tmp_path / "onnx"
+    shutil.copytree(root / "onnx", old)
+    graph = onnx_ir.load(str(old / "decoder.onnx"))
+    g = graph.graph
+    align = next(i for i in g.input if i.name == "align")
+    align.type.tensor_type.shape.ClearField("dim")
+    align.type.tensor_type.shape.dim.add().dim_param = "batch"
+    add = next(n for n in g.node if n.output[0] == "first_pos")
+    add.input[0] = "align_col"
+    g.initializer.append(onnx_ir.numpy_helper.from_array(np.array([1], np.int64), "axis_col"))
+    g.node.insert(0, onnx_ir.helper.make_node("Unsqueeze", ["align", "axis_col"], ["align_col"]))
+    onnx_ir.save(graph, str(old / "decoder.onnx"))
+    meta = json.loads((old / "obf.json").read_text())
+    meta["sha256"]["decoder.onnx"] = sha256_file(old / "decoder.onnx")
+    (old / "obf.json").write_text(json.dumps(meta))
+    before, now = OnnxBackend(old, provider="cpu"), OnnxBackend(root / "onnx", provider="cpu")
+    assert not before.align_per_id and not before.query_map and now.query_map
+    ctx, opts = [(RAW / "text/heapq.py").read_bytes()[:200]], SamplingOptions(max_bytes=100, stop_at_eos=False)
+    assert generate(before, ctx, ["text"], opts=opts) == generate(now, ctx, ["text"], opts=opts)
+
+    from obf.data.objectives import collate, paired_example
+    from obf.formats.conversions import convert
+
+    inp, target = convert("hex", (RAW / "binary/true.elf").read_bytes()[:40])
+    b = collate([paired_example(inp, "binary", target, "text", now.max_input_len, now.max_tgt_len, range(0, 1),
+                                query_map=True)], multiple=8)
+    with pytest.raises(ValueError, match="re-run `obf export`"):
+        before.window_logits(b.src, b.dec, b.rows, b.visible, b.align, b.shift)

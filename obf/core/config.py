@@ -93,6 +93,9 @@ class ModelConfig:
     causal_encoder: bool = False  # True: patch i sees patches <= i, for long-context training (obf.model)
     cross_bytes: bool = True  # the decoder cross-attends to every source byte at its position (else to patches)
     max_input_len: int = 0  # longest `paired` source in ids (tags included); 0 = max_src_len
+    # `paired` queries read the input byte the pair's conversion maps each target byte to
+    # (`obf.formats.conversions.input_offsets`: hex, ascii); False: the byte at the same offset
+    query_map: bool = True
     preset: str = ""  # the preset this config started from, for humans
 
     def __post_init__(self) -> None:
@@ -118,6 +121,7 @@ class ModelConfig:
             f"must be 0 or at least model.max_src_len ({self.max_src_len})",
         )
         require(self.max_input_len % self.patch_size == 0, f"{s}.max_input_len", "must be a multiple of patch_size")
+        require(not self.query_map or self.cross_bytes, f"{s}.query_map", "needs model.cross_bytes")
         require(self.vocab_size == VOCAB_SIZE, f"{s}.vocab_size", f"must be {VOCAB_SIZE} (fixed by obf.core.vocab)")
 
     @property
@@ -140,8 +144,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """A saved config; one saved before `cross_bytes` existed describes a model without it."""
-        return build_section(cls, "model", {"cross_bytes": False, **d})
+        """A saved config; one saved before `cross_bytes` or `query_map` existed describes a model
+        without it."""
+        return build_section(cls, "model", {"cross_bytes": False, "query_map": False, **d})
 
 
 def _default_task_weights() -> dict[str, float]:

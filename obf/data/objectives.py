@@ -7,7 +7,10 @@ disjoint.
 `paired` trains every decoder window of the target with the whole input visible: an example is
 the input (one encoder pass) and up to `PAIRED_WINDOWS` consecutive windows of its target, each
 aligned (cross positions, `obf.model`) with the input bytes at its own offset, so a long target
-follows its input all the way (generation does the same, window after window). The files of
+follows its input all the way (generation does the same, window after window). With
+`model.query_map` each target byte's query then moves (`shift`) to the input byte the pair's
+conversion reads for it (`obf.formats.conversions.input_offsets`: a hex character to the byte it
+encodes, an ascii character to its pixel). `continue` and `denoise` have no shift. The files of
 pairs serve `paired` only; `continue` and `denoise` draw from the other files.
 """
 
@@ -32,17 +35,20 @@ from obf.core.vocab import (
     task_id,
 )
 from obf.data.dataset import DataError, Dataset, Record
+from obf.formats.conversions import input_offsets
 
 PAIRED_WINDOWS = 4  # target windows of one `paired` example at most (a 16x16 BMP needs 4 of 256 bytes)
 
 
 class Window(NamedTuple):
     """A decoder window of an example besides its last: `visible` source ids lie before it (all
-    of them for `paired`), its first target lies at source position `align`."""
+    of them for `paired`), its first target lies at source position `align`, and target t's
+    query at align + t + shift[t] (`shift` None: no move)."""
 
     visible: int
     targets: list[int]
     align: int
+    shift: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class Example:
     index: int  # global sample index it was drawn for
     earlier: tuple[Window, ...] = ()
     align: int | None = None
+    shift: np.ndarray | None = None  # the last window's query moves (`Window.shift`)
 
 
 @dataclass
@@ -72,6 +79,7 @@ class Batch:
     rows: np.ndarray  # (N,) int64, the example (row of src) of each window
     visible: np.ndarray  # (N,) int64, ids of the padded row before the window's start (on the patch grid)
     align: np.ndarray  # (N,) int64, position in the padded row of the window's first target
+    shift: np.ndarray  # (N, T) int64, how far each target's query moves from align + t (0: none)
     modalities: list[str]  # per example
     tasks: list[str]
     indices: list[int]
@@ -138,7 +146,9 @@ class ExampleSampler:
         random_bytes_weight: float = 0.0,
         windows: int = 1,
         max_input_len: int | None = None,
+        query_map: bool = False,
     ) -> None:
+        self.query_map = query_map  # `paired` queries read where the pair's conversion maps them
         self.ds = ds
         self.windows = windows  # decoder windows per `continue` example (a chunk; see continue_chunk)
         self.random_bytes_weight = random_bytes_weight
@@ -246,6 +256,7 @@ class ExampleSampler:
             self.max_tgt_len,
             range(first, min(n_windows, first + PAIRED_WINDOWS)),
             index,
+            self.query_map,
         )
 
     def batch(self, indices: list[int]) -> Batch:
@@ -261,16 +272,23 @@ def paired_example(
     max_tgt_len: int,
     windows: range,
     index: int = 0,
+    query_map: bool = False,
 ) -> Example:
     """`paired`: the whole input in the source, and the given windows (k = 0, 1, ...: target bytes
-    from k * max_tgt_len) of the target, each aligned with the input byte at its own offset."""
+    from k * max_tgt_len) of the target, each aligned with the input byte at its own offset; with
+    `query_map`, each target byte's query moved to the input byte its conversion reads."""
     src = paired_input(inp, modality, target_modality, max_input_len)
-    parts = [
-        Window(len(src), window_targets(target, k * max_tgt_len, max_tgt_len), PAIRED_TAGS + k * max_tgt_len)
-        for k in windows
-    ]
+    parts = []
+    for k in windows:
+        start = k * max_tgt_len
+        targets = window_targets(target, start, max_tgt_len)
+        shift = None
+        if query_map:
+            offsets = np.arange(start, start + len(targets))
+            shift = input_offsets(modality, target_modality, bytes(inp), offsets) - offsets
+        parts.append(Window(len(src), targets, PAIRED_TAGS + start, shift))
     last = parts[-1]
-    return Example(src, last.targets, "paired", target_modality, index, tuple(parts[:-1]), last.align)
+    return Example(src, last.targets, "paired", target_modality, index, tuple(parts[:-1]), last.align, last.shift)
 
 
 def window_targets(data: np.ndarray | bytes, start: int, max_tgt_len: int) -> list[int]:
@@ -327,7 +345,7 @@ def collate(examples: list[Example], multiple: int = 8) -> Batch:
     windows = [
         (i, w)
         for i, e in enumerate(examples)
-        for w in (*e.earlier, Window(len(e.src), e.tgt, len(e.src) if e.align is None else e.align))
+        for w in (*e.earlier, Window(len(e.src), e.tgt, len(e.src) if e.align is None else e.align, e.shift))
     ]
     t = max(len(w.targets) for _, w in windows)
     src = np.full((len(examples), s), PAD, dtype=np.int64)
@@ -336,12 +354,15 @@ def collate(examples: list[Example], multiple: int = 8) -> Batch:
     rows = np.array([i for i, _ in windows], dtype=np.int64)
     visible = np.zeros(len(windows), dtype=np.int64)
     align = np.zeros(len(windows), dtype=np.int64)
+    shift = np.zeros((len(windows), t), dtype=np.int64)
     for i, e in enumerate(examples):
         src[i, s - len(e.src) :] = e.src
     for n, (i, w) in enumerate(windows):
         pad = s - len(examples[i].src)
         visible[n] = pad + w.visible  # the window's start in the padded row
         align[n] = pad + w.align
+        if w.shift is not None:
+            shift[n, : len(w.shift)] = w.shift
         tg = w.targets
         tgt[n, : len(tg)] = tg
         dec[n, 0] = BOS
@@ -353,6 +374,7 @@ def collate(examples: list[Example], multiple: int = 8) -> Batch:
         rows,
         visible,
         align,
+        shift,
         [e.modality for e in examples],
         [e.task for e in examples],
         [e.index for e in examples],

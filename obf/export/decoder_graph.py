@@ -23,9 +23,10 @@ not fp32. Interface (L decoder layers, i = 0..L-1):
 
   inputs  dec_ids (B, T) int64; past_len () int64, ids already in the cache; memory_mask (B, Sp)
           bool; cross_k_i, cross_v_i (B, H, Sp, D); past_k_i, past_v_i (B, H, T_max, D); and for a
-          model with `cross_bytes` align (B,) int64, the source position of each row's first
-          target (`Memory.align`): each query is rotated by align + past_len + t before it meets
-          the cross keys the encoder rotated
+          model with `cross_bytes` align (B, T) int64: new id t's query is rotated by align[:, t] +
+          past_len + t before it meets the cross keys the encoder rotated (`Memory.align`, the
+          source position of each row's first target, plus the query's `shift`; exports made
+          before `query_map` take align (B,), one position per row, and obf reads both)
   outputs logits (B, T, V) float32; present_k_i, present_v_i (B, H, T_max, D): the buffers with
           the T new ids' K/V written at positions past_len .. past_len + T - 1
 """
@@ -80,11 +81,7 @@ def _query_rotation(g: _Builder, cfg, t: str, np_type: type) -> tuple[str, str, 
         ],
         "steps",
     )  # (T,)
-    start = g.op(
-        "Add",
-        [g.op("Unsqueeze", ["align", g.const("axis_1", np.array([1], np.int64))], "align_col"), "past_len"],
-        "first_pos",
-    )  # (B, 1)
+    start = g.op("Add", ["align", "past_len"], "first_pos")  # (B, T)
     pos = g.op("Cast", [g.op("Add", [start, steps], "pos_i64")], "pos", to=TensorProto.FLOAT)  # (B, T)
     ang = g.op(
         "Mul",
@@ -230,7 +227,7 @@ def decoder_graph(model: OmniByteFormer, opset: int, dtype: str = "fp32") -> onn
         helper.make_tensor_value_info(f"past_{kv}_{i}", onnx_type, cache_dims) for i in range(n_layers) for kv in "kv"
     ]
     if cfg.cross_bytes:
-        inputs.append(helper.make_tensor_value_info("align", TensorProto.INT64, ["batch"]))
+        inputs.append(helper.make_tensor_value_info("align", TensorProto.INT64, ["batch", "tgt"]))
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "tgt", v])]
     outputs += [
         helper.make_tensor_value_info(f"present_{kv}_{i}", onnx_type, cache_dims)

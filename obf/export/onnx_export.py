@@ -4,7 +4,9 @@ Graph layout (obf.json `version` 3; L decoder layers, i = 0..L-1):
 
 * encoder.onnx: src_ids (B, S) -> memory_mask (B, Sp), cross_k_i, cross_v_i (B, H, Sp, D)
 * decoder.onnx: dec_ids (B, T), past_len (), memory_mask, cross_k_i, cross_v_i, past_k_i, past_v_i
-  (B, H, T_max, D) -> logits (B, T, V), present_k_i, present_v_i (B, H, T_max, D)
+  (B, H, T_max, D), align (B, T) (each new id's cross position, less past_len + t: a `paired`
+  query placed by `model.query_map`; (B,) in exports made before it, which obf still runs)
+  -> logits (B, T, V), present_k_i, present_v_i (B, H, T_max, D)
 
 The encoder is exported from the torch model (`torch.onnx.export`, dynamo). The decoder is written
 node by node from the weights (obf/export/decoder_graph.py) around ONNX Runtime's fused attention and
@@ -130,22 +132,25 @@ def parity(model: OmniByteFormer, onnx_dir: Path, real: list[Sample], *, encoder
         examples.append(continue_example(arr, 0, modality, cfg.max_src_len, cfg.max_tgt_len))
     rand = rng.integers(0, 256, 2 * cfg.max_src_len, dtype=np.uint8)
     examples.append(continue_example(rand, cfg.max_src_len, "binary", cfg.max_src_len, cfg.max_tgt_len))
-    # a `paired` window far into its target: the cross positions it aligns by reach past the source
+    # a `paired` window far into its target: the cross positions it aligns by reach past the source;
+    # binary -> text is `hex`, whose queries move (`query_map`) to the byte each character encodes
     inp = rng.integers(0, 256, cfg.input_len - PAIRED_TAGS, dtype=np.uint8).tobytes()
     target = rng.integers(0, 256, 3 * cfg.max_tgt_len, dtype=np.uint8)
-    examples.append(paired_example(inp, "binary", target, "text", cfg.input_len, cfg.max_tgt_len, range(2, 3)))
-    b = collate(examples, multiple=max(8, cfg.patch_size))
-    align = b.align  # (B,): one window per example here
+    examples.append(paired_example(inp, "binary", target, "text", cfg.input_len, cfg.max_tgt_len, range(2, 3),
+                                   query_map=cfg.query_map))
+    b = collate(examples, multiple=max(8, cfg.patch_size))  # one window per example
+    shift = b.shift if b.shift.any() else None  # (B, T)
     with torch.no_grad():
-        ref = model(torch.from_numpy(b.src), torch.from_numpy(b.dec), align=torch.from_numpy(align)).numpy()
-    got = ort.logits(b.src, b.dec, align)
+        ref = model(*(None if a is None else torch.from_numpy(a) for a in (b.src, b.dec, b.rows, b.visible, b.align,
+                                                                              shift))).numpy()
+    got = ort.window_logits(b.src, b.dec, b.rows, b.visible, b.align, shift)
     full = float(np.abs(got - ref).max())
     # cached steps: the first 8 decoder positions one by one
-    mem = ort.encode(b.src, align)
+    mem = ort.encode(b.src, b.align)
     cache = ort.init_cache(mem)
     step = 0.0
     for t in range(min(8, b.dec.shape[1])):
-        logits, cache = ort.step(b.dec[:, t], mem, cache)
+        logits, cache = ort.step(b.dec[:, t], mem, cache, None if shift is None else shift[:, t])
         step = max(step, float(np.abs(logits - ref[:, t]).max()))
     return {"full": full, "step": step, "max": max(full, step), "bpb_torch": bits_per_byte(ref, b.tgt),
             "bpb": bits_per_byte(got, b.tgt)}

@@ -13,6 +13,12 @@ Each needs the whole input and is picked by the pair (input modality, target mod
 * `ascii`, image -> text: one character per pixel from `RAMP` (index L * 10 // 256), top row
   first, `\\n` after each row. Inputs: as for `gray`.
 
+Where each target byte reads its input (`input_offsets`): a byte-level model places the query of
+target byte t at one input byte, and exact distances from there reach what it needs. `upper` and
+`gray` keep offsets (byte t reads byte t); `hex` character t reads the byte it encodes
+(line * 16 + column // 3); `ascii` character t reads its pixel (BMP rows are stored bottom-up).
+Any other pair of modalities reads at the same offset.
+
 An image input is first made the canonical 24-bit BMP the model reads (`obf.formats.image_to_bmp`),
 fitted into 16x16 as ingest fits images into `ingest.image_max_side`: that resize is documented
 and deliberate. A text or binary input over its limit, or an image with transparency, is refused
@@ -24,6 +30,8 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from obf.formats.canonical import image_to_bmp
 from obf.formats.layouts import bmp_layout
@@ -44,6 +52,8 @@ class Conversion:
     limit: str  # what inputs it takes, in words (for errors and --help)
     convert: Callable[[bytes], bytes]  # canonical input -> target bytes
     prepare: Callable[[bytes], bytes]  # any input of `source` -> the canonical input, or FormatError
+    # (input, target offsets (n,)) -> the input offset each target byte reads (n,); None: the same offset
+    reads: Callable[[bytes, np.ndarray], np.ndarray] | None = None
 
 
 def _upper(data: bytes) -> bytes:
@@ -79,6 +89,36 @@ def _ascii(bmp: bytes) -> bytes:
     w, h, lum = _luma(bmp)
     rows = (bytes(RAMP[v * len(RAMP) // 256] for v in lum[r * w:(r + 1) * w]) + b"\n" for r in range(h))
     return b"".join(rows)
+
+
+def _hex_reads(data: bytes, t: np.ndarray) -> np.ndarray:
+    """Hex character t reads the byte it encodes; EOS and anything after, the last byte."""
+    line, col = np.divmod(t, 3 * HEX_PER_LINE)  # a full line: "xx " x 15 + "xx\n"
+    return np.minimum(line * HEX_PER_LINE + col // 3, len(data) - 1)
+
+
+def _ascii_reads(bmp: bytes, t: np.ndarray) -> np.ndarray:
+    """Character t reads the first byte of its pixel in the BMP (a row's `\n` the byte after its
+    last pixel); EOS and anything after, the last byte. Same offset where `bmp` is no 24-bit BMP."""
+    lay = bmp_layout(bmp)
+    if lay is None or lay.bpp != 24:
+        return t
+    row, col = np.divmod(t, lay.width + 1)  # image rows top first, `\n` at col == width
+    stored = lay.rows - 1 - row if lay.height > 0 else row  # the row's place in the file
+    at = lay.offset + stored * lay.stride + 3 * col
+    return np.where(row < lay.rows, at, len(bmp) - 1)
+
+
+def input_offsets(source: str, target: str, data: bytes, t: np.ndarray) -> np.ndarray:
+    """(n,) int64: the offset in `data` (an input of modality `source`, as the model reads it) that
+    each target byte at offsets `t` (n,) of modality `target` reads, by the built-in conversion of
+    the pair (the module doc); the same offset for a pair without one or a conversion that keeps
+    offsets."""
+    t = np.asarray(t, dtype=np.int64)
+    c = conversion_for(source, target)
+    if c is None or c.reads is None or not data:
+        return t
+    return c.reads(data, t).astype(np.int64)
 
 
 def _sized(limit: int, what: str) -> Callable[[bytes], bytes]:
@@ -120,9 +160,9 @@ _IMAGES = f"opaque images, fitted into {MAX_SIDE}x{MAX_SIDE} pixels"
 CONVERSIONS: dict[str, Conversion] = {
     c.name: c for c in (
         Conversion("upper", "text", "text", "UTF-8 text of 1 to 256 bytes", _upper, _text_input),
-        Conversion("hex", "binary", "text", "1 to 128 bytes of binary data", _hex, _binary_input),
+        Conversion("hex", "binary", "text", "1 to 128 bytes of binary data", _hex, _binary_input, _hex_reads),
         Conversion("gray", "image", "image", _IMAGES, _gray, _image_input),
-        Conversion("ascii", "image", "text", _IMAGES, _ascii, _image_input),
+        Conversion("ascii", "image", "text", _IMAGES, _ascii, _image_input, _ascii_reads),
     )
 }
 

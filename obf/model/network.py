@@ -8,7 +8,8 @@ decoder cross-attends to the encoder. Pre-norm RMSNorm, rotary positions, SwiGLU
 Byte memory (`cross_bytes`, the default): the decoder cross-attends to every source byte, each a
 row of its patch's state plus the byte's own embedding, its key rotated by the byte's position;
 the decoder's queries are rotated by the source position their target lies at (`align`: right
-after the source for `continue`, the input byte at the same offset for `paired`). Attention then
+after the source for `continue`; for `paired`, the input byte at the same offset, moved by `shift`
+to the byte the pair's conversion reads, `obf.formats.conversions.input_offsets`). Attention then
 sees exact distances: the byte one image row or one sample frame back, or the input byte a
 conversion reads. Without it (models saved before) the decoder reads the patch states, unplaced.
 
@@ -189,27 +190,32 @@ class OmniByteFormer(nn.Module):
                                         memory.align)
         return logits, KVCache(torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv]))
 
-    def query_rotation(self, align: Tensor, n_past: int, t: int) -> tuple[Tensor, Tensor] | None:
-        """cos, sin (B, 1, T, D/2) of the source positions of T decoder positions after n_past
-        (align (B,) or (1,)); None for a model without `cross_bytes`."""
+    def query_rotation(self, align: Tensor, n_past: int, t: int, shift: Tensor | None = None
+                       ) -> tuple[Tensor, Tensor] | None:
+        """cos, sin (B, 1, T, D/2) of the source positions of T decoder positions after n_past:
+        align (B,) or (1,) + n_past + t, each moved by shift (B, T) where given; None for a model
+        without `cross_bytes`."""
         if not self.cfg.cross_bytes:
             return None
         pos = align[:, None] + n_past + torch.arange(t, device=align.device)  # (B, T)
+        if shift is not None:
+            pos = pos + shift
         cos, sin = rotary_at(pos, self.rope_inv_freq)
         return cos[:, None], sin[:, None]
 
     def decode_layers(self, dec_ids: Tensor, cross: list[tuple[Tensor, Tensor]], memory_mask: Tensor,
-                      past: list[tuple[Tensor, Tensor]] | None, align: Tensor
+                      past: list[tuple[Tensor, Tensor]] | None, align: Tensor, shift: Tensor | None = None
                       ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """The decoder over one (k, v) pair per layer: dec_ids (B, T), cross K/V (B, H, M, D) each,
         memory_mask (B, M), past K/V (B, H, T_past, D) each or None, align (B,) or (1,) the source
-        position of the first target on the patch grid (`Memory.align`) -> logits (B, T, V) and
-        the per-layer K/V grown by T. `decode_step` stacks the layers; the ONNX decoder keeps them apart."""
+        position of the first target on the patch grid (`Memory.align`), shift (B, T) or None how
+        far each query moves from align + its offset -> logits (B, T, V) and the per-layer K/V
+        grown by T. `decode_step` stacks the layers; the ONNX decoder keeps them apart."""
         t = dec_ids.shape[1]
         n_past = 0 if past is None else past[0][0].shape[2]
         cos = self.rope_cos[n_past:n_past + t]
         sin = self.rope_sin[n_past:n_past + t]
-        cross_rot = self.query_rotation(align, n_past, t)
+        cross_rot = self.query_rotation(align, n_past, t, shift)
         self_mask = None
         if past is not None:
             q_pos = torch.arange(t, device=dec_ids.device) + n_past
@@ -295,22 +301,25 @@ class OmniByteFormer(nn.Module):
         return KVCache(z, z.clone())
 
     def forward(self, src_ids: Tensor, dec_ids: Tensor, rows: Tensor | None = None,
-                visible: Tensor | None = None, align: Tensor | None = None) -> Tensor:
+                visible: Tensor | None = None, align: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
         """src_ids (B, S), dec_ids (B, T) int64 -> logits (B, T, V). `align` (B,): the source
         position each row's first target lies at (default S: `continue`). With `rows` and
-        `visible`, many windows per source: see `forward_windows` (what training calls, through DDP)."""
+        `visible`, many windows per source: see `forward_windows` (what training calls, through
+        DDP), whose `shift` moves each query."""
         if rows is not None and visible is not None:
-            return self.forward_windows(src_ids, dec_ids, rows, visible, align)
+            return self.forward_windows(src_ids, dec_ids, rows, visible, align, shift)
         logits, _ = self._decode(dec_ids, self.encode(src_ids, align), None)
         return logits
 
     def forward_windows(self, src_ids: Tensor, dec_ids: Tensor, rows: Tensor, visible: Tensor,
-                        align: Tensor | None = None) -> Tensor:
+                        align: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
         """Many decoder windows over one encoder pass: src_ids (B, S) left-padded chunks,
         dec_ids (N, T) one window per row, rows (N,) the chunk of each window, visible (N,) how
         many ids of its chunk lie before the window's start (on the patch grid, which ends where
         the source ends), align (N,) the source position of each window's first target (default:
-        `visible`, a `continue` window right after its context) -> logits (N, T, V).
+        `visible`, a `continue` window right after its context), shift (N, T) how far each
+        query moves from align + its offset (a `paired` target byte reading the input byte its
+        conversion maps it to; default none) -> logits (N, T, V).
 
         With a causal encoder, window n's logits equal `forward(src[rows[n], :visible[n]],
         dec_ids[n])`: it sees its own context and nothing after it. A `paired` window sees the
@@ -321,7 +330,7 @@ class OmniByteFormer(nn.Module):
         cross = [(memory.k[i].index_select(0, rows), memory.v[i].index_select(0, rows))
                  for i in range(self.cfg.decoder_layers)]  # (N, H, M, D) each
         aligned = self.grid_align(src_ids.shape[1], visible if align is None else align, src_ids.device)
-        logits, _ = self.decode_layers(dec_ids, cross, mask, None, aligned)
+        logits, _ = self.decode_layers(dec_ids, cross, mask, None, aligned, shift)
         return logits  # (N, T, V)
 
     def before(self, s: int, visible: Tensor, m: int) -> Tensor:

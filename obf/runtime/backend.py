@@ -24,6 +24,7 @@ class Backend(Protocol):
     max_tgt_len: int  # decoder window in ids (BOS included)
     vocab_size: int
     patch_size: int  # encoder patch size: source batches are padded to a multiple of it
+    query_map: bool  # `paired` queries read where the pair's conversion maps them (`input_offsets`)
     # What the model recorded beside its weights (checkpoint config.json or export obf.json):
     # the mixer, the ingest settings it was trained on, ...; None when it was built in memory.
     meta: Mapping[str, Any] | None
@@ -35,16 +36,21 @@ class Backend(Protocol):
     def init_cache(self, memory: Any) -> Any:
         """An empty self-attention cache for the batch of `memory`."""
 
-    def step(self, tokens: np.ndarray, memory: Any, cache: Any) -> tuple[np.ndarray, Any]:
-        """tokens (B,) int64 -> logits (B, V) float32 for the next id, and the updated cache."""
+    def step(self, tokens: np.ndarray, memory: Any, cache: Any, shift: np.ndarray | None = None
+             ) -> tuple[np.ndarray, Any]:
+        """tokens (B,) int64 -> logits (B, V) float32 for the next id, and the updated cache.
+        shift (B,) int64: how far this step's query moves from align + the ids before it (a
+        `paired` target byte reading the input byte its conversion maps it to)."""
 
     def logits(self, src_ids: np.ndarray, dec_ids: np.ndarray, align: np.ndarray | None = None) -> np.ndarray:
         """Teacher-forced logits (B, T, V) for src (B, S) and decoder input (B, T) (scoring)."""
 
     def window_logits(self, src_ids: np.ndarray, dec_ids: np.ndarray, rows: np.ndarray,
-                      visible: np.ndarray, align: np.ndarray | None = None) -> np.ndarray:
+                      visible: np.ndarray, align: np.ndarray | None = None,
+                      shift: np.ndarray | None = None) -> np.ndarray:
         """Teacher-forced logits (N, T, V) of many decoder windows over one encoder run: window n
-        reads source row rows[n], masked to its first visible[n] ids (`OmniByteFormer.forward_windows`)."""
+        reads source row rows[n], masked to its first visible[n] ids, its queries at align[n] + t
+        + shift[n, t] (`OmniByteFormer.forward_windows`)."""
 
 
 def meta_of(backend: Backend) -> Mapping[str, Any]:

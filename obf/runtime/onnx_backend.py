@@ -159,7 +159,10 @@ class OnnxBackend:
         self.causal_encoder = bool(cfg.get("causal_encoder", False))
         self.layers, self.heads = int(cfg["decoder_layers"]), int(cfg["n_heads"])
         self.head_dim = int(cfg["d_model"]) // self.heads
-        self.cross_bytes = "align" in {i.name for i in self.dec.get_inputs()}  # a byte-level cross memory
+        align = [i for i in self.dec.get_inputs() if i.name == "align"]
+        self.cross_bytes = bool(align)  # a byte-level cross memory
+        self.align_per_id = bool(align) and len(align[0].shape) == 2  # (B, T); (B,) in exports before query_map
+        self.query_map = bool(cfg.get("query_map", False)) and self.align_per_id
         self.cross_names = kv_names("cross", self.layers)
         self.past_names = kv_names("past", self.layers)
         self.present_names = kv_names("present", self.layers)
@@ -198,8 +201,10 @@ class OnnxBackend:
     def init_cache(self, memory: dict[str, Any]) -> _Cache:
         return _Cache(self, memory, new_ids=1)
 
-    def step(self, tokens: np.ndarray, memory: dict[str, Any], cache: _Cache) -> tuple[np.ndarray, _Cache]:
-        logits = cache.run(np.asarray(tokens, dtype=np.int64)[:, None])  # (B, 1, V)
+    def step(self, tokens: np.ndarray, memory: dict[str, Any], cache: _Cache, shift: np.ndarray | None = None
+             ) -> tuple[np.ndarray, _Cache]:
+        """tokens (B,) -> logits (B, V); shift (B,): this step's query moves from align + past."""
+        logits = cache.run(np.asarray(tokens, dtype=np.int64)[:, None], None if shift is None else shift[:, None])
         return logits[:, -1], cache
 
     def logits(self, src_ids: np.ndarray, dec_ids: np.ndarray, align: np.ndarray | None = None) -> np.ndarray:
@@ -214,11 +219,12 @@ class OnnxBackend:
         rows: np.ndarray,
         visible: np.ndarray,
         align: np.ndarray | None = None,
+        shift: np.ndarray | None = None,
     ) -> np.ndarray:
         """Teacher-forced logits (N, T, V) of many windows per source over one encoder run, as
         `OmniByteFormer.forward_windows`: window n reads the cross K/V of source row rows[n], masked
         to the patches before its start (visible[n] ids of the padded row), its first target at
-        source position align[n] (default visible[n])."""
+        source position align[n] (default visible[n]), target t's query moved by shift[n, t]."""
         enc = self.encode(src_ids)
         host = {
             k: (v.numpy() if isinstance(v, ort.OrtValue) else v) for k, v in enc.items() if k not in ("batch", "align")
@@ -241,7 +247,7 @@ class OnnxBackend:
                 k: (v if k in ("batch", "align") else ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0))
                 for k, v in memory.items()
             }
-        return _Cache(self, memory, new_ids=dec_ids.shape[1]).run(dec_ids)
+        return _Cache(self, memory, new_ids=dec_ids.shape[1]).run(dec_ids, shift)
 
 
 class _Cache:
@@ -283,19 +289,31 @@ class _Cache:
             io.bind_ortvalue_input(
                 name, value if isinstance(value, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(value)
             )
+        self.align_base = memory.get("align")  # (B,) each row's first target's source position
+        self.align = None  # what the graph reads: (B, new_ids), or (B,) in exports before query_map
         if backend.cross_bytes:
-            io.bind_ortvalue_input("align", ort.OrtValue.ortvalue_from_numpy(memory["align"]))
+            per_id = backend.align_per_id
+            self.align = np.zeros((b, new_ids) if per_id else (b,), np.int64)
+            io.bind_ortvalue_input("align", ort.OrtValue.ortvalue_from_numpy(self.align))
         for past, present, buf in zip(backend.past_names, backend.present_names, self.buffers):
             io.bind_ortvalue_input(past, buf)
             io.bind_ortvalue_output(present, buf)
         io.bind_ortvalue_output("logits", self.out)
 
-    def run(self, dec_ids: np.ndarray) -> np.ndarray:
-        """dec_ids (B, new_ids) after the `length` cached ids -> logits (B, new_ids, V) float32."""
+    def run(self, dec_ids: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
+        """dec_ids (B, new_ids) after the `length` cached ids -> logits (B, new_ids, V) float32;
+        shift (B, new_ids) or None: how far each id's cross query moves from align + its position."""
         if dec_ids.shape != self.ids.shape:
             raise ValueError(f"this cache takes ids of shape {self.ids.shape} per call, got {dec_ids.shape}")
         if self.length + self.new_ids > self.capacity:
             raise ValueError(f"the decoder cache is full ({self.length} of {self.capacity} ids)")
+        if self.align is not None:
+            moved = np.zeros(self.ids.shape, np.int64) if shift is None else np.asarray(shift, np.int64)
+            if self.align.ndim == 1 and self.new_ids > 1 and moved.any():
+                raise ValueError("this export reads one cross position per row and step (made before "
+                                 "model.query_map); re-run `obf export` on the model")
+            per_id = self.align.ndim == 2
+            self.align[...] = self.align_base[:, None] + moved if per_id else self.align_base + moved[:, 0]
         self.ids[...] = dec_ids
         self.past_len[...] = self.length
         self.session.run_with_iobinding(self.io)

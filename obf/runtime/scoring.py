@@ -200,7 +200,8 @@ def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]
                      progress: bool = False) -> PairedScores:
     """Teacher-forced `paired` scoring of (input, input modality, target, target modality) pairs:
     every window of each target with the whole input in the encoder, aligned with its part of the
-    input (`obf.data.objectives.paired_example`), as generation makes them. Where the model carries a
+    input (`obf.data.objectives.paired_example`; each query where the pair's conversion maps it for
+    a model with `query_map`), as generation makes them. Where the model carries a
     mixer, the target's hints come from its own bytes and nothing is learned from them
     (`learn_until=0`): what generation serves a target it writes from nothing."""
     from tqdm import tqdm
@@ -208,6 +209,7 @@ def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]
     from obf.data.objectives import PAIRED_WINDOWS, paired_example
 
     w = backend.max_tgt_len
+    query_map = bool(getattr(backend, "query_map", False))
     mixer = mixer_of(meta_of(backend))
     hints = [file_hints(t, tm, 0) if mixer else None for _, _, t, tm in pairs]
     work = []  # (pair index, example, first target window)
@@ -215,7 +217,7 @@ def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]
         n_windows = len(tgt) // w + 1
         for k in range(0, n_windows, PAIRED_WINDOWS):
             ks = range(k, min(n_windows, k + PAIRED_WINDOWS))
-            work.append((pi, paired_example(inp, im, tgt, tm, backend.max_input_len, w, ks), k))
+            work.append((pi, paired_example(inp, im, tgt, tm, backend.max_input_len, w, ks, query_map=query_map), k))
     batches, cur = [], []
     for item in work:
         if cur and sum(len(x[1].earlier) + 1 for x in cur) + len(item[1].earlier) + 1 > batch_size:
@@ -228,7 +230,8 @@ def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]
     right = [np.zeros(len(t) + 1, dtype=bool) for _, _, t, _ in pairs]
     for chunk in tqdm(batches, desc="paired", unit="batch", disable=not progress, file=sys.stderr):
         b = collate([ex for _, ex, _ in chunk], multiple=max(8, backend.patch_size))
-        logits = backend.window_logits(b.src, b.dec, b.rows, b.visible, b.align)  # (N, T, V)
+        shift = b.shift if b.shift.any() else None  # (N, T)
+        logits = backend.window_logits(b.src, b.dec, b.rows, b.visible, b.align, shift)  # (N, T, V)
         starts = [(pi, (k0 + j) * w) for pi, ex, k0 in chunk for j in range(len(ex.earlier) + 1)]  # collate's order
         mixed, lp_hint = logits, np.zeros(b.tgt.shape)
         if mixer is not None:

@@ -50,6 +50,7 @@ class TorchBackend:
         self.vocab_size = model.cfg.vocab_size
         self.patch_size = model.cfg.patch_size
         self.causal_encoder = model.cfg.causal_encoder
+        self.query_map = model.cfg.query_map
         self.meta: dict = {}  # config.json of the checkpoint, when loaded from a dir
 
     def _ids(self, ids: np.ndarray) -> torch.Tensor:
@@ -67,8 +68,11 @@ class TorchBackend:
         return self.model.static_cache(memory.k.shape[1], device=self.device, dtype=self.attn_dtype)
 
     @torch.inference_mode()
-    def step(self, tokens: np.ndarray, memory: Memory, cache: StaticKVCache) -> tuple[np.ndarray, StaticKVCache]:
+    def step(self, tokens: np.ndarray, memory: Memory, cache: StaticKVCache, shift: np.ndarray | None = None
+             ) -> tuple[np.ndarray, StaticKVCache]:
         ids = self._ids(tokens).unsqueeze(1)  # (B, 1)
+        if shift is not None:  # this step's queries move from align + past (`OmniByteFormer.query_rotation`)
+            memory = memory._replace(align=memory.align + self._ids(shift))
         logits, cache = self.model.decode_step(ids, memory, cache, self.step_weights)  # (B, 1, V)
         assert isinstance(cache, StaticKVCache)
         return logits.select(1, 0).float().cpu().numpy(), cache
@@ -88,11 +92,14 @@ class TorchBackend:
         rows: np.ndarray,
         visible: np.ndarray,
         align: np.ndarray | None = None,
+        shift: np.ndarray | None = None,
     ) -> np.ndarray:
         """Teacher-forced logits (N, T, V) float32 of many windows per source, one encoder pass
         (`OmniByteFormer.forward_windows`)."""
         a = None if align is None else self._ids(align)
-        out = self.model.forward_windows(self._ids(src_ids), self._ids(dec_ids), self._ids(rows), self._ids(visible), a)
+        sh = None if shift is None else self._ids(shift)
+        out = self.model.forward_windows(self._ids(src_ids), self._ids(dec_ids), self._ids(rows), self._ids(visible),
+                                         a, sh)
         return out.float().cpu().numpy()
 
 
