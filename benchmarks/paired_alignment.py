@@ -1,21 +1,32 @@
-"""A/B at equal time: where the byte memory places a conversion's queries (hex, issue #27).
+"""A/B at equal time: where the byte memory places a conversion's queries (issue #27).
 
-    python benchmarks/paired_alignment.py [--data data/dataset] [--minutes 6]
+    python benchmarks/paired_alignment.py [--data data/dataset] [--minutes 6] [--conversion hex|gray|hex-end]
 
-Today the query of target byte t of a `paired` window is rotated to source position align + t,
-the input byte at the same offset (`OmniByteFormer.query_rotation`). That is exact for a
-conversion that keeps offsets (upper, gray) and off by a growing distance for one that does not:
-hex writes three characters per input byte. Two arms, trained one after the other:
+The query of target byte t of a `paired` window was rotated to source position align + t, the
+input byte at the same offset. That is exact for a conversion that keeps offsets (upper, gray) and
+off by a growing distance for one that does not: hex writes three characters per input byte.
+`model.query_map` (the default since) moves each query to the byte its conversion reads
+(`obf.formats.conversions.input_offsets`). Two arms, trained one after the other:
 
-- `same offset` (today): each query at the input byte at its own offset;
-- `encoded byte`: each query at the input byte its character encodes (line * 16 + column // 3).
+- `same offset` (model.query_map=false): each query at the input byte at its own offset;
+- `encoded byte` (model.query_map=true): each query at the input byte its character encodes
+  (line * 16 + column // 3).
+
+`--conversion gray` compares, with `query_map` on, each gray byte reading the input byte at its
+own offset (`same offset`) against every byte of a pixel reading the pixel's first byte
+(`pixel start`), so that the three bytes of a pixel, each the same L, query alike.
+
+`--conversion hex-end` compares, both with `query_map`, today's hex placement against one where
+the target's last newline and its EOS read the tag right before the input (a key that says
+"the input has ended", which a query at the last byte can only infer from a missing neighbour).
 
 Both: the model shape and optimiser of params.yaml, the hex pairs of the training split only,
 every window of each target as training builds them (`paired_example`, `collate`), the lr
 schedule run over the same wall-clock minutes, bf16 where the CPU has it, the same seed.
-Reported: bytes right (teacher-forced) and bits per byte on the validation split's hex pairs.
-Saves results/paired_alignment.json. The arms differ only in the query positions, which is what
-the proposal in #27 would change in the product (training, generation and scoring).
+Reported: bytes right (teacher-forced), their mean error in levels, bits per byte, and the share
+of targets greedy generation makes exactly (the bare network, no mixer) on the validation split's
+pairs of the conversion. Saves results/paired_alignment[_gray|_hex-end].json. The arms differ only
+in the query positions.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,88 +44,80 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import save  # noqa: E402
 from obf.core.params import load_params  # noqa: E402
-from obf.core.vocab import PAD, PAIRED_TAGS  # noqa: E402
+from obf.core.vocab import PAD  # noqa: E402
 from obf.data.dataset import Dataset  # noqa: E402
 from obf.data.objectives import Batch, collate, paired_example  # noqa: E402
-from obf.formats.conversions import HEX_PER_LINE, convert  # noqa: E402
+from obf.formats.conversions import CONVERSIONS, convert  # noqa: E402
+from obf.formats.layouts import bmp_layout  # noqa: E402
+from obf.generate.sampling import SamplingOptions, generate  # noqa: E402
 from obf.model.devices import use_bf16  # noqa: E402
-from obf.model.layers import rotary_at  # noqa: E402
 from obf.model.network import OmniByteFormer  # noqa: E402
+from obf.runtime.torch_backend import TorchBackend  # noqa: E402
 from obf.train import loss_bits, lr_at, make_optimizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-LINE = 3 * HEX_PER_LINE  # characters of a full hex line: "xx " x 15 + "xx\n"
 
 
-def encoded_byte(c: np.ndarray, n_input: int) -> np.ndarray:
-    """The input byte that hex character `c` (its offset in the target) encodes; EOS and any
-    offset past the end read the last byte."""
-    line, col = np.divmod(c, LINE)
-    return np.minimum(line * HEX_PER_LINE + col // 3, n_input - 1)
+def pixel_start(bmp: bytes, t: np.ndarray) -> np.ndarray:
+    """Arm `pixel start` of gray: a byte of a 24-bit BMP pixel reads the pixel's first byte, so
+    that the three bytes of a gray pixel (each L of the same three input bytes) read alike;
+    header, row padding and anything after the pixels, the same offset."""
+    lay = bmp_layout(bmp)
+    if lay is None or lay.bpp != 24:
+        return t
+    row, at = np.divmod(t - lay.offset, lay.stride)
+    pixel = (t >= lay.offset) & (row < lay.rows) & (at < 3 * lay.width)
+    return np.where(pixel, t - at % 3, t)
 
 
-class ByEncodedByte(OmniByteFormer):
-    """Arm `encoded byte`: `offsets` (N, T), set before each forward, move each query from
-    align + t to the source position of the byte its character encodes."""
-
-    offsets: torch.Tensor
-
-    def query_rotation(self, align: torch.Tensor, n_past: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = align[:, None] + n_past + torch.arange(t, device=align.device) + self.offsets[:, n_past:n_past + t]
-        cos, sin = rotary_at(pos, self.rope_inv_freq)
-        return cos[:, None], sin[:, None]
+def hex_end_at_tag(data: bytes, t: np.ndarray) -> np.ndarray:
+    """Arm `end reads the tag` of hex: as `hex` reads, but the target's last newline and its EOS
+    (and anything after) read offset -1, the target-modality tag right before the input."""
+    line, col = np.divmod(t, 3 * 16)
+    reads = np.minimum(line * 16 + col // 3, len(data) - 1)
+    return np.where(t >= 3 * len(data) - 1, -1, reads)
 
 
-def hex_pairs(ds: Dataset, split: str) -> list[tuple[bytes, bytes]]:
-    """(input, target) of the split's pairs whose target is exactly the hex of the input."""
+def conversion_pairs(ds: Dataset, split: str, name: str) -> list[tuple[bytes, bytes]]:
+    """(input, target) of the split's pairs whose target is exactly conversion `name` of the input."""
+    c = CONVERSIONS[name]
     out = []
     for inp, tgt in ds.pairs(split):
         a, b = ds.file_bytes(inp).tobytes(), ds.file_bytes(tgt).tobytes()
-        if inp.modality == "binary" and tgt.modality == "text" and _is_hex(a, b):
+        if (inp.modality, tgt.modality) == (c.source, c.target) and _converts(name, a, b):
             out.append((a, b))
     return out
 
 
-def _is_hex(a: bytes, b: bytes) -> bool:
+def _converts(name: str, a: bytes, b: bytes) -> bool:
     try:
-        return convert("hex", a)[1] == b
-    except Exception:  # not an input hex takes
+        return convert(name, a)[1] == b
+    except Exception:  # not an input the conversion takes
         return False
 
 
-def batch_of(pairs: list[tuple[bytes, bytes]], max_input_len: int, t: int) -> tuple[Batch, np.ndarray]:
-    """Every window of each pair's target, collated, and each query's move (N, T) from align + j
-    to its encoded byte."""
-    examples = [paired_example(a, "binary", b, "text", max_input_len, t, range(len(b) // t + 1))
-                for a, b in pairs]
-    batch = collate(examples)
-    offsets = np.zeros(batch.dec.shape, np.int64)
-    n = 0
-    for (a, _), e in zip(pairs, examples):
-        for k in range(len(e.earlier) + 1):  # collate lays out each example's windows in order
-            c = k * t + np.arange(batch.dec.shape[1])
-            offsets[n] = encoded_byte(c, len(a)) - c
-            n += 1
-    return batch, offsets
+def batch_of(pairs: list[tuple[bytes, bytes]], name: str, max_input_len: int, t: int, query_map: bool) -> Batch:
+    """Every window of each pair's target, collated as training collates them."""
+    c = CONVERSIONS[name]
+    return collate([paired_example(a, c.source, b, c.target, max_input_len, t, range(len(b) // t + 1),
+                                   query_map=query_map) for a, b in pairs])
 
 
-def forward(model: OmniByteFormer, batch: Batch, offsets: np.ndarray, device: torch.device) -> torch.Tensor:
+def forward(model: OmniByteFormer, batch: Batch, device: torch.device) -> torch.Tensor:
     """Logits (N, T, V) of every window of `batch`, as training computes them (`forward_windows`)."""
-    if isinstance(model, ByEncodedByte):
-        model.offsets = torch.from_numpy(offsets).to(device)
 
     def t(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x).to(device)
 
-    return model(t(batch.src), t(batch.dec), t(batch.rows), t(batch.visible), t(batch.align))
+    return model(t(batch.src), t(batch.dec), t(batch.rows), t(batch.visible), t(batch.align), t(batch.shift))
 
 
-def run_arm(arm: type[OmniByteFormer], train: list, val: list, params, minutes: float, batch_size: int,
+def run_arm(name: str, query_map: bool, train: list, val: list, params, minutes: float, batch_size: int,
             device: torch.device, bf16: bool) -> dict:
     """Train one arm from the seed for `minutes` (random pairs, every window of each), then score
     the validation pairs teacher-forced."""
     torch.manual_seed(params.train.seed)
-    model = arm(params.model).to(device)
+    model = OmniByteFormer(replace(params.model, query_map=query_map)).to(device)
     opt = make_optimizer(model, params.train, device)
     rng = np.random.default_rng(params.train.seed)
     t_len, max_in = params.model.max_tgt_len, params.model.max_input_len
@@ -122,9 +126,9 @@ def run_arm(arm: type[OmniByteFormer], train: list, val: list, params, minutes: 
         for g in opt.param_groups:
             g["lr"] = lr_at(step, params.train, spent / budget)
         picks = [train[i] for i in rng.integers(0, len(train), batch_size)]
-        batch, offsets = batch_of(picks, max_in, t_len)
+        batch = batch_of(picks, name, max_in, t_len, query_map)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            bits, count = loss_bits(forward(model, batch, offsets, device), torch.from_numpy(batch.tgt).to(device))
+            bits, count = loss_bits(forward(model, batch, device), torch.from_numpy(batch.tgt).to(device))
         opt.zero_grad(set_to_none=True)
         (bits / count * float(np.log(2))).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), params.train.grad_clip)
@@ -132,18 +136,25 @@ def run_arm(arm: type[OmniByteFormer], train: list, val: list, params, minutes: 
         step += 1
     model.eval()
     right = total = 0
-    bits_sum = 0.0
+    bits_sum = error = 0.0
     with torch.no_grad():
         for i in range(0, len(val), 16):
-            batch, offsets = batch_of(val[i:i + 16], max_in, t_len)
-            logits = forward(model, batch, offsets, device).float()
+            batch = batch_of(val[i:i + 16], name, max_in, t_len, query_map)
+            logits = forward(model, batch, device).float()
             tgt = torch.from_numpy(batch.tgt).to(device)
             keep = tgt != PAD
-            right += int(((logits.argmax(-1) == tgt) & keep).sum())
+            best = logits.argmax(-1)
+            right += int(((best == tgt) & keep).sum())
+            error += float(((best - tgt).abs() * keep).sum())
             total += int(keep.sum())
             bits_sum += float(loss_bits(logits, tgt)[0])
+    c = CONVERSIONS[name]
+    made = generate(TorchBackend(model), [a for a, _ in val], [c.source] * len(val), task="paired",
+                    target_modalities=[c.target] * len(val),
+                    opts=SamplingOptions(temperature=0.0, max_bytes=max(len(b) for _, b in val) + 16))
+    exact = sum(m == b for m, (_, b) in zip(made, val)) / len(val)
     return {"steps": step, "minutes": minutes, "val_bytes": total, "bytes_right": right / total,
-            "bpb": bits_sum / total}
+            "mean_error": error / total, "bpb": bits_sum / total, "generated_exact": exact}
 
 
 def main() -> None:
@@ -151,24 +162,33 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT / "data" / "dataset"))
     ap.add_argument("--minutes", type=float, default=6.0, help="training time of each arm")
     ap.add_argument("--batch-size", type=int, default=0, help="pairs per step (default: train.batch_size)")
+    ap.add_argument("--conversion", choices=("hex", "gray", "hex-end"), default="hex")
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
     ds = Dataset(args.data)
-    train, val = hex_pairs(ds, "train"), hex_pairs(ds, "val")
+    name = args.conversion.split("-")[0]
+    train, val = (conversion_pairs(ds, s, name) for s in ("train", "val"))
     if not train or not val:
-        sys.exit(f"{args.data}: no hex pairs in the train or val split")
+        sys.exit(f"{args.data}: no {args.conversion} pairs in the train or val split")
     device = torch.device("cpu")
     bf16 = use_bf16(device, params.train.precision)
-    assert PAIRED_TAGS == 3  # the offsets above move queries within the input, which starts after the tags
     results = {}
-    for name, arm in (("same offset", OmniByteFormer), ("encoded byte", ByEncodedByte)):
-        results[name] = run_arm(arm, train, val, params, args.minutes, args.batch_size or params.train.batch_size,
-                                device, bf16)
-        r = results[name]
-        print(f"{name:13s} {r['steps']:5d} steps in {args.minutes:g} min: bytes right {r['bytes_right']:.1%}, "
-              f"{r['bpb']:.3f} bits per byte on {r['val_bytes']} validation target bytes")
-    save("paired_alignment", {"train_pairs": len(train), "val_pairs": len(val), "precision": "bf16" if bf16 else "fp32",
-                              "arms": results})
+    product = CONVERSIONS[name]
+    arms = {"hex": [("same offset", False, None), ("encoded byte", True, None)],
+            "gray": [("same offset", True, None), ("pixel start", True, pixel_start)],
+            "hex-end": [("encoded byte", True, None), ("end reads the tag", True, hex_end_at_tag)]}[args.conversion]
+    for arm, query_map, reads in arms:
+        CONVERSIONS[name] = replace(product, reads=reads) if reads else product  # the arm's map, for this arm only
+        results[arm] = run_arm(name, query_map, train, val, params, args.minutes,
+                               args.batch_size or params.train.batch_size, device, bf16)
+        CONVERSIONS[name] = product
+        r = results[arm]
+        print(f"{arm:17s} {r['steps']:5d} steps in {args.minutes:g} min: bytes right {r['bytes_right']:.1%} "
+              f"(mean error {r['mean_error']:.2f}), {r['bpb']:.3f} bits per byte on {r['val_bytes']} validation "
+              f"target bytes; {r['generated_exact']:.1%} of {len(val)} targets exact, generated")
+    suffix = "" if args.conversion == "hex" else f"_{args.conversion}"
+    save(f"paired_alignment{suffix}", {"conversion": args.conversion, "train_pairs": len(train),
+                                       "val_pairs": len(val), "precision": "bf16" if bf16 else "fp32", "arms": results})
 
 
 if __name__ == "__main__":
