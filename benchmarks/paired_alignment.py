@@ -16,9 +16,11 @@ off by a growing distance for one that does not: hex writes three characters per
 own offset (`same offset`) against every byte of a pixel reading the pixel's first byte
 (`pixel start`), so that the three bytes of a pixel, each the same L, query alike.
 
-`--conversion hex-end` compares, both with `query_map`, today's hex placement against one where
+`--conversion hex-end` compares, all with `query_map`, today's hex placement against one where
 the target's last newline and its EOS read the tag right before the input (a key that says
-"the input has ended", which a query at the last byte can only infer from a missing neighbour).
+"the input has ended", which a query at the last byte can only infer from a missing neighbour),
+and against one where the input is followed by an EOS id that they read (`end marker`: the
+source layout changes, so the product would need a gate and a retrain for it).
 
 Both: the model shape and optimiser of params.yaml, the hex pairs of the training split only,
 every window of each target as training builds them (`paired_example`, `collate`), the lr
@@ -32,6 +34,7 @@ in the query positions.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import replace
@@ -44,11 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import save  # noqa: E402
 from obf.core.params import load_params  # noqa: E402
-from obf.core.vocab import PAD  # noqa: E402
+from obf.core.vocab import EOS, PAD, paired_input  # noqa: E402
+from obf.data import objectives  # noqa: E402
 from obf.data.dataset import Dataset  # noqa: E402
 from obf.data.objectives import Batch, collate, paired_example  # noqa: E402
 from obf.formats.conversions import CONVERSIONS, convert  # noqa: E402
 from obf.formats.layouts import bmp_layout  # noqa: E402
+from obf.generate import sampling  # noqa: E402
 from obf.generate.sampling import SamplingOptions, generate  # noqa: E402
 from obf.model.devices import use_bf16  # noqa: E402
 from obf.model.network import OmniByteFormer  # noqa: E402
@@ -76,6 +81,19 @@ def hex_end_at_tag(data: bytes, t: np.ndarray) -> np.ndarray:
     line, col = np.divmod(t, 3 * 16)
     reads = np.minimum(line * 16 + col // 3, len(data) - 1)
     return np.where(t >= 3 * len(data) - 1, -1, reads)
+
+
+def hex_end_at_marker(data: bytes, t: np.ndarray) -> np.ndarray:
+    """Arm `end marker` of hex: as `hex` reads, but the target's last newline and its EOS (and
+    anything after) read offset len(data), the EOS id this arm puts after the input."""
+    line, col = np.divmod(t, 3 * 16)
+    reads = np.minimum(line * 16 + col // 3, len(data) - 1)
+    return np.where(t >= 3 * len(data) - 1, len(data), reads)
+
+
+def _with_end_marker(payload, modality: str, target_modality: str, max_len: int) -> list[int]:
+    """`vocab.paired_input` with an EOS id after the input (arm `end marker`)."""
+    return [*paired_input(payload, modality, target_modality, max_len - 1), EOS]
 
 
 def conversion_pairs(ds: Dataset, split: str, name: str) -> list[tuple[bytes, bytes]]:
@@ -163,6 +181,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=6.0, help="training time of each arm")
     ap.add_argument("--batch-size", type=int, default=0, help="pairs per step (default: train.batch_size)")
     ap.add_argument("--conversion", choices=("hex", "gray", "hex-end"), default="hex")
+    ap.add_argument("--arms", nargs="+", metavar="ARM", help="only these arms (others keep their saved results)")
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
     ds = Dataset(args.data)
@@ -176,17 +195,25 @@ def main() -> None:
     product = CONVERSIONS[name]
     arms = {"hex": [("same offset", False, None), ("encoded byte", True, None)],
             "gray": [("same offset", True, None), ("pixel start", True, pixel_start)],
-            "hex-end": [("encoded byte", True, None), ("end reads the tag", True, hex_end_at_tag)]}[args.conversion]
+            "hex-end": [("encoded byte", True, None), ("end reads the tag", True, hex_end_at_tag),
+                        ("end marker", True, hex_end_at_marker)]}[args.conversion]
+    suffix = "" if args.conversion == "hex" else f"_{args.conversion}"
+    if args.arms:
+        saved = ROOT / "benchmarks" / "results" / f"paired_alignment{suffix}.json"
+        results = json.loads(saved.read_text())["arms"] if saved.is_file() else {}
+        arms = [a for a in arms if a[0] in args.arms]
     for arm, query_map, reads in arms:
         CONVERSIONS[name] = replace(product, reads=reads) if reads else product  # the arm's map, for this arm only
+        marker = reads is hex_end_at_marker  # this arm's source layout, in training and generation alike
+        objectives.paired_input = sampling.paired_input = _with_end_marker if marker else paired_input
         results[arm] = run_arm(name, query_map, train, val, params, args.minutes,
                                args.batch_size or params.train.batch_size, device, bf16)
         CONVERSIONS[name] = product
+        objectives.paired_input = sampling.paired_input = paired_input
         r = results[arm]
         print(f"{arm:17s} {r['steps']:5d} steps in {args.minutes:g} min: bytes right {r['bytes_right']:.1%} "
               f"(mean error {r['mean_error']:.2f}), {r['bpb']:.3f} bits per byte on {r['val_bytes']} validation "
               f"target bytes; {r['generated_exact']:.1%} of {len(val)} targets exact, generated")
-    suffix = "" if args.conversion == "hex" else f"_{args.conversion}"
     save(f"paired_alignment{suffix}", {"conversion": args.conversion, "train_pairs": len(train),
                                        "val_pairs": len(val), "precision": "bf16" if bf16 else "fp32", "arms": results})
 
