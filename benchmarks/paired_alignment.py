@@ -22,13 +22,13 @@ the target's last newline and its EOS read the tag right before the input (a key
 and against one where the input is followed by an EOS id that they read (`end marker`: the
 source layout changes, so the product would need a gate and a retrain for it).
 
-Both: the model shape and optimiser of params.yaml, the hex pairs of the training split only,
-every window of each target as training builds them (`paired_example`, `collate`), the lr
+Every arm: the model shape and optimiser of params.yaml, the conversion's pairs of the training
+split only, every window of each target as training builds them (`paired_example`, `collate`), the lr
 schedule run over the same wall-clock minutes, bf16 where the CPU has it, the same seed.
 Reported: bytes right (teacher-forced), their mean error in levels, bits per byte, and the share
 of targets greedy generation makes exactly (the bare network, no mixer) on the validation split's
 pairs of the conversion. Saves results/paired_alignment[_gray|_hex-end].json. The arms differ only
-in the query positions.
+in the query positions (and `end marker` in the EOS after the input).
 """
 
 from __future__ import annotations
@@ -75,20 +75,25 @@ def pixel_start(bmp: bytes, t: np.ndarray) -> np.ndarray:
     return np.where(pixel, t - at % 3, t)
 
 
+HEX_READS = CONVERSIONS["hex"].reads  # the product's placement, kept before any arm swaps it
+
+
+def _hex_end_reads(data: bytes, t: np.ndarray, end: int) -> np.ndarray:
+    """As `hex` reads, but the target's last newline and its EOS (and anything after: a hex target
+    is 3 characters per input byte) read offset `end`."""
+    return np.where(t >= 3 * len(data) - 1, end, HEX_READS(data, t))
+
+
 def hex_end_at_tag(data: bytes, t: np.ndarray) -> np.ndarray:
-    """Arm `end reads the tag` of hex: as `hex` reads, but the target's last newline and its EOS
-    (and anything after) read offset -1, the target-modality tag right before the input."""
-    line, col = np.divmod(t, 3 * 16)
-    reads = np.minimum(line * 16 + col // 3, len(data) - 1)
-    return np.where(t >= 3 * len(data) - 1, -1, reads)
+    """Arm `end reads the tag` of hex: the end reads offset -1, the target-modality tag right
+    before the input."""
+    return _hex_end_reads(data, t, -1)
 
 
 def hex_end_at_marker(data: bytes, t: np.ndarray) -> np.ndarray:
-    """Arm `end marker` of hex: as `hex` reads, but the target's last newline and its EOS (and
-    anything after) read offset len(data), the EOS id this arm puts after the input."""
-    line, col = np.divmod(t, 3 * 16)
-    reads = np.minimum(line * 16 + col // 3, len(data) - 1)
-    return np.where(t >= 3 * len(data) - 1, len(data), reads)
+    """Arm `end marker` of hex: the end reads offset len(data), the EOS id this arm puts after the
+    input."""
+    return _hex_end_reads(data, t, len(data))
 
 
 def _with_end_marker(payload, modality: str, target_modality: str, max_len: int) -> list[int]:

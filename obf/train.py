@@ -244,7 +244,7 @@ def step_batch(step: int, d: Dist, cfg: TrainConfig, short: ExampleSampler, long
 def _to_device(b: Batch, device: torch.device) -> tuple[torch.Tensor | None, ...]:
     """src (B, S), dec (N, T), tgt (N, T), rows (N,), visible (N,), align (N,), shift (N, T) on
     `device` (shift None when no query moves: a batch without a mapped `paired` window)."""
-    arrays = (b.src, b.dec, b.tgt, b.rows, b.visible, b.align, b.shift if b.shift.any() else None)
+    arrays = (b.src, b.dec, b.tgt, b.rows, b.visible, b.align, b.moved)
     return tuple(None if a is None else torch.from_numpy(a).to(device, non_blocking=True) for a in arrays)
 
 

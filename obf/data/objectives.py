@@ -84,6 +84,12 @@ class Batch:
     tasks: list[str]
     indices: list[int]
 
+    @property
+    def moved(self) -> np.ndarray | None:
+        """`shift`, or None when no query moves (no mapped `paired` window): what the model and
+        the backends take, so that a batch without one costs nothing extra."""
+        return self.shift if self.shift.any() else None
+
 
 def _random_segmentation(rng: np.random.Generator, total: int, parts: int) -> np.ndarray:
     """`parts` positive ints summing to `total` (total >= parts), uniformly at random."""

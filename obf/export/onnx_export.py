@@ -139,7 +139,7 @@ def parity(model: OmniByteFormer, onnx_dir: Path, real: list[Sample], *, encoder
     examples.append(paired_example(inp, "binary", target, "text", cfg.input_len, cfg.max_tgt_len, range(2, 3),
                                    query_map=cfg.query_map))
     b = collate(examples, multiple=max(8, cfg.patch_size))  # one window per example
-    shift = b.shift if b.shift.any() else None  # (B, T)
+    shift = b.moved  # (B, T) or None
     with torch.no_grad():
         ref = model(*(None if a is None else torch.from_numpy(a) for a in (b.src, b.dec, b.rows, b.visible, b.align,
                                                                               shift))).numpy()

@@ -22,7 +22,7 @@ from obf.core.vocab import BOS, EOS, N_BYTES, PAD, PAIRED_TAGS, encoder_input, p
 from obf.formats.conversions import input_offsets
 from obf.mixer.match import modality_index
 from obf.mixer.mix import RowHints, mixer_of
-from obf.runtime.backend import Backend, meta_of
+from obf.runtime.backend import Backend, meta_of, query_map_of
 from obf.runtime.scoring import tail_log_probs
 
 
@@ -196,7 +196,7 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
     if task == "paired":  # the input is every window's source: one that does not fit is refused before any work
         for c, m, t in zip(contexts, modalities, targets):
             paired_input(c, m, t, backend.max_input_len)
-    moves = task == "paired" and getattr(backend, "query_map", False)  # queries read where the conversion maps them
+    moves = task == "paired" and query_map_of(backend)  # queries read where the conversion maps them
     mixer = mixer_of(meta_of(backend))
     file_modalities = targets if task == "paired" else modalities
     row_hints = (_row_hints(backend, [b"" if task == "paired" else c for c in contexts], file_modalities,

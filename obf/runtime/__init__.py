@@ -5,7 +5,7 @@ The torch backend (`obf.runtime.torch_backend`) is not imported here: the servin
 without torch, and `open_backend` loads it only for a training checkpoint.
 """
 
-from obf.runtime.backend import Backend, meta_of, open_backend
+from obf.runtime.backend import Backend, meta_of, open_backend, query_map_of
 from obf.runtime.onnx_backend import OnnxBackend
 from obf.runtime.scoring import paired_log_probs, served_log_probs, tail_log_probs, whole_file_bits
 
@@ -14,6 +14,7 @@ __all__ = [
     "meta_of",
     "OnnxBackend",
     "open_backend",
+    "query_map_of",
     "paired_log_probs",
     "served_log_probs",
     "tail_log_probs",

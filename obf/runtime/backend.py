@@ -59,6 +59,12 @@ def meta_of(backend: Backend) -> Mapping[str, Any]:
     return getattr(backend, "meta", None) or {}
 
 
+def query_map_of(backend: Backend) -> bool:
+    """Whether `backend` places `paired` queries where the conversion reads (`Backend.query_map`);
+    False for one that does not say (tests and benchmarks make backends without it)."""
+    return bool(getattr(backend, "query_map", False))
+
+
 def open_backend(model_dir: str | Path, *, provider: str = "auto", precision: str = "fp32") -> Backend:
     """A backend over MODEL_DIR. `precision`: fp32 for both runtimes, int8 / fp16 for an ONNX export
     made with `export.int8` / `export.fp16`, bf16 for a checkpoint on torch."""

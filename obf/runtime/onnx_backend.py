@@ -291,9 +291,11 @@ class _Cache:
             )
         self.align_base = memory.get("align")  # (B,) each row's first target's source position
         self.align = None  # what the graph reads: (B, new_ids), or (B,) in exports before query_map
+        self.moved = False  # whether `align` holds a shift from the last call
         if backend.cross_bytes:
             per_id = backend.align_per_id
             self.align = np.zeros((b, new_ids) if per_id else (b,), np.int64)
+            self.align[...] = self.align_base[:, None] if per_id else self.align_base
             io.bind_ortvalue_input("align", ort.OrtValue.ortvalue_from_numpy(self.align))
         for past, present, buf in zip(backend.past_names, backend.present_names, self.buffers):
             io.bind_ortvalue_input(past, buf)
@@ -307,13 +309,14 @@ class _Cache:
             raise ValueError(f"this cache takes ids of shape {self.ids.shape} per call, got {dec_ids.shape}")
         if self.length + self.new_ids > self.capacity:
             raise ValueError(f"the decoder cache is full ({self.length} of {self.capacity} ids)")
-        if self.align is not None:
+        if self.align is not None and (shift is not None or self.moved):  # else `align` already holds the base
             moved = np.zeros(self.ids.shape, np.int64) if shift is None else np.asarray(shift, np.int64)
             if self.align.ndim == 1 and self.new_ids > 1 and moved.any():
                 raise ValueError("this export reads one cross position per row and step (made before "
                                  "model.query_map); re-run `obf export` on the model")
             per_id = self.align.ndim == 2
             self.align[...] = self.align_base[:, None] + moved if per_id else self.align_base + moved[:, 0]
+            self.moved = shift is not None
         self.ids[...] = dec_ids
         self.past_len[...] = self.length
         self.session.run_with_iobinding(self.io)

@@ -20,7 +20,7 @@ from obf.core.vocab import PAD
 from obf.data.objectives import Example, collate, windows_example
 from obf.mixer.match import modality_index
 from obf.mixer.mix import TAIL, Hints, MixerStats, Tail, file_hints, mixer_of
-from obf.runtime.backend import Backend, meta_of
+from obf.runtime.backend import Backend, meta_of, query_map_of
 
 
 def file_windows(data: np.ndarray | bytes, modality: str, max_src_len: int, max_tgt_len: int,
@@ -209,7 +209,7 @@ def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]
     from obf.data.objectives import PAIRED_WINDOWS, paired_example
 
     w = backend.max_tgt_len
-    query_map = bool(getattr(backend, "query_map", False))
+    query_map = query_map_of(backend)
     mixer = mixer_of(meta_of(backend))
     hints = [file_hints(t, tm, 0) if mixer else None for _, _, t, tm in pairs]
     work = []  # (pair index, example, first target window)
@@ -230,8 +230,7 @@ def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]
     right = [np.zeros(len(t) + 1, dtype=bool) for _, _, t, _ in pairs]
     for chunk in tqdm(batches, desc="paired", unit="batch", disable=not progress, file=sys.stderr):
         b = collate([ex for _, ex, _ in chunk], multiple=max(8, backend.patch_size))
-        shift = b.shift if b.shift.any() else None  # (N, T)
-        logits = backend.window_logits(b.src, b.dec, b.rows, b.visible, b.align, shift)  # (N, T, V)
+        logits = backend.window_logits(b.src, b.dec, b.rows, b.visible, b.align, b.moved)  # (N, T, V)
         starts = [(pi, (k0 + j) * w) for pi, ex, k0 in chunk for j in range(len(ex.earlier) + 1)]  # collate's order
         mixed, lp_hint = logits, np.zeros(b.tgt.shape)
         if mixer is not None:
