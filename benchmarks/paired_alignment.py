@@ -19,8 +19,8 @@ own offset (`same offset`) against every byte of a pixel reading the pixel's fir
 `--conversion hex-end` compares, all with `query_map`, today's hex placement against one where
 the target's last newline and its EOS read the tag right before the input (a key that says
 "the input has ended", which a query at the last byte can only infer from a missing neighbour),
-and against one where the input is followed by an EOS id that they read (`end marker`: the
-source layout changes, so the product would need a gate and a retrain for it).
+and against one where the input is followed by an EOS id that they read (`end marker`: what
+`model.input_end` does, the default since). The other arms have no end marker.
 
 Every arm: the model shape and optimiser of params.yaml, the conversion's pairs of the training
 split only, every window of each target as training builds them (`paired_example`, `collate`), the lr
@@ -47,13 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import save  # noqa: E402
 from obf.core.params import load_params  # noqa: E402
-from obf.core.vocab import EOS, PAD, paired_input  # noqa: E402
-from obf.data import objectives  # noqa: E402
+from obf.core.vocab import PAD  # noqa: E402
 from obf.data.dataset import Dataset  # noqa: E402
 from obf.data.objectives import Batch, collate, paired_example  # noqa: E402
 from obf.formats.conversions import CONVERSIONS, convert  # noqa: E402
 from obf.formats.layouts import bmp_layout  # noqa: E402
-from obf.generate import sampling  # noqa: E402
 from obf.generate.sampling import SamplingOptions, generate  # noqa: E402
 from obf.model.devices import use_bf16  # noqa: E402
 from obf.model.network import OmniByteFormer  # noqa: E402
@@ -78,27 +76,11 @@ def pixel_start(bmp: bytes, t: np.ndarray) -> np.ndarray:
 HEX_READS = CONVERSIONS["hex"].reads  # the product's placement, kept before any arm swaps it
 
 
-def _hex_end_reads(data: bytes, t: np.ndarray, end: int) -> np.ndarray:
-    """As `hex` reads, but the target's last newline and its EOS (and anything after: a hex target
-    is 3 characters per input byte) read offset `end`."""
-    return np.where(t >= 3 * len(data) - 1, end, HEX_READS(data, t))
-
-
 def hex_end_at_tag(data: bytes, t: np.ndarray) -> np.ndarray:
-    """Arm `end reads the tag` of hex: the end reads offset -1, the target-modality tag right
+    """Arm `end reads the tag` of hex: the target's last newline and its EOS (and anything after: a
+    hex target is 3 characters per input byte) read offset -1, the target-modality tag right
     before the input."""
-    return _hex_end_reads(data, t, -1)
-
-
-def hex_end_at_marker(data: bytes, t: np.ndarray) -> np.ndarray:
-    """Arm `end marker` of hex: the end reads offset len(data), the EOS id this arm puts after the
-    input."""
-    return _hex_end_reads(data, t, len(data))
-
-
-def _with_end_marker(payload, modality: str, target_modality: str, max_len: int) -> list[int]:
-    """`vocab.paired_input` with an EOS id after the input (arm `end marker`)."""
-    return [*paired_input(payload, modality, target_modality, max_len - 1), EOS]
+    return np.where(t >= 3 * len(data) - 1, -1, HEX_READS(data, t))
 
 
 def conversion_pairs(ds: Dataset, split: str, name: str) -> list[tuple[bytes, bytes]]:
@@ -119,11 +101,12 @@ def _converts(name: str, a: bytes, b: bytes) -> bool:
         return False
 
 
-def batch_of(pairs: list[tuple[bytes, bytes]], name: str, max_input_len: int, t: int, query_map: bool) -> Batch:
+def batch_of(pairs: list[tuple[bytes, bytes]], name: str, max_input_len: int, t: int, query_map: bool,
+             input_end: bool) -> Batch:
     """Every window of each pair's target, collated as training collates them."""
     c = CONVERSIONS[name]
     return collate([paired_example(a, c.source, b, c.target, max_input_len, t, range(len(b) // t + 1),
-                                   query_map=query_map) for a, b in pairs])
+                                   query_map=query_map, input_end=input_end) for a, b in pairs])
 
 
 def forward(model: OmniByteFormer, batch: Batch, device: torch.device) -> torch.Tensor:
@@ -135,12 +118,12 @@ def forward(model: OmniByteFormer, batch: Batch, device: torch.device) -> torch.
     return model(t(batch.src), t(batch.dec), t(batch.rows), t(batch.visible), t(batch.align), t(batch.shift))
 
 
-def run_arm(name: str, query_map: bool, train: list, val: list, params, minutes: float, batch_size: int,
-            device: torch.device, bf16: bool) -> dict:
+def run_arm(name: str, query_map: bool, input_end: bool, train: list, val: list, params, minutes: float,
+            batch_size: int, device: torch.device, bf16: bool) -> dict:
     """Train one arm from the seed for `minutes` (random pairs, every window of each), then score
     the validation pairs teacher-forced."""
     torch.manual_seed(params.train.seed)
-    model = OmniByteFormer(replace(params.model, query_map=query_map)).to(device)
+    model = OmniByteFormer(replace(params.model, query_map=query_map, input_end=input_end)).to(device)
     opt = make_optimizer(model, params.train, device)
     rng = np.random.default_rng(params.train.seed)
     t_len, max_in = params.model.max_tgt_len, params.model.max_input_len
@@ -149,7 +132,7 @@ def run_arm(name: str, query_map: bool, train: list, val: list, params, minutes:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, params.train, spent / budget)
         picks = [train[i] for i in rng.integers(0, len(train), batch_size)]
-        batch = batch_of(picks, name, max_in, t_len, query_map)
+        batch = batch_of(picks, name, max_in, t_len, query_map, input_end)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             bits, count = loss_bits(forward(model, batch, device), torch.from_numpy(batch.tgt).to(device))
         opt.zero_grad(set_to_none=True)
@@ -162,7 +145,7 @@ def run_arm(name: str, query_map: bool, train: list, val: list, params, minutes:
     bits_sum = error = 0.0
     with torch.no_grad():
         for i in range(0, len(val), 16):
-            batch = batch_of(val[i:i + 16], name, max_in, t_len, query_map)
+            batch = batch_of(val[i:i + 16], name, max_in, t_len, query_map, input_end)
             logits = forward(model, batch, device).float()
             tgt = torch.from_numpy(batch.tgt).to(device)
             keep = tgt != PAD
@@ -198,23 +181,21 @@ def main() -> None:
     bf16 = use_bf16(device, params.train.precision)
     results = {}
     product = CONVERSIONS[name]
-    arms = {"hex": [("same offset", False, None), ("encoded byte", True, None)],
-            "gray": [("same offset", True, None), ("pixel start", True, pixel_start)],
-            "hex-end": [("encoded byte", True, None), ("end reads the tag", True, hex_end_at_tag),
-                        ("end marker", True, hex_end_at_marker)]}[args.conversion]
+    # (arm, model.query_map, model.input_end, the conversion's reads or None for the product's)
+    arms = {"hex": [("same offset", False, False, None), ("encoded byte", True, False, None)],
+            "gray": [("same offset", True, False, None), ("pixel start", True, False, pixel_start)],
+            "hex-end": [("encoded byte", True, False, None), ("end reads the tag", True, False, hex_end_at_tag),
+                        ("end marker", True, True, None)]}[args.conversion]
     suffix = "" if args.conversion == "hex" else f"_{args.conversion}"
     if args.arms:
         saved = ROOT / "benchmarks" / "results" / f"paired_alignment{suffix}.json"
         results = json.loads(saved.read_text())["arms"] if saved.is_file() else {}
         arms = [a for a in arms if a[0] in args.arms]
-    for arm, query_map, reads in arms:
+    for arm, query_map, input_end, reads in arms:
         CONVERSIONS[name] = replace(product, reads=reads) if reads else product  # the arm's map, for this arm only
-        marker = reads is hex_end_at_marker  # this arm's source layout, in training and generation alike
-        objectives.paired_input = sampling.paired_input = _with_end_marker if marker else paired_input
-        results[arm] = run_arm(name, query_map, train, val, params, args.minutes,
+        results[arm] = run_arm(name, query_map, input_end, train, val, params, args.minutes,
                                args.batch_size or params.train.batch_size, device, bf16)
         CONVERSIONS[name] = product
-        objectives.paired_input = sampling.paired_input = paired_input
         r = results[arm]
         print(f"{arm:17s} {r['steps']:5d} steps in {args.minutes:g} min: bytes right {r['bytes_right']:.1%} "
               f"(mean error {r['mean_error']:.2f}), {r['bpb']:.3f} bits per byte on {r['val_bytes']} validation "

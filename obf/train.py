@@ -210,6 +210,7 @@ def training_samplers(ds: Dataset, params: Params) -> tuple[ExampleSampler, Exam
         windows=t.windows,
         max_input_len=m.input_len,
         query_map=m.query_map,
+        input_end=m.input_end,
         **kw,
     )
     long = ExampleSampler(

@@ -79,6 +79,9 @@ def test_model_config_round_trip():
     assert ModelConfig.from_dict(before).query_map is False  # trained with every query at its own offset
     with pytest.raises(ConfigError, match="model.query_map"):
         ModelConfig(cross_bytes=False, query_map=True)
+    assert c.input_end  # new models read an EOS id after a `paired` input
+    before = {k: v for k, v in c.to_dict().items() if k != "input_end"}
+    assert ModelConfig.from_dict(before).input_end is False  # trained on inputs without one
     long = ModelConfig.from_preset("small", causal_encoder=True, max_src_len=16384)
     assert ModelConfig.from_dict(long.to_dict()) == long
 

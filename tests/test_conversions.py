@@ -228,3 +228,27 @@ def test_a_paired_window_moves_each_query_to_the_byte_its_conversion_reads():
     flat = collate([paired_example(inp, "binary", target, "text", 256, 128, range(0, 3))])  # a model before
     same = collate([paired_example(b"abc", "text", b"ABC", "text", 256, 128, range(0, 1), query_map=True)])
     assert not flat.shift.any() and not same.shift.any()
+
+
+def test_with_input_end_the_source_ends_with_eos_and_the_targets_end_reads_it():
+    from obf.core.vocab import EOS, PAD, PAIRED_TAGS, paired_input, paired_room
+    from obf.data.objectives import collate, paired_example
+
+    inp = bytes(range(1, 41))  # 40 bytes: hex lines of 16, 16 and 8 bytes; 120 characters
+    _, target = convert("hex", inp)
+    b = collate([paired_example(inp, "binary", target, "text", 256, 128, range(0, 1), query_map=True,
+                                input_end=True)])
+    src = b.src[0][b.src[0] != PAD].tolist()
+    assert src == [*paired_input(inp, "binary", "text", 256), EOS]  # the input, then its end marker
+    pad = b.src.shape[1] - len(src)
+    reads = b.align[0] + np.arange(len(target) + 1) + b.shift[0, :len(target) + 1] - pad - PAIRED_TAGS
+    assert reads[:-2].tolist() == [t // 3 for t in range(len(target) - 1)]  # each character its byte
+    assert reads[-2:].tolist() == [len(inp), len(inp)]  # the last newline and EOS: the marker
+    assert b.src[0][pad + PAIRED_TAGS + len(inp)] == EOS
+    without = input_offsets("binary", "text", inp, np.arange(len(target) + 1))
+    assert without[-2:].tolist() == [len(inp) - 1] * 2  # no marker: the last byte, as before
+    bmp, art = convert("ascii", _png(np.full((3, 4, 3), 200)))
+    assert input_offsets("image", "text", bmp, np.array([len(art)]), end=True).tolist() == [len(bmp)]
+    assert paired_room(256, True) == paired_room(256) - 1 == 256 - PAIRED_TAGS - 1
+    with pytest.raises(ValueError, match="up to 252 bytes"):
+        paired_input(bytes(253), "binary", "text", 256, end=True)

@@ -690,13 +690,18 @@ def test_long_context_export_parity_scoring_and_generation(exported, tmp_path):
 
 
 class _RecordingShifts:
-    """A backend as it is, recording the query move of every decode step generation asks for."""
+    """A backend as it is, recording the sources it encodes and the query move of every decode
+    step generation asks for."""
 
     def __init__(self, inner) -> None:
-        self.inner, self.shifts = inner, []
+        self.inner, self.shifts, self.sources = inner, [], []
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
+
+    def encode(self, src_ids, align=None):
+        self.sources.append(src_ids.copy())
+        return self.inner.encode(src_ids, align)
 
     def step(self, tokens, memory, cache, shift=None):
         self.shifts.append(None if shift is None else shift.copy())
@@ -706,7 +711,8 @@ class _RecordingShifts:
 def test_paired_queries_read_where_the_conversion_maps_them_in_training_scoring_and_generation(exported):
     """binary -> text is `hex`: each character's query moves to the byte it encodes. Teacher-forced
     windows (what training and scoring run) and cached steps (what generation runs) agree on both
-    runtimes, and generation asks each step for exactly the move training used."""
+    runtimes, and generation asks each step for exactly the move training used, over the source
+    training used: the input, then the EOS id that marks its end (`model.input_end`)."""
     from obf.data.objectives import collate, paired_example
     from obf.formats.conversions import convert, input_offsets
 
@@ -714,10 +720,10 @@ def test_paired_queries_read_where_the_conversion_maps_them_in_training_scoring_
     inp, target = convert("hex", (RAW / "binary/true.elf").read_bytes()[:100])  # 300 characters
     greedy = []
     for backend in (load_torch(str(root / "model")), OnnxBackend(root / "onnx", provider="cpu")):
-        assert backend.query_map
+        assert backend.query_map and backend.input_end
         w = backend.max_tgt_len
         b = collate([paired_example(inp, "binary", target, "text", backend.max_input_len, w, range(0, 3),
-                                    query_map=True)], multiple=8)
+                                    query_map=True, input_end=True)], multiple=8)
         assert b.shift.any()
         full = backend.window_logits(b.src, b.dec, b.rows, b.visible, b.align, b.shift)  # (3, T, V)
         flat = backend.window_logits(b.src, b.dec, b.rows, b.visible, b.align)
@@ -732,7 +738,10 @@ def test_paired_queries_read_where_the_conversion_maps_them_in_training_scoring_
         opts = SamplingOptions(max_bytes=len(target), stop_at_eos=False)
         greedy += generate(rec, [inp], ["binary"], task="paired", target_modalities=["text"], opts=opts)
         moved = np.concatenate(rec.shifts)[:len(target)]
-        assert (moved == input_offsets("binary", "text", inp, np.arange(len(target))) - np.arange(len(target))).all()
+        t = np.arange(len(target))
+        assert (moved == input_offsets("binary", "text", inp, t, end=True) - t).all()
+        assert moved[-1] == len(inp) - (len(target) - 1)  # the last newline reads the end marker
+        assert all((src[:, -len(inp) - 1:] == b.src[0, -len(inp) - 1:]).all() for src in rec.sources)
     assert greedy[0] == greedy[1]
 
 

@@ -27,6 +27,7 @@ from obf.core.vocab import (
     encoder_input,
     modality_id,
     paired_input,
+    paired_room,
     sentinel_id,
     task_id,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "ObfError",
     "PAD",
     "paired_input",
+    "paired_room",
     "PAIRED_TAGS",
     "Params",
     "sentinel_id",

@@ -96,6 +96,9 @@ class ModelConfig:
     # `paired` queries read the input byte the pair's conversion maps each target byte to
     # (`obf.formats.conversions.input_offsets`: hex, ascii); False: the byte at the same offset
     query_map: bool = True
+    # `paired` sources end with an EOS id after the input, which the target's end reads: a key
+    # that says where the input stops (a hex target's last newline and its EOS read it)
+    input_end: bool = True
     preset: str = ""  # the preset this config started from, for humans
 
     def __post_init__(self) -> None:
@@ -144,9 +147,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """A saved config; one saved before `cross_bytes` or `query_map` existed describes a model
-        without it."""
-        return build_section(cls, "model", {"cross_bytes": False, "query_map": False, **d})
+        """A saved config; one saved before `cross_bytes`, `query_map` or `input_end` existed
+        describes a model without it."""
+        return build_section(cls, "model", {"cross_bytes": False, "query_map": False, "input_end": False, **d})
 
 
 def _default_task_weights() -> dict[str, float]:

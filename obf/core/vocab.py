@@ -93,15 +93,24 @@ def encoder_input(modality: str, task: str, payload: bytes | bytearray | memoryv
 PAIRED_TAGS = 3  # ids before a `paired` input: its modality, the task, the target's modality
 
 
+def paired_room(max_len: int, end: bool = False) -> int:
+    """The most input bytes a `paired` source of `max_len` ids holds: the three tags first, and
+    with `end` (`model.input_end`) an EOS id after the input."""
+    return max_len - PAIRED_TAGS - int(end)
+
+
 def paired_input(
-    payload: bytes | bytearray | memoryview, modality: str, target_modality: str, max_len: int
+    payload: bytes | bytearray | memoryview, modality: str, target_modality: str, max_len: int, end: bool = False
 ) -> list[int]:
-    """Encoder ids for `paired`: [input modality, paired, target modality] + the whole input. An
-    input longer than `max_len - 3` bytes is a ValueError naming the limit: a conversion of a cut
-    input would look right and be wrong."""
-    if len(payload) > max_len - PAIRED_TAGS:
+    """Encoder ids for `paired`: [input modality, paired, target modality] + the whole input (+ EOS
+    with `end`: a key that says where the input stops, which the target's end reads). An input
+    longer than `paired_room` is a ValueError naming the limit: a conversion of a cut input would
+    look right and be wrong."""
+    room = paired_room(max_len, end)
+    if len(payload) > room:
         raise ValueError(
             f"the input is {len(payload)} bytes; the model takes paired inputs of up to "
-            f"{max_len - PAIRED_TAGS} bytes (model.max_input_len {max_len})"
+            f"{room} bytes (model.max_input_len {max_len})"
         )
-    return [modality_id(modality), task_id("paired"), modality_id(target_modality), *bytes(payload)]
+    tail = [EOS] if end else []
+    return [modality_id(modality), task_id("paired"), modality_id(target_modality), *bytes(payload), *tail]

@@ -10,7 +10,8 @@ aligned (cross positions, `obf.model`) with the input bytes at its own offset, s
 follows its input all the way (generation does the same, window after window). With
 `model.query_map` each target byte's query then moves (`shift`) to the input byte the pair's
 conversion reads for it (`obf.formats.conversions.input_offsets`: a hex character to the byte it
-encodes, an ascii character to its pixel). `continue` and `denoise` have no shift. The files of
+encodes, an ascii character to its pixel); with `model.input_end` an EOS id after the input tells
+where it stops, and the target's end reads it. `continue` and `denoise` have no shift. The files of
 pairs serve `paired` only; `continue` and `denoise` draw from the other files.
 """
 
@@ -31,6 +32,7 @@ from obf.core.vocab import (
     encoder_input,
     modality_id,
     paired_input,
+    paired_room,
     sentinel_id,
     task_id,
 )
@@ -153,8 +155,10 @@ class ExampleSampler:
         windows: int = 1,
         max_input_len: int | None = None,
         query_map: bool = False,
+        input_end: bool = False,
     ) -> None:
         self.query_map = query_map  # `paired` queries read where the pair's conversion maps them
+        self.input_end = input_end  # `paired` sources end with an EOS id after the input
         self.ds = ds
         self.windows = windows  # decoder windows per `continue` example (a chunk; see continue_chunk)
         self.random_bytes_weight = random_bytes_weight
@@ -164,7 +168,7 @@ class ExampleSampler:
         self.noise_density, self.mean_span = noise_density, mean_span
         self.seed = seed
         records = ds.select(split=split, paired=False)
-        pairs = [(i, t) for i, t in ds.pairs(split) if i.length <= self.max_input_len - PAIRED_TAGS]
+        pairs = [(i, t) for i, t in ds.pairs(split) if i.length <= paired_room(self.max_input_len, input_end)]
         if not records and not pairs:
             raise DataError(f"{ds.root}: no file in split {split!r}")
         self.by_modality = {m: [r for r in records if r.modality == m] for m in MODALITIES}
@@ -263,6 +267,7 @@ class ExampleSampler:
             range(first, min(n_windows, first + PAIRED_WINDOWS)),
             index,
             self.query_map,
+            self.input_end,
         )
 
     def batch(self, indices: list[int]) -> Batch:
@@ -279,11 +284,13 @@ def paired_example(
     windows: range,
     index: int = 0,
     query_map: bool = False,
+    input_end: bool = False,
 ) -> Example:
-    """`paired`: the whole input in the source, and the given windows (k = 0, 1, ...: target bytes
-    from k * max_tgt_len) of the target, each aligned with the input byte at its own offset; with
-    `query_map`, each target byte's query moved to the input byte its conversion reads."""
-    src = paired_input(inp, modality, target_modality, max_input_len)
+    """`paired`: the whole input in the source (and an EOS id after it with `input_end`), and the
+    given windows (k = 0, 1, ...: target bytes from k * max_tgt_len) of the target, each aligned
+    with the input byte at its own offset; with `query_map`, each target byte's query moved to the
+    input byte its conversion reads."""
+    src = paired_input(inp, modality, target_modality, max_input_len, input_end)
     parts = []
     for k in windows:
         start = k * max_tgt_len
@@ -291,7 +298,7 @@ def paired_example(
         shift = None
         if query_map:
             offsets = np.arange(start, start + len(targets))
-            shift = input_offsets(modality, target_modality, bytes(inp), offsets) - offsets
+            shift = input_offsets(modality, target_modality, bytes(inp), offsets, input_end) - offsets
         parts.append(Window(len(src), targets, PAIRED_TAGS + start, shift))
     last = parts[-1]
     return Example(src, last.targets, "paired", target_modality, index, tuple(parts[:-1]), last.align, last.shift)

@@ -32,7 +32,7 @@ from obf.core import storage
 from obf.core.bits import LN2, log_probs_of
 from obf.core.config import EvaluateConfig, IngestConfig
 from obf.core.params import Params
-from obf.core.vocab import MODALITIES, N_BYTES, PAIRED_TAGS, modality_id, task_id
+from obf.core.vocab import MODALITIES, N_BYTES, modality_id, paired_room, task_id
 from obf.data.dataset import DataError, Dataset, local_dataset
 from obf.data.ingest import ingest
 from obf.data.objectives import Example, collate, denoise_window_len, span_corrupt
@@ -45,7 +45,7 @@ from obf.formats.repair import opens, to_file
 from obf.generate.files import ingest_config_of
 from obf.generate.planning import plan
 from obf.generate.sampling import SamplingOptions, generate
-from obf.runtime.backend import Backend, open_backend
+from obf.runtime.backend import Backend, input_end_of, open_backend
 from obf.runtime.scoring import served_log_probs, whole_file_bits
 
 log = logging.getLogger(__name__)
@@ -282,7 +282,7 @@ def write_conversions(
     """`obf.evaluate.fidelity.measure` per conversion, and for the report the first two `gray` pairs and
     the first `ascii` pair: input, target and what the model made, as pictures (and text)."""
 
-    room = backend.max_input_len - PAIRED_TAGS
+    room = paired_room(backend.max_input_len, input_end_of(backend))
     long = sum(len(c.input) > room for c in cases)
     if long:  # as training does: a pair whose input the model cannot read is left out, and counted
         log.warning("evaluate: %d pair(s) with inputs over %d bytes (model.max_input_len) left out", long, room)

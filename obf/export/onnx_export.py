@@ -117,7 +117,7 @@ def parity(model: OmniByteFormer, onnx_dir: Path, real: list[Sample], *, encoder
            decoder: str = DECODER) -> dict[str, float]:
     """Torch vs ONNX Runtime (CPU) on real samples and random bytes: max abs difference of logits on
     the full-window and cached-step paths, and the bits per byte of each on the same targets."""
-    from obf.core.vocab import PAIRED_TAGS
+    from obf.core.vocab import paired_room
     from obf.data.objectives import collate, continue_example, paired_example
     from obf.runtime.onnx_backend import OnnxBackend
 
@@ -134,10 +134,10 @@ def parity(model: OmniByteFormer, onnx_dir: Path, real: list[Sample], *, encoder
     examples.append(continue_example(rand, cfg.max_src_len, "binary", cfg.max_src_len, cfg.max_tgt_len))
     # a `paired` window far into its target: the cross positions it aligns by reach past the source;
     # binary -> text is `hex`, whose queries move (`query_map`) to the byte each character encodes
-    inp = rng.integers(0, 256, cfg.input_len - PAIRED_TAGS, dtype=np.uint8).tobytes()
+    inp = rng.integers(0, 256, paired_room(cfg.input_len, cfg.input_end), dtype=np.uint8).tobytes()
     target = rng.integers(0, 256, 3 * cfg.max_tgt_len, dtype=np.uint8)
     examples.append(paired_example(inp, "binary", target, "text", cfg.input_len, cfg.max_tgt_len, range(2, 3),
-                                   query_map=cfg.query_map))
+                                   query_map=cfg.query_map, input_end=cfg.input_end))
     b = collate(examples, multiple=max(8, cfg.patch_size))  # one window per example
     shift = b.moved  # (B, T) or None
     with torch.no_grad():

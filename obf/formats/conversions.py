@@ -17,7 +17,9 @@ Where each target byte reads its input (`input_offsets`): a byte-level model pla
 target byte t at one input byte, and exact distances from there reach what it needs. `upper` and
 `gray` keep offsets (byte t reads byte t); `hex` character t reads the byte it encodes
 (line * 16 + column // 3); `ascii` character t reads its pixel (BMP rows are stored bottom-up).
-Any other pair of modalities reads at the same offset.
+Any other pair of modalities reads at the same offset. A target's end (hex's last newline, the
+EOS of each) reads the end marker after the input, where the model has one (`model.input_end`):
+upper and gray targets are as long as their inputs, so their EOS reaches it at its own offset.
 
 An image input is first made the canonical 24-bit BMP the model reads (`obf.formats.image_to_bmp`),
 fitted into 16x16 as ingest fits images into `ingest.image_max_side`: that resize is documented
@@ -92,33 +94,36 @@ def _ascii(bmp: bytes) -> bytes:
 
 
 def _hex_reads(data: bytes, t: np.ndarray) -> np.ndarray:
-    """Hex character t reads the byte it encodes; EOS and anything after, the last byte."""
+    """Hex character t reads the byte it encodes; the last newline, EOS and anything after read
+    past the input (offset len(data): its end marker, or its last byte; `input_offsets`)."""
     line, col = np.divmod(t, 3 * HEX_PER_LINE)  # a full line: "xx " x 15 + "xx\n"
-    return np.minimum(line * HEX_PER_LINE + col // 3, len(data) - 1)
+    return np.where(t >= 3 * len(data) - 1, len(data), line * HEX_PER_LINE + col // 3)
 
 
 def _ascii_reads(bmp: bytes, t: np.ndarray) -> np.ndarray:
     """Character t reads the first byte of its pixel in the BMP (a row's `\n` the byte after its
-    last pixel); EOS and anything after, the last byte. Same offset where `bmp` is no 24-bit BMP."""
+    last pixel); EOS and anything after read past the input (offset len(bmp)). Same offset where
+    `bmp` is no 24-bit BMP."""
     lay = bmp_layout(bmp)
     if lay is None or lay.bpp != 24:
         return t
     row, col = np.divmod(t, lay.width + 1)  # image rows top first, `\n` at col == width
     stored = lay.rows - 1 - row if lay.height > 0 else row  # the row's place in the file
     at = lay.offset + stored * lay.stride + 3 * col
-    return np.where(row < lay.rows, at, len(bmp) - 1)
+    return np.where(row < lay.rows, at, len(bmp))
 
 
-def input_offsets(source: str, target: str, data: bytes, t: np.ndarray) -> np.ndarray:
+def input_offsets(source: str, target: str, data: bytes, t: np.ndarray, end: bool = False) -> np.ndarray:
     """(n,) int64: the offset in `data` (an input of modality `source`, as the model reads it) that
     each target byte at offsets `t` (n,) of modality `target` reads, by the built-in conversion of
     the pair (the module doc); the same offset for a pair without one or a conversion that keeps
-    offsets."""
+    offsets. What reads past the input reads offset len(data) where the source has an end marker
+    after the input (`end`, `model.input_end`), else the input's last byte."""
     t = np.asarray(t, dtype=np.int64)
     c = conversion_for(source, target)
     if c is None or c.reads is None or not data:
         return t
-    return c.reads(data, t).astype(np.int64)
+    return np.minimum(c.reads(data, t), len(data) - 1 + int(end)).astype(np.int64)
 
 
 def _sized(limit: int, what: str) -> Callable[[bytes], bytes]:

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from obf.core import storage
 from obf.core.config import GenerateSettings, IngestConfig
 from obf.core.errors import ObfError
-from obf.core.vocab import PAIRED_TAGS
+from obf.core.vocab import paired_room
 from obf.formats.canonical import canonicalize
 from obf.formats.conversions import conversion_for
 from obf.formats.repair import opens, to_file
 from obf.formats.sniff import FormatError, sniff
 from obf.generate.planning import Plan, plan
 from obf.generate.sampling import SamplingOptions, generate
-from obf.runtime.backend import Backend, meta_of
+from obf.runtime.backend import Backend, input_end_of, meta_of
 
 
 @dataclass
@@ -116,7 +116,7 @@ def generate_files(backend: Backend, inputs: Sequence[Prepared], settings: Gener
         elif p.error is None:
             try:
                 sources[i], note = paired_source(p.data, p.modality, target_modality or p.modality,
-                                                 backend.max_input_len)
+                                                 paired_room(backend.max_input_len, input_end_of(backend)))
                 plans[i] = Plan(b"", None, note=note)
             except FormatError as e:
                 results[i] = Result(p.source, p.modality, None, "", str(e))
@@ -143,11 +143,11 @@ def generate_files(backend: Backend, inputs: Sequence[Prepared], settings: Gener
     return [r for r in results if r is not None]
 
 
-def paired_source(data: bytes, modality: str, target_modality: str, max_input_len: int) -> tuple[bytes, str]:
+def paired_source(data: bytes, modality: str, target_modality: str, room: int) -> tuple[bytes, str]:
     """The input a `paired` row is generated from, and a note: as the built-in conversion of this
     pair of modalities takes it (`obf.formats.conversions`: an image fitted into 16x16, a text or binary
-    input within its limit, else a FormatError naming the limit), and within the model's source
-    (`model.max_input_len`; never cut)."""
+    input within its limit, else a FormatError naming the limit), and within the `room` bytes of the
+    model's source (`vocab.paired_room` of `model.max_input_len`; never cut)."""
     conv = conversion_for(modality, target_modality)
     note = f"a {target_modality} target made from the input"
     if conv is not None:
@@ -156,9 +156,9 @@ def paired_source(data: bytes, modality: str, target_modality: str, max_input_le
         except FormatError as e:
             raise FormatError(f"{conv.name} ({conv.source} -> {conv.target}): {e}") from None
         note += f" (the `{conv.name}` conversion)"
-    if len(data) > max_input_len - PAIRED_TAGS:
+    if len(data) > room:
         raise FormatError(f"the input is {len(data)} bytes; this model takes paired inputs of up to "
-                          f"{max_input_len - PAIRED_TAGS} bytes (model.max_input_len {max_input_len})")
+                          f"{room} bytes (model.max_input_len)")
     return data, note
 
 

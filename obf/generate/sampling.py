@@ -22,7 +22,7 @@ from obf.core.vocab import BOS, EOS, N_BYTES, PAD, PAIRED_TAGS, encoder_input, p
 from obf.formats.conversions import input_offsets
 from obf.mixer.match import modality_index
 from obf.mixer.mix import RowHints, mixer_of
-from obf.runtime.backend import Backend, meta_of, query_map_of
+from obf.runtime.backend import Backend, input_end_of, meta_of, query_map_of
 from obf.runtime.scoring import tail_log_probs
 
 
@@ -164,7 +164,8 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
     (of `target_modalities`, default the input's), window after window, each with the whole input
     in the encoder and aligned with the input bytes at its own offset, each byte's query moved to
     the input byte the pair's conversion reads for a model with `query_map` (as `paired` is
-    trained; an input longer than `backend.max_input_len` - 3 is a ValueError). A row stops at
+    trained), with an EOS id after the input for a model with `input_end` (an input longer than
+    `paired_room(backend.max_input_len)` is a ValueError). A row stops at
     EOS (when `stop_at_eos`) or at `max_bytes`, or, with a `RowSpec` of a length, after exactly
     that many bytes; the batch stops when every row has. A finished row leaves the batch at the
     end of its decoder window (each window encodes only the rows still going), so rows of
@@ -193,9 +194,10 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
     contexts = [bytes(c) for c in contexts]
     history = list(contexts)  # what the next window's encoder sees
     window = backend.max_tgt_len  # ids one decoder window emits (BOS in, max_tgt_len out)
+    end = input_end_of(backend)  # an EOS id after each paired input
     if task == "paired":  # the input is every window's source: one that does not fit is refused before any work
         for c, m, t in zip(contexts, modalities, targets):
-            paired_input(c, m, t, backend.max_input_len)
+            paired_input(c, m, t, backend.max_input_len, end)
     moves = task == "paired" and query_map_of(backend)  # queries read where the conversion maps them
     mixer = mixer_of(meta_of(backend))
     file_modalities = targets if task == "paired" else modalities
@@ -205,7 +207,7 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
     while not done.all():
         active = np.flatnonzero(~done)
         if task == "paired":  # window k of a target aligns with the input at its offset k * window
-            rows = [paired_input(contexts[i], modalities[i], targets[i], backend.max_input_len) for i in active]
+            rows = [paired_input(contexts[i], modalities[i], targets[i], backend.max_input_len, end) for i in active]
             offsets = [PAIRED_TAGS + len(out[i]) for i in active]
         else:
             rows = [encoder_input(modalities[i], "continue", history[i], backend.max_src_len) for i in active]
@@ -225,7 +227,8 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
         shifts = None  # (B, window): how far the query of each row's target byte moves from its own offset
         if moves:
             at = {i: np.arange(len(out[i]), len(out[i]) + window) for i in active}  # this window's target offsets
-            shifts = np.stack([input_offsets(modalities[i], targets[i], contexts[i], u) - u for i, u in at.items()])
+            shifts = np.stack([input_offsets(modalities[i], targets[i], contexts[i], u, end) - u
+                               for i, u in at.items()])
         for j in range(window):
             shift = None if shifts is None else np.ascontiguousarray(shifts[:, j])
             tokens, cache = next_tokens(backend, tokens, memory, cache, opts, rng, keep_eos, adjust, shift)

@@ -25,6 +25,7 @@ class Backend(Protocol):
     vocab_size: int
     patch_size: int  # encoder patch size: source batches are padded to a multiple of it
     query_map: bool  # `paired` queries read where the pair's conversion maps them (`input_offsets`)
+    input_end: bool  # `paired` sources end with an EOS id after the input (`model.input_end`)
     # What the model recorded beside its weights (checkpoint config.json or export obf.json):
     # the mixer, the ingest settings it was trained on, ...; None when it was built in memory.
     meta: Mapping[str, Any] | None
@@ -63,6 +64,12 @@ def query_map_of(backend: Backend) -> bool:
     """Whether `backend` places `paired` queries where the conversion reads (`Backend.query_map`);
     False for one that does not say (tests and benchmarks make backends without it)."""
     return bool(getattr(backend, "query_map", False))
+
+
+def input_end_of(backend: Backend) -> bool:
+    """Whether `backend`'s `paired` sources end with an EOS id after the input
+    (`Backend.input_end`); False for one that does not say, as `query_map_of`."""
+    return bool(getattr(backend, "input_end", False))
 
 
 def open_backend(model_dir: str | Path, *, provider: str = "auto", precision: str = "fp32") -> Backend:

@@ -163,6 +163,7 @@ class OnnxBackend:
         self.cross_bytes = bool(align)  # a byte-level cross memory
         self.align_per_id = bool(align) and len(align[0].shape) == 2  # (B, T); (B,) in exports before query_map
         self.query_map = bool(cfg.get("query_map", False)) and self.align_per_id
+        self.input_end = bool(cfg.get("input_end", False))  # an EOS id after each paired input
         self.cross_names = kv_names("cross", self.layers)
         self.past_names = kv_names("past", self.layers)
         self.present_names = kv_names("present", self.layers)

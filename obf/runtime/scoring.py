@@ -20,7 +20,7 @@ from obf.core.vocab import PAD
 from obf.data.objectives import Example, collate, windows_example
 from obf.mixer.match import modality_index
 from obf.mixer.mix import TAIL, Hints, MixerStats, Tail, file_hints, mixer_of
-from obf.runtime.backend import Backend, meta_of, query_map_of
+from obf.runtime.backend import Backend, input_end_of, meta_of, query_map_of
 
 
 def file_windows(data: np.ndarray | bytes, modality: str, max_src_len: int, max_tgt_len: int,
@@ -201,15 +201,16 @@ def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]
     """Teacher-forced `paired` scoring of (input, input modality, target, target modality) pairs:
     every window of each target with the whole input in the encoder, aligned with its part of the
     input (`obf.data.objectives.paired_example`; each query where the pair's conversion maps it for
-    a model with `query_map`), as generation makes them. Where the model carries a
-    mixer, the target's hints come from its own bytes and nothing is learned from them
+    a model with `query_map`; an EOS id after the input for one with `input_end`), as generation
+    makes them. Where the model carries a mixer, the target's hints come from its own bytes and
+    nothing is learned from them
     (`learn_until=0`): what generation serves a target it writes from nothing."""
     from tqdm import tqdm
 
     from obf.data.objectives import PAIRED_WINDOWS, paired_example
 
     w = backend.max_tgt_len
-    query_map = query_map_of(backend)
+    query_map, end = query_map_of(backend), input_end_of(backend)
     mixer = mixer_of(meta_of(backend))
     hints = [file_hints(t, tm, 0) if mixer else None for _, _, t, tm in pairs]
     work = []  # (pair index, example, first target window)
@@ -217,7 +218,8 @@ def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]
         n_windows = len(tgt) // w + 1
         for k in range(0, n_windows, PAIRED_WINDOWS):
             ks = range(k, min(n_windows, k + PAIRED_WINDOWS))
-            work.append((pi, paired_example(inp, im, tgt, tm, backend.max_input_len, w, ks, query_map=query_map), k))
+            ex = paired_example(inp, im, tgt, tm, backend.max_input_len, w, ks, query_map=query_map, input_end=end)
+            work.append((pi, ex, k))
     batches, cur = [], []
     for item in work:
         if cur and sum(len(x[1].earlier) + 1 for x in cur) + len(item[1].earlier) + 1 > batch_size:

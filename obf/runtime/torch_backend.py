@@ -51,6 +51,7 @@ class TorchBackend:
         self.patch_size = model.cfg.patch_size
         self.causal_encoder = model.cfg.causal_encoder
         self.query_map = model.cfg.query_map
+        self.input_end = model.cfg.input_end
         self.meta: dict = {}  # config.json of the checkpoint, when loaded from a dir
 
     def _ids(self, ids: np.ndarray) -> torch.Tensor:
