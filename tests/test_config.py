@@ -109,8 +109,12 @@ def test_generate_settings_from_params_and_their_id():
     p = load_params(None, ["generate.task=paired", "generate.target_modality=text", "generate.max_bytes=64",
                            "generate.temperature=0.5"])
     assert p.generate == GenerateSettings(task="paired", target_modality="text", max_bytes=64, temperature=0.5)
-    assert GenerateSettings(max_bytes=64).settings_id() == "continue|64|0|fp32|None|None|None|1.1|0|1"
-    assert p.generate.settings_id() == "paired|64|0|fp32|text|None|None|0.5|0|1"
+    assert GenerateSettings(max_bytes=64).settings_id() == "continue|64|0|fp32|None|None|None|1|0|1|surprise"
+    plain = GenerateSettings(max_bytes=64, match_surprise=False)
+    assert plain.settings_id() == "continue|64|0|fp32|None|None|None|1|0|1"
+    assert p.generate.settings_id() == "paired|64|0|fp32|text|None|None|0.5|0|1"  # paired has no thermostat
+    assert GenerateSettings(max_bytes=64).record()["match_surprise"] is True
+    assert p.generate.record()["match_surprise"] is False
     assert p.generate.record()["top_k"] == 0 and p.generate.record()["temperature"] == 0.5
     for bad, key in ((["generate.temperature=-1"], "generate.temperature"), (["generate.top_p=0"], "generate.top_p"),
                      (["generate.target_modality=text"], "generate.target_modality"),
@@ -129,6 +133,10 @@ def test_obf_generate_flags_override_the_generate_section():
     args = build_parser().parse_args(["generate", "MODEL", "in.txt", "--out", "o", "--temperature", "0.7"])
     assert generate_settings(base, args) == GenerateSettings(task="paired", target_modality="text", max_bytes=64,
                                                              temperature=0.7, seed=3)
+    args = build_parser().parse_args(["generate", "MODEL", "in.txt", "--out", "o", "--no-match-surprise"])
+    assert generate_settings(GenerateSettings(), args).resolved().match_surprise is False
+    args = build_parser().parse_args(["generate", "MODEL", "in.txt", "--out", "o"])
+    assert generate_settings(GenerateSettings(), args).resolved().match_surprise is True
     args = build_parser().parse_args(["generate", "MODEL", "in.txt", "--out", "o", "--task", "continue",
                                       "--prefix-bytes", "10"])
     made = generate_settings(GenerateSettings(task="paired", target_modality="text", prefix_fraction=None), args)

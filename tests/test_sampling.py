@@ -117,3 +117,52 @@ def test_paired_windows_each_see_the_whole_input_aligned_at_their_offset():
             assert align[row] == pad + PAIRED_TAGS + 8 * k  # target byte 8k lies at input byte 8k
     with pytest.raises(ValueError, match="up to 61 bytes"):
         generate(backend, [b"x" * 62], ["text"], task="paired")
+
+
+class OneLikely:
+    """A backend without a mixer whose network gives 'a' half the mass and every other byte an
+    equal share of the rest (~9 bits each), after any context: sampled as it is, a row spends
+    ~5 bits per byte, whatever the file it continues."""
+
+    max_src_len, max_tgt_len, vocab_size, patch_size = 64, 64, VOCAB_SIZE, 1
+
+    def __init__(self) -> None:
+        self.row = np.full(VOCAB_SIZE, -60.0, np.float32)
+        self.row[:256] = 0.0
+        self.row[ord("a")] = np.log(255.0)
+        self.row[EOS] = -60.0
+
+    def encode(self, src, align=None):
+        return src.shape[0]
+
+    def init_cache(self, memory):
+        return None
+
+    def step(self, tokens, memory, cache):
+        return np.tile(self.row, (memory, 1)), cache
+
+    def logits(self, src, dec):
+        return np.tile(self.row, (*dec.shape, 1))
+
+
+def test_a_surprise_matched_row_is_as_predictable_as_its_context():
+    """Continuing a file that is mostly 'a' (the model spends ~1.8 bits per byte on it), plain
+    sampling writes ~5 bits per byte, half of it noise; with `match_surprise` the row spends
+    about what its context cost, so 'a' keeps its share. A context the model finds as surprising
+    as its own sampling is continued as plain sampling continues it."""
+    backend = OneLikely()
+    p = np.exp(backend.row[:256] - np.logaddexp.reduce(backend.row[:256]))
+    rng = np.random.default_rng(1)
+    mostly_a = bytes(np.where(rng.random(3000) < 0.9, ord("a"), rng.integers(0, 256, 3000)).astype(np.uint8))
+    noisy = bytes(np.where(rng.random(3000) < 0.5, ord("a"), rng.integers(0, 256, 3000)).astype(np.uint8))
+
+    def bits(out: bytes) -> float:
+        return float(-np.log2(p[np.frombuffer(out, np.uint8)]).mean())
+
+    context_bits = bits(mostly_a[-2560:])
+    plain, matched = (generate(backend, [mostly_a, noisy], ["binary", "binary"],
+                               opts=SamplingOptions(max_bytes=3000, temperature=1.0, seed=3, match_surprise=m))
+                      for m in (False, True))
+    assert bits(plain[0]) > 4.5 and plain[0].count(b"a") < 0.6 * 3000
+    assert abs(bits(matched[0]) - context_bits) < 0.4 and matched[0].count(b"a") > 0.8 * 3000
+    assert abs(bits(matched[1]) - bits(plain[1])) < 0.4  # nothing to cut where the context is as noisy

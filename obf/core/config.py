@@ -242,9 +242,10 @@ class EvaluateConfig:
     mean_span: float = 3.0
     sample_prefix_fraction: float = 0.5  # share of each sample file kept (more when the rest exceeds sample_bytes)
     sample_bytes: int = 4096  # bytes generated per sample, at most (media: whole rows / frames)
-    temperature: float = 1.1  # as obf generate's default (DECODING["continue"])
+    temperature: float = 1.0  # as obf generate's default (DECODING["continue"])
     top_k: int = 0
     top_p: float = 1.0
+    match_surprise: bool = True  # as obf generate's default (DECODING["continue"])
     seed: int = 0
     conversion_pairs: int = 40  # pairs per conversion measured (teacher-forced and generated), at most; 0 = none
 
@@ -268,14 +269,16 @@ class EvaluateConfig:
 
 
 # The decoding `obf generate` and batch-generate use unless told otherwise (the evaluation's
-# samples take `evaluate.temperature` / `top_k` / `top_p`, which params.yaml sets the same).
-# `continue`: chosen on the validation split by benchmarks/samples.py --grid (the setting that
-# holds most of the likeness targets; benchmarks/README.md, "Generation"): greedy decoding of a
-# small model loops, and cooler sampling still writes runs of one colour in images.
-# `paired`: greedy, since a conversion has one right answer.
+# samples take `evaluate.temperature` / `top_k` / `top_p` / `match_surprise`, which params.yaml
+# sets the same). `continue`: chosen on the validation split by benchmarks/samples.py --grid (the
+# setting that holds most of the likeness targets; benchmarks/README.md, "Generation"): greedy
+# decoding of a small model loops, a fixed temperature writes images flatter and text noisier than
+# the files they continue, so each row's temperature follows a thermostat that keeps what it
+# writes as surprising to the model as the end of its file was (`match_surprise`,
+# `obf.generate.sampling.SurpriseControl`). `paired`: greedy, since a conversion has one right answer.
 DECODING: dict[str, dict[str, float]] = {
-    "continue": {"temperature": 1.1, "top_k": 0, "top_p": 1.0},
-    "paired": {"temperature": 0.0, "top_k": 0, "top_p": 1.0},
+    "continue": {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "match_surprise": True},
+    "paired": {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "match_surprise": False},
 }
 
 
@@ -294,6 +297,7 @@ class GenerateSettings:
     temperature: float | None = None  # unset: DECODING[task]; 0 = greedy
     top_k: int | None = None  # unset: DECODING[task]; 0 = off
     top_p: float | None = None  # unset: DECODING[task]; 1 = off
+    match_surprise: bool | None = None  # unset: DECODING[task]; a thermostat per row (sampling.SurpriseControl)
     seed: int = 0
     precision: str = "fp32"  # fp32 | int8 | fp16 (an ONNX dir's graphs) | bf16 (a checkpoint on torch)
 
@@ -324,13 +328,15 @@ class GenerateSettings:
             temperature=d["temperature"] if self.temperature is None else self.temperature,
             top_k=int(d["top_k"]) if self.top_k is None else self.top_k,
             top_p=d["top_p"] if self.top_p is None else self.top_p,
+            match_surprise=bool(d["match_surprise"]) if self.match_surprise is None else self.match_surprise,
         )
 
     def settings_id(self) -> str:
         """One string per distinct output: batch-generate keys its claims and state records by it."""
         r = self.resolved()
         return (f"{r.task}|{r.max_bytes}|{r.seed}|{r.precision}|{r.target_modality}|{r.prefix_bytes}|"
-                f"{r.prefix_fraction}|{r.temperature:g}|{r.top_k}|{r.top_p:g}")
+                f"{r.prefix_fraction}|{r.temperature:g}|{r.top_k}|{r.top_p:g}"
+                + ("|surprise" if r.match_surprise and r.temperature else ""))
 
     def record(self) -> dict[str, Any]:
         """The resolved settings as a state record names them."""

@@ -21,7 +21,7 @@ from obf.core.config import DECODING, GenerateSettings
 from obf.core.vocab import BOS, EOS, N_BYTES, PAD, PAIRED_TAGS, encoder_input, paired_input
 from obf.formats.conversions import input_offsets
 from obf.mixer.match import modality_index
-from obf.mixer.mix import RowHints, mixer_of
+from obf.mixer.mix import RowHints, Tail, mixer_of
 from obf.runtime.backend import Backend, input_end_of, meta_of, query_map_of
 from obf.runtime.scoring import tail_log_probs
 
@@ -38,6 +38,7 @@ class SamplingOptions:
     seed: int = 0
     stop_at_eos: bool = True  # False: EOS is never sampled, so every row emits exactly max_bytes
     learn_from_output: bool = False  # the mixer's file-adaptive parts also learn from the bytes the row makes
+    match_surprise: bool = False  # a thermostat per row keeps its surprise near what its context's end cost
 
     def __post_init__(self) -> None:
         if self.max_bytes < 0:
@@ -54,16 +55,19 @@ class SamplingOptions:
         """The decoding of `settings` (`obf generate`, batch-generate): its task's `DECODING` defaults
         where it leaves temperature, top_k or top_p unset."""
         r = settings.resolved()
-        return cls(max_bytes=r.max_bytes, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, seed=r.seed)
+        return cls(max_bytes=r.max_bytes, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, seed=r.seed,
+                   match_surprise=bool(r.match_surprise))
 
     @classmethod
     def for_task(cls, task: str, *, temperature: float | None = None, top_k: int | None = None,
-                 top_p: float | None = None, **kw: Any) -> SamplingOptions:
+                 top_p: float | None = None, match_surprise: bool | None = None, **kw: Any) -> SamplingOptions:
         """Options for `task` (continue or paired): its `DECODING` defaults where an argument is None."""
         if task not in DECODING:
             raise ValueError(f"task {task!r} cannot generate files; use continue or paired")
-        r = GenerateSettings(task=task, temperature=temperature, top_k=top_k, top_p=top_p).resolved()
-        return cls(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, **kw)
+        r = GenerateSettings(task=task, temperature=temperature, top_k=top_k, top_p=top_p,
+                             match_surprise=match_surprise).resolved()
+        return cls(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, match_surprise=bool(r.match_surprise),
+                   **kw)
 
 
 @dataclass(frozen=True)
@@ -100,11 +104,49 @@ def sample_top_p(probs: np.ndarray, top_p: float) -> np.ndarray:
     return probs / probs.sum(axis=-1, keepdims=True)
 
 
-def sample(logits: np.ndarray, opts: SamplingOptions, rng: np.random.Generator) -> np.ndarray:
-    """(B, V) logits -> (B,) ids under greedy / temperature / top-k / top-p."""
+class SurpriseControl:
+    """A thermostat per row: keeps the surprise of what each row samples, in bits under the model
+    as served (before any temperature), near a target, the bits per byte the model spent on the
+    last bytes its file held before generation started (`surprise_targets`). After each byte the
+    row's temperature is multiplied by exp(-eta * (its surprise - target)), within [1/20, 2] of
+    the temperature asked for.
+
+    Why: no one temperature suits every file. At a fixed temperature a small model's images come
+    out flatter than the images they continue (an image row sampled at 1.0 costs the model ~2
+    bits per byte where the real rest costs ~4.7) and its text and recordings noisier; cooler
+    settings loop. A continuation that costs the model what the file so far cost it is as
+    predictable as the file, per file; and a row that falls into a loop (its surprise far below
+    the target) heats up until it samples its way out, so it cannot settle into one byte
+    (benchmarks/samples.py; benchmarks/README.md, "Decoding"). Arrays are over all rows of a
+    `generate` call, indexed by the rows still going."""
+
+    ETA = 0.05  # per byte and bit of error: a few hundred bytes settle a row (obf generate writes 1,024 by default)
+    LOWEST, HIGHEST = np.log(1 / 20), np.log(2.0)  # the range of a row's temperature factor (log)
+
+    def __init__(self, target_bits: np.ndarray) -> None:
+        self.target = np.asarray(target_bits, dtype=np.float64)  # (N,) bits per byte; inf: no target
+        self.log_factor = np.zeros_like(self.target)  # (N,) log of each row's temperature factor
+
+    def factor(self, rows: np.ndarray) -> np.ndarray:
+        """(B,) what multiplies the asked temperature of `rows` at this step."""
+        return np.exp(self.log_factor[rows])
+
+    def observe(self, bits: np.ndarray, rows: np.ndarray) -> None:
+        """Move the temperature of `rows` after each sampled a byte of `bits` (B,) surprise."""
+        err = np.where(np.isfinite(self.target[rows]), bits - self.target[rows], 0.0)
+        self.log_factor[rows] = np.clip(self.log_factor[rows] - self.ETA * err, self.LOWEST, self.HIGHEST)
+
+
+def sample(logits: np.ndarray, opts: SamplingOptions, rng: np.random.Generator,
+           control: SurpriseControl | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+    """(B, V) logits -> (B,) ids under greedy / temperature / top-k / top-p; where `control` is
+    given, each row's temperature is scaled by its thermostat (`rows`: which of its rows these are)."""
     if opts.temperature == 0:
         return logits.argmax(axis=-1)
     z = logits.astype(np.float64) / opts.temperature
+    if control is not None:
+        assert rows is not None
+        z = z / control.factor(rows)[:, None]
     if opts.top_k:
         k = min(opts.top_k, z.shape[-1])
         kth = np.partition(z, -k, axis=-1)[:, -k][:, None]
@@ -115,13 +157,25 @@ def sample(logits: np.ndarray, opts: SamplingOptions, rng: np.random.Generator) 
     if opts.top_p < 1.0:
         probs = sample_top_p(probs, opts.top_p)
     u = rng.random((probs.shape[0], 1))
-    ids = (np.cumsum(probs, axis=-1) < u).sum(axis=-1)
-    return np.minimum(ids, probs.shape[-1] - 1)
+    ids = np.minimum((np.cumsum(probs, axis=-1) < u).sum(axis=-1), probs.shape[-1] - 1)
+    if control is not None:
+        assert rows is not None
+        control.observe(surprise_bits(logits, ids), rows)
+    return ids
+
+
+def surprise_bits(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(B, V) logits, (B,) ids -> (B,) -log2 p of each id under the logits as they are."""
+    top = logits.max(axis=-1, keepdims=True)  # (B, 1)
+    log_total = np.log(np.exp(logits - top).sum(axis=-1)) + top[:, 0]  # (B,) log of the softmax's denominator
+    picked = np.take_along_axis(logits, ids[:, None], axis=-1)[:, 0]
+    return (log_total - picked).astype(np.float64) / np.log(2)
 
 
 def next_tokens(backend: Backend, tokens: np.ndarray, memory: Any, cache: Any, opts: SamplingOptions,
                 rng: np.random.Generator, keep_eos: bool | np.ndarray | None = None,
-                adjust: Callable[[np.ndarray], np.ndarray] | None = None, shift: np.ndarray | None = None
+                adjust: Callable[[np.ndarray], np.ndarray] | None = None, shift: np.ndarray | None = None,
+                control: SurpriseControl | None = None, rows: np.ndarray | None = None
                 ) -> tuple[np.ndarray, Any]:
     """One decode step: (B,) ids in, (B,) sampled ids out. `keep_eos` (default `opts.stop_at_eos`)
     says, for all rows or per row, whether EOS may be sampled; `adjust` maps the step's (B, V)
@@ -130,7 +184,7 @@ def next_tokens(backend: Backend, tokens: np.ndarray, memory: Any, cache: Any, o
     if adjust is not None:
         logits = adjust(logits)
     keep = opts.stop_at_eos if keep_eos is None else keep_eos
-    return sample(mask_non_bytes(logits, keep_eos=keep), opts, rng), cache
+    return sample(mask_non_bytes(logits, keep_eos=keep), opts, rng, control, rows), cache
 
 
 def pad_batch(rows: Sequence[Sequence[int]], multiple: int = 1) -> np.ndarray:
@@ -145,14 +199,18 @@ def pad_batch(rows: Sequence[Sequence[int]], multiple: int = 1) -> np.ndarray:
     return out
 
 
-def _row_hints(backend: Backend, files: list[bytes], modalities: Sequence[str], learn_from_output: bool
-               ) -> list[RowHints]:
-    """Each row's hints from the bytes its file holds before generation starts; for the mixer's
-    file-adaptive parts, how scoring scores the last bytes held (one batched pass)."""
-
+def _tails(backend: Backend, files: list[bytes], modalities: Sequence[str], surprise: bool) -> list[Tail | None]:
+    """How scoring scores the last bytes each row's file holds before generation starts (one
+    batched pass), where the mixer's file-adaptive parts or the surprise control need it."""
     mixer = mixer_of(meta_of(backend))
-    tails = tail_log_probs(backend, files, list(modalities)) if mixer and mixer.needs_tail else [None] * len(files)
-    return [RowHints(f, m, t, learn_from_output=learn_from_output) for f, m, t in zip(files, modalities, tails)]
+    if surprise or (mixer and mixer.needs_tail):
+        return list(tail_log_probs(backend, files, list(modalities)))
+    return [None] * len(files)
+
+
+def surprise_targets(tails: Sequence[Tail | None]) -> np.ndarray:
+    """(N,) bits per byte the model spends on each row's held tail (inf, no bound, where it holds none)."""
+    return np.array([-float(t.lp.mean()) / np.log(2) if t is not None and len(t.lp) else np.inf for t in tails])
 
 
 def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[str], *, task: str = "continue",
@@ -201,8 +259,12 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
     moves = task == "paired" and query_map_of(backend)  # queries read where the conversion maps them
     mixer = mixer_of(meta_of(backend))
     file_modalities = targets if task == "paired" else modalities
-    row_hints = (_row_hints(backend, [b"" if task == "paired" else c for c in contexts], file_modalities,
-                            opts.learn_from_output) if mixer else [])
+    held = [b"" if task == "paired" else c for c in contexts]  # what each row's file holds before it writes
+    surprise = opts.match_surprise and opts.temperature > 0 and task == "continue"
+    tails = _tails(backend, held, file_modalities, surprise)
+    row_hints = ([RowHints(f, m, t, learn_from_output=opts.learn_from_output)
+                  for f, m, t in zip(held, file_modalities, tails)] if mixer else [])
+    control = SurpriseControl(surprise_targets(tails)) if surprise else None
     mods = modality_index(file_modalities)
     while not done.all():
         active = np.flatnonzero(~done)
@@ -231,7 +293,8 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
                                for i, u in at.items()])
         for j in range(window):
             shift = None if shifts is None else np.ascontiguousarray(shifts[:, j])
-            tokens, cache = next_tokens(backend, tokens, memory, cache, opts, rng, keep_eos, adjust, shift)
+            tokens, cache = next_tokens(backend, tokens, memory, cache, opts, rng, keep_eos, adjust, shift,
+                                        control, active)
             for j, i in enumerate(active):
                 if finished[j]:
                     continue
