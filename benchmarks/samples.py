@@ -34,11 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import save  # noqa: E402
 
-# (name, temperature, top_p, learn_from_output): the settings --grid compares
-GRID = [("greedy", 0.0, 1.0, False), ("greedy, mixer learns from output", 0.0, 1.0, True),
-        ("t=0.8 p=0.95", 0.8, 0.95, False), ("t=0.8 p=0.95, mixer learns from output", 0.8, 0.95, True),
-        ("t=0.9", 0.9, 1.0, False), ("t=1.0", 1.0, 1.0, False), ("t=1.0 p=0.95", 1.0, 0.95, False),
-        ("t=1.0, mixer learns from output", 1.0, 1.0, True), ("t=1.1", 1.1, 1.0, False)]
+# (name, temperature, top_p, learn_from_output, match_surprise): the settings --grid compares
+GRID = [("greedy", 0.0, 1.0, False, False), ("greedy, mixer learns from output", 0.0, 1.0, True, False),
+        ("t=0.8 p=0.95", 0.8, 0.95, False, False), ("t=0.8 p=0.95, mixer learns from output", 0.8, 0.95, True, False),
+        ("t=0.9", 0.9, 1.0, False, False), ("t=1.0", 1.0, 1.0, False, False), ("t=1.0 p=0.95", 1.0, 0.95, False, False),
+        ("t=1.0, mixer learns from output", 1.0, 1.0, True, False), ("t=1.1", 1.1, 1.0, False, False),
+        ("surprise matched (t=1.0 x thermostat)", 1.0, 1.0, False, True)]
 TARGETS = {"lzma_ratio": (0.6, 1.6), "top_gap": 0.2, "novelty_ratio": (0.5, 2.0)}
 
 
@@ -70,7 +71,7 @@ def files_of(model: str, data: str | None, split: str, per_modality: int) -> lis
 
 
 def run(backend: Any, files: list[tuple[str, str, bytes]], *, max_new: int, temperature: float, top_p: float,
-        learn: bool, seed: int, bpb: bool) -> list[dict[str, Any]]:
+        learn: bool, surprise: bool, seed: int, bpb: bool) -> list[dict[str, Any]]:
     """Generate every file's rest with one setting; one row of measures per file."""
     from obf.evaluate.likeness import compare
     from obf.generate.planning import plan
@@ -79,7 +80,7 @@ def run(backend: Any, files: list[tuple[str, str, bytes]], *, max_new: int, temp
 
     plans = [plan(d, m, max_bytes=max_new, prefix_bytes=max(len(d) // 2, len(d) - max_new)) for _, m, d in files]
     opts = SamplingOptions(max_bytes=max_new, temperature=temperature, top_p=top_p, seed=seed,
-                           learn_from_output=learn)
+                           learn_from_output=learn, match_surprise=surprise)
     made = generate(backend, [p.keep for p in plans], [m for _, m, _ in files], opts=opts,
                     specs=[p.spec for p in plans])
     rows = []
@@ -146,15 +147,17 @@ def main() -> int:
     files = files_of(args.model, args.data, args.split, args.per_modality)
     d = DECODING["continue"]
     settings = ([g for g in GRID if not args.settings or g[0] in args.settings] if args.grid
-                else [("default", d["temperature"], d["top_p"], False)])
+                else [("default", d["temperature"], d["top_p"], False, bool(d.get("match_surprise", False)))])
     results = []
-    for name, t, p, learn in settings:
-        rows = run(backend, files, max_new=args.bytes, temperature=t, top_p=p, learn=learn, seed=args.seed,
-                   bpb=args.bpb)
+    for name, t, p, learn, surprise in settings:
+        rows = run(backend, files, max_new=args.bytes, temperature=t, top_p=p, learn=learn, surprise=surprise,
+                   seed=args.seed, bpb=args.bpb)
         s = summary(rows)
-        results.append({"setting": name, "temperature": t, "top_p": p, "learn_from_output": learn, "files": rows,
+        results.append({"setting": name, "temperature": t, "top_p": p, "learn_from_output": learn,
+                        "match_surprise": surprise, "files": rows,
                         "modalities": s, "targets_held": score(s)[0]})
-        print(f"\n{name} (temperature {t:g}, top_p {p:g}, mixer learns from output: {learn})")
+        print(f"\n{name} (temperature {t:g}, top_p {p:g}, mixer learns from output: {learn}, "
+              f"surprise matched: {surprise})")
         print("| modality | files | LZMA ratio (median) | top-share gap (worst) | novelty (median) |"
               + (" bpb generated / real |" if args.bpb else "") + "\n|---|---:|---:|---:|---:|"
               + ("---:|" if args.bpb else ""))
