@@ -14,17 +14,12 @@ from obf.mixer.stride_hint import StrideKernel
 LETTERS = b"abcd"
 
 
-class FourLetters:
-    """A backend whose network gives each of a, b, c, d a quarter (and EOS almost nothing) after
-    any context, teacher-forced or step by step; `meta` carries a mixer, as an export's does."""
+class FixedRow:
+    """A backend whose network gives the logits `row` after any context, teacher-forced or step by
+    step."""
 
     max_src_len, max_tgt_len, vocab_size, patch_size = 64, 64, VOCAB_SIZE, 1
-
-    def __init__(self, mixer: Mixer) -> None:
-        self.meta = {"mixer": mixer.to_dict()}
-        self.row = np.full(VOCAB_SIZE, -30.0, np.float32)
-        self.row[list(LETTERS)] = 0.0
-        self.row[EOS] = -12.0
+    row: np.ndarray
 
     def encode(self, src, align=None):
         return src.shape[0]
@@ -37,6 +32,17 @@ class FourLetters:
 
     def logits(self, src, dec):
         return np.tile(self.row, (*dec.shape, 1))
+
+
+class FourLetters(FixedRow):
+    """Each of a, b, c, d a quarter (and EOS almost nothing); `meta` carries a mixer, as an
+    export's does."""
+
+    def __init__(self, mixer: Mixer) -> None:
+        self.meta = {"mixer": mixer.to_dict()}
+        self.row = np.full(VOCAB_SIZE, -30.0, np.float32)
+        self.row[list(LETTERS)] = 0.0
+        self.row[EOS] = -12.0
 
 
 def _trusting_mixer() -> Mixer:
@@ -119,30 +125,14 @@ def test_paired_windows_each_see_the_whole_input_aligned_at_their_offset():
         generate(backend, [b"x" * 62], ["text"], task="paired")
 
 
-class OneLikely:
-    """A backend without a mixer whose network gives 'a' half the mass and every other byte an
-    equal share of the rest (~9 bits each), after any context: sampled as it is, a row spends
-    ~5 bits per byte, whatever the file it continues."""
-
-    max_src_len, max_tgt_len, vocab_size, patch_size = 64, 64, VOCAB_SIZE, 1
+class OneLikely(FixedRow):
+    """No mixer; 'a' has half the mass and every other byte an equal share of the rest (~9 bits
+    each): sampled as it is, a row spends ~5 bits per byte, whatever the file it continues."""
 
     def __init__(self) -> None:
         self.row = np.full(VOCAB_SIZE, -60.0, np.float32)
         self.row[:256] = 0.0
         self.row[ord("a")] = np.log(255.0)
-        self.row[EOS] = -60.0
-
-    def encode(self, src, align=None):
-        return src.shape[0]
-
-    def init_cache(self, memory):
-        return None
-
-    def step(self, tokens, memory, cache):
-        return np.tile(self.row, (memory, 1)), cache
-
-    def logits(self, src, dec):
-        return np.tile(self.row, (*dec.shape, 1))
 
 
 def test_a_surprise_matched_row_is_as_predictable_as_its_context():
