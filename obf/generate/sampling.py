@@ -53,7 +53,7 @@ class SamplingOptions:
     @classmethod
     def of(cls, settings: GenerateSettings) -> SamplingOptions:
         """The decoding of `settings` (`obf generate`, batch-generate): its task's `DECODING` defaults
-        where it leaves temperature, top_k or top_p unset."""
+        where it leaves temperature, top_k, top_p or match_surprise unset."""
         r = settings.resolved()
         return cls(max_bytes=r.max_bytes, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, seed=r.seed,
                    match_surprise=bool(r.match_surprise))
@@ -209,7 +209,8 @@ def _tails(backend: Backend, files: list[bytes], modalities: Sequence[str], surp
 
 
 def surprise_targets(tails: Sequence[Tail | None]) -> np.ndarray:
-    """(N,) bits per byte the model spends on each row's held tail (inf, no bound, where it holds none)."""
+    """(N,) bits per byte scoring gives each row's held tail (`Tail.lp`: the network with its
+    stride hint, before the mixer's file-adaptive parts); inf, no target, where a row holds none."""
     return np.array([-float(t.lp.mean()) / np.log(2) if t is not None and len(t.lp) else np.inf for t in tails])
 
 
