@@ -147,7 +147,7 @@ def main() -> int:
     files = files_of(args.model, args.data, args.split, args.per_modality)
     d = DECODING["continue"]
     settings = ([g for g in GRID if not args.settings or g[0] in args.settings] if args.grid
-                else [("default", d["temperature"], d["top_p"], False, bool(d.get("match_surprise", False)))])
+                else [("default", d["temperature"], d["top_p"], False, bool(d["match_surprise"]))])
     results = []
     for name, t, p, learn, surprise in settings:
         rows = run(backend, files, max_new=args.bytes, temperature=t, top_p=p, learn=learn, surprise=surprise,

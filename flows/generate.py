@@ -2,10 +2,11 @@
 
 Runs ONNX Runtime (never torch) with a model resolved from the registry. Idempotent: an input
 already done for the same model version and the same generation settings (task, target
-modality, prefix, max_bytes, seed, precision, temperature, top_k, top_p, match_surprise; same key, size and ETag,
-or content sha256 for local files) is skipped, so a second run processes nothing and a rerun after a crash fills in
-only what is missing; a run with other settings generates every input again (its outputs
-replace the earlier ones, and each state record says which settings made its output).
+modality, prefix, max_bytes, seed, precision, temperature, top_k, top_p, match_surprise; same
+key, size and ETag, or content sha256 for local files) is skipped, so a second run processes
+nothing and a rerun after a crash fills in only what is missing; a run with other settings
+generates every input again (its outputs replace the earlier ones, and each state record says
+which settings made its output).
 
 Outputs keep the input's whole relative key and add the extension of their modality
 (`a/b.png` -> `a/b.png.bmp`, `obf.generate.files.output_key`), so distinct inputs never share an

@@ -143,9 +143,9 @@ def sample(logits: np.ndarray, opts: SamplingOptions, rng: np.random.Generator,
     given, each row's temperature is scaled by its thermostat (`rows`: which of its rows these are)."""
     if opts.temperature == 0:
         return logits.argmax(axis=-1)
+    assert control is None or rows is not None, "a thermostat needs the rows it steps"
     z = logits.astype(np.float64) / opts.temperature
     if control is not None:
-        assert rows is not None
         z = z / control.factor(rows)[:, None]
     if opts.top_k:
         k = min(opts.top_k, z.shape[-1])
@@ -159,7 +159,6 @@ def sample(logits: np.ndarray, opts: SamplingOptions, rng: np.random.Generator,
     u = rng.random((probs.shape[0], 1))
     ids = np.minimum((np.cumsum(probs, axis=-1) < u).sum(axis=-1), probs.shape[-1] - 1)
     if control is not None:
-        assert rows is not None
         control.observe(surprise_bits(logits, ids), rows)
     return ids
 
