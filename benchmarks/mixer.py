@@ -65,6 +65,8 @@ def main() -> int:
     ap.add_argument("data", help="the ingested dataset it was trained on, e.g. data/dataset")
     ap.add_argument("--fit-bytes", type=int, default=65536, help="train.mixer_fit_bytes for the fit")
     ap.add_argument("--name", default="mixer", help="result file name in benchmarks/results (no .json)")
+    ap.add_argument("--splits", nargs="+", default=["val", "test"], choices=["val", "test"],
+                    help="splits to score (choose on val alone; test is read for the report)")
     args = ap.parse_args()
 
     from obf.core.params import load_params
@@ -84,7 +86,7 @@ def main() -> int:
         config = json.loads((model / "config.json").read_text())
         config["mixer"] = mixer.to_dict() if mixer else None
         (model / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        for split in ("val", "test"):
+        for split in args.splits:
             p = load_params(ROOT / "params.yaml", [f"evaluate.split={split}", "evaluate.sample_bytes=16",
                                                    "evaluate.denoise_windows=0"])
             m = evaluate(str(model), args.data, Path(tmp) / split / "metrics.json", p, progress=False)

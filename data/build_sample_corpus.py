@@ -204,7 +204,8 @@ def broader_text(src: Path) -> None:
     doc = src / "deb/doc-debian/usr/share/doc/debian"
     for name in ("social-contract.txt.gz", "constitution.txt.gz", "bug-reporting.txt.gz", "mailing-lists.txt.gz",
                  "bug-maint-info.txt.gz", "debian-manifesto.gz"):
-        _put(t / "prose" / name.replace(".txt.gz", ".txt").replace(".gz", ".txt"), gzip.decompress((doc / name).read_bytes()))
+        text = gzip.decompress((doc / name).read_bytes())
+        _put(t / "prose" / name.replace(".txt.gz", ".txt").replace(".gz", ".txt"), text)
     for log in ("/var/log/dpkg.log", "/var/log/apt/history.log", "/var/log/apt/term.log", "/var/log/alternatives.log"):
         _put(t / "logs" / Path(log).name, Path(log).read_bytes()[:96 * 1024])
 
@@ -355,7 +356,6 @@ def broader_binary(src: Path) -> None:
     SQLite databases written here from corpus material, and archives (tar.gz, tar.xz, stored zip)."""
     import io
     import py_compile
-    import sqlite3
     import tarfile
     import tempfile
 
