@@ -235,13 +235,20 @@ def broader_images(src: Path) -> None:
     screens(img / "screens")
 
 
-def screens(out: Path) -> None:
-    """Screens rendered here: three matplotlib figures (a line plot, bars, an image with a colour
-    bar) and a terminal showing the start of a Python module."""
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display here)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def screens(out: Path) -> None:
+    """Screens rendered here: three matplotlib figures (a line plot, bars, an image with a colour
+    bar) and a terminal showing the start of a Python module."""
+    plt = _pyplot()
 
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(28)
@@ -306,10 +313,7 @@ def broader_video(src: Path) -> None:
 def _plot_frames() -> list[Image.Image]:
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     x = np.linspace(0, 6, 120)
     frames = []
@@ -373,22 +377,22 @@ def broader_binary(src: Path) -> None:
             py_compile.compile(str(stdlib / name), cfile=str(pyc), doraise=True,
                                invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
             _put(b / "bytecode" / pyc.name, pyc.read_bytes())
-        db_dir = b / "db"
-        db_dir.mkdir(parents=True, exist_ok=True)
-        mpl = src / "mpl/matplotlib/mpl-data/sample_data"
-        _sqlite(db_dir / "stocks.sqlite", "CREATE TABLE quote (date TEXT, open REAL, high REAL, low REAL, close REAL, "
-                "volume INTEGER, adj_close REAL)", _csv_rows(mpl / "msft.csv"))
-        words: dict[str, int] = {}
-        for f in sorted((RAW / "text" / "prose").glob("policy_*.rst")):
-            for w in f.read_text(errors="replace").lower().split():
-                w = w.strip(".,;:()[]`'\"*")
-                if w.isalpha():
-                    words[w] = words.get(w, 0) + 1
-        _sqlite(db_dir / "words.sqlite", "CREATE TABLE word (word TEXT PRIMARY KEY, count INTEGER)",
-                sorted(words.items()))
-        icons = sorted((RAW / "image" / "icons").glob("*.png"))
-        _sqlite(db_dir / "icons.sqlite", "CREATE TABLE icon (name TEXT, size INTEGER, png BLOB)",
-                [(p.name, p.stat().st_size, p.read_bytes()) for p in icons])
+    db_dir = b / "db"
+    db_dir.mkdir(parents=True, exist_ok=True)
+    mpl = src / "mpl/matplotlib/mpl-data/sample_data"
+    _sqlite(db_dir / "stocks.sqlite", "CREATE TABLE quote (date TEXT, open REAL, high REAL, low REAL, close REAL, "
+            "volume INTEGER, adj_close REAL)", _csv_rows(mpl / "msft.csv"))
+    words: dict[str, int] = {}
+    for f in sorted((RAW / "text" / "prose").glob("policy_*.rst")):
+        for w in f.read_text(errors="replace").lower().split():
+            w = w.strip(".,;:()[]`'\"*")
+            if w.isalpha():
+                words[w] = words.get(w, 0) + 1
+    _sqlite(db_dir / "words.sqlite", "CREATE TABLE word (word TEXT PRIMARY KEY, count INTEGER)",
+            sorted(words.items()))
+    icons = sorted((RAW / "image" / "icons").glob("*.png"))
+    _sqlite(db_dir / "icons.sqlite", "CREATE TABLE icon (name TEXT, size INTEGER, png BLOB)",
+            [(p.name, p.stat().st_size, p.read_bytes()) for p in icons])
     arc = b / "archives"
     arc.mkdir(parents=True, exist_ok=True)
     doc = RAW / "text" / "prose"

@@ -55,11 +55,12 @@ class Predictor:
     near: int = 1  # bytes back to the previous byte of the same channel and row
     row: int = 0  # an image's pixel bytes per row (the rest of `unit` is padding)
 
-    def corrected(self, i: int) -> bool:
-        """Whether position i is a pixel's green or red byte, whose hint adds the error of the
-        channel before it (blue, green) in the same pixel; never the alpha byte or padding."""
+    def corrected(self, i: Any) -> Any:
+        """Whether position i (an int, or an array of them) of an image is a pixel's green or red
+        byte, whose hint adds the error of the channel before it (blue, green) in the same pixel;
+        never the alpha byte or padding. Images only (`pixel` > 0)."""
         r = (i - self.header) % self.unit
-        return self.pixel > 0 and r < self.row and 1 <= r % self.pixel <= 2
+        return (r < self.row) & (r % self.pixel >= 1) & (r % self.pixel <= 2)
 
     @property
     def first(self) -> int:
@@ -109,8 +110,7 @@ def _hints(raw: np.ndarray, p: Predictor) -> np.ndarray:
             hints[p.first:] = above
             return hints
         base = med(raw[i - p.pixel], above, raw[i - p.unit - p.pixel])  # (n+1-first,) the detector alone
-        r = (i - p.header) % p.unit
-        fix = np.flatnonzero((r < p.row) & (r % p.pixel >= 1) & (r % p.pixel <= 2))  # `Predictor.corrected`
+        fix = np.flatnonzero(p.corrected(i))
         base_error = raw[i[fix] - 1] - base[fix - 1]  # the detector's error on the channel before, same pixel
         hints[p.first:] = base
         hints[i[fix]] = np.clip(base[fix] + base_error, 0, 255)
