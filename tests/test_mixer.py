@@ -231,7 +231,7 @@ def test_fit_mixer_on_logits_makes_the_data_likelier_and_uses_both_hints():
 def test_each_decode_step_serves_what_whole_file_scoring_serves(learn_from_output):
     """Generation (`Mixer.step`, rows started from scoring's tail of the context) and scoring
     (`Mixer.apply` per position, then `Mixer.serve` over the file) give every byte the same
-    log-probability: hints, the match trust's correction and the column expert alike. A row that
+    log-probability: hints, the match trust's correction, the column and the n-gram expert alike. A row that
     does not learn from its output is scored with `learn_until` at the end of its context."""
     from obf.core.bits import log_probs_of
     from obf.core.vocab import EOS, PAD
@@ -247,6 +247,7 @@ def test_each_decode_step_serves_what_whole_file_scoring_serves(learn_from_outpu
         StrideKernel(rng.normal(0, 0.5, StrideKernel.zeros().weights.shape)),
         columns=True,
         adapt=True,
+        ngram=True,
     )
     logits = rng.normal(0, 2, (n + 1, 262)).astype(np.float32)  # a network's logits per position
     targets = np.r_[np.frombuffer(data, np.uint8).astype(np.int64), EOS]
@@ -272,7 +273,9 @@ def test_each_decode_step_serves_what_whole_file_scoring_serves(learn_from_outpu
         if i < n:
             row.update(int(targets[i]))
     without = Mixer(mixer.match, mixer.stride)
-    assert served.sum() > without.serve(data, fh, lp, hint_lp, until).sum()  # both adaptive parts help here
+    assert served.sum() > without.serve(data, fh, lp, hint_lp, until).sum()  # the adaptive parts help here
+    no_ngram = Mixer(mixer.match, mixer.stride, columns=True, adapt=True)
+    assert served.sum() > no_ngram.serve(data, fh, lp, hint_lp, until).sum()
     if not learn_from_output:  # the context is scored alike; only what comes after it differs
         np.testing.assert_allclose(served[:cut], served_with(None)[3][:cut], atol=1e-9)
         assert not np.allclose(served[cut:], served_with(None)[3][cut:])

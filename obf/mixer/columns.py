@@ -118,14 +118,17 @@ class ColumnState:
     """The column model and the mixture weight of one file being written, byte by byte
     (generation): what `file_log_probs` computes at every position, given the log p the network
     gave each earlier byte (`tail_lp`: those of the last `WINDOW` bytes of the context, as
-    scoring computes them; `obf.runtime.scoring.tail_log_probs`)."""
+    scoring computes them; `obf.runtime.scoring.tail_log_probs`). A longer `tail_lp` (the last T
+    bytes, T <= len(context)) also gives `served_tail`: the log p' this expert gives the last
+    T - WINDOW of them (all T when they are the whole context), each with its window inside, for
+    the expert after it (`obf.mixer.ngram`)."""
 
     def __init__(self, context: bytes, tail_lp: np.ndarray) -> None:
         x = np.frombuffer(bytes(context), np.uint8).astype(np.int64)
         self.n = len(x)
         tail = min(WINDOW, self.n)
-        if len(tail_lp) != tail:
-            raise ValueError(f"the context's last {tail} bytes need their network log-probabilities, "
+        if not tail <= len(tail_lp) <= self.n:
+            raise ValueError(f"the context's last {tail} bytes (or more) need their network log-probabilities, "
                              f"got {len(tail_lp)}")
         self.counts = []  # per stride: (k, 256) counts of each value in each column
         for k in STRIDES:
@@ -135,6 +138,12 @@ class ColumnState:
         per_stride = _per_stride(x)  # (S, n)
         self.cost = (-per_stride.sum(axis=1)).tolist()  # code length of the file so far, per stride
         lq, _ = _picked(per_stride)
+        t = len(tail_lp)
+        exact = 0 if t == self.n else WINDOW  # the first tail position whose window lies inside the tail
+        lq_tail = lq[self.n - t :]
+        logit = evidence_logits(lq_tail, tail_lp)  # (t+1,)
+        self.served_tail = mix_log_probs(tail_lp[exact:], lq_tail[exact:], logit[exact:t])  # (t - exact,)
+        tail_lp = tail_lp[t - tail :]
         self.diffs: deque[float] = deque((np.maximum(lq[self.n - tail :], FLOOR) - np.maximum(tail_lp, FLOOR)).tolist())
         self.evidence = float(sum(self.diffs))
         self.frozen_at: int | None = None  # `freeze`: the position from which nothing more is learned

@@ -10,9 +10,11 @@ config.json and the export's obf.json under `"mixer"`. Evaluation (`whole_file_b
 sampling (`obf.generate.sampling.generate`) apply the same mixer on torch and ONNX Runtime, so the
 distribution that is sampled is the one that is scored. Then come two parts that learn from
 the file itself as it goes, nothing fitted: the match trust re-estimated from the match model's
-recent hits in this file (`obf.mixer.adapt`), and the column expert (`obf.mixer.columns`: an order-0 model
+recent hits in this file (`obf.mixer.adapt`), the column expert (`obf.mixer.columns`: an order-0 model
 per byte column, weighted by how it predicted the bytes just before against the hinted
-network): `Mixer.step` in sampling, `Mixer.serve` in scoring. A model without a mixer (trained with
+network), and the n-gram expert (`obf.mixer.ngram`: an order-0..4 model of the file, mixed by
+the weights that predicted the bytes just before best): `Mixer.step` in sampling, `Mixer.serve`
+in scoring. A model without a mixer (trained with
 `train.mixer_fit_bytes=0`, or by an obf before it) is the network alone.
 
 Numpy only: the serving side imports it without torch.
@@ -29,6 +31,7 @@ import numpy as np
 from obf.core.vocab import EOS, N_BYTES
 from obf.mixer import adapt
 from obf.mixer import columns as col
+from obf.mixer import ngram as ng
 from obf.mixer.match import MatchModel, MatchTable, fit_table, log_softmax_at, match_hints, min_len_of
 from obf.mixer.stride_hint import OFFSETS, StrideKernel, StrideState, fit_kernel, predictor_of, stride_hints, window
 
@@ -50,7 +53,7 @@ def file_hints(data: bytes | np.ndarray, modality: str, learn_until: int | None 
     return Hints(h, ln, *stride_hints(data, modality))
 
 
-TAIL = col.WINDOW + adapt.WINDOW  # positions of a context generation scores before it starts
+TAIL = ng.WINDOW + col.WINDOW + adapt.WINDOW  # positions of a context generation scores before it starts
 MEDIA = ("image", "audio", "video")  # modalities whose header declares a layout (`obf.mixer.stride_hint`)
 HEADER_MAX = 1024  # a file being written that declares no layout by here gets no stride hint
 
@@ -69,11 +72,12 @@ class RowHints:
     """The hints of one generated row, kept up to date byte by byte: the bytes its file holds so
     far (a `continue` context and what the row made; a `paired` target's own bytes). With the
     context's `tail` from scoring, also the state of the match trust's correction (`obf.mixer.adapt`)
-    and of the column expert (`obf.mixer.columns`).
+    of the column expert (`obf.mixer.columns`) and of the n-gram expert (`obf.mixer.ngram`).
 
     `learn_from_output` False (what generation does by default): the parts that learn from the
     file (the match model's table and what it may copy, the match trust, the column counts and
-    weight) learn from the context only, as scoring with `learn_until=len(context)` does; the
+    weight, the n-gram counts and weights) learn from the context only, as scoring with
+    `learn_until=len(context)` does; the
     stride hint still reads the bytes just made, as it reads any earlier byte."""
 
     def __init__(self, context: bytes, modality: str, tail: Tail | None = None, *,
@@ -87,17 +91,22 @@ class RowHints:
         self.head: bytearray | None = bytearray(context) if predictor is None and modality in MEDIA else None
         self.adapt: adapt.AdaptState | None = None
         self.columns: col.ColumnState | None = None
+        self.ngram: ng.NgramState | None = None
         self.step_log_p: np.ndarray | None = None  # (V,) this step's log p before the column expert
+        self.ngram_log_p: np.ndarray | None = None  # (V,) this step's log p before the n-gram expert
         if tail is not None:
             n, t = len(context), len(tail.lp)
             fh = tail.hints
             self.adapt = adapt.AdaptState.of_context(context, fh.match, fh.length, tail.hint_lp)
             targets = np.frombuffer(bytes(context), np.uint8).astype(np.int64)[n - t:]
             lp = adapt.adapt_log_probs(targets, fh.match[n - t:n], fh.length[n - t:n], tail.lp, tail.hint_lp)
-            self.columns = col.ColumnState(context, lp[t - min(t, col.WINDOW):])
+            self.columns = col.ColumnState(context, lp[t - min(t, col.WINDOW + ng.WINDOW):])
+            served = self.columns.served_tail  # what the column expert gives the last bytes
+            self.ngram = ng.NgramState(context, served[len(served) - min(n, ng.WINDOW):])
             if not learn_from_output:
                 self.adapt.freeze()
                 self.columns.freeze()
+                self.ngram.freeze()
 
     def predict(self) -> tuple[int, int, int, int]:
         """(match byte, match length, stride hint, activity) of the next byte, as `file_hints`."""
@@ -122,6 +131,9 @@ class RowHints:
         if self.columns is not None:
             assert self.step_log_p is not None, "Mixer.step comes before update"
             self.columns.update(byte, float(self.step_log_p[byte]))
+        if self.ngram is not None and self.ngram_log_p is not None:  # a mixer saved without it never sets it
+            self.ngram.update(byte, float(self.ngram_log_p[byte]))
+            self.ngram_log_p = None
 
 
 def _column_settings() -> dict[str, Any]:
@@ -136,18 +148,20 @@ def _adapt_settings() -> dict[str, Any]:
 @dataclass(frozen=True)
 class Mixer:
     """The hints' biases (fitted), then, each where enabled (nothing fitted), the match trust
-    re-estimated in the file (`obf.mixer.adapt`) and the column expert (`obf.mixer.columns`). A mixer saved
-    by an obf without them has neither."""
+    re-estimated in the file (`obf.mixer.adapt`), the column expert (`obf.mixer.columns`) and the
+    n-gram expert (`obf.mixer.ngram`). A mixer saved by an obf without one of them serves without
+    it."""
 
     match: MatchTable
     stride: StrideKernel
     columns: bool = False
     adapt: bool = False
+    ngram: bool = False
 
     @property
     def needs_tail(self) -> bool:
         """Whether generation needs scoring's log-probabilities of the context's last positions."""
-        return self.columns or self.adapt
+        return self.columns or self.adapt or self.ngram
 
     def apply(self, logits: np.ndarray, hints: Hints, modality_ids: np.ndarray) -> np.ndarray:
         """Logits (..., V) mixed with hints whose arrays have the leading shape (...);
@@ -165,12 +179,14 @@ class Mixer:
         if self.adapt:
             targets = np.concatenate([np.frombuffer(bytes(data), np.uint8).astype(np.int64), [EOS]])
             lp = adapt.adapt_log_probs(targets, hints.match, hints.length, lp, hint_lp, learn_until)
-        return col.file_log_probs(data, lp, learn_until) if self.columns else lp
+        if self.columns:
+            lp = col.file_log_probs(data, lp, learn_until)
+        return ng.file_log_probs(data, lp, learn_until) if self.ngram else lp
 
     def step(self, logits: np.ndarray, rows: Sequence[RowHints], modality_ids: np.ndarray) -> np.ndarray:
         """One decode step of B rows: (B, V) logits -> (B, V) logits of the model as served (the
-        hints' biases, then the match trust's correction and the column expert: log p' of every
-        id). Each row keeps its step's log p for `RowHints.update`."""
+        hints' biases, then the match trust's correction, the column expert and the n-gram expert:
+        log p' of every id). Each row keeps its step's log p for `RowHints.update`."""
         hints = Hints(*np.array([r.predict() for r in rows], dtype=np.int64).T)  # (B,) each
         z = self.apply(logits, hints, modality_ids)
         if not self.needs_tail:
@@ -179,7 +195,8 @@ class Mixer:
         top = z.max(axis=-1, keepdims=True)
         log_p = z - top - np.log(np.exp(z - top).sum(axis=-1, keepdims=True))  # (B, V)
         for j, r in enumerate(rows):
-            assert r.columns is not None and r.adapt is not None, "rows of this mixer need a context tail"
+            assert r.columns is not None and r.adapt is not None and r.ngram is not None, \
+                "rows of this mixer need a context tail"
             if self.adapt:
                 h = int(hints.match[j])
                 p = float(np.exp(log_p[j, h])) if h >= 0 else 0.0
@@ -188,7 +205,13 @@ class Mixer:
                     log_p[j] -= np.log1p(p * np.expm1(a))
                     log_p[j, h] += a
             r.step_log_p = log_p[j]
-        return col.mix_rows(log_p, [r.columns for r in rows]) if self.columns else log_p
+        if self.columns:
+            log_p = col.mix_rows(log_p, [r.columns for r in rows])
+        if not self.ngram:
+            return log_p
+        for j, r in enumerate(rows):
+            r.ngram_log_p = log_p[j]
+        return ng.mix_rows(log_p, [r.ngram for r in rows])
 
     def to_dict(self) -> dict[str, Any]:
         d = {"match": self.match.to_dict(), "stride": self.stride.to_dict()}
@@ -196,6 +219,8 @@ class Mixer:
             d["adapt"] = _adapt_settings()
         if self.columns:
             d["columns"] = _column_settings()
+        if self.ngram:
+            d["ngram"] = ng.settings()
         return d
 
     @staticmethod
@@ -204,8 +229,10 @@ class Mixer:
             raise ValueError("the mixer's column expert was made with other settings than this obf uses")
         if d.get("adapt") and d["adapt"] != _adapt_settings():
             raise ValueError("the mixer's match trust correction was made with other settings than this obf uses")
+        if d.get("ngram") and d["ngram"] != ng.settings():
+            raise ValueError("the mixer's n-gram expert was made with other settings than this obf uses")
         return Mixer(MatchTable.from_dict(d["match"]), StrideKernel.from_dict(d["stride"]), bool(d.get("columns")),
-                     bool(d.get("adapt")))
+                     bool(d.get("adapt")), bool(d.get("ngram")))
 
 
 def mixer_of(meta: Mapping[str, Any]) -> Mixer | None:
@@ -256,7 +283,7 @@ def fit_mixer(stats: MixerStats) -> Mixer:
     table = fit_table(stats.get("m_mod", i), stats.get("m_len", i), stats.get("m_p", f), stats.get("m_hit", f))
     mod = stats.get("s_mod", i)
     if not len(mod):
-        return Mixer(table, StrideKernel.zeros(), columns=True, adapt=True)
+        return Mixer(table, StrideKernel.zeros(), columns=True, adapt=True, ngram=True)
     win, mh = stats.get("s_win", np.zeros((0, len(OFFSETS)))), stats.get("s_match", i)
     mp = stats.get("s_mp", f)
     has = mh >= 0
@@ -267,4 +294,5 @@ def fit_mixer(stats: MixerStats) -> Mixer:
     win = win - np.log1p(np.expm1(w) * mp)[:, None]  # the match bias's normaliser
     inside = np.flatnonzero(has & (at >= 0) & (at < len(OFFSETS)))
     win[inside, at[inside]] += w[inside]
-    return Mixer(table, fit_kernel(mod, stats.get("s_act", i), win, stats.get("s_came", i)), columns=True, adapt=True)
+    kernel = fit_kernel(mod, stats.get("s_act", i), win, stats.get("s_came", i))
+    return Mixer(table, kernel, columns=True, adapt=True, ngram=True)
