@@ -9,7 +9,8 @@ match model or the stride hint is measured in a minute, without training again.
     python benchmarks/mixer.py data/model data/dataset [--fit-bytes 65536] [--name mixer]
 
 Prints one table per split, then the mixer's cost per decode step (`Mixer.step` and the rows'
-updates, batch 1 and 8, best of 3 rounds of 300 steps, on a 4 KB image context), and saves
+updates, batch 1 and 8, rows learning or frozen, best of 3 rounds of 300 steps, on a 4 KB image
+context), and saves
 benchmarks/results/mixer.json (or `--name`.json).
 """
 
@@ -30,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def step_cost(mixer, ds) -> dict[str, float]:
-    """Microseconds per decode step of the mixer alone: the fitted hints only, and all its parts."""
+    """Microseconds per decode step of the mixer alone: the fitted hints only, and all its parts
+    (rows that learn from what they write, and rows frozen at the end of their context, as
+    generation runs by default)."""
     import time
 
     import numpy as np
@@ -44,11 +47,12 @@ def step_cost(mixer, ds) -> dict[str, float]:
     for b in (1, 8):
         mods = modality_index(["image"] * b)
         logits = np.random.default_rng(0).normal(size=(b, 320)).astype(np.float32)
-        for name, m in (("fitted hints", Mixer(mixer.match, mixer.stride)), ("all parts", mixer)):
+        for name, m, learn in (("fitted hints", Mixer(mixer.match, mixer.stride), True),
+                               ("all parts", mixer, True), ("all parts, frozen", mixer, False)):
             tail = Tail(np.full(TAIL, -5.0), np.full(TAIL, -1.0), file_hints(ctx, "image")) if m.needs_tail else None
-            rows = [RowHints(ctx, "image", tail) for _ in range(b)]
             best = float("inf")
-            for _ in range(3):
+            for _ in range(3):  # fresh rows each round: a frozen row keeps what it looked up
+                rows = [RowHints(ctx, "image", tail, learn_from_output=learn) for _ in range(b)]
                 t = time.perf_counter()
                 for i in range(300):
                     m.step(logits, rows, mods)
