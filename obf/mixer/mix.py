@@ -8,7 +8,7 @@ are fitted after training on training files
 (`fit_mixer`: the match table first, then the kernel on top of it) and saved in the checkpoint's
 config.json and the export's obf.json under `"mixer"`. Evaluation (`whole_file_bits`) and
 sampling (`obf.generate.sampling.generate`) apply the same mixer on torch and ONNX Runtime, so the
-distribution that is sampled is the one that is scored. Then come two parts that learn from
+distribution that is sampled is the one that is scored. Then come three parts that learn from
 the file itself as it goes, nothing fitted: the match trust re-estimated from the match model's
 recent hits in this file (`obf.mixer.adapt`), the column expert (`obf.mixer.columns`: an order-0 model
 per byte column, weighted by how it predicted the bytes just before against the hinted

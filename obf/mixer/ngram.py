@@ -40,7 +40,7 @@ import numpy as np
 
 from obf.core.vocab import N_BYTES
 
-ORDER = 4  # the longest context, in bytes (orders 3-6 measure within 0.005 bpb of each other on validation)
+ORDER = 4  # the longest context, in bytes (orders 3-6: within 0.005 bpb on validation, benchmarks/ngram.py)
 SMOOTHING = 0.3  # order 0: added to every count
 ESCAPE = 0.5  # the mass a context always leaves to the order below
 DISCOUNT = 0.75  # taken from every count seen, and given to the order below
