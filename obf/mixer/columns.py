@@ -38,16 +38,25 @@ PRIOR_LOGIT = -5.0  # log-odds of the columns before any evidence: w = 0.7% (cos
 FLOOR = -50.0  # log q and log p are floored here in the evidence (a byte the network rules out)
 
 
+def earlier(key: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+    """(n,) per position of `key` (n,): how many earlier positions share its key (with `weight`,
+    their summed weights). A stable sort puts equal keys in file order. (`obf.mixer.ngram`'s
+    counts use it too.)"""
+    n = len(key)
+    order = np.argsort(key, kind="stable")
+    w = np.ones(n, np.int64) if weight is None else weight[order]
+    before = np.cumsum(w) - w  # over the sorted positions
+    starts = np.r_[0, np.flatnonzero(np.diff(key[order])) + 1]
+    first = np.repeat(starts, np.diff(np.r_[starts, n]))  # where each position's group starts
+    out = np.empty(n, np.int64)
+    out[order] = before - before[first]
+    return out
+
+
 def _column_stride(data: np.ndarray, k: int) -> np.ndarray:
     """(n,) log q_k of each byte of `data` (n,) given the bytes of its column before it."""
     n = len(data)
-    key = (np.arange(n) % k) * N_BYTES + data
-    order = np.argsort(key, kind="stable")
-    sorted_key = key[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_key)) + 1]
-    group_start = np.repeat(starts, np.diff(np.r_[starts, n]))
-    before = np.empty(n, dtype=np.int64)
-    before[order] = np.arange(n) - group_start  # earlier bytes of the same column and value
+    before = earlier((np.arange(n) % k) * N_BYTES + data)  # earlier bytes of the same column and value
     seen = np.arange(n) // k  # earlier bytes of the same column
     return np.log((before + SMOOTHING) / (seen + N_BYTES * SMOOTHING))
 

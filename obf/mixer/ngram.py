@@ -39,6 +39,7 @@ from collections import deque
 import numpy as np
 
 from obf.core.vocab import N_BYTES
+from obf.mixer.columns import earlier
 
 ORDER = 4  # the longest context, in bytes (orders 3-6: within 0.005 bpb on validation, benchmarks/ngram.py)
 SMOOTHING = 0.3  # order 0: added to every count
@@ -76,20 +77,6 @@ def _contexts(x: np.ndarray, k: int) -> np.ndarray:
     return ids
 
 
-def _earlier(key: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
-    """(n,) per position: how many earlier positions share its key (with `weight`, their summed
-    weights). A stable sort puts equal keys in file order."""
-    n = len(key)
-    order = np.argsort(key, kind="stable")
-    w = np.ones(n, np.int64) if weight is None else weight[order]
-    before = np.cumsum(w) - w  # over the sorted positions
-    starts = np.r_[0, np.flatnonzero(np.diff(key[order])) + 1]
-    first = np.repeat(starts, np.diff(np.r_[starts, n]))  # where each position's group starts
-    out = np.empty(n, np.int64)
-    out[order] = before - before[first]
-    return out
-
-
 def _lookup(keys: np.ndarray, counts: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """counts[keys == q] for each query (0 where absent); `keys` sorted and unique."""
     if not len(keys):
@@ -110,14 +97,14 @@ def ngram_log_probs(data: bytes | np.ndarray, learn_until: int | None = None) ->
     n = len(x)
     cut = n if learn_until is None else min(max(learn_until, 0), n)
     head = x[:cut]
-    q = (_earlier(head) + SMOOTHING) / (np.arange(cut) + N_BYTES * SMOOTHING)
+    q = (earlier(head) + SMOOTHING) / (np.arange(cut) + N_BYTES * SMOOTHING)
     later = x[cut:]
     q_later = (np.bincount(head, minlength=N_BYTES)[later] + SMOOTHING) / (cut + N_BYTES * SMOOTHING)
     for k in range(1, ORDER + 1):
         ctx = _contexts(x, k)
         key = ctx * BASE + x
-        c = _earlier(key[:cut])
-        q = _step(q, c, _earlier(ctx[:cut]), _earlier(ctx[:cut], (c == 0).astype(np.int64)))
+        c = earlier(key[:cut])
+        q = _step(q, c, earlier(ctx[:cut]), earlier(ctx[:cut], (c == 0).astype(np.int64)))
         if cut < n:  # counted over the head only
             keys, counts = np.unique(key[:cut], return_counts=True)
             ctxs, totals = np.unique(ctx[:cut], return_counts=True)
