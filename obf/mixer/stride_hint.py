@@ -1,12 +1,15 @@
-"""The stride hint: a media byte predicted from the bytes one stride back, with a learned spread
-of bias around its value.
+"""The stride hint: a media byte predicted from the bytes before it in the file's layout (the
+rows, samples or frames before), with a learned spread of bias around its value.
 
 The stride is what the header declares (`obf.generate.planning.layout`): a BMP row, a WAV sample
-frame, a Y4M frame. Audio and video take the byte one stride back: the same channel of the previous
-sample, the same pixel of the previous frame. Images take the median edge detector of JPEG-LS
-(LOCO-I) over the same channel of the pixels left, above and upper-left, which predicts natural
-images better than the pixel above alone (0.3-0.5 bits lower residual entropy on the corpus
-photos); a pixel's green and red bytes then add what the detector got wrong on the channel
+frame, a Y4M frame. Video takes the byte one stride back, the same pixel of the previous frame.
+8-bit audio (obf's canonical form) takes the linear prediction of each sample from the ones
+before it in its channel (`obf.mixer.lpc`: residual entropy on the validation WAVs 3.70 bits with
+the previous sample, 3.00 with it; validation audio under the model 2.82 to 2.40 bits per byte);
+wider audio the same byte of the previous sample frame. Images take the median edge detector of
+JPEG-LS (LOCO-I) over the same channel of the pixels left, above and upper-left, which predicts
+natural images better than the pixel above alone (0.3-0.5 bits lower residual entropy on the
+corpus photos); a pixel's green and red bytes then add what the detector got wrong on the channel
 before them in the same pixel (blue, green), as lossless colour coders predict one component
 from another: the channels of a pixel err together (exactly so in a grey picture stored as
 24-bit colour, where the correction makes the hint the byte itself; residual entropy 4.2 to 2.5
@@ -36,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from obf.core.vocab import MODALITIES, N_BYTES
-from obf.formats.layouts import bmp_layout, layout
+from obf.formats.layouts import bmp_layout, layout, wav_layout
+from obf.mixer import lpc
 
 RADIUS = 16  # byte values within this distance of the hint get a bias
 OFFSETS = np.arange(-RADIUS, RADIUS + 1)
@@ -54,6 +58,7 @@ class Predictor:
     pixel: int = 0
     near: int = 1  # bytes back to the previous byte of the same channel and row
     row: int = 0  # an image's pixel bytes per row (the rest of `unit` is padding)
+    linear: bool = False  # 8-bit audio: each channel's samples by linear prediction (`obf.mixer.lpc`)
 
     def corrected(self, i: Any) -> Any:
         """Whether position i (an int, or an array of them) of an image is a pixel's green or red
@@ -89,7 +94,8 @@ def predictor_of(data: bytes, modality: str) -> Predictor | None:
     bmp = bmp_layout(bytes(data[:64])) if modality == "image" else None
     pixel = bmp.bpp // 8 if bmp else 0
     near = pixel or (lay.unit if modality == "audio" else 1)
-    return Predictor(lay.header, lay.unit, pixel, near, bmp.width * pixel if bmp else 0)
+    wav = wav_layout(bytes(data[:lay.header])) if modality == "audio" else None
+    return Predictor(lay.header, lay.unit, pixel, near, bmp.width * pixel if bmp else 0, bool(wav and wav.width == 1))
 
 
 def med(left: np.ndarray | int, above: np.ndarray | int, corner: np.ndarray | int) -> np.ndarray | int:
@@ -106,6 +112,11 @@ def _hints(raw: np.ndarray, p: Predictor) -> np.ndarray:
     if p.first <= n:
         i = np.arange(p.first, n + 1)
         above = raw[i - p.unit]
+        if p.linear:
+            for c in range(p.unit):  # each channel's samples: positions header + c + unit * t
+                start = p.header + c
+                hints[start::p.unit] = lpc.hints(raw[start::p.unit])[:len(hints[start::p.unit])]
+            return hints
         if not p.pixel:
             hints[p.first:] = above
             return hints
@@ -147,11 +158,17 @@ def stride_hints(data: bytes | np.ndarray, modality: str) -> tuple[np.ndarray, n
     return hints, activity
 
 
-def predict_next(buf: bytes | bytearray, p: Predictor) -> int:
-    """The hint for the byte after `buf` (the bytes of the file so far), as `stride_hints` gives it."""
+def predict_next(buf: bytes | bytearray, p: Predictor, streams: list[lpc.Stream] | None = None) -> int:
+    """The hint for the byte after `buf` (the bytes of the file so far), as `stride_hints` gives it;
+    `streams`: one per channel of linearly predicted audio, which keep their weights between calls."""
     n = len(buf)
     if n < p.first:
         return -1
+    if p.linear:
+        assert streams is not None, "linear prediction needs its streams"
+        c, t = (n - p.header) % p.unit, (n - p.header) // p.unit  # the channel and its sample
+        lo = p.header + c + p.unit * max(0, t - lpc.WINDOW - lpc.ORDER - lpc.EVERY)
+        return streams[c].hint(t, buf[lo:n:p.unit])
     if not p.pixel:
         return buf[n - p.unit]
     hint = _med_at(buf, n, p)
@@ -176,7 +193,8 @@ class StrideState:
         self.buf = bytearray(context)
         raw = np.frombuffer(bytes(context), np.uint8).astype(np.int64)
         self.err = _errors(raw, _hints(raw, p)).tolist()  # |byte - hint| of every byte so far
-        self.hint = predict_next(self.buf, p)
+        self.streams = [lpc.Stream() for _ in range(p.unit)] if p.linear else None
+        self.hint = predict_next(self.buf, p, self.streams)
 
     def predict(self) -> tuple[int, int]:
         """(hint, activity bucket) of the next byte; (-1, 0) before the first hinted position."""
@@ -189,7 +207,7 @@ class StrideState:
     def update(self, byte: int) -> None:
         self.err.append(abs(byte - self.hint) if self.hint >= 0 else 0)
         self.buf.append(byte)
-        self.hint = predict_next(self.buf, self.p)
+        self.hint = predict_next(self.buf, self.p, self.streams)
 
 
 def window(logits: np.ndarray, hints: np.ndarray) -> np.ndarray:
@@ -229,15 +247,19 @@ class StrideKernel:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"radius": RADIUS, "activity_buckets": ACTIVITY_BUCKETS,
+        return {"radius": RADIUS, "activity_buckets": ACTIVITY_BUCKETS, "audio": lpc.settings(),
                 "weights": {m: np.round(self.weights[i], 6).tolist() for i, m in enumerate(MODALITIES)}}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> StrideKernel:
         """The kernel of a saved mixer; one saved by an obf without activity buckets (one kernel per
-        modality) serves unchanged, the same kernel in every bucket."""
+        modality) serves unchanged, the same kernel in every bucket. One saved before audio's linear
+        prediction (no "audio" settings; its audio kernel was fitted around the previous sample)
+        serves with it: the same spread around a closer hint."""
         if d.get("radius") != RADIUS:
             raise ValueError("stride kernel was made with another radius than this obf uses")
+        if d.get("audio", lpc.settings()) != lpc.settings():
+            raise ValueError("stride kernel was made with another audio predictor than this obf uses")
         if d.get("activity_buckets", 1) not in (1, ACTIVITY_BUCKETS):
             raise ValueError("stride kernel was made with other activity buckets than this obf uses")
         w = np.array([d["weights"][m] for m in MODALITIES], dtype=np.float64)
