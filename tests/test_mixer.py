@@ -38,7 +38,7 @@ def _bmp(width: int, rows: int, seed: int = 0) -> bytes:
     return image_to_bmp(buf.getvalue(), max_side=64)
 
 
-def test_stride_hints_predict_from_the_row_sample_frame_or_frame_before():
+def test_stride_hints_predict_from_the_bytes_before_in_the_layout():
     bmp = _bmp(10, 6)  # 24-bit rows of 30 bytes padded to 32, after a 54-byte header
     h, _ = stride_hints(bmp, "image")
     assert len(h) == len(bmp) + 1 and (h[:54 + 32 + 3] == -1).all()
@@ -55,10 +55,22 @@ def test_stride_hints_predict_from_the_row_sample_frame_or_frame_before():
             assert h[i] == detector(i), i
     wav = pcm_to_wav(bytes(range(200)), rate=8000, width=2, channels=1)
     assert [int(x) for x in stride_hints(wav, "audio")[0][46:50]] == list(wav[44:48])  # one 2-byte sample back
-    y4m = y4m_header(4, 4, 5) + (b"FRAME\n" + bytes(range(24))) * 3
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, 24, dtype=np.uint8).tobytes() for _ in range(3)]
+    y4m = y4m_header(4, 4, 5) + b"".join(b"FRAME\n" + f for f in frames)
     h, _ = stride_hints(y4m, "video")
     start = len(y4m_header(4, 4, 5))
-    assert (h[:start + 30] == -1).all() and [int(x) for x in h[start + 30:-1]] == list(y4m[start:-30])
+    assert (h[:start + 30] == -1).all()
+    planes = ((6, 22, 4), (22, 26, 2), (26, 30, 2))  # Y 4x4, U and V 2x2 after the 6-byte marker
+    for i in range(start + 30, len(y4m) + 1):
+        r = (i - start) % 30
+        inside = [(r - s, w) for s, e, w in planes if s <= r < e and r - s >= w and (r - s) % w]
+        if inside:  # in-frame: the detector over left, above and upper-left in the plane
+            w = inside[0][1]
+            a, b, c = y4m[i - 1], y4m[i - w], y4m[i - w - 1]
+            assert h[i] == (min(a, b) if c >= max(a, b) else max(a, b) if c <= min(a, b) else a + b - c), i
+        else:  # the marker, a plane's first row and column: the same byte of the frame before
+            assert h[i] == y4m[i - 30], i
     assert (stride_hints(b"plain text " * 20, "text")[0] == -1).all()
     assert (stride_hints(bmp, "binary")[0] == -1).all()
 

@@ -2,18 +2,22 @@
 rows, samples or frames before), with a learned spread of bias around its value.
 
 The stride is what the header declares (`obf.generate.planning.layout`): a BMP row, a WAV sample
-frame, a Y4M frame. Video takes the byte one stride back, the same pixel of the previous frame.
-8-bit audio (obf's canonical form) takes the linear prediction of each sample from the ones
-before it in its channel (`obf.mixer.lpc`: residual entropy on the validation WAVs 3.70 bits with
-the previous sample, 3.00 with it; validation audio under the model 2.82 to 2.40 bits per byte);
-wider audio the same byte of the previous sample frame. Images take the median edge detector of
-JPEG-LS (LOCO-I) over the same channel of the pixels left, above and upper-left, which predicts
-natural images better than the pixel above alone (0.3-0.5 bits lower residual entropy on the
-corpus photos); a pixel's green and red bytes then add what the detector got wrong on the channel
-before them in the same pixel (blue, green), as lossless colour coders predict one component
-from another: the channels of a pixel err together (exactly so in a grey picture stored as
-24-bit colour, where the correction makes the hint the byte itself; residual entropy 4.2 to 2.5
-bits on the validation pictures, and their bits per byte under the model 2.43 to 1.99).
+frame, a Y4M frame. Video takes the median edge detector (below) inside each plane of a frame, and
+the same byte of the previous frame on a plane's first row and column and the frame marker
+(residual entropy on the validation clip 4.29 bits with the previous frame alone, 2.82 with it; its
+bits per byte under the model 3.57 to 3.11: the corpus clips move too much from one 32x32 frame to
+the next for the pixel before in time to predict well). 8-bit audio (obf's canonical form) takes
+the linear prediction of each sample from the ones before it in its channel (`obf.mixer.lpc`:
+residual entropy on the validation WAVs 3.70 bits with the previous sample, 3.00 with it;
+validation audio under the model 2.82 to 2.40 bits per byte); wider audio the same byte of the
+previous sample frame. Images take the median edge detector of JPEG-LS (LOCO-I) over the same
+channel of the pixels left, above and upper-left, which predicts natural images better than the
+pixel above alone (0.3-0.5 bits lower residual entropy on the corpus photos); a pixel's green and
+red bytes then add what the detector got wrong on the channel before them in the same pixel (blue,
+green), as lossless colour coders predict one component from another: the channels of a pixel err
+together (exactly so in a grey picture stored as 24-bit colour, where the correction makes the hint
+the byte itself; residual entropy 4.2 to 2.5 bits on the validation pictures, and their bits per
+byte under the model 2.43 to 1.99).
 
 Why: a 32x32 Y4M frame is 1.5 KB, so the previous frame lies beyond the 512-byte encoder; a
 64-pixel BMP row is 192 bytes, which the network sees but, after minutes of CPU training, uses
@@ -39,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from obf.core.vocab import MODALITIES, N_BYTES
-from obf.formats.layouts import bmp_layout, layout, wav_layout
+from obf.formats.layouts import Y4M_FRAME, bmp_layout, layout, wav_layout, y4m_frame_size
 from obf.mixer import lpc
 
 RADIUS = 16  # byte values within this distance of the hint get a bias
@@ -51,7 +55,7 @@ ACTIVITY_BUCKETS = 12  # floor(1.2 * log2(1 + weighted error sum)), capped
 class Predictor:
     """Where a media file's bytes are predicted from: `header` bytes, then strides of `unit`
     bytes (row, sample frame, frame); `pixel` bytes per pixel for an image (its left neighbour),
-    0 for audio and video (one stride back)."""
+    0 for audio and video (one stride back, where `linear` or `planes` predict no better)."""
 
     header: int
     unit: int
@@ -59,6 +63,15 @@ class Predictor:
     near: int = 1  # bytes back to the previous byte of the same channel and row
     row: int = 0  # an image's pixel bytes per row (the rest of `unit` is padding)
     linear: bool = False  # 8-bit audio: each channel's samples by linear prediction (`obf.mixer.lpc`)
+    planes: tuple[tuple[int, int, int], ...] = ()  # video: (start, end, width) of each plane in a frame
+
+    def plane_at(self, i: int) -> tuple[int, int]:
+        """(offset, width) of video position i in its frame's plane; (0, 0) outside the planes."""
+        r = (i - self.header) % self.unit
+        for start, end, width in self.planes:
+            if start <= r < end:
+                return r - start, width
+        return 0, 0
 
     def corrected(self, i: Any) -> Any:
         """Whether position i (an int, or an array of them) of an image is a pixel's green or red
@@ -95,7 +108,17 @@ def predictor_of(data: bytes, modality: str) -> Predictor | None:
     pixel = bmp.bpp // 8 if bmp else 0
     near = pixel or (lay.unit if modality == "audio" else 1)
     wav = wav_layout(bytes(data[:lay.header])) if modality == "audio" else None
-    return Predictor(lay.header, lay.unit, pixel, near, bmp.width * pixel if bmp else 0, bool(wav and wav.width == 1))
+    return Predictor(lay.header, lay.unit, pixel, near, bmp.width * pixel if bmp else 0, bool(wav and wav.width == 1),
+                     _planes(bytes(data[:lay.header])) if modality == "video" else ())
+
+
+def _planes(header: bytes) -> tuple[tuple[int, int, int], ...]:
+    """(start, end, width) of the Y, U and V planes of a 4:2:0 Y4M frame, after its marker."""
+    size = y4m_frame_size(header.split(b"\n", 1)[0])
+    assert size is not None, "a video predictor needs a readable Y4M header"
+    w, h = size[:2]
+    y, c = len(Y4M_FRAME) + w * h, w * h // 4
+    return (len(Y4M_FRAME), y, w), (y, y + c, w // 2), (y + c, y + 2 * c, w // 2)
 
 
 def med(left: np.ndarray | int, above: np.ndarray | int, corner: np.ndarray | int) -> np.ndarray | int:
@@ -119,6 +142,12 @@ def _hints(raw: np.ndarray, p: Predictor) -> np.ndarray:
             return hints
         if not p.pixel:
             hints[p.first:] = above
+            r = (i - p.header) % p.unit
+            for start, end, width in p.planes:  # video: in-frame, away from a plane's edges
+                q = r - start
+                at = np.flatnonzero((q >= width) & (r < end) & (q % width > 0))
+                j = i[at]
+                hints[j] = med(raw[j - 1], raw[j - width], raw[j - width - 1])
             return hints
         base = med(raw[i - p.pixel], above, raw[i - p.unit - p.pixel])  # (n+1-first,) the detector alone
         fix = np.flatnonzero(p.corrected(i))
@@ -170,16 +199,20 @@ def predict_next(buf: bytes | bytearray, p: Predictor, streams: list[lpc.Stream]
         lo = p.header + c + p.unit * max(0, t - lpc.WINDOW - lpc.ORDER - lpc.EVERY)
         return streams[c].hint(t, buf[lo:n:p.unit])
     if not p.pixel:
+        q, width = p.plane_at(n)
+        if width and q >= width and q % width:  # video, in-frame (`_hints`)
+            return _med_at(buf, n, 1, width)
         return buf[n - p.unit]
-    hint = _med_at(buf, n, p)
+    hint = _med_at(buf, n, p.pixel, p.unit)
     if p.corrected(n):
-        hint = min(max(hint + buf[n - 1] - _med_at(buf, n - 1, p), 0), 255)
+        hint = min(max(hint + buf[n - 1] - _med_at(buf, n - 1, p.pixel, p.unit), 0), 255)
     return hint
 
 
-def _med_at(buf: bytes | bytearray, n: int, p: Predictor) -> int:
-    """`med` of position n's neighbours on three ints, without numpy (a decode step's cost)."""
-    left, above, corner = buf[n - p.pixel], buf[n - p.unit], buf[n - p.unit - p.pixel]
+def _med_at(buf: bytes | bytearray, n: int, left_back: int, above_back: int) -> int:
+    """`med` of position n's neighbours `left_back` and `above_back` bytes back (and both) on three
+    ints, without numpy (a decode step's cost)."""
+    left, above, corner = buf[n - left_back], buf[n - above_back], buf[n - above_back - left_back]
     lo, hi = min(left, above), max(left, above)
     return lo if corner >= hi else hi if corner <= lo else left + above - corner
 
@@ -254,8 +287,9 @@ class StrideKernel:
     def from_dict(d: dict[str, Any]) -> StrideKernel:
         """The kernel of a saved mixer; one saved by an obf without activity buckets (one kernel per
         modality) serves unchanged, the same kernel in every bucket. One saved before audio's linear
-        prediction (no "audio" settings; its audio kernel was fitted around the previous sample)
-        serves with it: the same spread around a closer hint."""
+        prediction and video's in-frame detector (no "audio" settings; its audio and video kernels
+        were fitted around the sample and frame before) serves with them: the same spread around
+        a closer hint."""
         if d.get("radius") != RADIUS:
             raise ValueError("stride kernel was made with another radius than this obf uses")
         if d.get("audio", lpc.settings()) != lpc.settings():
