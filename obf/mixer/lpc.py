@@ -6,9 +6,10 @@ to come: every `EVERY` samples, least squares over the last `WINDOW` samples, ea
 `ORDER` before it (ridge-regularised, so silence and short histories stay tame). Scoring a file
 and writing one byte by byte therefore give every sample the same prediction.
 
-Why: the byte one sample back predicts speech at 8 kHz poorly (residual entropy 3.70 bits on the
-validation WAVs); this predictor leaves 3.00 (order 16, window 192, refit every 16 samples,
-chosen on the validation split among orders 4-32, windows 96-512, refits every 4-32).
+Why: the byte one sample back predicts speech at 8 kHz poorly (residual entropy 3.72 bits on the
+validation WAVs); this predictor leaves 3.02 (order 16, window 192, refit every 16 samples, chosen
+on the validation split among orders 4-32, windows 128-512, refits every 8 or 16:
+`benchmarks/hint_entropy.py`; order 24 refitted every 8 reaches 2.95 for three times the fitting).
 
 Exact arithmetic, so the whole-file and streaming paths cannot drift apart: the normal equations
 of integer samples are integers below 2^53 (exact in float64 whatever the summation order), the
