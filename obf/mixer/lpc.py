@@ -90,7 +90,8 @@ class Stream:
 
     def hint(self, t: int, before: bytes | bytearray) -> int:
         """The hint of sample t from `before`, the channel's samples up to t (unsigned bytes, the
-        latest last, at least min(t, WINDOW + ORDER) of them)."""
+        latest last, at least min(t, WINDOW + ORDER + EVERY) of them: the fit's reach back from
+        the block's start)."""
         if t == 0:
             return -1
         if t < WARMUP:
