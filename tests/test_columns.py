@@ -15,6 +15,8 @@ from obf.mixer.columns import (
     file_log_probs,
 )
 
+from .streaming import assert_streams_like_scoring
+
 
 def _records(n: int, seed: int = 0) -> bytes:
     """float64 samples of a slow signal: the exponent bytes repeat, the low mantissa bytes do not."""
@@ -67,12 +69,7 @@ def test_streaming_equals_whole_file_scoring_and_is_a_distribution():
     want = file_log_probs(data, lp)
     cut = 700
     state = ColumnState(data[:cut], lp[max(0, cut - WINDOW):cut])
-    for i in range(cut, n + 1):
-        mixed = state.mix(log_p[i])
-        np.testing.assert_allclose(np.exp(mixed).sum(), 1.0, rtol=1e-9)
-        np.testing.assert_allclose(mixed[targets[i]], want[i], rtol=1e-9, atol=1e-9)
-        if i < n:
-            state.update(data[i], lp[i])
+    assert_streams_like_scoring(state, data, log_p, want, cut)
     fresh = ColumnState(b"", np.zeros(0))
     np.testing.assert_allclose(fresh.mix(log_p[0])[data[0]], file_log_probs(data[:1], lp[:2])[0])
 

@@ -17,6 +17,8 @@ from obf.mixer.ngram import (
     ngram_log_probs,
 )
 
+from .streaming import assert_streams_like_scoring
+
 
 def _brute_q(data: bytes, i: int, seen: int | None = None) -> np.ndarray:
     """(256,) q of byte i from the definition, counting the bytes before `seen` (default: before i)."""
@@ -87,12 +89,7 @@ def test_streaming_equals_whole_file_scoring_and_is_a_distribution():
     want = file_log_probs(data, lp)
     cut = 700
     state = NgramState(data[:cut], lp[cut - WINDOW : cut])
-    for i in range(cut, n + 1):
-        mixed = state.mix(log_p[i])
-        np.testing.assert_allclose(np.exp(mixed).sum(), 1.0, rtol=1e-9)
-        np.testing.assert_allclose(mixed[targets[i]], want[i], rtol=1e-9, atol=1e-9)
-        if i < n:
-            state.update(data[i], lp[i])
+    assert_streams_like_scoring(state, data, log_p, want, cut)
     last = slice(n - WINDOW, n)  # the evidence: each weight's mixture over the last WINDOW bytes
     lq = ngram_log_probs(data)[last]
     want_evidence = [np.log((1 - w) * np.exp(lp[last]) + w * np.exp(lq)).sum() for w in WEIGHTS]
