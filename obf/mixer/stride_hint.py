@@ -133,13 +133,13 @@ def _hints(raw: np.ndarray, p: Predictor) -> np.ndarray:
     n = len(raw)
     hints = np.full(n + 1, -1, dtype=np.int64)
     if p.first <= n:
-        i = np.arange(p.first, n + 1)
-        above = raw[i - p.unit]
         if p.linear:
             for c in range(p.unit):  # each channel's samples: positions header + c + unit * t
                 start = p.header + c
                 hints[start::p.unit] = lpc.hints(raw[start::p.unit])[:len(hints[start::p.unit])]
             return hints
+        i = np.arange(p.first, n + 1)
+        above = raw[i - p.unit]
         if not p.pixel:
             hints[p.first:] = above
             r = (i - p.header) % p.unit
