@@ -34,7 +34,7 @@ from obf.core.params import Params
 from obf.core.vocab import MODALITIES, PAD
 from obf.data.dataset import DataError, Dataset
 from obf.data.objectives import Batch, ExampleSampler, collate, continue_example
-from obf.mixer.mix import Mixer, MixerStats, fit_mixer
+from obf.mixer.mix import Mixer, MixerStats, fit_copy, fit_mixer
 from obf.model.checkpoint import CheckpointError, load_train_state, save_checkpoint
 from obf.model.devices import resolve_device, use_bf16
 from obf.model.network import OmniByteFormer
@@ -445,8 +445,10 @@ def train(
 def fit_model_mixer(model: OmniByteFormer, ds: Dataset, tcfg: TrainConfig) -> Mixer | None:
     """Fit the mixer (`obf.mixer`) on up to `train.mixer_fit_bytes` bytes of training files per
     modality (whole files, or their first 16 KiB, in key order), scored like evaluation by the
-    trained network. None when `mixer_fit_bytes` is 0: the model is the network alone."""
-    from obf.runtime.scoring import whole_file_bits
+    trained network; then its copy expert on training pairs, up to a quarter of that in target
+    bytes per pair of modalities (in key order), scored as `paired` is with the mixer fitted so
+    far. None when `mixer_fit_bytes` is 0: the model is the network alone."""
+    from obf.runtime.scoring import paired_log_probs, whole_file_bits
     from obf.runtime.torch_backend import TorchBackend
 
     if not tcfg.mixer_fit_bytes:
@@ -459,11 +461,22 @@ def fit_model_mixer(model: OmniByteFormer, ds: Dataset, tcfg: TrainConfig) -> Mi
                 data = ds.file_bytes(r)[: min(16384, left)]
                 files.append((data, m))
                 left -= len(data)
+    pairs, left = [], {}
+    for inp, tgt in sorted(ds.pairs("train"), key=lambda p: p[0].key):
+        kind = (inp.modality, tgt.modality)
+        if left.setdefault(kind, tcfg.mixer_fit_bytes // 4) > 0:
+            pairs.append((ds.file_bytes(inp).tobytes(), inp.modality, ds.file_bytes(tgt).tobytes(), tgt.modality))
+            left[kind] -= tgt.length
     stats = MixerStats()
     was_training = model.training
-    whole_file_bits(TorchBackend(model, precision="fp32"), files, batch_size=32, fit=stats)
+    backend = TorchBackend(model, precision="fp32")
+    whole_file_bits(backend, files, batch_size=32, fit=stats)
+    mixer = fit_mixer(stats)
+    if pairs:
+        paired_log_probs(backend, pairs, batch_size=32, mixer=mixer, fit=stats)
+        mixer = dataclasses.replace(mixer, copy=fit_copy(stats))
     model.train(was_training)
-    return fit_mixer(stats)
+    return mixer
 
 
 def _open_live(path: str | Path, *, resume: bool):

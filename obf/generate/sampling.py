@@ -20,6 +20,7 @@ import numpy as np
 from obf.core.config import DECODING, GenerateSettings
 from obf.core.vocab import BOS, EOS, N_BYTES, PAD, PAIRED_TAGS, encoder_input, paired_input
 from obf.formats.conversions import input_offsets
+from obf.mixer.input_copy import CopyState
 from obf.mixer.match import modality_index
 from obf.mixer.mix import RowHints, Tail, mixer_of
 from obf.runtime.backend import Backend, input_end_of, meta_of, query_map_of
@@ -231,9 +232,9 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
 
     A model with a mixer (`obf.mixer`) samples from the network's logits mixed with the hints of
     the bytes each row's file holds so far (a `continue` context and what the row made; a `paired`
-    target's own bytes, its stride hint from when its header is written), as evaluation scores
-    it; by default the parts that learn from the file learn from the context only
-    (`SamplingOptions.learn_from_output`).
+    target's own bytes, its stride hint from when its header is written, and the input byte
+    each of its bytes reads for the copy expert), as evaluation scores it; by default the parts
+    that learn from the file learn from the context only (`SamplingOptions.learn_from_output`).
     """
     if len(contexts) != len(modalities):
         raise ValueError("contexts and modalities differ in length")
@@ -262,8 +263,10 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
     held = [b"" if task == "paired" else c for c in contexts]  # what each row's file holds before it writes
     surprise = opts.match_surprise and opts.temperature > 0 and task == "continue"
     tails = _tails(backend, held, file_modalities, surprise)
-    row_hints = ([RowHints(f, m, t, learn_from_output=opts.learn_from_output)
-                  for f, m, t in zip(held, file_modalities, tails)] if mixer else [])
+    copies = ([CopyState(c, m, t, end) for c, m, t in zip(contexts, modalities, targets)]
+              if task == "paired" and mixer is not None and mixer.copy is not None else [None] * n)
+    row_hints = ([RowHints(f, m, t, learn_from_output=opts.learn_from_output, copy=c)
+                  for f, m, t, c in zip(held, file_modalities, tails, copies)] if mixer else [])
     control = SurpriseControl(surprise_targets(tails)) if surprise else None
     mods = modality_index(file_modalities)
     while not done.all():

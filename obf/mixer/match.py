@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -132,17 +132,24 @@ def log_softmax_at(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
 class MatchTable:
     """Bias added to the hint's logit, per (modality, length bucket, network-probability bucket)."""
 
-    weights: np.ndarray  # (len(MODALITIES), LENGTH_BUCKETS, len(PROB_EDGES) + 1) float64
+    weights: np.ndarray  # (len(MODALITIES), LENGTH_BUCKETS, len(EDGES) + 1) float64
+    EDGES: ClassVar[tuple[float, ...]] = PROB_EDGES  # the network-probability buckets' edges
 
-    @staticmethod
-    def zeros() -> MatchTable:
-        return MatchTable(np.zeros((len(MODALITIES), LENGTH_BUCKETS, len(PROB_EDGES) + 1)))
+    @classmethod
+    def zeros(cls, groups: int = len(MODALITIES)) -> Self:
+        return cls(np.zeros((groups, LENGTH_BUCKETS, len(cls.EDGES) + 1)))
 
-    @staticmethod
-    def cells(modality_ids: np.ndarray, lengths: np.ndarray, p_hint: np.ndarray) -> tuple[np.ndarray, ...]:
+    @classmethod
+    def cells(cls, modality_ids: np.ndarray, lengths: np.ndarray, p_hint: np.ndarray) -> tuple[np.ndarray, ...]:
         """Table indices of K hinted positions (each argument (K,))."""
         lb = np.minimum(np.floor(np.log2(np.maximum(lengths, 1))).astype(np.int64), LENGTH_BUCKETS - 1)
-        return modality_ids, lb, np.searchsorted(np.asarray(PROB_EDGES), p_hint)
+        return modality_ids, lb, np.searchsorted(np.asarray(cls.EDGES), p_hint)
+
+    @staticmethod
+    def signal(logits: np.ndarray, hints: np.ndarray) -> np.ndarray:
+        """What the probability buckets bucket, from K rows of logits (K, V) and their hints (K,):
+        the network's probability of the hint."""
+        return np.exp(log_softmax_at(logits, hints))
 
     def apply(self, logits: np.ndarray, hints: np.ndarray, lengths: np.ndarray, modality_ids: np.ndarray
               ) -> np.ndarray:
@@ -154,7 +161,7 @@ class MatchTable:
             return out
         rows = out[at]  # (K, V)
         h = hints[at]
-        p = np.exp(log_softmax_at(rows, h))
+        p = self.signal(rows, h)
         w = self.weights[self.cells(np.broadcast_to(modality_ids, hints.shape)[at], lengths[at], p)]
         out[at + (h,)] += w.astype(np.float32)
         return out
@@ -191,7 +198,8 @@ def _newton(cells: np.ndarray, p: np.ndarray, hit: np.ndarray, w0: np.ndarray, p
 
 
 def fit_table(modality_ids: np.ndarray, lengths: np.ndarray, p_hint: np.ndarray, hit: np.ndarray,
-              iterations: int = 50, prior: float = 4.0) -> MatchTable:
+              iterations: int = 50, prior: float = 4.0, groups: int = len(MODALITIES),
+              kind: type[MatchTable] = MatchTable, signal: np.ndarray | None = None) -> MatchTable:
     """The table that maximises the mixed log-likelihood of K hinted positions (each argument (K,):
     modality, match length, the network's probability of the hint, 1.0 where it came). First a
     table shared by all modalities (pulled toward 0, no bias), then each modality's, pulled toward
@@ -199,12 +207,15 @@ def fit_table(modality_ids: np.ndarray, lengths: np.ndarray, p_hint: np.ndarray,
     say, one seen thousands of times follows its own data. Last, no bias may fall as the match
     grows longer (a running maximum along the length axis, from the shortest length seen on): a
     longer match is no less reliable than a shorter one, and long matches are too rare in a
-    training sample to fit alone (a repeated video frame is a 1.5 KB match)."""
-    table = MatchTable.zeros()
+    training sample to fit alone (a repeated video frame is a 1.5 KB match). `groups`: the
+    table's rows (`modality_ids` index them); `kind`: the table class (the copy expert's has its own
+    probability buckets and pairs of modalities for rows); `signal` (K,): what its buckets bucket
+    (`MatchTable.signal`) where that is not `p_hint`."""
+    table = kind.zeros(groups)
     if not len(hit):
         return table
     mod, p = modality_ids, p_hint
-    _, lb, pb = MatchTable.cells(mod, lengths, p)
+    _, lb, pb = kind.cells(mod, lengths, p if signal is None else signal)
     shape = table.weights.shape
     shared_cells = np.ravel_multi_index((lb, pb), shape[1:])
     shared = _newton(shared_cells, p, hit, np.zeros(shape[1] * shape[2]), 1.0, iterations)
@@ -218,4 +229,4 @@ def fit_table(modality_ids: np.ndarray, lengths: np.ndarray, p_hint: np.ndarray,
                 run = w[:, k, c] if run is None else np.maximum(w[:, k, c], run)
             if run is not None:
                 w[:, k, c] = run
-    return MatchTable(w)
+    return kind(w)

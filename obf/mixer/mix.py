@@ -14,7 +14,9 @@ recent hits in this file (`obf.mixer.adapt`), the column expert (`obf.mixer.colu
 per byte column, weighted by how it predicted the bytes just before against the hinted
 network), and the n-gram expert (`obf.mixer.ngram`: an order-0..4 model of the file, mixed by
 the weights that predicted the bytes just before best): `Mixer.step` in sampling, `Mixer.serve`
-in scoring. A model without a mixer (trained with
+in scoring. A `paired` target also gets the copy expert (`obf.mixer.input_copy`: the input byte its
+conversion reads, with a bias fitted on training pairs after the rest), after the hints' biases and
+before the parts that learn from the file. A model without a mixer (trained with
 `train.mixer_fit_bytes=0`, or by an obf before it) is the network alone.
 
 Numpy only: the serving side imports it without torch.
@@ -31,7 +33,9 @@ import numpy as np
 from obf.core.vocab import EOS, N_BYTES
 from obf.mixer import adapt
 from obf.mixer import columns as col
+from obf.mixer import input_copy as cp
 from obf.mixer import ngram as ng
+from obf.mixer.input_copy import Copies, CopyState
 from obf.mixer.match import MatchModel, MatchTable, fit_table, log_softmax_at, match_hints, min_len_of
 from obf.mixer.stride_hint import OFFSETS, StrideKernel, StrideState, fit_kernel, predictor_of, stride_hints, window
 
@@ -74,6 +78,7 @@ class RowHints:
     context's `tail` from scoring, also the state of the match trust's correction (`obf.mixer.adapt`)
     of the column expert (`obf.mixer.columns`) and of the n-gram expert (`obf.mixer.ngram`).
 
+    `copy` (a `paired` target's): the input byte each target byte reads, for the copy expert.
     `learn_from_output` False (what generation does by default): the parts that learn from the
     file (the match model's table and what it may copy, the match trust, the column counts and
     weight, the n-gram counts and weights) learn from the context only, as scoring with
@@ -81,8 +86,9 @@ class RowHints:
     stride hint still reads the bytes just made, as it reads any earlier byte."""
 
     def __init__(self, context: bytes, modality: str, tail: Tail | None = None, *,
-                 learn_from_output: bool = True) -> None:
+                 learn_from_output: bool = True, copy: CopyState | None = None) -> None:
         learn_until = None if learn_from_output else len(context)
+        self.copy = copy  # a `paired` target's copy expert (`obf.mixer.input_copy`)
         self.match = MatchModel(context, min_len_of(modality), learn_until)
         self.modality = modality
         predictor = predictor_of(context, modality)
@@ -126,6 +132,8 @@ class RowHints:
                 self.stride, self.head = StrideState(bytes(self.head), predictor), None
             elif len(self.head) >= HEADER_MAX:
                 self.head = None
+        if self.copy is not None:
+            self.copy.update(byte)
         if self.adapt is not None:
             self.adapt.update(byte)
         if self.columns is not None:
@@ -157,17 +165,23 @@ class Mixer:
     columns: bool = False
     adapt: bool = False
     ngram: bool = False
+    copy: MatchTable | None = None  # `paired` targets' copy expert (`obf.mixer.input_copy`)
 
     @property
     def needs_tail(self) -> bool:
         """Whether generation needs scoring's log-probabilities of the context's last positions."""
         return self.columns or self.adapt or self.ngram
 
-    def apply(self, logits: np.ndarray, hints: Hints, modality_ids: np.ndarray) -> np.ndarray:
+    def apply(self, logits: np.ndarray, hints: Hints, modality_ids: np.ndarray, copies: Copies | None = None
+              ) -> np.ndarray:
         """Logits (..., V) mixed with hints whose arrays have the leading shape (...);
-        modality_ids broadcasts to it. The file-adaptive parts come after (`serve`, `step`)."""
+        modality_ids broadcasts to it; `copies` (a `paired` target's, same shape) after them.
+        The file-adaptive parts come after (`serve`, `step`)."""
         out = self.match.apply(logits, hints.match, hints.length, modality_ids)
-        return self.stride.apply(out, hints.stride, hints.activity, modality_ids)
+        out = self.stride.apply(out, hints.stride, hints.activity, modality_ids)
+        if self.copy is None or copies is None:
+            return out
+        return self.copy.apply(out, copies.hint, copies.run, copies.pair)
 
     def serve(self, data: bytes | np.ndarray, hints: Hints, lp: np.ndarray, hint_lp: np.ndarray,
               learn_until: int | None = None) -> np.ndarray:
@@ -188,7 +202,11 @@ class Mixer:
         hints' biases, then the match trust's correction, the column expert and the n-gram expert:
         log p' of every id). Each row keeps its step's log p for `RowHints.update`."""
         hints = Hints(*np.array([r.predict() for r in rows], dtype=np.int64).T)  # (B,) each
-        z = self.apply(logits, hints, modality_ids)
+        copies = None
+        if self.copy is not None and any(r.copy is not None for r in rows):
+            copies = Copies(*np.array([(*r.copy.predict(), r.copy.pair) if r.copy is not None else (-1, 0, 0)
+                                       for r in rows], dtype=np.int64).T)  # (B,) each
+        z = self.apply(logits, hints, modality_ids, copies)
         if not self.needs_tail:
             return z
         z = z.astype(np.float64)
@@ -221,6 +239,8 @@ class Mixer:
             d["columns"] = _column_settings()
         if self.ngram:
             d["ngram"] = ng.settings()
+        if self.copy is not None:
+            d["copy"] = cp.to_dict(self.copy)
         return d
 
     @staticmethod
@@ -232,7 +252,7 @@ class Mixer:
         if d.get("ngram") and d["ngram"] != ng.settings():
             raise ValueError("the mixer's n-gram expert was made with other settings than this obf uses")
         return Mixer(MatchTable.from_dict(d["match"]), StrideKernel.from_dict(d["stride"]), bool(d.get("columns")),
-                     bool(d.get("adapt")), bool(d.get("ngram")))
+                     bool(d.get("adapt")), bool(d.get("ngram")), cp.from_dict(d["copy"]) if d.get("copy") else None)
 
 
 def mixer_of(meta: Mapping[str, Any]) -> Mixer | None:
@@ -271,8 +291,26 @@ class MixerStats:
                   s_mp=np.where(mh >= 0, np.exp(np.take_along_axis(rows, np.maximum(mh, 0)[:, None], -1) - lse)[:, 0],
                                 0.0))
 
+    def add_copies(self, logits: np.ndarray, targets: np.ndarray, copies: Copies) -> None:
+        """`paired` targets' logits (..., V) after the match and stride biases, where the copy
+        expert comes; a hint of -1 leaves the position out."""
+        at = np.nonzero(copies.hint >= 0)
+        h = copies.hint[at]
+        self._put(c_pair=copies.pair[at], c_run=copies.run[at], c_p=np.exp(log_softmax_at(logits[at], h)),
+                  c_signal=cp.CopyTable.signal(logits[at], h),
+                  c_hit=(targets[at] == h).astype(np.float64))
+
     def get(self, key: str, empty: np.ndarray) -> np.ndarray:
         return np.concatenate(self.parts[key]) if self.parts.get(key) else empty
+
+
+def fit_copy(stats: MixerStats) -> MatchTable | None:
+    """The copy expert's table on what `MixerStats.add_copies` gathered; None without pairs."""
+    f, i = np.zeros(0), np.zeros(0, dtype=np.int64)
+    pair = stats.get("c_pair", i)
+    if not len(pair):
+        return None
+    return cp.fit(pair, stats.get("c_run", i), stats.get("c_p", f), stats.get("c_signal", f), stats.get("c_hit", f))
 
 
 def fit_mixer(stats: MixerStats) -> Mixer:

@@ -18,8 +18,9 @@ import numpy as np
 from obf.core.bits import LN2, log_probs_of
 from obf.core.vocab import PAD
 from obf.data.objectives import Example, collate, windows_example
+from obf.mixer.input_copy import Copies, copy_hints, pair_index
 from obf.mixer.match import modality_index
-from obf.mixer.mix import TAIL, Hints, MixerStats, Tail, file_hints, mixer_of
+from obf.mixer.mix import TAIL, Hints, Mixer, MixerStats, Tail, file_hints, mixer_of
 from obf.runtime.backend import Backend, input_end_of, meta_of, query_map_of
 
 
@@ -197,22 +198,28 @@ class PairedScores(NamedTuple):
 
 
 def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]], batch_size: int = 32,
-                     progress: bool = False) -> PairedScores:
+                     progress: bool = False, *, mixer: Mixer | None = None, fit: MixerStats | None = None
+                     ) -> PairedScores:
     """Teacher-forced `paired` scoring of (input, input modality, target, target modality) pairs:
     every window of each target with the whole input in the encoder, aligned with its part of the
     input (`obf.data.objectives.paired_example`; each query where the pair's conversion maps it for
     a model with `query_map`; an EOS id after the input for one with `input_end`), as generation
     makes them. Where the model carries a mixer, the target's hints come from its own bytes and
     nothing is learned from them
-    (`learn_until=0`): what generation serves a target it writes from nothing."""
+    (`learn_until=0`): what generation serves a target it writes from nothing; its copy expert
+    offers each target byte the input byte it reads (`obf.mixer.input_copy`).
+
+    `mixer`: this one instead of the model's (training fits one); `fit` gathers what the copy
+    expert's fit needs at the logits it comes after (`MixerStats.add_copies`)."""
     from tqdm import tqdm
 
     from obf.data.objectives import PAIRED_WINDOWS, paired_example
 
     w = backend.max_tgt_len
     query_map, end = query_map_of(backend), input_end_of(backend)
-    mixer = mixer_of(meta_of(backend))
+    mixer = mixer if mixer is not None else mixer_of(meta_of(backend))
     hints = [file_hints(t, tm, 0) if mixer else None for _, _, t, tm in pairs]
+    copies = [copy_hints(i, im, t, tm, end) for i, im, t, tm in pairs] if mixer else []
     work = []  # (pair index, example, first target window)
     for pi, (inp, im, tgt, tm) in enumerate(pairs):
         n_windows = len(tgt) // w + 1
@@ -242,7 +249,15 @@ def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]
                 for mine, theirs in zip(h, hints[pi]):
                     mine[n, :k] = theirs[start:start + k]
             mods = modality_index([pairs[pi][3] for pi, _ in starts])[:, None]  # (N, 1)
-            mixed = mixer.apply(logits, h, mods)
+            c = Copies(np.full(b.tgt.shape, -1, dtype=np.int64), np.zeros(b.tgt.shape, dtype=np.int64),
+                       np.zeros(b.tgt.shape, dtype=np.int64))  # (N, T) each
+            for n, (pi, start) in enumerate(starts):
+                k = min(b.tgt.shape[1], len(copies[pi][0]) - start)
+                c.hint[n, :k], c.run[n, :k] = copies[pi][0][start:start + k], copies[pi][1][start:start + k]
+                c.pair[n] = pair_index(pairs[pi][1], pairs[pi][3])
+            if fit is not None:
+                fit.add_copies(mixer.apply(logits, h, mods), b.tgt, c)
+            mixed = mixer.apply(logits, h, mods, c)
             lp_hint = log_probs_of(mixed, np.where(h.match >= 0, h.match, PAD))
         lp = log_probs_of(mixed, b.tgt)
         best = mixed.argmax(axis=-1) == b.tgt
