@@ -129,7 +129,7 @@ def fit(pair: np.ndarray, run: np.ndarray, p: np.ndarray, signal: np.ndarray, hi
     return table
 
 
-def to_dict(table: MatchTable) -> dict[str, Any]:
+def to_dict(table: CopyTable) -> dict[str, Any]:
     pairs = {f"{s}->{t}": np.round(table.weights[pair_index(s, t)], 6).tolist()
              for s in MODALITIES for t in MODALITIES}
     return {"length_buckets": LENGTH_BUCKETS, "prob_edges": list(CopyTable.EDGES), "weights": pairs}

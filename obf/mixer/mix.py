@@ -165,7 +165,7 @@ class Mixer:
     columns: bool = False
     adapt: bool = False
     ngram: bool = False
-    copy: MatchTable | None = None  # `paired` targets' copy expert (`obf.mixer.input_copy`)
+    copy: cp.CopyTable | None = None  # `paired` targets' copy expert (`obf.mixer.input_copy`)
 
     @property
     def needs_tail(self) -> bool:

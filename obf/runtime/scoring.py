@@ -219,7 +219,10 @@ def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]
     query_map, end = query_map_of(backend), input_end_of(backend)
     mixer = mixer if mixer is not None else mixer_of(meta_of(backend))
     hints = [file_hints(t, tm, 0) if mixer else None for _, _, t, tm in pairs]
-    copies = [copy_hints(i, im, t, tm, end) for i, im, t, tm in pairs] if mixer else []
+    copies = [Copies(*copy_hints(i, im, t, tm, end), np.full(len(t) + 1, pair_index(im, tm)))
+              for i, im, t, tm in pairs] if mixer else []  # (n+1,) each, as `hints`
+    if fit is not None and mixer is not None and mixer.copy is not None:
+        raise ValueError("the copy expert is fitted at the logits before it: give a mixer without one")
     work = []  # (pair index, example, first target window)
     for pi, (inp, im, tgt, tm) in enumerate(pairs):
         n_windows = len(tgt) // w + 1
@@ -244,20 +247,15 @@ def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]
         mixed, lp_hint = logits, np.zeros(b.tgt.shape)
         if mixer is not None:
             h = Hints(*(np.full(b.tgt.shape, fill, dtype=np.int64) for fill in (-1, 0, -1, 0)))  # (N, T) each
+            c = Copies(*(np.full(b.tgt.shape, fill, dtype=np.int64) for fill in (-1, 0, 0)))  # (N, T) each
             for n, (pi, start) in enumerate(starts):
                 k = min(b.tgt.shape[1], len(hints[pi].match) - start)
-                for mine, theirs in zip(h, hints[pi]):
+                for mine, theirs in zip((*h, *c), (*hints[pi], *copies[pi])):
                     mine[n, :k] = theirs[start:start + k]
             mods = modality_index([pairs[pi][3] for pi, _ in starts])[:, None]  # (N, 1)
-            c = Copies(np.full(b.tgt.shape, -1, dtype=np.int64), np.zeros(b.tgt.shape, dtype=np.int64),
-                       np.zeros(b.tgt.shape, dtype=np.int64))  # (N, T) each
-            for n, (pi, start) in enumerate(starts):
-                k = min(b.tgt.shape[1], len(copies[pi][0]) - start)
-                c.hint[n, :k], c.run[n, :k] = copies[pi][0][start:start + k], copies[pi][1][start:start + k]
-                c.pair[n] = pair_index(pairs[pi][1], pairs[pi][3])
-            if fit is not None:
-                fit.add_copies(mixer.apply(logits, h, mods), b.tgt, c)
             mixed = mixer.apply(logits, h, mods, c)
+            if fit is not None:  # a mixer without a copy expert yet: these are the logits it comes after
+                fit.add_copies(mixed, b.tgt, c)
             lp_hint = log_probs_of(mixed, np.where(h.match >= 0, h.match, PAD))
         lp = log_probs_of(mixed, b.tgt)
         best = mixed.argmax(axis=-1) == b.tgt
