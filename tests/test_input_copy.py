@@ -7,7 +7,8 @@ import pytest
 
 from obf.core.vocab import EOS, MODALITIES, PAD
 from obf.formats.conversions import convert, input_offsets
-from obf.mixer.input_copy import PAIRS, Copies, CopyState, CopyTable, copy_hints, fit, pair_index
+from obf.mixer.input_copy import PAIRS, ROWS, Copies, CopyState, CopyTable, copy_hints, fit, pair_index, row
+from obf.mixer.input_map import CONFIDENCES
 from obf.mixer.match import MatchTable, modality_index
 from obf.mixer.mix import Mixer, MixerStats, RowHints, Tail, file_hints, fit_copy, mixer_of
 from obf.mixer.stride_hint import StrideKernel
@@ -17,7 +18,8 @@ TEXT = b"def f(x):\n    return x * 2  # Twice, as before\n"
 
 def test_each_target_byte_is_offered_the_input_byte_its_conversion_reads():
     inp, target = convert("upper", TEXT)
-    hints, runs = copy_hints(inp, "text", target, "text", end=True)
+    hints, runs, rows = copy_hints(inp, "text", target, "text", end=True)
+    assert (rows == row(pair_index("text", "text"), CONFIDENCES - 1)).all()  # raw copies: the surest row
     assert hints[:-1].tolist() == list(inp) and hints[-1] == -1  # upper reads its own offset; EOS reads nothing
     copied = [a == b for a, b in zip(target, inp)]
     for i in range(len(target) + 1):  # the run: copies that came right just before, unbroken
@@ -28,7 +30,7 @@ def test_each_target_byte_is_offered_the_input_byte_its_conversion_reads():
     assert runs.max() >= 5 and runs[1] == 0  # "def" -> "DEF" breaks at once
     blob = bytes(range(200, 240))
     inp, target = convert("hex", blob)
-    hints, _ = copy_hints(inp, "binary", target, "text", end=True)
+    hints, _, _ = copy_hints(inp, "binary", target, "text", end=True)
     reads = input_offsets("binary", "text", inp, np.arange(len(target) + 1), end=True)
     assert [hints[i] for i in range(len(target)) if reads[i] < len(inp)] == [inp[reads[i]] for i in range(len(target))
                                                                              if reads[i] < len(inp)]
@@ -39,7 +41,9 @@ def test_each_target_byte_is_offered_the_input_byte_its_conversion_reads():
 @pytest.mark.parametrize("conversion,source,target_modality", [("upper", "text", "text"), ("hex", "binary", "text"),
                                                                  ("gray", "image", "image")])
 @pytest.mark.parametrize("end", [True, False])
-def test_writing_a_target_byte_by_byte_offers_what_scoring_it_offers(conversion, source, target_modality, end):
+@pytest.mark.parametrize("mapped", [False, True])
+def test_writing_a_target_byte_by_byte_offers_what_scoring_it_offers(conversion, source, target_modality, end, mapped):
+    from tests.test_input_map import fitted
     from tests.test_mixer import _bmp
 
     if conversion == "upper":  # longer than the conversion takes, to reach a second chunk of reads
@@ -47,12 +51,15 @@ def test_writing_a_target_byte_by_byte_offers_what_scoring_it_offers(conversion,
     else:
         inp, target = convert(conversion, bytes(range(128)) if conversion == "hex" else _bmp(16, 12, seed=2))
     target = target[:200] + b"\x00xyz" + target[204:]  # a few bytes that are not the conversion's
-    hints, runs = copy_hints(inp, source, target, target_modality, end)
-    state = CopyState(inp, source, target_modality, end)
+    imap = fitted(end) if mapped else None
+    hints, runs, rows = copy_hints(inp, source, target, target_modality, end, imap)
+    state = CopyState(inp, source, target_modality, end, imap)
     for i, b in enumerate(target):
-        assert state.predict() == (hints[i], runs[i]), i
+        assert state.predict() == (hints[i], runs[i], rows[i]), i
         state.update(b)
-    assert state.predict() == (hints[-1], runs[-1])
+    assert state.predict() == (hints[-1], runs[-1], rows[-1])
+    if mapped:  # the map offers the conversion's bytes and ends the target
+        assert (hints[:200] == np.frombuffer(target[:200], np.uint8)).mean() > 0.95 and hints[-1] == EOS
     assert len(target) > 256  # past one chunk of reads
 
 
@@ -63,12 +70,12 @@ def test_the_fit_raises_the_copy_where_it_comes_and_leaves_pairs_it_never_saw():
     k = 4000
     p = rng.uniform(0.01, 0.9, k)
     hit = (rng.uniform(size=k) < np.minimum(1.0, 1.6 * p)).astype(np.float64)  # the copy comes more often than p says
-    pair = np.full(k, pair_index("text", "text"))
-    table = fit(pair, np.zeros(k, dtype=np.int64), p, p, hit)
-    row = table.weights[pair_index("text", "text"), 0]
-    assert (row[2:7] > 0.1).all() and row[7] == 0  # no position has p >= 0.95: no bias there
-    assert not table.weights[pair_index("image", "image")].any()
-    assert table.weights.shape == (PAIRS, *CopyTable.zeros().weights.shape[1:])
+    mine = int(row(pair_index("text", "text"), 3))
+    table = fit(np.full(k, mine), np.zeros(k, dtype=np.int64), p, p, hit)
+    w = table.weights[mine, 0]
+    assert (w[2:7] > 0.1).all() and w[7] == 0  # no position has p >= 0.95: no bias there
+    assert not np.delete(table.weights, mine, axis=0).any()  # other confidences and pairs: none
+    assert table.weights.shape == (ROWS, *CopyTable.zeros().weights.shape[1:]) and ROWS == PAIRS * CONFIDENCES
 
 
 def _mixer(copy: CopyTable | None) -> Mixer:
@@ -90,15 +97,14 @@ def test_each_decode_step_of_a_paired_target_serves_what_teacher_forced_scoring_
 
     rng = np.random.default_rng(1)
     inp, target = convert(conversion, TEXT * 4 if conversion == "upper" else _bmp(12, 10, seed=5))
-    copy = CopyTable(rng.normal(2, 1, CopyTable.zeros(PAIRS).weights.shape))
+    copy = CopyTable(rng.normal(2, 1, CopyTable.zeros(ROWS).weights.shape))
     mixer = _mixer(copy)
     n = len(target)
     logits = rng.normal(0, 2, (n + 1, 262)).astype(np.float32)
     targets = np.r_[np.frombuffer(target, np.uint8).astype(np.int64), EOS]
     mods = modality_index([target_modality])
     fh = file_hints(target, target_modality, 0)
-    h, r = copy_hints(inp, source, target, target_modality, end=True)
-    copies = Copies(h, r, np.full(n + 1, pair_index(source, target_modality)))
+    copies = copy_hints(inp, source, target, target_modality, end=True)
     z = mixer.apply(logits, fh, mods, copies)
     lp = log_probs_of(z[None], targets[None])[0]
     hint_lp = log_probs_of(z[None], np.where(fh.match >= 0, fh.match, PAD)[None])[0]
@@ -115,13 +121,23 @@ def test_each_decode_step_of_a_paired_target_serves_what_teacher_forced_scoring_
 
 
 def test_a_mixer_keeps_its_copy_expert_and_one_saved_before_it_serves_without():
+    import dataclasses
+
+    from tests.test_input_map import fitted
+
     rng = np.random.default_rng(2)
-    copy = CopyTable(rng.normal(0, 1, CopyTable.zeros(PAIRS).weights.shape))
-    d = _mixer(copy).to_dict()
+    copy = CopyTable(rng.normal(0, 1, CopyTable.zeros(ROWS).weights.shape))
+    d = dataclasses.replace(_mixer(copy), copy_map=fitted(True)).to_dict()
     back = mixer_of({"mixer": d})
-    assert back is not None and back.copy is not None
+    assert back is not None and back.copy is not None and back.copy_map is not None
     np.testing.assert_allclose(back.copy.weights, copy.weights, atol=1e-6)
+    assert back.copy_map.to_dict() == fitted(True).to_dict()
     assert set(d["copy"]["weights"]) == {f"{s}->{t}" for s in MODALITIES for t in MODALITIES}
+    before_maps = {**d["copy"], "weights": {k: v[0] for k, v in d["copy"]["weights"].items()}}
+    del before_maps["map"]
+    was = mixer_of({"mixer": {**d, "copy": before_maps}})  # one row per pair, raw copies: every row is it
+    assert was is not None and was.copy is not None and was.copy_map is None
+    np.testing.assert_allclose(was.copy.weights, np.repeat(copy.weights[::CONFIDENCES], CONFIDENCES, axis=0), atol=1e-6)
     old = dict(d)
     del old["copy"]
     assert mixer_of({"mixer": old}).copy is None  # a mixer from before the copy expert: no copy, as it was
@@ -148,8 +164,9 @@ def test_fit_copy_gathers_at_the_logits_it_follows():
 def test_training_fits_the_copy_expert_on_its_pairs_and_generation_follows_it(tmp_path):
     """`obf.train.fit_model_mixer` fits the copy table on the dataset's training pairs through
     teacher-forced `paired` scoring (here `upper` pairs only: its text -> text row learns, no other);
-    an untrained network then writes a target that copies its input where the copy is right,
-    which it does not without the expert."""
+    an untrained network then writes the conversion of a new input (its map raises the letters;
+    a few bytes whose cells of the table no training position reached may slip), which it does
+    not without the expert."""
     import dataclasses
     from pathlib import Path
 
@@ -175,13 +192,15 @@ def test_training_fits_the_copy_expert_on_its_pairs_and_generation_follows_it(tm
     model = OmniByteFormer(ModelConfig.from_preset("tiny", max_src_len=128, max_input_len=512, max_tgt_len=64)).eval()
     mixer = fit_model_mixer(model, Dataset(tmp_path / "ds"), params.train)
     assert mixer is not None and mixer.copy is not None
-    row = pair_index("text", "text")
-    assert mixer.copy.weights[row].max() > 1.0 and not np.delete(mixer.copy.weights, row, axis=0).any()
-    inp = b"1234, 5678; (90) -- [42]!\n"
+    mine = np.arange(row(pair_index("text", "text"), 0), row(pair_index("text", "text") + 1, 0))
+    assert mixer.copy.weights[mine].max() > 1.0 and not np.delete(mixer.copy.weights, mine, axis=0).any()
+    assert mixer.copy_map is not None and {p for p, _ in mixer.copy_map.maps} == {pair_index("text", "text")}
+    inp = b"1234, the rest; (90) -- [42]!\n"
     backend = TorchBackend(model)
     made = {}
     for name, m in (("with", mixer), ("without", dataclasses.replace(mixer, copy=None))):
         backend.meta = {"mixer": m.to_dict()}
         opts = SamplingOptions(max_bytes=len(inp), temperature=0.0, stop_at_eos=False)
         made[name] = generate(backend, [inp], ["text"], task="paired", target_modalities=["text"], opts=opts)[0]
-    assert made["with"] == inp and made["without"] != inp
+    right = {k: sum(a == b for a, b in zip(v, inp.upper())) for k, v in made.items()}
+    assert right["with"] >= len(inp) - 3 and right["without"] < len(inp) // 2, (made, right)

@@ -263,7 +263,7 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
     held = [b"" if task == "paired" else c for c in contexts]  # what each row's file holds before it writes
     surprise = opts.match_surprise and opts.temperature > 0 and task == "continue"
     tails = _tails(backend, held, file_modalities, surprise)
-    copies = ([CopyState(c, m, t, end) for c, m, t in zip(contexts, modalities, targets)]
+    copies = ([CopyState(c, m, t, end, mixer.copy_map) for c, m, t in zip(contexts, modalities, targets)]
               if task == "paired" and mixer is not None and mixer.copy is not None else [None] * n)
     row_hints = ([RowHints(f, m, t, learn_from_output=opts.learn_from_output, copy=c)
                   for f, m, t, c in zip(held, file_modalities, tails, copies)] if mixer else [])

@@ -1,27 +1,28 @@
-"""The copy expert of `paired` targets: each target byte is offered the input byte its conversion
-reads, as a pointer-generator network offers its source.
+"""The copy expert of `paired` targets: each target byte is offered what its conversion writes
+for the input byte it reads, as a pointer-generator network offers its source.
 
-Why: a conversion keeps much of its input as it is: `upper` every byte but the letters `a`-`z`,
-`gray` the BMP header (its size fields above all, which place every pixel after them). The
-network reads that input byte at its exact distance (`model.query_map`), yet after minutes of CPU
-training it still writes a neighbouring byte often enough that few files come out whole:
-measured on the validation pairs of the default model, 106 of the 127 bytes `upper` got wrong
-were bytes the input already held, and every `gray` picture whose header came out wrong had
-copied it wrong. A copy of the read byte is what those positions need, and the network's own
-prediction tells where it is not (a letter to raise, a pixel to convert, a hex digit).
+Why: a conversion is a function of its input. `upper` keeps every byte but the letters `a`-`z`,
+`gray` keeps the BMP header (its size fields above all, which place every pixel after them) and
+writes each pixel's luma, `hex` two digits per byte, `ascii` a character per pixel. The network
+reads the input byte at its exact distance (`model.query_map`), yet after minutes of CPU training
+it still writes a neighbouring byte often enough that few files came out whole. The offer: the
+output of a map learned from the training pairs (`obf.mixer.input_map`: per slot, a table over
+the read byte, a part of it, its place, or a weighted sum of its pixel; the raw byte where that
+is best or the table has no key), so a raised letter, a hex digit, a grey level or an ASCII-art
+character is offered as surely as a copied header byte. Without a map (a mixer saved before it)
+the offer is the raw byte read.
 
-Mixing: as the match model (`obf.mixer.match`), `w` is added to the logit of the copied byte,
-`w` from a table (`CopyTable`) indexed by the pair of modalities (input x target), the run of
-copies that came right just before (log2 buckets; a header copied so far is copied on) and the
-network's probability of the copied byte over that of its first choice (so a letter the network
-raises is left to it). Chosen on the validation pairs (`benchmarks/copy_expert.py`): with that
-ratio `gray` got 21.9% of its pixels exact, with the probability itself 10.0%. The table is
-fitted after training on training pairs (`obf.train.fit_model_mixer`) with the rest of the mixer
-and applied after its match and stride biases, in teacher-forced scoring
+Mixing: as the match model (`obf.mixer.match`), `w` is added to the logit of the offered byte,
+`w` from a table (`CopyTable`) indexed by the pair of modalities (input x target) x the map's
+confidence in this offer, the run of offers that came right just before (log2 buckets; a header
+copied so far is copied on) and the network's probability of the offer over that of its first
+choice. The table is fitted after training on training pairs the map was not fitted on
+(`obf.train.fit_model_mixer`), so it learns how far the map holds on pairs it never saw, with
+the rest of the mixer, and applied after its match and stride biases, in teacher-forced scoring
 (`obf.runtime.scoring.paired_log_probs`) and in generation (`Mixer.step`, `CopyState`) alike.
 The read offset is `obf.formats.conversions.input_offsets`: the same offset for `upper`, `gray`
-and pairs without a built-in conversion, the encoded byte for `hex`, the pixel for `ascii`;
-nothing past the input.
+and pairs without a built-in conversion, the encoded byte for `hex`, the pixel for `ascii`; past
+the input for a target's end, where the map may offer EOS.
 
 Numpy only.
 """
@@ -33,110 +34,126 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from obf.core.vocab import MODALITIES
-from obf.formats.conversions import input_offsets
+from obf.mixer.input_map import CONFIDENCES, InputMap, reads
 from obf.mixer.match import LENGTH_BUCKETS, MAX_LEN, MatchTable, fit_table
 
-PAIRS = len(MODALITIES) ** 2  # the table's first axis: input modality x target modality
+PAIRS = len(MODALITIES) ** 2  # pairs of modalities: input modality x target modality
+ROWS = PAIRS * CONFIDENCES  # the table's first axis: pair of modalities x the map's confidence in its offer
 CHUNK = 256  # target offsets whose reads `CopyState` computes at once
 
 
 class CopyTable(MatchTable):
-    """The copy expert's bias per (pair of modalities, run of copies, bucket of `signal`): how far
-    the copy lies below the network's first choice. Finer buckets than the match model's far below
-    it: a letter `upper` must raise is a byte the network gives almost nothing, a punctuation mark
-    it hesitates on is one it gives a little."""
+    """The copy expert's bias per (pair of modalities x the map's confidence, run of copies, bucket
+    of `signal`): how far the offer lies below the network's first choice. Finer buckets than the
+    match model's far below it: a letter `upper` must raise is a byte the network gives almost
+    nothing, a punctuation mark it hesitates on is one it gives a little."""
 
     EDGES: ClassVar[tuple[float, ...]] = (0.001, 0.01, 0.05, 0.2, 0.5, 0.8, 0.95)
 
     @staticmethod
     def signal(logits: np.ndarray, hints: np.ndarray) -> np.ndarray:
-        """The network's probability of the copied byte over that of its first choice (1.0: the
-        network would write the copy itself), from K rows of logits (K, V) and hints (K,)."""
+        """The network's probability of the offered byte over that of its first choice (1.0: the
+        network would write it itself), from K rows of logits (K, V) and hints (K,)."""
         x = logits.astype(np.float64)
         return np.exp(x[np.arange(len(hints)), hints] - x.max(axis=-1))
 
 
 class Copies(NamedTuple):
-    """Per position: the input byte read (-1: none), the run of copies before it and the row of
-    its pair of modalities in the table; arrays of one leading shape."""
+    """Per position: the byte offered (-1: none), the run of offers that came right before it and
+    its row in the table (`row`); arrays of one leading shape."""
 
     hint: np.ndarray
     run: np.ndarray
-    pair: np.ndarray
+    row: np.ndarray
 
 
 def pair_index(source: str, target: str) -> int:
-    """The table row of a pair of modalities (input, target)."""
+    """The index of a pair of modalities (input, target)."""
     return MODALITIES.index(source) * len(MODALITIES) + MODALITIES.index(target)
 
 
-def _reads(data: bytes, source: str, target: str, t: np.ndarray, end: bool) -> np.ndarray:
-    """The input byte each target offset t (n,) reads, -1 past the input -> (n,) int64."""
-    raw = np.frombuffer(bytes(data), np.uint8).astype(np.int64)
-    if not len(raw):
-        return np.full(len(t), -1, dtype=np.int64)
-    at = input_offsets(source, target, bytes(data), t, end)
-    return np.where(at < len(raw), raw[np.minimum(at, len(raw) - 1)], -1)
+def row(pair: int | np.ndarray, confidence: int | np.ndarray) -> np.ndarray:
+    """The table row of a pair of modalities and a confidence bucket of the map's offer."""
+    return np.asarray(pair, dtype=np.int64) * CONFIDENCES + np.asarray(confidence, dtype=np.int64)
 
 
-def copy_hints(data: bytes, source: str, target: bytes, target_modality: str, end: bool
-               ) -> tuple[np.ndarray, np.ndarray]:
+def _offers(data: bytes, source: str, target: str, n: int, end: bool, imap: InputMap | None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The byte offered to each target position 0..n-1 (-1 past the input) and its table row."""
+    r = reads(data, source, target, n, end)
+    pair = pair_index(source, target)
+    if imap is None:  # the raw byte read, trusted as the map's surest offer (a mixer saved before maps)
+        return r.byte, row(pair, np.full(n, CONFIDENCES - 1))
+    hint, conf = imap.offers(pair, r)
+    return hint, row(pair, conf)
+
+
+def copy_hints(data: bytes, source: str, target: bytes, target_modality: str, end: bool,
+               imap: InputMap | None = None) -> Copies:
     """For every position 0..n of a `paired` target (n bytes; position n: where EOS is the target),
-    the input byte it reads (-1: none) and the run of positions just before it whose byte was
-    their copy (capped at `MAX_LEN`) -> ((n+1,), (n+1,)) int64. `end`: the model's `input_end`."""
+    the byte offered (`imap`'s output for what it reads, or the input byte it reads; -1: none), the
+    run of positions just before it whose byte was their offer (capped at `MAX_LEN`) and its table
+    row -> Copies of (n+1,) int64 arrays. `end`: the model's `input_end`."""
     n = len(target)
-    hints = _reads(data, source, target_modality, np.arange(n + 1), end)
+    hints, rows = _offers(data, source, target_modality, n + 1, end, imap)
     hit = np.frombuffer(bytes(target), np.uint8).astype(np.int64) == hints[:n]  # (n,)
     runs = np.zeros(n + 1, dtype=np.int64)
     if n:
         idx = np.arange(1, n + 1)
         last_miss = np.maximum.accumulate(np.where(hit, 0, idx))  # 1 + the latest miss at or before i-1
         runs[1:] = np.minimum(idx - last_miss, MAX_LEN)
-    return hints, runs
+    return Copies(hints, runs, rows)
 
 
 class CopyState:
-    """The copy hint and run of the next byte of a `paired` target being written, byte by byte;
-    equal to `copy_hints` of the whole target at every position."""
+    """The offer, run and table row of the next byte of a `paired` target being written, byte by
+    byte; equal to `copy_hints` of the whole target at every position."""
 
-    def __init__(self, data: bytes, source: str, target_modality: str, end: bool) -> None:
-        self.data, self.source, self.target, self.end = bytes(data), source, target_modality, end
-        self.pair = pair_index(source, target_modality)
+    def __init__(self, data: bytes, source: str, target_modality: str, end: bool, imap: InputMap | None = None
+                 ) -> None:
+        self.data, self.source, self.target, self.end, self.imap = bytes(data), source, target_modality, end, imap
         self.n = 0  # target bytes so far
         self.run = 0
-        self.reads = np.zeros(0, dtype=np.int64)
+        self.hints = self.rows = np.zeros(0, dtype=np.int64)
 
-    def predict(self) -> tuple[int, int]:
-        """(input byte read, run) of the next target byte; (-1, run) where it reads nothing."""
-        if self.n >= len(self.reads):  # the next chunk of offsets
-            t = np.arange(len(self.reads), len(self.reads) + CHUNK)
-            self.reads = np.concatenate([self.reads, _reads(self.data, self.source, self.target, t, self.end)])
-        return int(self.reads[self.n]), self.run
+    def predict(self) -> tuple[int, int, int]:
+        """(byte offered, run, table row) of the next target byte; the byte is -1 where it reads nothing."""
+        if self.n >= len(self.hints):  # the next chunk of offsets (a slot counts earlier reads: all from 0)
+            self.hints, self.rows = _offers(self.data, self.source, self.target, len(self.hints) + CHUNK, self.end,
+                                            self.imap)
+        return int(self.hints[self.n]), self.run, int(self.rows[self.n])
 
     def update(self, byte: int) -> None:
-        hint, _ = self.predict()
+        hint, _, _ = self.predict()
         self.run = min(self.run + 1, MAX_LEN) if byte == hint else 0
         self.n += 1
 
 
-def fit(pair: np.ndarray, run: np.ndarray, p: np.ndarray, signal: np.ndarray, hit: np.ndarray) -> CopyTable:
-    """The table on K copy-hinted positions of training pairs (each argument (K,): pair row, run,
-    the network's probability of the copied byte and `CopyTable.signal`, 1.0 where it came), as the
-    match table is fitted (`obf.mixer.match.fit_table`); a pair of modalities without training
-    pairs gets no bias."""
-    table = fit_table(pair, run, p, hit, groups=PAIRS, kind=CopyTable, signal=signal)
-    table.weights[np.bincount(pair, minlength=PAIRS) == 0] = 0.0
+def fit(rows: np.ndarray, run: np.ndarray, p: np.ndarray, signal: np.ndarray, hit: np.ndarray) -> CopyTable:
+    """The table on K offered positions of training pairs (each argument (K,): table row, run,
+    the network's probability of the offer and `CopyTable.signal`, 1.0 where it came), as the match
+    table is fitted (`obf.mixer.match.fit_table`); a row without training positions gets no bias."""
+    table = fit_table(rows, run, p, hit, groups=ROWS, kind=CopyTable, signal=signal)
+    table.weights[np.bincount(rows, minlength=ROWS) == 0] = 0.0
     return table
 
 
-def to_dict(table: CopyTable) -> dict[str, Any]:
-    pairs = {f"{s}->{t}": np.round(table.weights[pair_index(s, t)], 6).tolist()
+def to_dict(table: CopyTable, imap: InputMap | None) -> dict[str, Any]:
+    pairs = {f"{s}->{t}": np.round(table.weights[row(pair_index(s, t), 0):row(pair_index(s, t) + 1, 0)], 6).tolist()
              for s in MODALITIES for t in MODALITIES}
-    return {"length_buckets": LENGTH_BUCKETS, "prob_edges": list(CopyTable.EDGES), "weights": pairs}
+    d = {"length_buckets": LENGTH_BUCKETS, "prob_edges": list(CopyTable.EDGES), "weights": pairs}
+    return d if imap is None else {**d, "map": imap.to_dict()}
 
 
-def from_dict(d: dict[str, Any]) -> CopyTable:
+def from_dict(d: dict[str, Any]) -> tuple[CopyTable, InputMap | None]:
+    """The table and map saved by `to_dict`. A mixer saved before maps (one row per pair of
+    modalities) serves its raw copies as it did: its row stands for every confidence."""
     if (d.get("length_buckets"), tuple(d.get("prob_edges", ()))) != (LENGTH_BUCKETS, CopyTable.EDGES):
         raise ValueError("the mixer's copy expert was made with other buckets than this obf uses")
-    return CopyTable(np.array([d["weights"][f"{s}->{t}"] for s in MODALITIES for t in MODALITIES],
-                              dtype=np.float64))
+    weights = []
+    for s in MODALITIES:
+        for t in MODALITIES:
+            w = np.array(d["weights"][f"{s}->{t}"], dtype=np.float64)
+            weights.append(w if w.ndim == 3 else np.broadcast_to(w, (CONFIDENCES, *w.shape)))
+    imap = InputMap.from_dict(d["map"]) if d.get("map") else None
+    return CopyTable(np.concatenate(weights)), imap

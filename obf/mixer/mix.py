@@ -36,6 +36,7 @@ from obf.mixer import columns as col
 from obf.mixer import input_copy as cp
 from obf.mixer import ngram as ng
 from obf.mixer.input_copy import Copies, CopyState
+from obf.mixer.input_map import InputMap
 from obf.mixer.match import MatchModel, MatchTable, fit_table, log_softmax_at, match_hints, min_len_of
 from obf.mixer.stride_hint import OFFSETS, StrideKernel, StrideState, fit_kernel, predictor_of, stride_hints, window
 
@@ -166,6 +167,7 @@ class Mixer:
     adapt: bool = False
     ngram: bool = False
     copy: cp.CopyTable | None = None  # `paired` targets' copy expert (`obf.mixer.input_copy`)
+    copy_map: InputMap | None = None  # what it offers for what it reads (`obf.mixer.input_map`); None: the raw byte
 
     @property
     def needs_tail(self) -> bool:
@@ -181,7 +183,7 @@ class Mixer:
         out = self.stride.apply(out, hints.stride, hints.activity, modality_ids)
         if self.copy is None or copies is None:
             return out
-        return self.copy.apply(out, copies.hint, copies.run, copies.pair)
+        return self.copy.apply(out, copies.hint, copies.run, copies.row)
 
     def serve(self, data: bytes | np.ndarray, hints: Hints, lp: np.ndarray, hint_lp: np.ndarray,
               learn_until: int | None = None) -> np.ndarray:
@@ -204,8 +206,8 @@ class Mixer:
         hints = Hints(*np.array([r.predict() for r in rows], dtype=np.int64).T)  # (B,) each
         copies = None
         if self.copy is not None and any(r.copy is not None for r in rows):
-            copies = Copies(*np.array([(*r.copy.predict(), r.copy.pair) if r.copy is not None else (-1, 0, 0)
-                                       for r in rows], dtype=np.int64).T)  # (B,) each
+            copies = Copies(*np.array([r.copy.predict() if r.copy is not None else (-1, 0, 0) for r in rows],
+                                      dtype=np.int64).T)  # (B,) each
         z = self.apply(logits, hints, modality_ids, copies)
         if not self.needs_tail:
             return z
@@ -240,7 +242,7 @@ class Mixer:
         if self.ngram:
             d["ngram"] = ng.settings()
         if self.copy is not None:
-            d["copy"] = cp.to_dict(self.copy)
+            d["copy"] = cp.to_dict(self.copy, self.copy_map)
         return d
 
     @staticmethod
@@ -251,8 +253,9 @@ class Mixer:
             raise ValueError("the mixer's match trust correction was made with other settings than this obf uses")
         if d.get("ngram") and d["ngram"] != ng.settings():
             raise ValueError("the mixer's n-gram expert was made with other settings than this obf uses")
+        copy, copy_map = cp.from_dict(d["copy"]) if d.get("copy") else (None, None)
         return Mixer(MatchTable.from_dict(d["match"]), StrideKernel.from_dict(d["stride"]), bool(d.get("columns")),
-                     bool(d.get("adapt")), bool(d.get("ngram")), cp.from_dict(d["copy"]) if d.get("copy") else None)
+                     bool(d.get("adapt")), bool(d.get("ngram")), copy, copy_map)
 
 
 def mixer_of(meta: Mapping[str, Any]) -> Mixer | None:
@@ -296,7 +299,7 @@ class MixerStats:
         expert comes; a hint of -1 leaves the position out."""
         at = np.nonzero(copies.hint >= 0)
         h = copies.hint[at]
-        self._put(c_pair=copies.pair[at], c_run=copies.run[at], c_p=np.exp(log_softmax_at(logits[at], h)),
+        self._put(c_row=copies.row[at], c_run=copies.run[at], c_p=np.exp(log_softmax_at(logits[at], h)),
                   c_signal=cp.CopyTable.signal(logits[at], h),
                   c_hit=(targets[at] == h).astype(np.float64))
 
@@ -307,10 +310,10 @@ class MixerStats:
 def fit_copy(stats: MixerStats) -> MatchTable | None:
     """The copy expert's table on what `MixerStats.add_copies` gathered; None without pairs."""
     f, i = np.zeros(0), np.zeros(0, dtype=np.int64)
-    pair = stats.get("c_pair", i)
-    if not len(pair):
+    rows = stats.get("c_row", i)
+    if not len(rows):
         return None
-    return cp.fit(pair, stats.get("c_run", i), stats.get("c_p", f), stats.get("c_signal", f), stats.get("c_hit", f))
+    return cp.fit(rows, stats.get("c_run", i), stats.get("c_p", f), stats.get("c_signal", f), stats.get("c_hit", f))
 
 
 def fit_mixer(stats: MixerStats) -> Mixer:

@@ -18,7 +18,7 @@ import numpy as np
 from obf.core.bits import LN2, log_probs_of
 from obf.core.vocab import PAD
 from obf.data.objectives import Example, collate, windows_example
-from obf.mixer.input_copy import Copies, copy_hints, pair_index
+from obf.mixer.input_copy import Copies, copy_hints
 from obf.mixer.match import modality_index
 from obf.mixer.mix import TAIL, Hints, Mixer, MixerStats, Tail, file_hints, mixer_of
 from obf.runtime.backend import Backend, input_end_of, meta_of, query_map_of
@@ -219,8 +219,7 @@ def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]
     query_map, end = query_map_of(backend), input_end_of(backend)
     mixer = mixer if mixer is not None else mixer_of(meta_of(backend))
     hints = [file_hints(t, tm, 0) if mixer else None for _, _, t, tm in pairs]
-    copies = [Copies(*copy_hints(i, im, t, tm, end), np.full(len(t) + 1, pair_index(im, tm)))
-              for i, im, t, tm in pairs] if mixer else []  # (n+1,) each, as `hints`
+    copies = [copy_hints(i, im, t, tm, end, mixer.copy_map) for i, im, t, tm in pairs] if mixer else []  # (n+1,) each
     if fit is not None and mixer is not None and mixer.copy is not None:
         raise ValueError("the copy expert is fitted at the logits before it: give a mixer without one")
     work = []  # (pair index, example, first target window)
