@@ -463,8 +463,10 @@ def fit_model_mixer(model: OmniByteFormer, ds: Dataset, tcfg: TrainConfig) -> Mi
     modality (whole files, or their first 16 KiB, in key order), scored like evaluation by the
     trained network; then its copy expert: its table on training pairs, up to a quarter of that
     in target bytes per pair of modalities (in key order), scored as `paired` is with the mixer
-    fitted so far and the map (`obf.mixer.input_map`: no network needed) fitted on the other
-    training pairs, so that the table learns how far to trust the map on pairs it never saw.
+    fitted so far, cross-fitted: each half of those pairs (alternate ones) is offered what a map
+    (`obf.mixer.input_map`: no network needed) fitted on every other training pair offers, so
+    that the table learns how far a map holds on pairs it never saw; the model keeps the map
+    fitted on every training pair.
     None when `mixer_fit_bytes` is 0: the model is the network alone."""
     from obf.runtime.backend import input_end_of
     from obf.runtime.scoring import paired_log_probs, whole_file_bits
@@ -480,12 +482,12 @@ def fit_model_mixer(model: OmniByteFormer, ds: Dataset, tcfg: TrainConfig) -> Mi
                 data = ds.file_bytes(r)[: min(16384, left)]
                 files.append((data, m))
                 left -= len(data)
-    pairs, left, keys = [], {}, set()
+    pairs, left, keys = [], {}, []
     for inp, tgt in sorted(ds.pairs("train"), key=lambda p: p[0].key):
         kind = (inp.modality, tgt.modality)
         if left.setdefault(kind, tcfg.mixer_fit_bytes // 4) > 0:
             pairs.append((ds.file_bytes(inp).tobytes(), inp.modality, ds.file_bytes(tgt).tobytes(), tgt.modality))
-            keys.add(inp.key)
+            keys.append(inp.key)
             left[kind] -= tgt.length
     stats = MixerStats()
     was_training = model.training
@@ -493,8 +495,13 @@ def fit_model_mixer(model: OmniByteFormer, ds: Dataset, tcfg: TrainConfig) -> Mi
     whole_file_bits(backend, files, batch_size=32, fit=stats)
     mixer = fit_mixer(stats)
     if pairs:
-        mixer = dataclasses.replace(mixer, copy_map=fit_copy_map(ds, input_end_of(backend), keys))
-        paired_log_probs(backend, pairs, batch_size=32, mixer=mixer, fit=stats)
+        end = input_end_of(backend)
+        for fold in (0, 1):
+            leave_out = set(keys[fold::2])
+            held_out = [p for p, k in zip(pairs, keys) if k in leave_out]
+            m = dataclasses.replace(mixer, copy_map=fit_copy_map(ds, end, leave_out))
+            paired_log_probs(backend, held_out, batch_size=32, mixer=m, fit=stats)
+        mixer = dataclasses.replace(mixer, copy_map=fit_copy_map(ds, end, set()))
         mixer = dataclasses.replace(mixer, copy=fit_copy(stats))
     model.train(was_training)
     return mixer

@@ -64,6 +64,7 @@ def test_a_fitted_map_writes_each_conversion_on_inputs_it_never_saw():
     features = {(p, s): m.feature for (p, s), m in imap.maps.items()}
     assert features[(pair_index("text", "text"), 0)] == "byte"  # a->A is a table over the byte
     assert features[(pair_index("image", "image"), 0)] == "copy"  # gray keeps its header
+    assert features[(pair_index("image", "text"), PAST)] == "before"  # after a pixel "\n", after padding EOS
     pixel = imap.maps[(pair_index("image", "image"), 2)]  # green
     assert pixel.feature == "pixel" and abs(pixel.weights[1] / 4096 - 0.587) < 0.02  # green weighs most in luma
     for name, (source, target) in CONVERSIONS.items():
@@ -72,8 +73,7 @@ def test_a_fitted_map_writes_each_conversion_on_inputs_it_never_saw():
             hint, conf = imap.offers(pair_index(source, target), reads(inp, source, target, len(tgt) + 1, True))
             want = np.append(np.frombuffer(tgt, np.uint8), EOS)
             assert (hint == want).mean() > (0.95 if name in ("gray", "ascii") else 0.999), (name, seed)
-            if name != "ascii":  # ascii's end is a newline or EOS, as its rows are padded: too unsure to offer
-                assert hint[-1] == EOS and conf[-1] > 0
+            assert hint[-1] == EOS and conf[-1] > 0
 
 
 def test_a_key_seen_once_does_not_beat_the_raw_byte():

@@ -18,15 +18,18 @@ Feature: per slot, the one of these whose table predicts the training targets be
 predicted by the table of all the others (leave-one-out, so a sparse table cannot win by
 memorising; ties keep the simpler, earlier one):
 * `copy`: the read byte itself (the raw offer);
+* `none`: one value for the slot (the EOS of a target's end);
 * `byte`, `high`, `low`: a table over the read byte, its high or its low four bits;
+* `offset`: a table over the read offset's low eight bits (`hex`'s line ends);
+* `before`: a table over where the position before read (`ascii`'s first row ends in a newline
+  after a pixel, and in EOS after its input's row padding);
 * `pixel` (pixel slots only): a table over a weighted sum of the pixel's first three bytes, the
   weights integers over 4096 summing to 4096, searched coarse to fine on that simplex: a
   function of one channel, or of a luminance of any weights, is found by the same search.
 
 A position that reads past the input (`hex`'s last newline, the EOS of every target) gets a slot
 of its own, where `none` can learn to offer EOS. A slot whose best table is right less than
-`MIN_RIGHT` of the time offers the raw byte instead (`ascii`'s first row ends in a newline where
-its input has no row padding and in EOS where it has: a guess that sure of itself misleads). A key
+`MIN_RIGHT` of the time offers the raw byte instead: a guess that sure of itself misleads. A key
 the training pairs never showed offers the raw byte (nothing past the input), in the confidence
 bucket of the slot's raw copies. Each key also carries a confidence bucket (its commonest
 target's count over all its count + 1), which picks the copy table's row: a key seen once and
@@ -58,7 +61,7 @@ SEARCH = ((256, 0), (32, 256), (4, 32), (1, 4))  # rounds of the weight search: 
 SEARCH_SAMPLES = 1 << 15  # positions of a slot the weight search scores (the first ones)
 CONF_EDGES = (0.6, 0.9, 0.98)  # buckets of a key's confidence
 CONFIDENCES = len(CONF_EDGES) + 2  # 0: the raw byte offered as a fallback; 1..: the buckets
-FEATURES = ("copy", "none", "byte", "high", "low", "offset", "pixel")  # in the order ties are kept
+FEATURES = ("copy", "none", "byte", "high", "low", "offset", "before", "pixel")  # in the order ties are kept
 
 
 class Reads(NamedTuple):
@@ -68,6 +71,7 @@ class Reads(NamedTuple):
     slot: np.ndarray  # the slot (module doc)
     pixel: np.ndarray  # (n, 3) the first three bytes of the read byte's pixel; -1 outside an image's pixels
     offset: np.ndarray  # the read offset
+    before: np.ndarray  # where the position before read (`slot % CHANNELS`); CHANNELS for the first
 
     def at(self, idx: np.ndarray) -> Reads:
         """The positions `idx` of these reads."""
@@ -80,7 +84,8 @@ def reads(data: bytes, source: str, target: str, n: int, end: bool) -> Reads:
     raw = np.frombuffer(bytes(data), np.uint8).astype(np.int64)
     if not len(raw):
         return Reads(np.full(n, -1, dtype=np.int64), np.full(n, PAST, dtype=np.int64),
-                     np.full((n, 3), -1, dtype=np.int64), np.zeros(n, dtype=np.int64))
+                     np.full((n, 3), -1, dtype=np.int64), np.zeros(n, dtype=np.int64),
+                     np.concatenate([[CHANNELS], np.full(max(n - 1, 0), PAST)]).astype(np.int64)[:n])
     at = input_offsets(source, target, bytes(data), np.arange(n), end)
     inside = at < len(raw)
     byte = np.where(inside, raw[np.minimum(at, len(raw) - 1)], -1)
@@ -101,7 +106,9 @@ def reads(data: bytes, source: str, target: str, n: int, end: bool) -> Reads:
         channel = np.where(inpix, np.minimum(c, PAST - 2), channel)
         idx = np.where(inpix, at - c, 0)[:, None] + np.arange(3)  # (n, 3)
         pixel = np.where(inpix[:, None], raw[np.minimum(idx, len(raw) - 1)], -1)
-    return Reads(byte, np.minimum(earlier, K_MAX) * CHANNELS + channel + 1, pixel, at)
+    where = channel + 1
+    before = np.concatenate([[CHANNELS], where[:-1]])
+    return Reads(byte, np.minimum(earlier, K_MAX) * CHANNELS + where, pixel, at, before)
 
 
 def keys(feature: str, weights: tuple[int, int, int], r: Reads) -> np.ndarray:
@@ -111,6 +118,8 @@ def keys(feature: str, weights: tuple[int, int, int], r: Reads) -> np.ndarray:
         return np.zeros_like(byte)
     if feature == "offset":  # a place in the input: nothing past it
         return np.where(byte >= 0, r.offset & 255, -1)
+    if feature == "before":
+        return r.before
     if feature in ("copy", "byte"):
         return byte
     if feature == "high":
