@@ -97,3 +97,20 @@ def test_a_map_saves_and_loads_as_it_was():
     r = reads(inp, "image", "text", len(tgt) + 1, False)
     for a, b in zip(imap.offers(pair_index("image", "text"), r), back.offers(pair_index("image", "text"), r)):
         assert (a == b).all()
+
+
+def test_a_slot_too_often_wrong_offers_the_raw_byte(monkeypatch):
+    """A one-byte target is `A` three times in five and `B` otherwise, whatever the input: the
+    best table (one value, `A`) is right 60% of the time, a guess too unsure to offer; the raw
+    byte is offered instead. Without the floor the table would be kept."""
+    from obf.mixer import input_map
+
+    rng = np.random.default_rng(5)
+    samples = []
+    for i in range(100):
+        inp = rng.integers(0, 256, 1, dtype=np.uint8).tobytes()
+        tgt = b"A" if i % 5 < 3 else b"B"
+        samples.append((pair_index("binary", "binary"), reads(inp, "binary", "binary", 2, True), tgt))
+    assert fit(samples).maps[(pair_index("binary", "binary"), 0)].feature == "copy"
+    monkeypatch.setattr(input_map, "MIN_RIGHT", 0.0)
+    assert fit(samples).maps[(pair_index("binary", "binary"), 0)].feature == "none"
