@@ -116,3 +116,21 @@ def test_after_learn_until_bytes_are_coded_with_the_real_bytes_counts_and_weight
         log_p[data[i]] = lp[i]
         np.testing.assert_allclose(state.mix(log_p)[data[i]], frozen[i], rtol=1e-9, atol=1e-9)
         state.update(data[i], lp[i])
+
+
+def test_with_nothing_learned_it_mixes_nothing_in():
+    """A file written from nothing with nothing learned (`learn_until=0`: a `paired` target): q
+    would stay uniform and the weights their prior, so the expert leaves the model's log p as it
+    is, scored whole and written byte by byte alike. Learning as it goes, it mixes from the start."""
+    data = _text(200, seed=7)
+    n = len(data)
+    _, log_p = _logits(n, 8)
+    targets = np.r_[np.frombuffer(data, np.uint8).astype(np.int64), 258]
+    lp = log_p[np.arange(n + 1), targets]
+    np.testing.assert_array_equal(file_log_probs(data, lp, learn_until=0), lp)
+    state = NgramState(b"", np.zeros(0))
+    state.freeze()
+    for i in range(n):
+        np.testing.assert_allclose(state.mix(log_p[i]), log_p[i], rtol=1e-12)
+        state.update(data[i], lp[i])
+    assert not np.allclose(file_log_probs(data, lp)[:50], lp[:50])
