@@ -78,8 +78,8 @@ def main() -> int:
     from obf.evaluate.run import evaluate
     from obf.mixer.match import MIN_LEN, MIN_LEN_OF, RECOVER
     from obf.mixer.stride_hint import ACTIVITY_BUCKETS
+    from obf.mixer_fit import fit_model_mixer
     from obf.model.checkpoint import load_model
-    from obf.train import fit_model_mixer
 
     params = load_params(ROOT / "params.yaml", [f"train.mixer_fit_bytes={args.fit_bytes}"])
     mixer = fit_model_mixer(load_model(args.model), Dataset(args.data), params.train)

@@ -31,13 +31,10 @@ import torch.nn.functional as F
 from obf.core.bits import LN2
 from obf.core.config import ModelConfig, TrainConfig
 from obf.core.params import Params
-from obf.core.vocab import MODALITIES, PAD
+from obf.core.vocab import PAD
 from obf.data.dataset import DataError, Dataset
 from obf.data.objectives import Batch, ExampleSampler, collate, continue_example
-from obf.mixer import input_map
-from obf.mixer.input_copy import pair_index
-from obf.mixer.input_map import InputMap
-from obf.mixer.mix import Mixer, MixerStats, fit_copy, fit_mixer
+from obf.mixer_fit import fit_model_mixer
 from obf.model.checkpoint import CheckpointError, load_train_state, save_checkpoint
 from obf.model.devices import resolve_device, use_bf16
 from obf.model.network import OmniByteFormer
@@ -443,68 +440,6 @@ def train(
     if d.world > 1:
         dist.barrier()
     return summary
-
-
-def fit_copy_map(ds: Dataset, end: bool, leave_out: set[str]) -> InputMap:
-    """The copy expert's map (`obf.mixer.input_map`) on the training pairs of `ds` whose input key
-    is not in `leave_out`; `end`: the model's `input_end`."""
-    samples = []
-    for inp, tgt in sorted(ds.pairs("train"), key=lambda p: p[0].key):
-        if inp.key in leave_out:
-            continue
-        target = ds.file_bytes(tgt).tobytes()
-        r = input_map.reads(ds.file_bytes(inp).tobytes(), inp.modality, tgt.modality, len(target) + 1, end)
-        samples.append((pair_index(inp.modality, tgt.modality), r, target))
-    return input_map.fit(samples)
-
-
-def fit_model_mixer(model: OmniByteFormer, ds: Dataset, tcfg: TrainConfig) -> Mixer | None:
-    """Fit the mixer (`obf.mixer`) on up to `train.mixer_fit_bytes` bytes of training files per
-    modality (whole files, or their first 16 KiB, in key order), scored like evaluation by the
-    trained network; then its copy expert: its table on training pairs, up to a quarter of that
-    in target bytes per pair of modalities (in key order), scored as `paired` is with the mixer
-    fitted so far, cross-fitted: each half of those pairs (alternate ones) is offered what a map
-    (`obf.mixer.input_map`: no network needed) fitted on every other training pair offers, so
-    that the table learns how far a map holds on pairs it never saw; the model keeps the map
-    fitted on every training pair.
-    None when `mixer_fit_bytes` is 0: the model is the network alone."""
-    from obf.runtime.backend import input_end_of
-    from obf.runtime.scoring import paired_log_probs, whole_file_bits
-    from obf.runtime.torch_backend import TorchBackend
-
-    if not tcfg.mixer_fit_bytes:
-        return None
-    files = []
-    for m in MODALITIES:
-        left = tcfg.mixer_fit_bytes
-        for r in ds.select(split="train"):
-            if r.modality == m and left > 0:
-                data = ds.file_bytes(r)[: min(16384, left)]
-                files.append((data, m))
-                left -= len(data)
-    pairs, left, keys = [], {}, []
-    for inp, tgt in sorted(ds.pairs("train"), key=lambda p: p[0].key):
-        kind = (inp.modality, tgt.modality)
-        if left.setdefault(kind, tcfg.mixer_fit_bytes // 4) > 0:
-            pairs.append((ds.file_bytes(inp).tobytes(), inp.modality, ds.file_bytes(tgt).tobytes(), tgt.modality))
-            keys.append(inp.key)
-            left[kind] -= tgt.length
-    stats = MixerStats()
-    was_training = model.training
-    backend = TorchBackend(model, precision="fp32")
-    whole_file_bits(backend, files, batch_size=32, fit=stats)
-    mixer = fit_mixer(stats)
-    if pairs:
-        end = input_end_of(backend)
-        for fold in (0, 1):
-            leave_out = set(keys[fold::2])
-            held_out = [p for p, k in zip(pairs, keys) if k in leave_out]
-            m = dataclasses.replace(mixer, copy_map=fit_copy_map(ds, end, leave_out))
-            paired_log_probs(backend, held_out, batch_size=32, mixer=m, fit=stats)
-        mixer = dataclasses.replace(mixer, copy_map=fit_copy_map(ds, end, set()))
-        mixer = dataclasses.replace(mixer, copy=fit_copy(stats))
-    model.train(was_training)
-    return mixer
 
 
 def _open_live(path: str | Path, *, resume: bool):

@@ -162,7 +162,7 @@ def test_fit_copy_gathers_at_the_logits_it_follows():
 
 
 def test_training_fits_the_copy_expert_on_its_pairs_and_generation_follows_it(tmp_path):
-    """`obf.train.fit_model_mixer` fits the copy table on the dataset's training pairs through
+    """`obf.mixer_fit.fit_model_mixer` fits the copy table on the dataset's training pairs through
     teacher-forced `paired` scoring (here `upper` pairs only: its text -> text row learns, no other);
     an untrained network then writes the conversion of a new input (its map raises the letters;
     a few bytes whose cells of the table no training position reached may slip), which it does
@@ -177,9 +177,9 @@ def test_training_fits_the_copy_expert_on_its_pairs_and_generation_follows_it(tm
     from obf.data.dataset import Dataset
     from obf.data.ingest import ingest
     from obf.generate.sampling import SamplingOptions, generate
+    from obf.mixer_fit import fit_model_mixer
     from obf.model.network import OmniByteFormer
     from obf.runtime.torch_backend import TorchBackend
-    from obf.train import fit_model_mixer
 
     raw = Path(__file__).resolve().parents[1] / "data" / "raw" / "pairs" / "upper"
     for side in ("inputs", "targets"):

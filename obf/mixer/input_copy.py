@@ -17,7 +17,7 @@ Mixing: as the match model (`obf.mixer.match`), `w` is added to the logit of the
 confidence in this offer, the run of offers that came right just before (log2 buckets; a header
 copied so far is copied on) and the network's probability of the offer over that of its first
 choice. The table is fitted after training on training pairs the map was not fitted on
-(`obf.train.fit_model_mixer`), so it learns how far the map holds on pairs it never saw, with
+(`obf.mixer_fit.fit_model_mixer`), so it learns how far the map holds on pairs it never saw, with
 the rest of the mixer, and applied after its match and stride biases, in teacher-forced scoring
 (`obf.runtime.scoring.paired_log_probs`) and in generation (`Mixer.step`, `CopyState`) alike.
 The read offset is `obf.formats.conversions.input_offsets`: the same offset for `upper`, `gray`
