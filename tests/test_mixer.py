@@ -13,8 +13,10 @@ from obf.mixer.stride_hint import (
     OFFSETS,
     RADIUS,
     StrideKernel,
+    StrideState,
     activity_bucket,
     fit_kernel,
+    predictor_of,
     stride_hints,
 )
 
@@ -65,14 +67,63 @@ def test_stride_hints_predict_from_the_bytes_before_in_the_layout():
     for i in range(start + 30, len(y4m) + 1):
         r = (i - start) % 30
         inside = [(r - s, w) for s, e, w in planes if s <= r < e and r - s >= w and (r - s) % w]
-        if inside:  # in-frame: the detector over left, above and upper-left in the plane
-            w = inside[0][1]
-            a, b, c = y4m[i - 1], y4m[i - w], y4m[i - w - 1]
-            assert h[i] == (min(a, b) if c >= max(a, b) else max(a, b) if c <= min(a, b) else a + b - c), i
+        if inside:  # in-frame: the frame before or the detector, whichever erred less just before
+            assert h[i] == _video_hint(y4m, i, *inside[0]), i
         else:  # the marker, a plane's first row and column: the same byte of the frame before
             assert h[i] == y4m[i - 30], i
     assert (stride_hints(b"plain text " * 20, "text")[0] == -1).all()
     assert (stride_hints(bmp, "binary")[0] == -1).all()
+
+
+def _video_hint(y4m: bytes, i: int, q: int, w: int, frame: int = 30) -> int:
+    """A clip's hint at position i, offset q inside a plane `w` wide, written out: the
+    detector over left, above and upper-left, unless the byte of the frame before erred less at
+    the neighbours left (twice), above, above-left and above-right (none past the row's end); a
+    neighbour on the plane's first row or column has the frame before for its hint."""
+
+    row, col = divmod(q, w)
+    before = detector_errors = 0
+    for dy, dx, weight in ((0, -1, 2), (-1, 0, 1), (-1, -1, 1), (-1, 1, 1)):
+        if col + dx >= w:
+            continue
+        k = i - (q - ((row + dy) * w + col + dx))  # the neighbour's position in the file
+        e = abs(y4m[k] - y4m[k - frame])
+        before += weight * e
+        detector_errors += weight * (e if row + dy == 0 or col + dx == 0 else abs(y4m[k] - _detector(y4m, k, w)))
+    return y4m[i - frame] if before < detector_errors else _detector(y4m, i, w)
+
+
+def test_a_video_hint_follows_the_frame_before_where_it_held_and_the_detector_where_it_did_not():
+    """An 8x8 clip whose left half stands still over noise and whose right half is a ramp across
+    the columns that brightens by 40 a frame: inside the planes the hint takes the frame before on
+    the left and the detector on the right, and generation (`StrideState`) gives every byte what
+    scoring gives it."""
+    rng = np.random.default_rng(11)
+    still = rng.integers(0, 256, (8, 4))
+    frames = []
+    for t in range(5):
+        y = np.concatenate([still, np.tile(np.arange(4) * 9 + 40 * t, (8, 1))], axis=1)
+        frames.append(b"FRAME\n" + bytes(y.astype(np.uint8).ravel()) + bytes([128] * 32))
+    clip = y4m_header(8, 8, 5) + b"".join(frames)
+    h, act = stride_hints(clip, "video")
+    start, unit = len(y4m_header(8, 8, 5)), 6 + 64 + 32
+    for f in range(2, 5):  # frames whose frame before has a frame before (its errors are known)
+        for row in range(2, 8):  # rows whose neighbours above are inside the plane
+            for col in (1, 2, 6, 7):  # neighbours all still (noise), or all on the ramp
+                i = start + f * unit + 6 + row * 8 + col
+                assert clip[i - unit] != _detector(clip, i, 8), (f, row, col)  # the two guesses differ here
+                assert h[i] == (clip[i - unit] if col < 4 else _detector(clip, i, 8)), (f, row, col)
+    p = predictor_of(clip, "video")
+    state = StrideState(clip[:p.first + 5], p)
+    for i in range(p.first + 5, len(clip) + 1):
+        assert state.predict() == (h[i], act[i]), i
+        if i < len(clip):
+            state.update(clip[i])
+
+
+def _detector(data: bytes, i: int, w: int) -> int:
+    a, b, c = data[i - 1], data[i - w], data[i - w - 1]
+    return min(a, b) if c >= max(a, b) else max(a, b) if c <= min(a, b) else a + b - c
 
 
 def test_a_grey_picture_in_24_bit_colour_gets_its_green_and_red_bytes_exactly():
@@ -131,13 +182,14 @@ def test_row_hints_stream_like_file_hints():
         (wav, "audio", 60),
         (y4m, "video", len(y4m_header(4, 4, 5)) + 10),
     ):
-        fh = file_hints(data, modality)
-        assert (fh.activity > 0).any()
-        row = RowHints(data[:cut], modality)
-        for i in range(cut, len(data) + 1):
-            assert row.predict() == (fh.match[i], fh.length[i], fh.stride[i], fh.activity[i]), (modality, i)
-            if i < len(data):
-                row.update(data[i])
+        for learn in (True, False):  # frozen: hints from the context only, where they learn
+            fh = file_hints(data, modality, None if learn else cut)
+            assert (fh.activity > 0).any()
+            row = RowHints(data[:cut], modality, learn_from_output=learn)
+            for i in range(cut, len(data) + 1):
+                assert row.predict() == tuple(int(h[i]) for h in fh), (modality, learn, i)
+                if i < len(data):
+                    row.update(data[i])
 
 
 def test_kernel_is_the_mixture_p_times_exp_k_of_the_offset():
