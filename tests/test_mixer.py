@@ -80,7 +80,6 @@ def _video_hint(y4m: bytes, i: int, q: int, w: int, frame: int = 30) -> int:
     detector over left, above and upper-left, unless the byte of the frame before erred less at
     the neighbours left (twice), above, above-left and above-right (none past the row's end); a
     neighbour on the plane's first row or column has the frame before for its hint."""
-
     row, col = divmod(q, w)
     before = detector_errors = 0
     for dy, dx, weight in ((0, -1, 2), (-1, 0, 1), (-1, -1, 1), (-1, 1, 1)):
@@ -122,6 +121,7 @@ def test_a_video_hint_follows_the_frame_before_where_it_held_and_the_detector_wh
 
 
 def _detector(data: bytes, i: int, w: int) -> int:
+    """JPEG-LS's median edge detector at position i of a plane `w` wide, written out."""
     a, b, c = data[i - 1], data[i - w], data[i - w - 1]
     return min(a, b) if c >= max(a, b) else max(a, b) if c <= min(a, b) else a + b - c
 
