@@ -231,7 +231,7 @@ def predict_next(buf: bytes | bytearray, p: Predictor, streams: list[lpc.Stream]
     if not p.pixel:
         q, width = p.plane_at(n)
         if width and q >= width and q % width:  # video, in-frame (`_video_hints`)
-            return _video_at(buf, n, p, q % width, width)
+            return _video_at(buf, n, p.unit, q, width)
         return buf[n - p.unit]
     hint = _med_at(buf, n, p.pixel, p.unit)
     if p.corrected(n):
@@ -239,18 +239,18 @@ def predict_next(buf: bytes | bytearray, p: Predictor, streams: list[lpc.Stream]
     return hint
 
 
-def _video_at(buf: bytes | bytearray, n: int, p: Predictor, col: int, width: int) -> int:
-    """`_video_hints` at inner position n of a plane (column `col` of `width`), on ints."""
+def _video_at(buf: bytes | bytearray, n: int, unit: int, q: int, width: int) -> int:
+    """`_video_hints` at inner position n, offset q in a plane `width` wide of frames `unit` bytes
+    apart, on ints (its neighbours lie in the same plane, at offset q - back)."""
     score_before = score_detector = 0
     for back, weight, right in _select_neighbours(width):
-        if col + right >= width:
+        if q % width + right >= width:
             continue
-        k = n - back
-        kq, _ = p.plane_at(k)  # k's offset in the same plane
-        before = abs(buf[k] - buf[k - p.unit])
+        k, kq = n - back, q - back
+        before = abs(buf[k] - buf[k - unit])
         score_before += weight * before
         score_detector += weight * (abs(buf[k] - _med_at(buf, k, 1, width)) if kq >= width and kq % width else before)
-    return buf[n - p.unit] if score_before < score_detector else _med_at(buf, n, 1, width)
+    return buf[n - unit] if score_before < score_detector else _med_at(buf, n, 1, width)
 
 
 def _med_at(buf: bytes | bytearray, n: int, left_back: int, above_back: int) -> int:
