@@ -52,7 +52,7 @@ def step_cost(mixer, ds) -> dict[str, float]:
             tail = Tail(np.full(TAIL, -5.0), np.full(TAIL, -1.0), file_hints(ctx, "image")) if m.needs_tail else None
             best = float("inf")
             for _ in range(3):  # fresh rows each round: a frozen row keeps what it looked up
-                rows = [RowHints(ctx, "image", tail, learn_from_output=learn) for _ in range(b)]
+                rows = [RowHints(ctx, "image", tail, learn_from_output=learn, sparse=m.sparse) for _ in range(b)]
                 t = time.perf_counter()
                 for i in range(300):
                     m.step(logits, rows, mods)

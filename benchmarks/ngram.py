@@ -4,9 +4,11 @@ bits per byte per modality, from one scoring pass.
 The split is scored once by MODEL with its mixer minus the n-gram expert (the log p the expert
 mixes with); every variant then runs the expert's own code (`obf.mixer.ngram.file_log_probs`,
 its module settings set for the run) over those log-probabilities, which is exactly what
-`Mixer.serve` adds. Variants: the longest context (ORDER), the discount and escape, the window of
-the weights' evidence, and, for comparison, the column expert's way of mixing (a two-expert
-switch with a prior of 0.7%) applied to the same n-gram model.
+`Mixer.serve` adds. Variants: the sparse model (the default's, without it, each of its two
+chains alone), the longest context (ORDER), the discount and escape, the window of the weights'
+evidence, and, for comparison, the column expert's way of mixing (a two-expert switch with a
+prior of 0.7%) applied to the same n-gram model (all but the first three without the sparse
+model).
 
     python benchmarks/ngram.py data/model data/dataset [--split val]
 
@@ -34,14 +36,16 @@ def variants() -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
     from obf.mixer import columns as col
     from obf.mixer import ngram as ng
 
-    default = {k: getattr(ng, k) for k in ("ORDER", "DISCOUNT", "ESCAPE", "WINDOW")}
+    default = {k: getattr(ng, k) for k in ("ORDER", "CHAIN", "SPARSE", "DISCOUNT", "ESCAPE", "WINDOW")}
 
-    def expert(**settings: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    def expert(sparse: bool = False, **settings: object) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         def run(data: np.ndarray, lp: np.ndarray) -> np.ndarray:
             for k, v in {**default, **settings}.items():
                 setattr(ng, k, v)
+            if "ORDER" in settings:
+                ng.CHAIN = tuple(tuple(range(k, 0, -1)) for k in range(1, ng.ORDER + 1))
             try:
-                return ng.file_log_probs(data, lp)
+                return ng.file_log_probs(data, lp, sparse=sparse)
             finally:
                 for k, v in default.items():
                     setattr(ng, k, v)
@@ -52,7 +56,10 @@ def variants() -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
         return col.mix_log_probs(lp, np.concatenate([lq, [-np.inf]]), col.evidence_logits(lq, lp[: len(data)]))
 
     out: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {"without the n-gram expert": lambda d, lp: lp}
-    out["default"] = expert()
+    out["default (with the sparse model)"] = expert(sparse=True)
+    for chain in ng.SPARSE:
+        out[f"sparse model of {', '.join(str(c) for c in chain)} alone"] = expert(sparse=True, SPARSE=(chain,))
+    out["without the sparse model"] = expert()
     for order in (2, 3, 5, 6):
         out[f"order {order}"] = expert(ORDER=order)
     for d, a in ((0.5, 1.0), (0.9, 0.3)):

@@ -312,6 +312,7 @@ def test_each_decode_step_serves_what_whole_file_scoring_serves(learn_from_outpu
         columns=True,
         adapt=True,
         ngram=True,
+        sparse=True,
     )
     logits = rng.normal(0, 2, (n + 1, 262)).astype(np.float32)  # a network's logits per position
     targets = np.r_[np.frombuffer(data, np.uint8).astype(np.int64), EOS]
@@ -329,7 +330,7 @@ def test_each_decode_step_serves_what_whole_file_scoring_serves(learn_from_outpu
     fh, lp, hint_lp, served = served_with(until)
     assert n - cut > 1500 and (fh.match[cut:] >= 0).mean() > 0.5
     tail = Tail(lp[cut - TAIL : cut], hint_lp[cut - TAIL : cut], file_hints(data[:cut], modality))
-    row = RowHints(data[:cut], modality, tail, learn_from_output=learn_from_output)
+    row = RowHints(data[:cut], modality, tail, learn_from_output=learn_from_output, sparse=True)
     for i in range(cut, n + 1):
         out = mixer.step(logits[i][None], [row], mods).astype(np.float64)[0]
         assert abs(np.logaddexp.reduce(out)) < 1e-6  # log-probabilities: every part keeps the sum at 1
@@ -340,6 +341,10 @@ def test_each_decode_step_serves_what_whole_file_scoring_serves(learn_from_outpu
     assert served.sum() > without.serve(data, fh, lp, hint_lp, until).sum()  # the adaptive parts help here
     no_ngram = Mixer(mixer.match, mixer.stride, columns=True, adapt=True)
     assert served.sum() > no_ngram.serve(data, fh, lp, hint_lp, until).sum()
+    saved = Mixer.from_dict(mixer.to_dict())
+    assert saved.sparse and saved.to_dict()["ngram_sparse"] == mixer.to_dict()["ngram_sparse"]
+    before = {k: v for k, v in mixer.to_dict().items() if k != "ngram_sparse"}  # a mixer saved before the sparse model
+    assert not Mixer.from_dict(before).sparse
     if not learn_from_output:  # the context is scored alike; only what comes after it differs
         np.testing.assert_allclose(served[:cut], served_with(None)[3][:cut], atol=1e-9)
         assert not np.allclose(served[cut:], served_with(None)[3][cut:])

@@ -265,7 +265,7 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
     tails = _tails(backend, held, file_modalities, surprise)
     copies = ([CopyState(c, m, t, end, mixer.copy_map) for c, m, t in zip(contexts, modalities, targets)]
               if task == "paired" and mixer is not None and mixer.copy is not None else [None] * n)
-    row_hints = ([RowHints(f, m, t, learn_from_output=opts.learn_from_output, copy=c)
+    row_hints = ([RowHints(f, m, t, learn_from_output=opts.learn_from_output, copy=c, sparse=mixer.sparse)
                   for f, m, t, c in zip(held, file_modalities, tails, copies)] if mixer else [])
     control = SurpriseControl(surprise_targets(tails)) if surprise else None
     mods = modality_index(file_modalities)

@@ -12,12 +12,13 @@ distribution that is sampled is the one that is scored. Then come three parts th
 the file itself as it goes, nothing fitted: the match trust re-estimated from the match model's
 recent hits in this file (`obf.mixer.adapt`), the column expert (`obf.mixer.columns`: an order-0 model
 per byte column, weighted by how it predicted the bytes just before against the hinted
-network), and the n-gram expert (`obf.mixer.ngram`: an order-0..4 model of the file, mixed by
-the weights that predicted the bytes just before best): `Mixer.step` in sampling, `Mixer.serve`
-in scoring. A `paired` target also gets the copy expert (`obf.mixer.input_copy`: the input byte its
-conversion reads, with a bias fitted on training pairs after the rest), after the hints' biases and
-before the parts that learn from the file. A model without a mixer (trained with
-`train.mixer_fit_bytes=0`, or by an obf before it) is the network alone.
+network), and the n-gram expert (`obf.mixer.ngram`: an order-0..4 model of the file and a model
+of its sparse contexts, mixed by the weights that predicted the bytes just before best):
+`Mixer.step` in sampling, `Mixer.serve` in scoring. A `paired` target also gets the copy expert
+(`obf.mixer.input_copy`: the input byte its conversion reads, with a bias fitted on training
+pairs after the rest), after the hints' biases and before the parts that learn from the file.
+A model without a mixer (trained with `train.mixer_fit_bytes=0`, or by an obf before it) is the
+network alone.
 
 Numpy only: the serving side imports it without torch.
 """
@@ -80,6 +81,7 @@ class RowHints:
     of the column expert (`obf.mixer.columns`) and of the n-gram expert (`obf.mixer.ngram`).
 
     `copy` (a `paired` target's): the input byte each target byte reads, for the copy expert.
+    `sparse`: the n-gram expert with its sparse model, as the mixer the row serves (`Mixer.sparse`).
     `learn_from_output` False (what generation does by default): the parts that learn from the
     file (the match model's table and what it may copy, the match trust, the column counts and
     weight, the n-gram counts and weights) learn from the context only, as scoring with
@@ -87,7 +89,7 @@ class RowHints:
     stride hint still reads the bytes just made, as it reads any earlier byte."""
 
     def __init__(self, context: bytes, modality: str, tail: Tail | None = None, *,
-                 learn_from_output: bool = True, copy: CopyState | None = None) -> None:
+                 learn_from_output: bool = True, copy: CopyState | None = None, sparse: bool = False) -> None:
         learn_until = None if learn_from_output else len(context)
         self.copy = copy  # a `paired` target's copy expert (`obf.mixer.input_copy`)
         self.match = MatchModel(context, min_len_of(modality), learn_until)
@@ -109,7 +111,7 @@ class RowHints:
             lp = adapt.adapt_log_probs(targets, fh.match[n - t:n], fh.length[n - t:n], tail.lp, tail.hint_lp)
             self.columns = col.ColumnState(context, lp[t - min(t, col.WINDOW + ng.WINDOW):])
             served = self.columns.served_tail  # what the column expert gives the last bytes
-            self.ngram = ng.NgramState(context, served[len(served) - min(n, ng.WINDOW):])
+            self.ngram = ng.NgramState(context, served[len(served) - min(n, ng.WINDOW):], sparse)
             if not learn_from_output:
                 self.adapt.freeze()
                 self.columns.freeze()
@@ -168,6 +170,7 @@ class Mixer:
     ngram: bool = False
     copy: cp.CopyTable | None = None  # `paired` targets' copy expert (`obf.mixer.input_copy`)
     copy_map: InputMap | None = None  # what it offers for what it reads (`obf.mixer.input_map`); None: the raw byte
+    sparse: bool = False  # the n-gram expert's sparse model (`obf.mixer.ngram`); a mixer saved before it has none
 
     @property
     def needs_tail(self) -> bool:
@@ -197,7 +200,7 @@ class Mixer:
             lp = adapt.adapt_log_probs(targets, hints.match, hints.length, lp, hint_lp, learn_until)
         if self.columns:
             lp = col.file_log_probs(data, lp, learn_until)
-        return ng.file_log_probs(data, lp, learn_until) if self.ngram else lp
+        return ng.file_log_probs(data, lp, learn_until, self.sparse) if self.ngram else lp
 
     def step(self, logits: np.ndarray, rows: Sequence[RowHints], modality_ids: np.ndarray) -> np.ndarray:
         """One decode step of B rows: (B, V) logits -> (B, V) logits of the model as served (the
@@ -217,6 +220,8 @@ class Mixer:
         for j, r in enumerate(rows):
             assert r.columns is not None and r.adapt is not None and r.ngram is not None, \
                 "rows of this mixer need a context tail"
+            assert not self.ngram or r.ngram.sparse == self.sparse, \
+                "rows of this mixer: RowHints(..., sparse=mixer.sparse)"
             if self.adapt:
                 h = int(hints.match[j])
                 p = float(np.exp(log_p[j, h])) if h >= 0 else 0.0
@@ -241,6 +246,8 @@ class Mixer:
             d["columns"] = _column_settings()
         if self.ngram:
             d["ngram"] = ng.settings()
+            if self.sparse:
+                d["ngram_sparse"] = ng.sparse_settings()
         if self.copy is not None:
             d["copy"] = cp.to_dict(self.copy, self.copy_map)
         return d
@@ -253,9 +260,12 @@ class Mixer:
             raise ValueError("the mixer's match trust correction was made with other settings than this obf uses")
         if d.get("ngram") and d["ngram"] != ng.settings():
             raise ValueError("the mixer's n-gram expert was made with other settings than this obf uses")
+        if d.get("ngram_sparse") and d["ngram_sparse"] != ng.sparse_settings():
+            raise ValueError("the mixer's sparse contexts were made with other settings than this obf uses")
         copy, copy_map = cp.from_dict(d["copy"]) if d.get("copy") else (None, None)
         return Mixer(MatchTable.from_dict(d["match"]), StrideKernel.from_dict(d["stride"]), bool(d.get("columns")),
-                     bool(d.get("adapt")), bool(d.get("ngram")), copy, copy_map)
+                     bool(d.get("adapt")), bool(d.get("ngram")), copy, copy_map,
+                     sparse=bool(d.get("ngram") and d.get("ngram_sparse")))
 
 
 def mixer_of(meta: Mapping[str, Any]) -> Mixer | None:
@@ -324,7 +334,7 @@ def fit_mixer(stats: MixerStats) -> Mixer:
     table = fit_table(stats.get("m_mod", i), stats.get("m_len", i), stats.get("m_p", f), stats.get("m_hit", f))
     mod = stats.get("s_mod", i)
     if not len(mod):
-        return Mixer(table, StrideKernel.zeros(), columns=True, adapt=True, ngram=True)
+        return Mixer(table, StrideKernel.zeros(), columns=True, adapt=True, ngram=True, sparse=True)
     win, mh = stats.get("s_win", np.zeros((0, len(OFFSETS)))), stats.get("s_match", i)
     mp = stats.get("s_mp", f)
     has = mh >= 0
@@ -336,4 +346,4 @@ def fit_mixer(stats: MixerStats) -> Mixer:
     inside = np.flatnonzero(has & (at >= 0) & (at < len(OFFSETS)))
     win[inside, at[inside]] += w[inside]
     kernel = fit_kernel(mod, stats.get("s_act", i), win, stats.get("s_came", i))
-    return Mixer(table, kernel, columns=True, adapt=True, ngram=True)
+    return Mixer(table, kernel, columns=True, adapt=True, ngram=True, sparse=True)
