@@ -117,7 +117,7 @@ def clip(image: bytes, frames: int = 20, size: int = 64, fps: int = 10) -> bytes
     w, h = im.size
     out = io.BytesIO()
     with av.open(out, "w", format="mp4") as c:
-        s = c.add_stream("libx264", rate=fps)
+        s = c.add_stream("libx264", rate=fps, options={"threads": "1"})  # one thread: the same bytes every run
         s.width = s.height = size
         s.pix_fmt = "yuv420p"
         for k in range(frames):

@@ -198,37 +198,83 @@ def file_log_probs(data: bytes | np.ndarray, lp: np.ndarray, learn_until: int | 
     return out
 
 
-class _ChainState:
-    """What one chain has counted in a file being written: the context's counts (sorted unique
-    context id * BASE + byte, per context of the chain), what it learned since, and, frozen,
-    the q met after each context."""
+class _Counts:
+    """What a file being written has shown its models: per model (a list of chains whose q are
+    averaged: the n-gram model's one chain, the sparse model's two), the context's counts and
+    what they learned since. The counts of every context of every chain lie in one sorted array
+    (level j's at j * SPAN + context id * BASE + byte), so a frozen step finds them all with one
+    search and adds them up with one bincount."""
 
-    def __init__(self, x: np.ndarray, chain: Chain) -> None:
-        self.chain = chain
-        self.far = max(max(offsets) for offsets in chain)
-        self.tables = []
-        for offsets in chain:
-            keys, counts = np.unique(_contexts(x, offsets) * BASE + x, return_counts=True)
-            self.tables.append((keys, counts.astype(np.float64)))
-        self.learned: list[dict[int, np.ndarray]] = [{} for _ in chain]  # per context: counts after each id
-        self.known: dict[tuple[int, ...], np.ndarray] = {}  # frozen: q after the symbols the chain reads
+    def __init__(self, x: np.ndarray, models: list[tuple[Chain, ...]]) -> None:
+        self.levels = [(m, c, offsets) for m, chains in enumerate(models) for c, chain in enumerate(chains)
+                       for offsets in chain]  # (model, chain, offsets) per context, each chain's in order
+        self.n_models = len(models)
+        self.n_chains = [len(chains) for chains in models]
+        self.reads = sorted({o for _, _, offsets in self.levels for o in offsets})  # the offsets back read
+        self.span = BASE ** (1 + max(len(offsets) for _, _, offsets in self.levels))  # above any key of a level
+        tables = [np.unique(_contexts(x, offsets) * BASE + x, return_counts=True) for _, _, offsets in self.levels]
+        self.tables = [(keys, counts.astype(np.float64)) for keys, counts in tables]
+        self.flat_keys = np.concatenate([np.zeros(0, np.int64)] + [j * self.span + t[0] for j, t in enumerate(tables)])
+        self.flat_slot = (self.flat_keys % BASE  # the byte of each count (span is a multiple of BASE), in its model
+                          + N_BYTES * np.repeat([m for m, _, _ in self.levels], [len(t[0]) for t in tables]))
+        self.flat_counts = np.concatenate([np.zeros(0)] + [t[1] for t in self.tables])
+        self.cum = np.concatenate([[0.0], np.cumsum(self.flat_counts)])  # counts before each entry
+        self.at = np.arange(len(self.flat_keys))
+        self.learned: list[dict[int, np.ndarray]] = [{} for _ in self.levels]  # per level: counts after each id
 
     def ids(self, before: list[int]) -> list[int]:
-        """The ids of the chain's contexts now, `before` ending with the last symbols (`_contexts`' ids)."""
+        """The id of each level's context now, `before` ending with the last symbols (`_contexts`' ids)."""
         out = []
-        for offsets in self.chain:
+        for _, _, offsets in self.levels:
             ctx = 0
             for o in offsets:
                 ctx = ctx * BASE + before[-o]
             out.append(ctx)
         return out
 
-    def _counts(self, k: int, ctx: int) -> tuple[np.ndarray, np.ndarray]:
-        """The bytes seen after context `ctx` of the chain's k-th context, and how often: (m,) each."""
-        keys, counts = self.tables[k]
+    def q(self, before: list[int], q0: np.ndarray, frozen: bool) -> np.ndarray:
+        """(models, 256) q of the next byte under each model from the order-0 q0: each chain's
+        recursion of `_step` unrolled, q = Σ_k scale_k max(c_k - D, 0) / (n_k + A) + scale_0 q_0
+        (each context's counts touching only the bytes it has seen), averaged over the model's chains."""
+        if not frozen:
+            return self._q_learning(before, q0)
+        ids = self.ids(before)
+        low = [j * self.span + ctx * BASE for j, ctx in enumerate(ids)]
+        at = self.flat_keys.searchsorted(low + [v + N_BYTES for v in low])  # (2L,) each context's entries
+        bounds, seen = at.tolist(), self.cum[at].tolist()
+        n_levels = len(ids)
+        base = [0.0] * self.n_models  # each model's share of q0
+        picks, coefs, sizes = [], [], []
+        scale, chain = 1.0, None
+        for j in reversed(range(n_levels)):  # each chain from its longest context down
+            m, c, _ = self.levels[j]
+            if (m, c) != chain:
+                if chain is not None:
+                    base[chain[0]] += scale / self.n_chains[chain[0]]
+                scale, chain = 1.0, (m, c)
+            lo, hi = bounds[j], bounds[n_levels + j]
+            if hi > lo:  # a context never seen leaves everything to the one below
+                total = seen[n_levels + j] - seen[j] + ESCAPE
+                picks.append(self.at[lo:hi])
+                coefs.append(scale / total / self.n_chains[m])
+                sizes.append(hi - lo)
+                scale *= (ESCAPE + DISCOUNT * (hi - lo)) / total
+        if chain is not None:
+            base[chain[0]] += scale / self.n_chains[chain[0]]
+        q = np.array(base)[:, None] * q0  # (models, 256)
+        if picks:
+            idx = np.concatenate(picks)
+            add = np.bincount(self.flat_slot[idx], (self.flat_counts[idx] - DISCOUNT) * np.repeat(coefs, sizes),
+                              N_BYTES * self.n_models)
+            q += add.reshape(self.n_models, N_BYTES)
+        return q
+
+    def _counts(self, j: int, ctx: int) -> tuple[np.ndarray, np.ndarray]:
+        """The bytes seen after context `ctx` of level j, and how often: (m,) each."""
+        keys, counts = self.tables[j]
         lo, hi = np.searchsorted(keys, (ctx * BASE, ctx * BASE + N_BYTES))
         ys, cs = keys[lo:hi] - ctx * BASE, counts[lo:hi]
-        extra = self.learned[k].get(ctx)
+        extra = self.learned[j].get(ctx)
         if extra is None:
             return ys, cs
         c = extra.copy()
@@ -236,29 +282,29 @@ class _ChainState:
         ys = np.flatnonzero(c)
         return ys, c[ys]
 
-    def q(self, before: list[int], q0: np.ndarray, frozen: bool) -> np.ndarray:
-        """(256,) q of the next byte from the order-0 q0. The recursion of `_step` unrolled:
-        q = Σ_k scale_k max(c_k - D, 0) / (n_k + A) + scale_0 q_0, each context's counts touching
-        only the bytes it has seen; frozen, a function of the symbols the chain reads: kept."""
-        key = tuple(before[-self.far :])
-        if frozen and key in self.known:
-            return self.known[key]
-        parts, scale = [], 1.0
-        for k, ctx in reversed(list(enumerate(self.ids(before)))):
-            ys, cs = self._counts(k, ctx)
-            total = float(cs.sum())
-            parts.append((ys, scale * (cs - DISCOUNT) / (total + ESCAPE)))  # every count seen is >= 1 > D
-            scale *= (ESCAPE + DISCOUNT * len(ys)) / (total + ESCAPE)
-        q = scale * q0
-        for ys, part in parts:
-            q[ys] += part
-        if frozen:
-            self.known[key] = q
+    def _q_learning(self, before: list[int], q0: np.ndarray) -> np.ndarray:
+        """`q` of models that still learn: the context's counts and what they learned since."""
+        q = np.zeros((self.n_models, N_BYTES))
+        ids = self.ids(before)
+        chains: dict[tuple[int, int], list[int]] = {}
+        for j, (m, c, _) in enumerate(self.levels):
+            chains.setdefault((m, c), []).append(j)
+        for (m, _), levels in chains.items():
+            parts, scale = [], 1.0
+            for j in reversed(levels):
+                ys, cs = self._counts(j, ids[j])
+                total = float(cs.sum())
+                parts.append((ys, scale * (cs - DISCOUNT) / (total + ESCAPE)))  # every count seen is >= 1 > D
+                scale *= (ESCAPE + DISCOUNT * len(ys)) / (total + ESCAPE)
+            one = scale * q0
+            for ys, part in parts:
+                one[ys] += part
+            q[m] += one / self.n_chains[m]
         return q
 
     def learn(self, before: list[int], byte: int) -> None:
-        for k, ctx in enumerate(self.ids(before)):
-            self.learned[k].setdefault(ctx, np.zeros(N_BYTES))[byte] += 1.0
+        for j, ctx in enumerate(self.ids(before)):
+            self.learned[j].setdefault(ctx, np.zeros(N_BYTES))[byte] += 1.0
 
 
 class NgramState:
@@ -276,35 +322,47 @@ class NgramState:
             raise ValueError(f"the context's last {tail} bytes need their log-probabilities, got {len(tail_lp)}")
         self.counts0 = np.bincount(x, minlength=N_BYTES).astype(np.float64)  # (256,)
         self.seen = self.n  # bytes counted in counts0
-        self.chains = [_ChainState(x, CHAIN)]
-        self.sparse_chains = [_ChainState(x, chain) for chain in SPARSE] if sparse else []
-        far = max(c.far for c in self.chains + self.sparse_chains)
+        self.counts = _Counts(x, [(CHAIN,), SPARSE] if sparse else [(CHAIN,)])
+        far = self.counts.reads[-1]
         self.before = ([START] * far + x[-far:].tolist())[-far:]  # the last symbols, START before the file
         lqs = [ngram_log_probs(x)[self.n - tail :]] + ([sparse_log_probs(x)[self.n - tail :]] if sparse else [])
         lm = np.maximum(_mixtures(tail_lp, lqs, sparse), FLOOR)  # (G, tail)
         self.window: deque[np.ndarray] = deque(lm.T)  # (G,) per byte of the last WINDOW
         self.evidence = lm.sum(axis=1)  # (G,)
         self.frozen = False
-        self.step_log_q: list[np.ndarray] | None = None  # [(256,)] log q (and log s) of the next byte, from `mix`
-        self.known: dict[tuple[int, ...], list[np.ndarray]] = {}  # frozen: `log_q` after each context met
+        self.step_log_q: np.ndarray | None = None  # (K, 256) log q (and log s) of the next byte, from `mix`
+        self.known: dict[tuple[int, ...], np.ndarray] = {}  # frozen: `log_q` after the bytes the models read
+        self.weights: np.ndarray | None = None  # frozen: `log_weights`
 
     def freeze(self) -> None:
         """Keep the counts and the weights as they stand (`learn_until` of `file_log_probs`)."""
         self.frozen = True
 
-    def log_q(self) -> list[np.ndarray]:
-        """[(256,)] log q of the next byte, and log s with the sparse model (frozen, a function of
-        the last symbols alone: kept)."""
-        before = tuple(self.before)
-        if self.frozen and before in self.known:
-            return self.known[before]
+    def log_q(self) -> np.ndarray:
+        """(K, 256) log q of the next byte, and log s with the sparse model (frozen, a function of
+        the bytes the models read: kept)."""
+        key = tuple(self.before[-o] for o in self.counts.reads)
+        if self.frozen and key in self.known:
+            return self.known[key]
         q0 = (self.counts0 + SMOOTHING) / (self.seen + N_BYTES * SMOOTHING)
-        out = [np.log(self.chains[0].q(self.before, q0, self.frozen))]
-        if self.sparse_chains:
-            out.append(np.log(np.mean([c.q(self.before, q0, self.frozen) for c in self.sparse_chains], axis=0)))
+        out = np.log(self.counts.q(self.before, q0, self.frozen))
         if self.frozen:
-            self.known[before] = out
+            self.known[key] = out
         return out
+
+    def log_weights(self) -> np.ndarray:
+        """(1 + K,) log of the weights of p, of q (and of s) at the next byte: the posterior means
+        of `grid` under the evidence (frozen: kept; learned nothing and never will: p alone)."""
+        if self.frozen and self.weights is not None:
+            return self.weights
+        if self.frozen and self.seen == 0:
+            w = np.r_[0.0, np.full(1 + self.sparse, -np.inf)]
+        else:
+            log_w0, log_ws = _weights(self.evidence[:, None], self.sparse)  # (1,) each
+            w = np.concatenate([log_w0, *log_ws])
+        if self.frozen:
+            self.weights = w
+        return w
 
     def mix(self, log_p: np.ndarray) -> np.ndarray:
         """(V,) log p' of the next id from the (V,) log p of the model before this expert."""
@@ -314,14 +372,12 @@ class NgramState:
         """The byte that came and the log-probability the model before this expert gave it."""
         if not self.frozen:
             assert self.step_log_q is not None, "mix comes before update"
-            lqs = [np.array(lq[byte]) for lq in self.step_log_q]
-            lm = np.maximum(_mixtures(np.array(log_p_byte), lqs, self.sparse), FLOOR)  # (G,)
+            lm = np.maximum(_mixtures(np.array(log_p_byte), list(self.step_log_q[:, byte]), self.sparse), FLOOR)  # (G,)
             self.window.append(lm)
             self.evidence = self.evidence + lm
             if len(self.window) > WINDOW:
                 self.evidence = self.evidence - self.window.popleft()
-            for c in self.chains + self.sparse_chains:
-                c.learn(self.before, byte)
+            self.counts.learn(self.before, byte)
             self.counts0[byte] += 1.0
             self.seen += 1
         self.before = [*self.before[1:], byte]
@@ -334,14 +390,13 @@ def mix_rows(log_p: np.ndarray, states: list[NgramState]) -> np.ndarray:
     of one mixer: all with the sparse model or all without)."""
     sparse = states[0].sparse
     assert all(s.sparse == sparse for s in states), "rows of one mixer, with the sparse model or without"
-    lqs = [np.full(log_p.shape, -np.inf) for _ in range(1 + sparse)]
+    lq = np.full((1 + sparse, *log_p.shape), -np.inf)  # (K, B, V)
+    w = np.empty((len(states), 2 + sparse))  # (B, 1 + K) log weights of p, q (and s)
     for j, s in enumerate(states):
         s.step_log_q = s.log_q()
-        for lq, row in zip(lqs, s.step_log_q):
-            lq[j, :N_BYTES] = row
-    log_w0, log_ws = _weights(np.stack([s.evidence for s in states], axis=1), sparse)  # (B,) each
-    empty = np.array([s.frozen and s.seen == 0 for s in states])  # learned nothing, never will: p alone
-    out = np.where(empty, 0.0, log_w0)[:, None] + log_p
-    for log_w, lq in zip(log_ws, lqs):
-        out = np.logaddexp(out, np.where(empty, -np.inf, log_w)[:, None] + lq)
+        lq[:, j, :N_BYTES] = s.step_log_q
+        w[j] = s.log_weights()
+    out = w[:, :1] + log_p
+    for k in range(1 + sparse):
+        out = np.logaddexp(out, w[:, k + 1 : k + 2] + lq[k])
     return out
