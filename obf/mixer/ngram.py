@@ -202,7 +202,7 @@ class _Counts:
     """What a file being written has shown its models: per model (a list of chains whose q are
     averaged: the n-gram model's one chain, the sparse model's two), the context's counts and
     what they learned since. The counts of every context of every chain lie in one sorted array
-    (level j's at j * SPAN + context id * BASE + byte), so a frozen step finds them all with one
+    (level j's at j * span + context id * BASE + byte), so a frozen step finds them all with one
     search and adds them up with one bincount."""
 
     def __init__(self, x: np.ndarray, models: list[tuple[Chain, ...]]) -> None:
@@ -212,14 +212,15 @@ class _Counts:
         self.n_chains = [len(chains) for chains in models]
         self.reads = sorted({o for _, _, offsets in self.levels for o in offsets})  # the offsets back read
         self.span = BASE ** (1 + max(len(offsets) for _, _, offsets in self.levels))  # above any key of a level
+        self.chains: dict[tuple[int, int], list[int]] = {}  # (model, chain) -> its levels, shortest context first
+        for j, (m, c, _) in enumerate(self.levels):
+            self.chains.setdefault((m, c), []).append(j)
         tables = [np.unique(_contexts(x, offsets) * BASE + x, return_counts=True) for _, _, offsets in self.levels]
-        self.tables = [(keys, counts.astype(np.float64)) for keys, counts in tables]
         self.flat_keys = np.concatenate([np.zeros(0, np.int64)] + [j * self.span + t[0] for j, t in enumerate(tables)])
         self.flat_slot = (self.flat_keys % BASE  # the byte of each count (span is a multiple of BASE), in its model
                           + N_BYTES * np.repeat([m for m, _, _ in self.levels], [len(t[0]) for t in tables]))
-        self.flat_counts = np.concatenate([np.zeros(0)] + [t[1] for t in self.tables])
+        self.flat_counts = np.concatenate([np.zeros(0)] + [t[1].astype(np.float64) for t in tables])
         self.cum = np.concatenate([[0.0], np.cumsum(self.flat_counts)])  # counts before each entry
-        self.at = np.arange(len(self.flat_keys))
         self.learned: list[dict[int, np.ndarray]] = [{} for _ in self.levels]  # per level: counts after each id
 
     def ids(self, before: list[int]) -> list[int]:
@@ -255,7 +256,7 @@ class _Counts:
             lo, hi = bounds[j], bounds[n_levels + j]
             if hi > lo:  # a context never seen leaves everything to the one below
                 total = seen[n_levels + j] - seen[j] + ESCAPE
-                picks.append(self.at[lo:hi])
+                picks.append(np.arange(lo, hi))
                 coefs.append(scale / total / self.n_chains[m])
                 sizes.append(hi - lo)
                 scale *= (ESCAPE + DISCOUNT * (hi - lo)) / total
@@ -271,9 +272,9 @@ class _Counts:
 
     def _counts(self, j: int, ctx: int) -> tuple[np.ndarray, np.ndarray]:
         """The bytes seen after context `ctx` of level j, and how often: (m,) each."""
-        keys, counts = self.tables[j]
-        lo, hi = np.searchsorted(keys, (ctx * BASE, ctx * BASE + N_BYTES))
-        ys, cs = keys[lo:hi] - ctx * BASE, counts[lo:hi]
+        low = j * self.span + ctx * BASE
+        lo, hi = self.flat_keys.searchsorted((low, low + N_BYTES)).tolist()
+        ys, cs = self.flat_keys[lo:hi] - low, self.flat_counts[lo:hi]
         extra = self.learned[j].get(ctx)
         if extra is None:
             return ys, cs
@@ -286,10 +287,7 @@ class _Counts:
         """`q` of models that still learn: the context's counts and what they learned since."""
         q = np.zeros((self.n_models, N_BYTES))
         ids = self.ids(before)
-        chains: dict[tuple[int, int], list[int]] = {}
-        for j, (m, c, _) in enumerate(self.levels):
-            chains.setdefault((m, c), []).append(j)
-        for (m, _), levels in chains.items():
+        for (m, _), levels in self.chains.items():
             parts, scale = [], 1.0
             for j in reversed(levels):
                 ys, cs = self._counts(j, ids[j])
