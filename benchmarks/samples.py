@@ -3,6 +3,7 @@
     python benchmarks/samples.py MODEL                       # files from outside the corpus (report)
     python benchmarks/samples.py MODEL --data DATASET        # the validation split (to choose on)
     python benchmarks/samples.py MODEL --data DATASET --grid # every decoding setting of GRID
+    python benchmarks/samples.py MODEL --data DATASET --grid --seeds 0 1 2 3 --settings NAME...
 
 Each file (canonicalised as the model's training data, `obf ingest`) keeps its start (half of
 it, more when the rest is over `--bytes`; media keep whole rows / sample frames) and the model
@@ -15,8 +16,9 @@ new information it adds to the kept part beside what the real part adds (near 0:
 Without `--data` the files are those of benchmarks/unseen.py (from the installed packages, audio
 and video made here): read to report, never to choose. Choices are made with `--data` on the
 validation split. Prints per modality the median LZMA ratio, the worst top-share gap (generated
-minus real), the median novelty ratio, and which of the issue's targets hold; saves
-results/samples[_val][_grid].json.
+minus real), the median novelty ratio, and which of the issue's targets hold; with --grid, the
+setting that holds the most over all --seeds (then the nearest 1). Saves
+results/samples[_val][_grid][_BYTES][_Nseeds].json.
 """
 
 from __future__ import annotations
@@ -34,12 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import save  # noqa: E402
 
-# (name, temperature, top_p, learn_from_output, match_surprise): the settings --grid compares
-GRID = [("greedy", 0.0, 1.0, False, False), ("greedy, mixer learns from output", 0.0, 1.0, True, False),
-        ("t=0.8 p=0.95", 0.8, 0.95, False, False), ("t=0.8 p=0.95, mixer learns from output", 0.8, 0.95, True, False),
-        ("t=0.9", 0.9, 1.0, False, False), ("t=1.0", 1.0, 1.0, False, False), ("t=1.0 p=0.95", 1.0, 0.95, False, False),
-        ("t=1.0, mixer learns from output", 1.0, 1.0, True, False), ("t=1.1", 1.1, 1.0, False, False),
-        ("surprise matched (t=1.0 x thermostat)", 1.0, 1.0, False, True)]
+# (name, temperature, top_p, learn_from_output, match_surprise, min_p): the settings --grid compares
+GRID = [("greedy", 0.0, 1.0, False, False, 0.0), ("greedy, mixer learns from output", 0.0, 1.0, True, False, 0.0),
+        ("t=0.8 p=0.95", 0.8, 0.95, False, False, 0.0),
+        ("t=0.8 p=0.95, mixer learns from output", 0.8, 0.95, True, False, 0.0),
+        ("t=0.9", 0.9, 1.0, False, False, 0.0), ("t=1.0", 1.0, 1.0, False, False, 0.0),
+        ("t=1.0 p=0.95", 1.0, 0.95, False, False, 0.0),
+        ("t=1.0, mixer learns from output", 1.0, 1.0, True, False, 0.0), ("t=1.1", 1.1, 1.0, False, False, 0.0),
+        ("surprise matched (t=1.0 x thermostat)", 1.0, 1.0, False, True, 0.0),
+        *((f"thermostat, min_p={q:g}", 1.0, 1.0, False, True, q) for q in (0.01, 0.02, 0.03, 0.05, 0.1))]
 TARGETS = {"lzma_ratio": (0.6, 1.6), "top_gap": 0.2, "novelty_ratio": (0.5, 2.0)}
 
 
@@ -71,7 +76,8 @@ def files_of(model: str, data: str | None, split: str, per_modality: int) -> lis
 
 
 def run(backend: Any, files: list[tuple[str, str, bytes]], *, max_new: int, temperature: float, top_p: float,
-        learn: bool, surprise: bool, seed: int, bpb: bool) -> list[dict[str, Any]]:
+        learn: bool, surprise: bool, seed: int, bpb: bool,
+        min_p: float = 0.0) -> list[dict[str, Any]]:
     """Generate every file's rest with one setting; one row of measures per file."""
     from obf.evaluate.likeness import compare
     from obf.generate.planning import plan
@@ -80,7 +86,7 @@ def run(backend: Any, files: list[tuple[str, str, bytes]], *, max_new: int, temp
 
     plans = [plan(d, m, max_bytes=max_new, prefix_bytes=max(len(d) // 2, len(d) - max_new)) for _, m, d in files]
     opts = SamplingOptions(max_bytes=max_new, temperature=temperature, top_p=top_p, seed=seed,
-                           learn_from_output=learn, match_surprise=surprise)
+                           learn_from_output=learn, match_surprise=surprise, min_p=min_p)
     made = generate(backend, [p.keep for p in plans], [m for _, m, _ in files], opts=opts,
                     specs=[p.spec for p in plans])
     rows = []
@@ -137,7 +143,8 @@ def main() -> int:
     ap.add_argument("--grid", action="store_true", help="compare the decoding settings of GRID")
     ap.add_argument("--settings", nargs="+", metavar="NAME", help="with --grid: only these settings of GRID")
     ap.add_argument("--bpb", action="store_true", help="also the bits per byte of both parts under the model")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="sampling seeds; with --grid the choice sums targets held and distances over them")
     args = ap.parse_args()
 
     from obf.generate.sampling import DECODING
@@ -147,33 +154,42 @@ def main() -> int:
     files = files_of(args.model, args.data, args.split, args.per_modality)
     d = DECODING["continue"]
     settings = ([g for g in GRID if not args.settings or g[0] in args.settings] if args.grid
-                else [("default", d["temperature"], d["top_p"], False, bool(d["match_surprise"]))])
+                else [("default", d["temperature"], d["top_p"], False, bool(d["match_surprise"]), d.get("min_p", 0.0))])
     results = []
-    for name, t, p, learn, surprise in settings:
-        rows = run(backend, files, max_new=args.bytes, temperature=t, top_p=p, learn=learn, surprise=surprise,
-                   seed=args.seed, bpb=args.bpb)
-        s = summary(rows)
-        results.append({"setting": name, "temperature": t, "top_p": p, "learn_from_output": learn,
-                        "match_surprise": surprise, "files": rows,
-                        "modalities": s, "targets_held": score(s)[0]})
-        print(f"\n{name} (temperature {t:g}, top_p {p:g}, mixer learns from output: {learn}, "
-              f"surprise matched: {surprise})")
-        print("| modality | files | LZMA ratio (median) | top-share gap (worst) | novelty (median) |"
-              + (" bpb generated / real |" if args.bpb else "") + "\n|---|---:|---:|---:|---:|"
-              + ("---:|" if args.bpb else ""))
-        for m, v in s.items():
-            mark = {k: "" if ok else " ✗" for k, ok in v["ok"].items()}
-            extra = f" {v['generated_bpb']:.2f} / {v['real_bpb']:.2f} |" if "generated_bpb" in v else ""
-            print(f"| {m} | {v['files']} | {v['lzma_ratio']:.2f}{mark['lzma_ratio']} | {v['top_gap']:+.2f}"
-                  f"{mark['top_gap']} | {v['novelty_ratio']:.2f}{mark['novelty_ratio']} |{extra}")
+    for name, t, p, learn, surprise, min_p in settings:
+        for seed in args.seeds:
+            rows = run(backend, files, max_new=args.bytes, temperature=t, top_p=p, learn=learn, surprise=surprise,
+                       min_p=min_p, seed=seed, bpb=args.bpb)
+            s = summary(rows)
+            results.append({"setting": name, "seed": seed, "temperature": t, "top_p": p, "learn_from_output": learn,
+                            "match_surprise": surprise, "min_p": min_p, "files": rows,
+                            "modalities": s, "targets_held": score(s)[0]})
+            print(f"\n{name} (seed {seed}; temperature {t:g}, top_p {p:g}, min_p {min_p:g}, mixer learns from output: "
+                  f"{learn}, surprise matched: {surprise})")
+            print("| modality | files | LZMA ratio (median) | top-share gap (worst) | novelty (median) |"
+                  + (" bpb generated / real |" if args.bpb else "") + "\n|---|---:|---:|---:|---:|"
+                  + ("---:|" if args.bpb else ""))
+            for m, v in s.items():
+                mark = {k: "" if ok else " ✗" for k, ok in v["ok"].items()}
+                extra = f" {v['generated_bpb']:.2f} / {v['real_bpb']:.2f} |" if "generated_bpb" in v else ""
+                print(f"| {m} | {v['files']} | {v['lzma_ratio']:.2f}{mark['lzma_ratio']} | {v['top_gap']:+.2f}"
+                      f"{mark['top_gap']} | {v['novelty_ratio']:.2f}{mark['novelty_ratio']} |{extra}")
     if args.grid:
-        best = max(results, key=lambda r: score(r["modalities"]))
-        print(f"\nchosen: {best['setting']} ({best['targets_held']} of {3 * len(best['modalities'])} targets held)")
+        totals = {name: tuple(map(sum, zip(*(score(r["modalities"]) for r in results if r["setting"] == name))))
+                  for name, *_ in settings}
+        out_of = sum(3 * len(r["modalities"]) for r in results if r["setting"] == settings[0][0])
+        print("\n| setting | targets held (all seeds) | distance from 1 (summed) |\n|---|---:|---:|")
+        for name, (held, dist) in totals.items():
+            print(f"| {name} | {held} of {out_of} | {-dist:.2f} |")
+        best = max(totals, key=lambda k: totals[k])
+        verdict = "chosen" if args.data else "holds the most (files outside the corpus: to report, never to choose)"
+        print(f"\n{verdict}: {best} ({totals[best][0]} targets held over {len(args.seeds)} seed(s))")
     where = "unseen" if args.data is None else args.split
     save("samples" + ("" if where == "unseen" else f"_{where}") + ("_grid" if args.grid else "")
-         + ("" if args.bytes == 1024 or not args.grid else f"_{args.bytes}"),
+         + ("" if args.bytes == 1024 or not args.grid else f"_{args.bytes}")
+         + ("" if len(args.seeds) == 1 else f"_{len(args.seeds)}seeds"),
          {"model": args.model, "data": args.data or "outside the corpus (benchmarks/unseen.py)", "split": where,
-          "max_new_bytes": args.bytes, "results": results})
+          "max_new_bytes": args.bytes, "seeds": args.seeds, "results": results})
     return 0
 
 

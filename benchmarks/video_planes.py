@@ -4,8 +4,8 @@
 
 Each clip of the splits (canonical 4:2:0 Y4M, as ingested) keeps its first half, as
 `benchmarks/samples.py` does, and the model writes up to 4 KB after it with `obf generate`'s
-default decoding (or temperature 1.0 without the thermostat). For every generated frame and plane
-(Y, U, V) it prints the generated plane's mean beside the real one's and their mean absolute
+default decoding (or temperature 1.0 without the thermostat and min-p). For every generated
+frame and plane (Y, U, V) it prints the generated plane's mean beside the real one's and their mean absolute
 difference per byte. Then, per plane over all frames, the mean absolute error and the mean gap
 between the generated and the real plane means. A plane whose mean drifts away from the real one
 (a grey clip's U plane, 128 throughout, written at 100) is what a person sees as a colour cast.
@@ -53,7 +53,8 @@ def main() -> int:
     d = DECODING["continue"]
     surprise = not args.no_thermostat and bool(d["match_surprise"])
     opts = SamplingOptions(max_bytes=args.bytes, temperature=1.0 if args.no_thermostat else d["temperature"],
-                           top_p=d["top_p"], seed=0, match_surprise=surprise)
+                           top_p=d["top_p"], min_p=0.0 if args.no_thermostat else d["min_p"], seed=0,
+                           match_surprise=surprise)
     plans = [plan(x, "video", max_bytes=args.bytes, prefix_bytes=max(len(x) // 2, len(x) - args.bytes))
              for _, x in clips]
     made = generate(open_backend(args.model), [p.keep for p in plans], ["video"] * len(clips), opts=opts,

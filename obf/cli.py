@@ -106,7 +106,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def generate_settings(base: GenerateSettings, args: argparse.Namespace) -> GenerateSettings:
     """`base` (params.yaml's `generate` section) with the flags given on the command line."""
     given = {k: getattr(args, k) for k in ("task", "target_modality", "max_bytes", "prefix_bytes", "prefix_fraction",
-                                           "temperature", "top_k", "top_p", "match_surprise", "seed", "precision")}
+                                           "temperature", "top_k", "top_p", "min_p", "match_surprise", "seed",
+                                           "precision")}
     given = {k: v for k, v in given.items() if v is not None}
     if "prefix_bytes" in given or "prefix_fraction" in given:  # one flag replaces the other's setting
         given = {"prefix_bytes": None, "prefix_fraction": None, **given}
@@ -306,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help=f"nucleus sampling mass (1 = off; default {cont['top_p']:g} for continue, {pair['top_p']:g} for paired)",
+    )
+    p.add_argument(
+        "--min-p",
+        type=float,
+        default=None,
+        help="never sample a byte less than this fraction as likely as the likeliest one, after the temperature "
+        f"(0 = off; default {cont['min_p']:g} for continue, chosen by measurement; {pair['min_p']:g} for paired)",
     )
     p.add_argument(
         "--match-surprise",

@@ -109,14 +109,16 @@ def test_generate_settings_from_params_and_their_id():
     p = load_params(None, ["generate.task=paired", "generate.target_modality=text", "generate.max_bytes=64",
                            "generate.temperature=0.5"])
     assert p.generate == GenerateSettings(task="paired", target_modality="text", max_bytes=64, temperature=0.5)
-    assert GenerateSettings(max_bytes=64).settings_id() == "continue|64|0|fp32|None|None|None|1|0|1|surprise"
-    plain = GenerateSettings(max_bytes=64, match_surprise=False)
+    assert GenerateSettings(max_bytes=64).settings_id() == "continue|64|0|fp32|None|None|None|1|0|1|min_p=0.03|surprise"
+    plain = GenerateSettings(max_bytes=64, match_surprise=False, min_p=0.0)
     assert plain.settings_id() == "continue|64|0|fp32|None|None|None|1|0|1"
+    assert GenerateSettings(max_bytes=64).record()["min_p"] == 0.03
     assert p.generate.settings_id() == "paired|64|0|fp32|text|None|None|0.5|0|1"  # paired has no thermostat
     assert GenerateSettings(max_bytes=64).record()["match_surprise"] is True
     assert p.generate.record()["match_surprise"] is False
     assert p.generate.record()["top_k"] == 0 and p.generate.record()["temperature"] == 0.5
     for bad, key in ((["generate.temperature=-1"], "generate.temperature"), (["generate.top_p=0"], "generate.top_p"),
+                     (["generate.min_p=1"], "generate.min_p"),
                      (["generate.target_modality=text"], "generate.target_modality"),
                      (["generate.prefix_bytes=3", "generate.prefix_fraction=0.5"], "generate.prefix_bytes"),
                      (["generate.temperature=hot"], "generate.temperature"),
@@ -144,6 +146,10 @@ def test_obf_generate_flags_override_the_generate_section():
     args = build_parser().parse_args(["generate", "MODEL", "in.txt", "--out", "o", "--prefix-bytes", "10"])
     made = generate_settings(GenerateSettings(prefix_fraction=0.5), args)  # one flag replaces the other setting
     assert (made.prefix_bytes, made.prefix_fraction) == (10, None)
+    args = build_parser().parse_args(["generate", "MODEL", "in.txt", "--out", "o", "--min-p", "0"])
+    assert generate_settings(GenerateSettings(), args).resolved().min_p == 0.0  # the cut turned off
+    assert generate_settings(GenerateSettings(), build_parser().parse_args(
+        ["generate", "MODEL", "in.txt", "--out", "o"])).resolved().min_p == 0.03
     args = build_parser().parse_args(["generate", "MODEL", "in.txt", "--out", "o", "--top-p", "2"])
     with pytest.raises(ConfigError, match="top_p"):
         generate_settings(GenerateSettings(), args)

@@ -156,3 +156,29 @@ def test_a_surprise_matched_row_is_as_predictable_as_its_context():
     assert bits(plain[0]) > 4.5 and plain[0].count(b"a") < 0.6 * 3000
     assert abs(bits(matched[0]) - context_bits) < 0.4 and matched[0].count(b"a") > 0.8 * 3000
     assert abs(bits(matched[1]) - bits(plain[1])) < 0.4  # nothing to cut where the context is as noisy
+
+
+class ThreeLikely(FixedRow):
+    """'a' the favourite, 'b' a tenth as likely and 'c' a hundredth; every other id nothing."""
+
+    def __init__(self) -> None:
+        self.row = np.full(VOCAB_SIZE, -60.0, np.float32)
+        self.row[[ord("a"), ord("b"), ord("c")]] = [0.0, np.log(0.1), np.log(0.01)]
+
+
+def test_min_p_cuts_the_tail_of_the_distribution_sampled():
+    """`min_p` drops every byte less likely than that share of the favourite, in the distribution
+    sampled (after the temperature and the thermostat): a hotter row keeps more of the tail, which
+    is how a thermostat still heats a row out of a loop."""
+    backend = ThreeLikely()
+
+    def made(**kw) -> bytes:
+        opts = SamplingOptions(max_bytes=3000, seed=5, stop_at_eos=False, **kw)
+        return generate(backend, [b"xyz"], ["binary"], opts=opts)[0]
+
+    plain, cut, hot = made(temperature=1.0), made(temperature=1.0, min_p=0.05), made(temperature=2.0, min_p=0.05)
+    assert plain.count(b"c") > 10  # ~1%: sampled as it is, the tail comes out now and then
+    assert cut.count(b"c") == 0 and 150 < cut.count(b"b") < 400  # cut: 'c' never; 'b' keeps its ~9%
+    assert hot.count(b"c") > 100  # at temperature 2, 'c' is sqrt(0.01) = a tenth of 'a': kept
+    with pytest.raises(ValueError, match="min_p"):
+        SamplingOptions(min_p=1.0)

@@ -342,7 +342,7 @@ def write_samples(
         plans[m] = plan(data, m, max_bytes=cfg.sample_bytes, prefix_bytes=keep)
     opts = SamplingOptions(
         max_bytes=cfg.sample_bytes, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
-        match_surprise=cfg.match_surprise,
+        min_p=cfg.min_p, match_surprise=cfg.match_surprise,
     )
     mods = list(plans)
     gens = generate(backend, [plans[m].keep for m in mods], mods, opts=opts, specs=[plans[m].spec for m in mods])

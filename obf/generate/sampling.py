@@ -1,4 +1,4 @@
-"""One decode loop for every backend, with greedy / temperature / top-k / top-p sampling.
+"""One decode loop for every backend, with greedy / temperature / top-k / top-p / min-p sampling.
 
 Imports no torch: backends hand back numpy logits. Built from small functions in the spirit of
 litgpt: `sample_top_p` -> `sample` -> `next_tokens` -> `generate`.
@@ -36,6 +36,7 @@ class SamplingOptions:
     temperature: float = 0.0  # 0 = greedy
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
+    min_p: float = 0.0  # 0 = off; else never sample an id under min_p x the likeliest one's probability (as sampled)
     seed: int = 0
     stop_at_eos: bool = True  # False: EOS is never sampled, so every row emits exactly max_bytes
     learn_from_output: bool = False  # the mixer's file-adaptive parts also learn from the bytes the row makes
@@ -50,25 +51,28 @@ class SamplingOptions:
             raise ValueError("top_k must not be negative")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
+        if not 0 <= self.min_p < 1:
+            raise ValueError("min_p must be in [0, 1)")
 
     @classmethod
     def of(cls, settings: GenerateSettings) -> SamplingOptions:
         """The decoding of `settings` (`obf generate`, batch-generate): its task's `DECODING` defaults
-        where it leaves temperature, top_k, top_p or match_surprise unset."""
+        where it leaves temperature, top_k, top_p, min_p or match_surprise unset."""
         r = settings.resolved()
-        return cls(max_bytes=r.max_bytes, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, seed=r.seed,
-                   match_surprise=bool(r.match_surprise))
+        return cls(max_bytes=r.max_bytes, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
+                   min_p=float(r.min_p or 0.0), seed=r.seed, match_surprise=bool(r.match_surprise))
 
     @classmethod
     def for_task(cls, task: str, *, temperature: float | None = None, top_k: int | None = None,
-                 top_p: float | None = None, match_surprise: bool | None = None, **kw: Any) -> SamplingOptions:
+                 top_p: float | None = None, min_p: float | None = None, match_surprise: bool | None = None,
+                 **kw: Any) -> SamplingOptions:
         """Options for `task` (continue or paired): its `DECODING` defaults where an argument is None."""
         if task not in DECODING:
             raise ValueError(f"task {task!r} cannot generate files; use continue or paired")
-        r = GenerateSettings(task=task, temperature=temperature, top_k=top_k, top_p=top_p,
+        r = GenerateSettings(task=task, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                              match_surprise=match_surprise).resolved()
-        return cls(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, match_surprise=bool(r.match_surprise),
-                   **kw)
+        return cls(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, min_p=float(r.min_p or 0.0),
+                   match_surprise=bool(r.match_surprise), **kw)
 
 
 @dataclass(frozen=True)
@@ -140,14 +144,19 @@ class SurpriseControl:
 
 def sample(logits: np.ndarray, opts: SamplingOptions, rng: np.random.Generator,
            control: SurpriseControl | None = None, rows: np.ndarray | None = None) -> np.ndarray:
-    """(B, V) logits -> (B,) ids under greedy / temperature / top-k / top-p; where `control` is
-    given, each row's temperature is scaled by its thermostat (`rows`: which of its rows these are)."""
+    """(B, V) logits -> (B,) ids under greedy / temperature / top-k / top-p / min-p; where `control`
+    is given, each row's temperature is scaled by its thermostat (`rows`: which of its rows these are).
+    min-p cuts the tail of the distribution as sampled, after the temperature: a row its thermostat
+    heats keeps more candidates, so it can still sample its way out of a loop (cut before the
+    temperature, images and binaries collapse into one colour or byte: benchmarks/README.md, "Decoding")."""
     if opts.temperature == 0:
         return logits.argmax(axis=-1)
     assert control is None or rows is not None, "a thermostat needs the rows it steps"
     z = logits.astype(np.float64) / opts.temperature
     if control is not None:
         z = z / control.factor(rows)[:, None]
+    if opts.min_p > 0:  # in the distribution sampled: a heated row keeps more of the tail
+        z = np.where(z >= z.max(axis=-1, keepdims=True) + np.log(opts.min_p), z, -np.inf)
     if opts.top_k:
         k = min(opts.top_k, z.shape[-1])
         kth = np.partition(z, -k, axis=-1)[:, -k][:, None]
