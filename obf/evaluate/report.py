@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from obf.core.config import DECODING
+
 
 def _methods(metrics: dict[str, Any]) -> list[str]:
     """`model` (as served), `network` (without the mixer; older metrics lack it), baselines."""
@@ -73,6 +75,22 @@ def render_sample(m: str, s: dict[str, Any]) -> list[str]:
     return parts
 
 
+def render_decoding(d: dict[str, Any]) -> str:
+    """How the samples were decoded (`evaluate.*`), and whether that is `obf generate`'s default."""
+    if not d["temperature"]:
+        how = "greedily"
+    else:
+        thermostat = "with the thermostat" if d["match_surprise"] else "no thermostat"
+        knobs = [f"at temperature {d['temperature']:g}", thermostat]
+        knobs += [f"min-p {d['min_p']:g}"] if d["min_p"] else []
+        knobs += [f"top-k {d['top_k']}"] if d["top_k"] else []
+        knobs += [f"top-p {d['top_p']:g}"] if d["top_p"] < 1 else []
+        how = ", ".join(knobs + [f"seed {d['seed']}"])
+    default = all(d[k] == v for k, v in DECODING["continue"].items())
+    return (f"Decoded {how} (`evaluate.*` in params.yaml): "
+            + ("as `obf generate` decodes by default." if default else "not `obf generate`'s default decoding."))
+
+
 def render_report(metrics: dict[str, Any]) -> str:
     parts = [f"# Evaluation of `{metrics['model']}`", "",
              f"Data: `{metrics['data']}` (split: {metrics['split']}). Bits per byte over whole files; "
@@ -80,7 +98,8 @@ def render_report(metrics: dict[str, Any]) -> str:
              "its mixer), `network` the network alone; `best` is the smallest compressor output per file.", "",
              render_table(metrics), "", "## Samples", "",
              "Each sample keeps the start of a real file and the model makes the rest: images, audio and video "
-             "up to the size their header declares, text and binary until end of file or `evaluate.sample_bytes`.",
+             "up to the size their header declares, text and binary until end of file or `evaluate.sample_bytes`."
+             + (" " + render_decoding(metrics["sample_decoding"]) if "sample_decoding" in metrics else ""),
              ""]
     for m, v in metrics["modalities"].items():
         parts += render_sample(m, v["sample"])

@@ -253,6 +253,8 @@ def evaluate(
         "split": split,
         "modalities": per_mod,
         "overall": overall,
+        "sample_decoding": {k: getattr(cfg, k) for k in ("temperature", "top_k", "top_p", "min_p", "match_surprise",
+                                                         "seed")},
         "conversions": conversions,
         "files": [
             {
