@@ -154,7 +154,7 @@ def main() -> int:
     files = files_of(args.model, args.data, args.split, args.per_modality)
     d = DECODING["continue"]
     settings = ([g for g in GRID if not args.settings or g[0] in args.settings] if args.grid
-                else [("default", d["temperature"], d["top_p"], False, bool(d["match_surprise"]), d.get("min_p", 0.0))])
+                else [("default", d["temperature"], d["top_p"], False, bool(d["match_surprise"]), d["min_p"])])
     results = []
     for name, t, p, learn, surprise, min_p in settings:
         for seed in args.seeds:

@@ -60,7 +60,7 @@ class SamplingOptions:
         where it leaves temperature, top_k, top_p, min_p or match_surprise unset."""
         r = settings.resolved()
         return cls(max_bytes=r.max_bytes, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
-                   min_p=float(r.min_p or 0.0), seed=r.seed, match_surprise=bool(r.match_surprise))
+                   min_p=r.min_p, seed=r.seed, match_surprise=bool(r.match_surprise))
 
     @classmethod
     def for_task(cls, task: str, *, temperature: float | None = None, top_k: int | None = None,
@@ -71,7 +71,7 @@ class SamplingOptions:
             raise ValueError(f"task {task!r} cannot generate files; use continue or paired")
         r = GenerateSettings(task=task, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                              match_surprise=match_surprise).resolved()
-        return cls(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, min_p=float(r.min_p or 0.0),
+        return cls(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, min_p=r.min_p,
                    match_surprise=bool(r.match_surprise), **kw)
 
 
