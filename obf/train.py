@@ -132,7 +132,7 @@ def validation_bpb(model: OmniByteFormer, sampler: ExampleSampler, cfg: TrainCon
 # --------------------------------------------------------------------------- the loop
 
 
-BUDGET_KEYS = ("steps", "minutes")  # what a resumed run may change: how long it trains
+BUDGET_KEYS = ("steps", "minutes", "fp32_minutes")  # what a resumed run may change: how long it trains
 AFTER_KEYS = ("mixer_fit_bytes",)  # used after the last step only: a resume may change them too
 
 
@@ -154,13 +154,24 @@ def _check_resume_state(state: dict[str, Any], model_cfg: ModelConfig, train_cfg
     for key in sorted(set(saved) | set(now)):
         if saved.get(key) != now.get(key):
             raise CheckpointError(f"resume: train.{key} differs from the checkpoint's ({saved.get(key)!r} vs "
-                                  f"{now.get(key)!r}); only train.steps and train.minutes may change")
+                                  f"{now.get(key)!r}); only the budget (train.steps, minutes, fp32_minutes) may change")
     if state.get("data_sha256") != data_sha256:
         raise CheckpointError("resume: the dataset differs from the one the checkpoint was trained on "
                               "(manifest.json changed); train from scratch without --resume")
     if state.get("world_size", 1) != world:
         raise CheckpointError(f"resume: the checkpoint was trained with {state.get('world_size')} processes, "
                               f"not {world}")
+
+
+def budget_minutes(cfg: TrainConfig, bf16: bool) -> float:
+    """The wall-clock budget a run trains under (0 = steps only): `train.minutes` when set, else
+    `train.fp32_minutes` when it trains in fp32. A CPU without bf16 runs a step several times
+    slower (README, Training time); the fp32 budget lets such a host finish an annealed model in
+    about the time the default takes elsewhere rather than in an hour, while a bf16 run keeps its
+    steps and so its bitwise-reproducible model."""
+    if cfg.minutes > 0:
+        return cfg.minutes
+    return 0.0 if bf16 else cfg.fp32_minutes
 
 
 class _Budget:
@@ -348,7 +359,12 @@ def train(
         )
 
     fit_seconds = [0.0]
-    clock = _Budget(tcfg.minutes * 60, float(state.get("seconds", 0.0)) if state else 0.0, d, device)
+    minutes = budget_minutes(tcfg, bf16)
+    if d.main and minutes > 0 and tcfg.minutes <= 0:
+        log.info("train: training in fp32 on %s (no bf16), so train.fp32_minutes=%g caps training at %g minutes "
+                 "(the learning rate anneals by then); set it to 0 to train all %d steps", device, minutes, minutes,
+                 tcfg.steps)
+    clock = _Budget(minutes * 60, float(state.get("seconds", 0.0)) if state else 0.0, d, device)
     bar = tqdm(
         total=tcfg.steps,
         initial=start_step,
@@ -426,6 +442,7 @@ def train(
         "params": model.num_params(),
         "device": str(device),
         "precision": "bf16" if bf16 else "fp32",
+        "budget_minutes": minutes,
         "world_size": d.world,
     }
     if live is not None:

@@ -193,6 +193,31 @@ def test_minutes_budget_ends_annealed_and_counts_across_resume(dataset, tmp_path
     assert resumed["start_step"] == steps < resumed["steps"] and resumed["seconds"] < 30  # about half was left
 
 
+def test_fp32_budget_caps_an_fp32_run_and_leaves_a_bf16_run_its_steps(dataset, tmp_path):
+    """`train.fp32_minutes` ends a run that trains in fp32 by the clock (annealed, as
+    `train.minutes` does) and is ignored by a bf16 run, whose steps alone decide; `train.minutes`,
+    when set, wins on either."""
+    from obf.train import budget_minutes
+
+    cfg = load_params(None, ["train.fp32_minutes=9"]).train
+    assert (budget_minutes(cfg, bf16=False), budget_minutes(cfg, bf16=True)) == (9, 0)
+    cfg = load_params(None, ["train.fp32_minutes=9", "train.minutes=4"]).train
+    assert (budget_minutes(cfg, bf16=False), budget_minutes(cfg, bf16=True)) == (4, 4)
+    sets = [f"--set={s}" for s in [*TINY, "train.eval_every=1000000", "train.checkpoint_every=1000000",
+                                   "train.fp32_minutes=0.05"]]
+    runs = {}
+    for precision, steps in (("fp32", 1_000_000), ("bf16", 3)):
+        out = tmp_path / precision
+        r = obf("train", str(dataset), "--out", str(out), "--set=train.precision=" + precision,
+                f"--set=train.steps={steps}", *sets, timeout=120)
+        assert r.returncode == 0, r.stderr
+        runs[precision] = (json.loads((out / "train_summary.json").read_text()), r.stderr)
+    fp32, bf16 = runs["fp32"][0], runs["bf16"][0]
+    assert fp32["budget_minutes"] == 0.05 and 10 < fp32["steps"] < 1_000_000 and fp32["seconds"] < 30
+    assert "train.fp32_minutes=0.05 caps training" in runs["fp32"][1]
+    assert bf16["budget_minutes"] == 0 and bf16["steps"] == 3 and "fp32_minutes" not in runs["bf16"][1]
+
+
 def test_ddp_ranks_stop_together_on_a_minutes_budget(dataset, tmp_path):
     """The clock is rank 0's: all ranks end at the same step (one stopping alone would hang the
     others in their next all-reduce)."""

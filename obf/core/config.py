@@ -166,6 +166,7 @@ class TrainConfig:
     compile: bool = False
     steps: int = 600
     minutes: float = 0.0  # wall-clock budget over the whole run, resumes included; 0 = steps only
+    fp32_minutes: float = 0.0  # the budget when training runs in fp32 (a CPU without bf16) and `minutes` is 0
     batch_size: int = 16
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
@@ -200,6 +201,7 @@ class TrainConfig:
         )
         require(self.steps >= 1, f"{s}.steps", "must be at least 1")
         require(self.minutes >= 0, f"{s}.minutes", "must not be negative")
+        require(self.fp32_minutes >= 0, f"{s}.fp32_minutes", "must not be negative")
         require(self.batch_size >= 1, f"{s}.batch_size", "must be at least 1")
         require(self.lr > 0, f"{s}.lr", "must be positive")
         require(0 <= self.min_lr_ratio <= 1, f"{s}.min_lr_ratio", "must be in [0, 1]")
