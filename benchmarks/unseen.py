@@ -12,9 +12,10 @@ plot above. They are ingested as the model's training data was (`obf ingest`: im
 BMP, audio to 8 kHz WAV, video to 32x32 Y4M) and scored by `obf evaluate` on the whole split.
 Nothing here is ever used to choose a design or a setting: it is the figure the README leads with.
 
-    python benchmarks/unseen.py data/model [--keep DIR]
+    python benchmarks/unseen.py data/model [--keep DIR] [--tag TAG]
 
-Prints a table per file and per modality and saves benchmarks/results/unseen.json.
+Prints a table per file and per modality and saves benchmarks/results/unseen.json (unseen_TAG.json
+with --tag, for a model other than the default).
 """
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ def clip(image: bytes, frames: int = 20, size: int = 64, fps: int = 10) -> bytes
     w, h = im.size
     out = io.BytesIO()
     with av.open(out, "w", format="mp4") as c:
-        s = c.add_stream("libx264", rate=fps, options={"threads": "1"})  # one thread: the same bytes every run
+        # one thread and no macroblock tree: with it x264 made other bytes now and then, even on one thread
+        s = c.add_stream("libx264", rate=fps, options={"threads": "1", "x264-params": "mbtree=0"})
         s.width = s.height = size
         s.pix_fmt = "yuv420p"
         for k in range(frames):
@@ -172,6 +174,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="a trained model dir (obf train) or an ONNX export")
     ap.add_argument("--keep", help="also keep the gathered raw files here")
+    ap.add_argument("--tag", default="", help="save results/unseen_TAG.json (another model than the default's), "
+                    "leaving results/unseen.json as it is")
     args = ap.parse_args()
 
     from obf.core.params import load_params
@@ -217,7 +221,7 @@ def main() -> int:
             f"| {v['baselines']['best']:.3f} |"
         )
     save(
-        "unseen",
+        f"unseen_{args.tag}" if args.tag else "unseen",
         {
             "model": args.model,
             "files": files,

@@ -106,7 +106,8 @@ def clip(image: Path, dest: Path, codec: str, frames: int = 24, size: int = 96, 
     im = Image.open(image).convert("RGB")
     W, H = im.size
     with av.open(str(dest), "w") as c:
-        s = c.add_stream(codec, rate=fps)
+        # x264's macroblock tree made other bytes now and then, so a rebuild could not match data/raw
+        s = c.add_stream(codec, rate=fps, options={"x264-params": "mbtree=0"} if codec == "libx264" else {})
         s.width = s.height = size
         s.pix_fmt = "yuv420p" if codec != "mjpeg" else "yuvj420p"
         for k in range(frames):
