@@ -204,7 +204,7 @@ def test_fp32_budget_caps_an_fp32_run_and_leaves_a_bf16_run_its_steps(dataset, t
     cfg = load_params(None, ["train.fp32_minutes=9", "train.minutes=4"]).train
     assert (budget_minutes(cfg, bf16=False), budget_minutes(cfg, bf16=True)) == (4, 4)
     sets = [f"--set={s}" for s in [*TINY, "train.eval_every=1000000", "train.checkpoint_every=1000000",
-                                   "train.fp32_minutes=0.05"]]
+                                   "train.lr=0.002", "train.min_lr_ratio=0.1", "train.fp32_minutes=0.08"]]
     runs = {}
     for precision, steps in (("fp32", 1_000_000), ("bf16", 3)):
         out = tmp_path / precision
@@ -213,8 +213,10 @@ def test_fp32_budget_caps_an_fp32_run_and_leaves_a_bf16_run_its_steps(dataset, t
         assert r.returncode == 0, r.stderr
         runs[precision] = (json.loads((out / "train_summary.json").read_text()), r.stderr)
     fp32, bf16 = runs["fp32"][0], runs["bf16"][0]
-    assert fp32["budget_minutes"] == 0.05 and 10 < fp32["steps"] < 1_000_000 and fp32["seconds"] < 30
-    assert "train.fp32_minutes=0.05 caps training" in runs["fp32"][1]
+    assert fp32["budget_minutes"] == 0.08 and 10 < fp32["steps"] < 1_000_000 and fp32["seconds"] < 30
+    assert "train.fp32_minutes=0.08 caps training" in runs["fp32"][1]
+    lrs = (tmp_path / "fp32/dvclive/plots/metrics/train/lr.tsv").read_text().splitlines()[1:]
+    assert float(lrs[-1].split()[1]) < 0.0002 * 1.1  # annealed to lr * min_lr_ratio by the deadline
     assert bf16["budget_minutes"] == 0 and bf16["steps"] == 3 and "fp32_minutes" not in runs["bf16"][1]
 
 
