@@ -163,15 +163,16 @@ def _check_resume_state(state: dict[str, Any], model_cfg: ModelConfig, train_cfg
                               f"not {world}")
 
 
-def budget_minutes(cfg: TrainConfig, bf16: bool) -> float:
+def budget_minutes(cfg: TrainConfig, bf16: bool, device: torch.device) -> float:
     """The wall-clock budget a run trains under (0 = steps only): `train.minutes` when set, else
-    `train.fp32_minutes` when it trains in fp32. A CPU without bf16 runs a step several times
-    slower (README, Training time); the fp32 budget lets such a host finish an annealed model in
-    about the time the default takes elsewhere rather than in an hour, while a bf16 run keeps its
-    steps and so its bitwise-reproducible model."""
+    `train.fp32_minutes` when it trains in fp32 on a CPU. A CPU without bf16 runs a step several
+    times slower (README, Training time); the fp32 budget lets such a host finish an annealed model
+    in about the time the default takes elsewhere rather than in an hour, while a bf16 run keeps
+    its steps and so its bitwise-reproducible model. A GPU in fp32 (one without bf16) is fast
+    enough for its steps, and a long GPU recipe must not end at a CPU's budget."""
     if cfg.minutes > 0:
         return cfg.minutes
-    return 0.0 if bf16 else cfg.fp32_minutes
+    return cfg.fp32_minutes if device.type == "cpu" and not bf16 else 0.0
 
 
 class _Budget:
@@ -359,7 +360,7 @@ def train(
         )
 
     fit_seconds = [0.0]
-    minutes = budget_minutes(tcfg, bf16)
+    minutes = budget_minutes(tcfg, bf16, device)
     if d.main and minutes > 0 and tcfg.minutes <= 0:
         log.info("train: training in fp32 on %s (no bf16), so train.fp32_minutes=%g caps training at %g minutes "
                  "(the learning rate anneals by then); set it to 0 to train all %d steps", device, minutes, minutes,

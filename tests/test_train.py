@@ -194,15 +194,16 @@ def test_minutes_budget_ends_annealed_and_counts_across_resume(dataset, tmp_path
 
 
 def test_fp32_budget_caps_an_fp32_run_and_leaves_a_bf16_run_its_steps(dataset, tmp_path):
-    """`train.fp32_minutes` ends a run that trains in fp32 by the clock (annealed, as
-    `train.minutes` does) and is ignored by a bf16 run, whose steps alone decide; `train.minutes`,
-    when set, wins on either."""
+    """`train.fp32_minutes` ends a run that trains in fp32 on a CPU by the clock (annealed, as
+    `train.minutes` does) and is ignored by a bf16 run, whose steps alone decide, and on a GPU;
+    `train.minutes`, when set, wins everywhere."""
     from obf.train import budget_minutes
 
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
     cfg = load_params(None, ["train.fp32_minutes=9"]).train
-    assert (budget_minutes(cfg, bf16=False), budget_minutes(cfg, bf16=True)) == (9, 0)
+    assert [budget_minutes(cfg, b, d) for b, d in ((False, cpu), (True, cpu), (False, cuda))] == [9, 0, 0]
     cfg = load_params(None, ["train.fp32_minutes=9", "train.minutes=4"]).train
-    assert (budget_minutes(cfg, bf16=False), budget_minutes(cfg, bf16=True)) == (4, 4)
+    assert [budget_minutes(cfg, b, d) for b, d in ((False, cpu), (True, cpu), (False, cuda))] == [4, 4, 4]
     sets = [f"--set={s}" for s in [*TINY, "train.eval_every=1000000", "train.checkpoint_every=1000000",
                                    "train.lr=0.002", "train.min_lr_ratio=0.1", "train.fp32_minutes=0.08"]]
     runs = {}

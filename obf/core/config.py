@@ -166,7 +166,7 @@ class TrainConfig:
     compile: bool = False
     steps: int = 600
     minutes: float = 0.0  # wall-clock budget over the whole run, resumes included; 0 = steps only
-    fp32_minutes: float = 0.0  # the budget when training runs in fp32 (a CPU without bf16) and `minutes` is 0
+    fp32_minutes: float = 0.0  # the budget when training runs in fp32 on a CPU (one without bf16) and `minutes` is 0
     batch_size: int = 16
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
