@@ -64,7 +64,8 @@ def run_stages(work: Path, sets: list[str], stand_in: bool) -> dict[str, float]:
         r = subprocess.run([*pin, *cmd, "-q"], cwd=ROOT, env=env, capture_output=True, text=True)
         seconds[name] = time.perf_counter() - t
         if r.returncode != 0:
-            raise SystemExit(f"{name} failed ({r.returncode}): {r.stderr.strip().splitlines()[-1:]}")
+            last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            raise SystemExit(f"{name} failed (exit {r.returncode}): {last}")
         print(f"{name}: {seconds[name]:.0f} s", flush=True)
     return seconds
 
