@@ -176,7 +176,7 @@ def budget_minutes(cfg: TrainConfig, bf16: bool, device: torch.device) -> float:
 
 
 class _Budget:
-    """The `train.minutes` clock: seconds of training spent (across resumes) as a share of the budget.
+    """The budget's clock (`budget_minutes`): seconds of training spent (across resumes) as a share of it.
 
     Under DDP every rank takes rank 0's reading, so the learning rate and the step that ends the
     run are the same on all ranks (a rank that stopped alone would leave the others hanging in
@@ -362,9 +362,8 @@ def train(
     fit_seconds = [0.0]
     minutes = budget_minutes(tcfg, bf16, device)
     if d.main and minutes > 0 and tcfg.minutes <= 0:
-        log.info("train: training in fp32 on %s (no bf16), so train.fp32_minutes=%g caps training at %g minutes "
-                 "(the learning rate anneals by then); set it to 0 to train all %d steps", device, minutes, minutes,
-                 tcfg.steps)
+        log.info("train: training in fp32 on the CPU, so train.fp32_minutes=%g caps training at %g minutes "
+                 "(the learning rate anneals by then); set it to 0 to train all %d steps", minutes, minutes, tcfg.steps)
     clock = _Budget(minutes * 60, float(state.get("seconds", 0.0)) if state else 0.0, d, device)
     bar = tqdm(
         total=tcfg.steps,
