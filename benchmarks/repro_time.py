@@ -1,7 +1,7 @@
 """How long the default pipeline takes on a host class, stage by stage, and what model it makes there.
 
-Runs the four stages of `dvc.yaml` (ingest, train, evaluate, export) as `obf` commands into a
-scratch folder, times each, and prints the model's validation figures beside the committed
+Runs the stages of `dvc.yaml` (ingest, train, evaluate, export), their commands as written there,
+into a scratch folder, times each, and prints the model's validation figures beside the committed
 default's (`data/eval/metrics.json`, the bf16 host's). DVC itself is left out: its own overhead is
 seconds, and a scratch folder leaves the repository's outputs untouched.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -38,20 +39,22 @@ AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_E
 
 
 def stage_commands(work: Path, sets: list[str]) -> dict[str, list[str]]:
-    """The dvc.yaml stages' commands, writing into `work`; `sets` (`section.key=value`) go to each."""
-    obf = [sys.executable, "-m", "obf"]
-    extra = [f"--set={s}" for s in sets]
-    ds, model = str(work / "dataset"), str(work / "model")
+    """dvc.yaml's stage commands, their outputs moved into `work` (the raw corpus stays where it
+    is); `sets` (`section.key=value`) go to the stages that read their section."""
+    import yaml
 
-    def only(section: str) -> list[str]:
-        return [e for e in extra if e.startswith(f"--set={section}.")]
-
-    return {
-        "ingest": [*obf, "ingest", str(ROOT / "data/raw"), "--out", ds, *only("ingest")],
-        "train": [*obf, "train", ds, "--out", model, "--live", str(work / "dvclive"), *only("model"), *only("train")],
-        "evaluate": [*obf, "evaluate", model, ds, "--out", str(work / "eval/metrics.json"), *only("evaluate")],
-        "export": [*obf, "export", model, "--out", str(work / "onnx"), "--data", ds, *only("export")],
-    }
+    moved = {"data/dataset": work / "dataset", "data/model": work / "model", "dvclive": work / "dvclive",
+             "data/eval/metrics.json": work / "eval/metrics.json", "data/onnx": work / "onnx",
+             "data/raw": ROOT / "data/raw"}
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    out = {}
+    for name, stage in stages.items():
+        words = [str(moved.get(w, w)) for w in shlex.split(stage["cmd"])]
+        assert words[0] == "obf", f"dvc.yaml stage {name}: {stage['cmd']!r} is not an obf command"
+        sections = [p if isinstance(p, str) else next(iter(p)) for p in stage.get("params", [])]
+        out[name] = [sys.executable, "-m", "obf", *words[1:],
+                     *(f"--set={x}" for x in sets if x.split(".", 1)[0] in sections)]
+    return out
 
 
 def run_stages(work: Path, sets: list[str], stand_in: bool) -> dict[str, float]:
@@ -89,8 +92,8 @@ def main() -> int:
         work = Path(tmp)
         seconds = run_stages(work, sets, bool(args.stand_in))
         summary = json.loads((work / "model/train_summary.json").read_text())
-        ours = figures(json.loads((work / "eval/metrics.json").read_text()))
-        conversions = json.loads((work / "eval/metrics.json").read_text()).get("conversions", {})
+        metrics = json.loads((work / "eval/metrics.json").read_text())
+        ours, conversions = figures(metrics), metrics.get("conversions", {})
         if args.keep:
             shutil.copytree(work, args.keep, dirs_exist_ok=True)
     default = figures(json.loads((ROOT / "data/eval/metrics.json").read_text()))
