@@ -64,17 +64,21 @@ def main() -> int:
             row = {"variant": name, "sets": sets, "steps": summary["steps"], "seconds": summary["seconds"],
                    "target_bytes_per_s": summary["target_bytes_per_s"],
                    "bpb": {k: v["bpb"] for k, v in m["modalities"].items()},
+                   "network_bpb": {k: v["network_bpb"] for k, v in m["modalities"].items()},
                    "best": {k: v["baselines"]["best"] for k, v in m["modalities"].items()},
-                   "overall": m["overall"]["bpb"], "overall_best": m["overall"]["baselines"]["best"]}
+                   "overall": m["overall"]["bpb"], "overall_network": m["overall"]["network_bpb"],
+                   "overall_best": m["overall"]["baselines"]["best"]}
             if args.test:
                 t = evaluate(str(model), args.data, Path(tmp) / name / "test" / "metrics.json",
                              load_params(ROOT / "params.yaml", [*sets, "evaluate.split=test"]), progress=False)
                 row["test"] = {"bpb": {k: v["bpb"] for k, v in t["modalities"].items()},
+                               "network_bpb": {k: v["network_bpb"] for k, v in t["modalities"].items()},
+                               "overall_network": t["overall"]["network_bpb"],
                                "best": {k: v["baselines"]["best"] for k, v in t["modalities"].items()},
                                "overall": t["overall"]["bpb"], "overall_best": t["overall"]["baselines"]["best"]}
             rows.append(row)
-            print(f"{name}: {row['steps']} steps in {row['seconds']:.0f} s, overall {row['overall']:.3f} "
-                  f"(best compressor {row['overall_best']:.3f})", flush=True)
+            print(f"{name}: {row['steps']} steps in {row['seconds']:.0f} s, overall {row['overall']:.3f}, network "
+                  f"alone {row['overall_network']:.3f} (best compressor {row['overall_best']:.3f})", flush=True)
     for split, get in (("val", lambda r: r), ("test", lambda r: r.get("test"))):
         if get(rows[0]) is None:
             continue
@@ -86,6 +90,11 @@ def main() -> int:
         for r in rows:
             print(f"| {r['variant']} | {r['steps']} | " + " | ".join(f"{get(r)['bpb'][k]:.3f}" for k in mods)
                   + f" | {get(r)['overall']:.3f} |")
+        for r in rows:
+            if "network_bpb" in get(r):
+                print(f"| {r['variant']}, network alone | {r['steps']} | "
+                      + " | ".join(f"{get(r)['network_bpb'][k]:.3f}" for k in mods)
+                      + f" | {get(r)['overall_network']:.3f} |")
     save(args.name, {"minutes": 0 if args.steps else args.minutes, "steps": args.steps, "data": args.data,
                      "rows": rows})
     return 0
