@@ -529,6 +529,35 @@ def test_mixer_travels_with_the_model_and_copies_what_repeats(exported):
     assert out == generate(load_torch(str(root / "model")), ctx, ["binary", "binary"], opts=opts)
 
 
+def test_files_that_share_a_start_score_it_once(exported):
+    """Two files with the same first 900 bytes (evaluate's samples: a kept part followed by what
+    the model wrote, and by the real bytes) score those windows once, and each file's scores are
+    the ones it gets alone."""
+    from obf.runtime.scoring import served_log_probs
+
+    root, _, _ = exported
+    tb = load_torch(str(root / "model"))
+    rng = np.random.default_rng(3)
+    head = rng.integers(0, 256, 900, dtype=np.uint8).tobytes()
+    files = [(np.frombuffer(head + rng.integers(0, 256, 300, dtype=np.uint8).tobytes(), np.uint8), "binary")
+             for _ in range(2)]
+    windows = [0]
+    logits = tb.logits
+
+    def counted(src, dec):
+        windows[0] += len(dec)
+        return logits(src, dec)
+
+    tb.logits = counted
+    alone = [served_log_probs(tb, [f], 16, learn_until=[900]) for f in files]
+    each = windows[0]
+    together = served_log_probs(tb, files, 16, learn_until=[900, 900])
+    assert windows[0] - each < 0.7 * each  # the shared ~26 windows of ~37 a file are scored once
+    for i in range(2):
+        np.testing.assert_allclose(together[0][i], alone[i][0][0], atol=1e-5)  # served
+        np.testing.assert_allclose(together[1][i], alone[i][1][0], atol=1e-5)  # network alone
+
+
 def test_column_expert_codes_records_the_network_never_saw(exported):
     """A dump of float64 samples: the column expert (obf.mixer.columns) makes it cost well under the
     network's bits, alike on torch and ONNX Runtime; generation starts from the weight scoring

@@ -10,6 +10,7 @@ of a context's last bytes (`tail_log_probs`), from which the mixer's file-adapti
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from typing import NamedTuple
 
@@ -111,6 +112,7 @@ def position_log_probs(backend: Backend, files: list[tuple[np.ndarray, str]], ba
         for ex, windows in file_windows(data, modality, backend.max_src_len, w, stride, group):
             if windows[-1][0] + w > from_pos:  # the last window scores up to its start + w
                 work.append((fi, ex, windows))
+    work, repeats = _unique_windows(work, files, hints, w) if fit is None else (work, [])
     work.sort(key=lambda item: len(item[1].src))  # similar lengths together: less padding
     batches, cur = [], []
     for item in work:
@@ -150,7 +152,41 @@ def position_log_probs(backend: Backend, files: list[tuple[np.ndarray, str]], ba
             hinted[fi][start + first:start + k] = lp[n, first:k]
             hint[fi][start + first:start + k] = lp_hint[n, first:k]
             network[fi][start + first:start + k] = lp_net[n, first:k]
+    for fi, windows, fj in repeats:  # windows of file fi that file fj's scores cover
+        for start, first in windows:
+            k = min(w, len(hinted[fi]) - start)
+            for out in (hinted, hint, network):
+                out[fi][start + first:start + k] = out[fj][start + first:start + k]
     return PositionLogProbs(hinted, hint, network, hints)
+
+
+Work = tuple[int, Example, list[tuple[int, int]]]  # (file index, example, (start, first scored target) per window)
+Repeat = tuple[int, list[tuple[int, int]], int]  # (file index, its windows, the file whose scores it copies)
+
+
+def _unique_windows(work: list[Work], files: list[tuple[np.ndarray, str]], hints: list[Hints | None], width: int
+                    ) -> tuple[list[Work], list[Repeat]]:
+    """`work` without the examples that repeat an earlier one: the same modality, windows, source
+    and targets, and the same hints over those windows, so the same logits and mixed scores.
+    Files that share a start score it once: `obf evaluate`'s samples score each kept part twice,
+    once followed by what the model wrote and once by the real bytes that follow it."""
+    seen: dict[bytes, int] = {}
+    unique, repeats = [], []
+    for fi, ex, windows in work:
+        h = hints[fi]
+        key = hashlib.sha256(files[fi][1].encode() + np.asarray(windows, np.int64).tobytes())
+        for ids in (ex.src, ex.tgt, *(win.targets for win in ex.earlier)):
+            key.update(np.asarray(ids, np.int64).tobytes() + b"|")
+        for start, _ in windows:
+            for x in h or ():
+                key.update(x[start:start + width].tobytes())
+        digest = key.digest()
+        if digest in seen:
+            repeats.append((fi, windows, seen[digest]))
+        else:
+            seen[digest] = fi
+            unique.append((fi, ex, windows))
+    return unique, repeats
 
 
 def served_log_probs(backend: Backend, files: list[tuple[np.ndarray, str]], batch_size: int, stride: int | None = None,
