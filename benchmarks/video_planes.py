@@ -53,7 +53,8 @@ def main() -> int:
     d = DECODING["continue"]
     surprise = not args.no_thermostat and bool(d["match_surprise"])
     opts = SamplingOptions(max_bytes=args.bytes, temperature=1.0 if args.no_thermostat else d["temperature"],
-                           top_p=d["top_p"], min_p=0.0 if args.no_thermostat else d["min_p"], seed=0,
+                           top_p=d["top_p"], min_p=0.0 if args.no_thermostat else d["min_p"],
+                           share_guard=0.0 if args.no_thermostat else d["share_guard"], seed=0,
                            match_surprise=surprise)
     plans = [plan(x, "video", max_bytes=args.bytes, prefix_bytes=max(len(x) // 2, len(x) - args.bytes))
              for _, x in clips]

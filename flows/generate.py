@@ -2,7 +2,7 @@
 
 Runs ONNX Runtime (never torch) with a model resolved from the registry. Idempotent: an input
 already done for the same model version and the same generation settings (task, target
-modality, prefix, max_bytes, seed, precision, temperature, top_k, top_p, min_p, match_surprise; same
+modality, prefix, max_bytes, seed, precision, temperature, top_k, top_p, min_p, share_guard, match_surprise; same
 key, size and ETag, or content sha256 for local files) is skipped, so a second run processes
 nothing and a rerun after a crash fills in only what is missing; a run with other settings
 generates every input again (its outputs replace the earlier ones, and each state record says
@@ -285,6 +285,7 @@ def batch_generate(
     top_p: float | None = None,
     match_surprise: bool | None = None,
     min_p: float | None = None,
+    share_guard: float | None = None,
 ) -> dict[str, Any]:
     """Generate an output for every input not yet done with this model version and these settings.
 
@@ -294,7 +295,8 @@ def batch_generate(
     `target_modality`, default the input's, as `obf generate --task paired --target-modality`).
     `precision` int8 runs the model's quantised graphs (published when it was exported with
     `export.int8`) on CPU; fp16 its fp16 graphs (`export.fp16`), made for the CUDA provider.
-    `temperature`, `top_k`, `top_p`, `min_p`, `match_surprise` (a thermostat per output): the decoding, by
+    `temperature`, `top_k`, `top_p`, `min_p`, `share_guard`, `match_surprise` (a thermostat per output): the
+    decoding, by
     default `obf generate`'s for the task (`obf.generate.sampling.DECODING`); each state record
     names them.
     Runs may overlap on one output prefix (a scheduled run while a manual one goes on): each
@@ -303,7 +305,8 @@ def batch_generate(
     log = get_run_logger()
     settings = GenerateSettings(task=task_name, target_modality=target_modality, max_bytes=max_bytes,
                                 prefix_bytes=prefix_bytes, prefix_fraction=prefix_fraction, temperature=temperature,
-                                top_k=top_k, top_p=top_p, min_p=min_p, match_surprise=match_surprise, seed=seed,
+                                top_k=top_k, top_p=top_p, min_p=min_p, share_guard=share_guard,
+                                match_surprise=match_surprise, seed=seed,
                                 precision=precision)
     try:
         settings.validate("batch-generate")  # bad values fail here, before any work

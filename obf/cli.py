@@ -106,7 +106,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def generate_settings(base: GenerateSettings, args: argparse.Namespace) -> GenerateSettings:
     """`base` (params.yaml's `generate` section) with the flags given on the command line."""
     given = {k: getattr(args, k) for k in ("task", "target_modality", "max_bytes", "prefix_bytes", "prefix_fraction",
-                                           "temperature", "top_k", "top_p", "min_p", "match_surprise", "seed",
+                                           "temperature", "top_k", "top_p", "min_p", "share_guard",
+                                           "match_surprise", "seed",
                                            "precision")}
     given = {k: v for k, v in given.items() if v is not None}
     if "prefix_bytes" in given or "prefix_fraction" in given:  # one flag replaces the other's setting
@@ -314,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="never sample a byte less than this fraction as likely as the likeliest one, after the temperature "
         f"(0 = off; default {cont['min_p']:g} for continue, chosen by measurement; {pair['min_p']:g} for paired)",
+    )
+    p.add_argument(
+        "--share-guard",
+        type=float,
+        default=None,
+        help="a byte an output writes more than 0.1 above its share of the input's end loses this many logits per "
+        f"unit of excess (0 = off; default {cont['share_guard']:g} for continue, chosen by measurement; "
+        f"{pair['share_guard']:g} for paired)",
     )
     p.add_argument(
         "--match-surprise",

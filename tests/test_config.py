@@ -109,16 +109,20 @@ def test_generate_settings_from_params_and_their_id():
     p = load_params(None, ["generate.task=paired", "generate.target_modality=text", "generate.max_bytes=64",
                            "generate.temperature=0.5"])
     assert p.generate == GenerateSettings(task="paired", target_modality="text", max_bytes=64, temperature=0.5)
-    assert GenerateSettings(max_bytes=64).settings_id() == "continue|64|0|fp32|None|None|None|1|0|1|min_p=0.03|surprise"
-    plain = GenerateSettings(max_bytes=64, match_surprise=False, min_p=0.0)
+    assert (GenerateSettings(max_bytes=64).settings_id()
+            == "continue|64|0|fp32|None|None|None|1|0|1|min_p=0.03|guard=80|surprise")
+    plain = GenerateSettings(max_bytes=64, match_surprise=False, min_p=0.0, share_guard=0.0)
     assert plain.settings_id() == "continue|64|0|fp32|None|None|None|1|0|1"
     assert GenerateSettings(max_bytes=64).record()["min_p"] == 0.03
+    assert GenerateSettings(max_bytes=64).record()["share_guard"] == 80.0
+    assert GenerateSettings(task="paired", share_guard=5.0).record()["share_guard"] == 5.0  # recorded, as asked
     assert p.generate.settings_id() == "paired|64|0|fp32|text|None|None|0.5|0|1"  # paired has no thermostat
     assert GenerateSettings(max_bytes=64).record()["match_surprise"] is True
     assert p.generate.record()["match_surprise"] is False
     assert p.generate.record()["top_k"] == 0 and p.generate.record()["temperature"] == 0.5
     for bad, key in ((["generate.temperature=-1"], "generate.temperature"), (["generate.top_p=0"], "generate.top_p"),
                      (["generate.min_p=1"], "generate.min_p"),
+                     (["generate.share_guard=-1"], "generate.share_guard"),
                      (["generate.target_modality=text"], "generate.target_modality"),
                      (["generate.prefix_bytes=3", "generate.prefix_fraction=0.5"], "generate.prefix_bytes"),
                      (["generate.temperature=hot"], "generate.temperature"),
@@ -150,6 +154,10 @@ def test_obf_generate_flags_override_the_generate_section():
     assert generate_settings(GenerateSettings(), args).resolved().min_p == 0.0  # the cut turned off
     assert generate_settings(GenerateSettings(), build_parser().parse_args(
         ["generate", "MODEL", "in.txt", "--out", "o"])).resolved().min_p == 0.03
+    args = build_parser().parse_args(["generate", "MODEL", "in.txt", "--out", "o", "--share-guard", "0"])
+    assert generate_settings(GenerateSettings(), args).resolved().share_guard == 0.0  # the guard turned off
+    assert generate_settings(GenerateSettings(), build_parser().parse_args(
+        ["generate", "MODEL", "in.txt", "--out", "o"])).resolved().share_guard == 80.0
     args = build_parser().parse_args(["generate", "MODEL", "in.txt", "--out", "o", "--top-p", "2"])
     with pytest.raises(ConfigError, match="top_p"):
         generate_settings(GenerateSettings(), args)

@@ -77,7 +77,8 @@ def test_the_evaluation_samples_decode_as_obf_generate_does():
     from obf.core.config import EvaluateConfig
     from obf.generate.sampling import DECODING
 
-    want = {k: DECODING["continue"][k] for k in ("temperature", "top_k", "top_p", "min_p", "match_surprise")}
+    want = {k: DECODING["continue"][k] for k in ("temperature", "top_k", "top_p", "min_p", "share_guard",
+                                                 "match_surprise")}
     params = yaml.safe_load((ROOT / "params.yaml").read_text())["evaluate"]
     assert {k: params[k] for k in want} == want
     assert {k: getattr(EvaluateConfig(), k) for k in want} == want

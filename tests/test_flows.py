@@ -321,14 +321,14 @@ def test_batch_generate_paired_conversion_and_prefix_completion(harness, onnx_mo
         assert storage.read_bytes(f"{pout}/{name}.txt") == r.output, name
     records = [json.loads(storage.read_bytes(e.url)) for e in storage.list_files(f"{pout}/_state")]
     assert len(records) == 3 and {(r["task"], r["target_modality"], r["temperature"], r["top_k"], r["top_p"],
-                                   r["min_p"], r["match_surprise"])
-                                  for r in records} == {("paired", "text", 0.0, 0, 1.0, 0.0, False)}  # paired: greedy
+                                   r["min_p"], r["share_guard"], r["match_surprise"])
+                                  for r in records} == {("paired", "text", 0.0, 0, 1.0, 0.0, 0.0, False)}  # greedy
     # other decoding is another job: every input is made again, and its record says how
     with pytest.raises(BatchGenerateFailed):
-        batch_generate(**pkw, temperature=0.7, top_k=20, min_p=0.05, match_surprise=True)
+        batch_generate(**pkw, temperature=0.7, top_k=20, min_p=0.05, share_guard=5.0, match_surprise=True)
     records = [json.loads(storage.read_bytes(e.url)) for e in storage.list_files(f"{pout}/_state")]
-    assert len(records) == 3 and {(r["temperature"], r["top_k"], r["top_p"], r["min_p"], r["match_surprise"])
-                                  for r in records} == {(0.7, 20, 1.0, 0.05, True)}
+    assert len(records) == 3 and {(r["temperature"], r["top_k"], r["top_p"], r["min_p"], r["share_guard"],
+                                   r["match_surprise"]) for r in records} == {(0.7, 20, 1.0, 0.05, 5.0, True)}
     with pytest.raises(ValueError, match="temperature"):
         batch_generate(**pkw, temperature=-1.0)
 

@@ -182,3 +182,32 @@ def test_min_p_cuts_the_tail_of_the_distribution_sampled():
     assert hot.count(b"c") > 100  # at temperature 2, 'c' is sqrt(0.01) = a tenth of 'a': kept
     with pytest.raises(ValueError, match="min_p"):
         SamplingOptions(min_p=1.0)
+
+
+class MostlyA(FixedRow):
+    """'a' nine times as likely as 'b'; every other id nothing."""
+
+    def __init__(self) -> None:
+        self.row = np.full(VOCAB_SIZE, -60.0, np.float32)
+        self.row[[ord("a"), ord("b")]] = [np.log(0.9), np.log(0.1)]
+
+
+def test_the_share_guard_keeps_a_row_near_the_mix_of_bytes_its_context_ends_with():
+    """A network that leans on 'a' (90%) continues a file of half 'a', half 'b': sampled as it
+    is, nine bytes in ten of the row are 'a'; with `share_guard` the row's 'a' loses logits while
+    its share is more than `MARGIN` over the context's, and settles near that. A context that is
+    all 'a' gives the guard nothing to cut ('b' at a tenth is within the margin): that row samples
+    as plain sampling does."""
+    backend = MostlyA()
+    half = bytes(np.random.default_rng(2).choice(list(b"ab"), 3000).tolist())
+
+    def made(guard: float) -> list[bytes]:
+        opts = SamplingOptions(max_bytes=3000, temperature=1.0, seed=3, stop_at_eos=False, share_guard=guard)
+        return generate(backend, [half, b"a" * 3000], ["binary", "binary"], opts=opts)
+
+    plain, guarded = made(0.0), made(20.0)
+    assert plain[0].count(b"a") > 0.85 * 3000
+    assert 0.6 * 3000 < guarded[0].count(b"a") < 0.75 * 3000  # a 0.9 favourite at 20 settles at ~0.68
+    assert 0.85 * 3000 < guarded[1].count(b"a") < 0.95 * 3000
+    with pytest.raises(ValueError, match="share_guard"):
+        SamplingOptions(share_guard=-1.0)

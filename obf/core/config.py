@@ -248,6 +248,7 @@ class EvaluateConfig:
     top_k: int = 0
     top_p: float = 1.0
     min_p: float = 0.03  # as obf generate's default (DECODING["continue"])
+    share_guard: float = 80.0  # as obf generate's default (DECODING["continue"])
     match_surprise: bool = True  # as obf generate's default (DECODING["continue"])
     seed: int = 0
     conversion_pairs: int = 40  # pairs per conversion measured (teacher-forced and generated), at most; 0 = none
@@ -269,23 +270,28 @@ class EvaluateConfig:
         require(self.top_k >= 0, f"{s}.top_k", "must not be negative")
         require(0 < self.top_p <= 1, f"{s}.top_p", "must be in (0, 1]")
         require(0 <= self.min_p < 1, f"{s}.min_p", "must be in [0, 1)")
+        require(self.share_guard >= 0, f"{s}.share_guard", "must not be negative")
         require(self.conversion_pairs >= 0, f"{s}.conversion_pairs", "must not be negative")
 
 
 # The decoding `obf generate` and batch-generate use unless told otherwise (the evaluation's
-# samples take `evaluate.temperature` / `top_k` / `top_p` / `min_p` / `match_surprise`, which params.yaml
-# sets the same). `continue`: chosen on the validation split by benchmarks/samples.py --grid (the
+# samples take `evaluate.temperature` / `top_k` / `top_p` / `min_p` / `share_guard` / `match_surprise`, which
+# params.yaml sets the same). `continue`: chosen on the validation split by benchmarks/samples.py --grid (the
 # setting that holds most of the likeness targets; benchmarks/README.md, "Generation"): greedy
 # decoding of a small model loops, a fixed temperature writes images flatter and text noisier than
 # the files they continue, so each row's temperature follows a thermostat that keeps what it
 # writes as surprising to the model as the end of its file was (`match_surprise`,
 # `obf.generate.sampling.SurpriseControl`), and no byte is sampled that is under 3% as likely as
 # the likeliest one (`min_p`, after the thermostat's temperature: the slips a long row would
-# otherwise sample now and then, which media then follow). `paired`: greedy, since a conversion
+# otherwise sample now and then, which media then follow), and a byte a row writes far more often
+# than the end of its file holds it loses logits (`share_guard`, `obf.generate.sampling.ShareGuard`:
+# a background colour or a silence level that takes over a row). `paired`: greedy, since a conversion
 # has one right answer.
 DECODING: dict[str, dict[str, float]] = {
-    "continue": {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.03, "match_surprise": True},
-    "paired": {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "match_surprise": False},
+    "continue": {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.03, "share_guard": 80.0,
+                 "match_surprise": True},
+    "paired": {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "share_guard": 0.0,
+               "match_surprise": False},
 }
 
 
@@ -305,6 +311,7 @@ class GenerateSettings:
     top_k: int | None = None  # unset: DECODING[task]; 0 = off
     top_p: float | None = None  # unset: DECODING[task]; 1 = off
     min_p: float | None = None  # unset: DECODING[task]; 0 = off (sampling.SamplingOptions.min_p)
+    share_guard: float | None = None  # unset: DECODING[task]; 0 = off (sampling.ShareGuard)
     match_surprise: bool | None = None  # unset: DECODING[task]; a thermostat per row (sampling.SurpriseControl)
     seed: int = 0
     precision: str = "fp32"  # fp32 | int8 | fp16 (an ONNX dir's graphs) | bf16 (a checkpoint on torch)
@@ -326,6 +333,7 @@ class GenerateSettings:
         require(self.top_k is None or self.top_k >= 0, f"{s}.top_k", "must not be negative")
         require(self.top_p is None or 0 < self.top_p <= 1, f"{s}.top_p", "must be in (0, 1]")
         require(self.min_p is None or 0 <= self.min_p < 1, f"{s}.min_p", "must be in [0, 1)")
+        require(self.share_guard is None or self.share_guard >= 0, f"{s}.share_guard", "must not be negative")
         require(self.precision in ("fp32", "bf16", "int8", "fp16"), f"{s}.precision",
                  f"must be fp32, bf16, int8 or fp16, got {self.precision!r}")
 
@@ -338,6 +346,7 @@ class GenerateSettings:
             top_k=int(d["top_k"]) if self.top_k is None else self.top_k,
             top_p=d["top_p"] if self.top_p is None else self.top_p,
             min_p=d["min_p"] if self.min_p is None else self.min_p,
+            share_guard=d["share_guard"] if self.share_guard is None else self.share_guard,
             match_surprise=bool(d["match_surprise"]) if self.match_surprise is None else self.match_surprise,
         )
 
@@ -347,6 +356,7 @@ class GenerateSettings:
         return (f"{r.task}|{r.max_bytes}|{r.seed}|{r.precision}|{r.target_modality}|{r.prefix_bytes}|"
                 f"{r.prefix_fraction}|{r.temperature:g}|{r.top_k}|{r.top_p:g}"
                 + (f"|min_p={r.min_p:g}" if r.min_p and r.temperature else "")
+                + (f"|guard={r.share_guard:g}" if r.share_guard and r.temperature and r.task == "continue" else "")
                 + ("|surprise" if r.match_surprise and r.temperature else ""))
 
     def record(self) -> dict[str, Any]:

@@ -253,8 +253,8 @@ def evaluate(
         "split": split,
         "modalities": per_mod,
         "overall": overall,
-        "sample_decoding": {k: getattr(cfg, k) for k in ("temperature", "top_k", "top_p", "min_p", "match_surprise",
-                                                         "seed")},
+        "sample_decoding": {k: getattr(cfg, k) for k in ("temperature", "top_k", "top_p", "min_p", "share_guard",
+                                                         "match_surprise", "seed")},
         "conversions": conversions,
         "files": [
             {
@@ -344,7 +344,7 @@ def write_samples(
         plans[m] = plan(data, m, max_bytes=cfg.sample_bytes, prefix_bytes=keep)
     opts = SamplingOptions(
         max_bytes=cfg.sample_bytes, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
-        min_p=cfg.min_p, match_surprise=cfg.match_surprise,
+        min_p=cfg.min_p, share_guard=cfg.share_guard, match_surprise=cfg.match_surprise,
     )
     mods = list(plans)
     gens = generate(backend, [plans[m].keep for m in mods], mods, opts=opts, specs=[plans[m].spec for m in mods])

@@ -22,7 +22,7 @@ from obf.core.vocab import BOS, EOS, N_BYTES, PAD, PAIRED_TAGS, encoder_input, p
 from obf.formats.conversions import input_offsets
 from obf.mixer.input_copy import CopyState
 from obf.mixer.match import modality_index
-from obf.mixer.mix import RowHints, Tail, mixer_of
+from obf.mixer.mix import TAIL, RowHints, Tail, mixer_of
 from obf.runtime.backend import Backend, input_end_of, meta_of, query_map_of
 from obf.runtime.scoring import tail_log_probs
 
@@ -41,6 +41,7 @@ class SamplingOptions:
     stop_at_eos: bool = True  # False: EOS is never sampled, so every row emits exactly max_bytes
     learn_from_output: bool = False  # the mixer's file-adaptive parts also learn from the bytes the row makes
     match_surprise: bool = False  # a thermostat per row keeps its surprise near what its context's end cost
+    share_guard: float = 0.0  # 0 = off; else a byte a row over-uses against its context's end loses logits
 
     def __post_init__(self) -> None:
         if self.max_bytes < 0:
@@ -53,26 +54,28 @@ class SamplingOptions:
             raise ValueError("top_p must be in (0, 1]")
         if not 0 <= self.min_p < 1:
             raise ValueError("min_p must be in [0, 1)")
+        if self.share_guard < 0:
+            raise ValueError("share_guard must not be negative")
 
     @classmethod
     def of(cls, settings: GenerateSettings) -> SamplingOptions:
         """The decoding of `settings` (`obf generate`, batch-generate): its task's `DECODING` defaults
-        where it leaves temperature, top_k, top_p, min_p or match_surprise unset."""
+        where it leaves temperature, top_k, top_p, min_p, share_guard or match_surprise unset."""
         r = settings.resolved()
         return cls(max_bytes=r.max_bytes, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
-                   min_p=r.min_p, seed=r.seed, match_surprise=bool(r.match_surprise))
+                   min_p=r.min_p, share_guard=r.share_guard, seed=r.seed, match_surprise=bool(r.match_surprise))
 
     @classmethod
     def for_task(cls, task: str, *, temperature: float | None = None, top_k: int | None = None,
-                 top_p: float | None = None, min_p: float | None = None, match_surprise: bool | None = None,
-                 **kw: Any) -> SamplingOptions:
+                 top_p: float | None = None, min_p: float | None = None, share_guard: float | None = None,
+                 match_surprise: bool | None = None, **kw: Any) -> SamplingOptions:
         """Options for `task` (continue or paired): its `DECODING` defaults where an argument is None."""
         if task not in DECODING:
             raise ValueError(f"task {task!r} cannot generate files; use continue or paired")
         r = GenerateSettings(task=task, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                             match_surprise=match_surprise).resolved()
+                             share_guard=share_guard, match_surprise=match_surprise).resolved()
         return cls(temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, min_p=r.min_p,
-                   match_surprise=bool(r.match_surprise), **kw)
+                   share_guard=r.share_guard, match_surprise=bool(r.match_surprise), **kw)
 
 
 @dataclass(frozen=True)
@@ -142,19 +145,65 @@ class SurpriseControl:
         self.log_factor[rows] = np.clip(self.log_factor[rows] - self.ETA * err, self.LOWEST, self.HIGHEST)
 
 
+class ShareGuard:
+    """A guard per row against one byte taking over: each byte's share of what the row has written
+    (counted with a prior of `PRIOR` bytes at the reference shares) is compared with its share of
+    the bytes the row's file held at its end before generation started (the tail the thermostat
+    reads, `obf.mixer.TAIL` bytes); where the row uses a byte more than `MARGIN` above that share,
+    the byte's logit loses `strength` times the excess before sampling.
+
+    Why: a continuation that leans on one byte (a background colour, zero bytes, a silence level)
+    is cheap for the model, so the thermostat cannot see it as a loop; the row's own histogram
+    can. The penalty only ever lowers a byte the row over-uses by a wide margin, and vanishes as
+    its share comes back, so it leaves the ordinary give and take of a continuation alone (a byte
+    the context's end lacks may still take a tenth of the row) and steers only against takeover.
+    Arrays are over all rows of a `generate` call, indexed by the rows still going."""
+
+    PRIOR = 64.0  # bytes at the reference shares that each row starts with: the first bytes move little
+    MARGIN = 0.1  # share above the reference that costs nothing (the likeness target allows +0.2)
+
+    def __init__(self, references: Sequence[bytes], strength: float) -> None:
+        self.strength = strength
+        ref = np.zeros((len(references), N_BYTES), dtype=np.float64)
+        for i, r in enumerate(references):
+            counts = np.bincount(np.frombuffer(r, dtype=np.uint8), minlength=N_BYTES)
+            ref[i] = counts / max(len(r), 1)
+        self.reference = ref  # (N, 256) each byte's share of the row's reference bytes
+        self.counts = ref * self.PRIOR  # (N, 256) the row's written bytes, prior included
+        self.total = np.full(len(references), self.PRIOR)  # (N,)
+
+    def penalty(self, rows: np.ndarray, vocab: int) -> np.ndarray:
+        """(B, vocab) logits to subtract for `rows`: zero for non-bytes and bytes within their margin."""
+        excess = self.counts[rows] / self.total[rows, None] - self.reference[rows] - self.MARGIN  # (B, 256)
+        out = np.zeros((len(rows), vocab))
+        out[:, :N_BYTES] = self.strength * np.maximum(excess, 0.0)
+        return out
+
+    def observe(self, ids: np.ndarray, rows: np.ndarray) -> None:
+        """Count the ids (B,) that `rows` sampled; non-byte ids (EOS) count for nothing."""
+        byte = ids < N_BYTES
+        np.add.at(self.counts, (rows[byte], ids[byte]), 1.0)
+        self.total[rows[byte]] += 1.0
+
+
 def sample(logits: np.ndarray, opts: SamplingOptions, rng: np.random.Generator,
-           control: SurpriseControl | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+           control: SurpriseControl | None = None, rows: np.ndarray | None = None,
+           guard: ShareGuard | None = None) -> np.ndarray:
     """(B, V) logits -> (B,) ids under greedy / temperature / top-k / top-p / min-p; where `control`
     is given, each row's temperature is scaled by its thermostat (`rows`: which of its rows these are).
     min-p cuts the tail of the distribution as sampled, after the temperature: a row its thermostat
     heats keeps more candidates, so it can still sample its way out of a loop (cut before the
-    temperature, images and binaries collapse into one colour or byte: benchmarks/README.md, "Decoding")."""
+    temperature, images and binaries collapse into one colour or byte: benchmarks/README.md, "Decoding").
+    Where `guard` is given, each row's over-used bytes lose logits in the distribution as sampled
+    (after the temperature, before min-p), and the guard counts what was sampled."""
     if opts.temperature == 0:
         return logits.argmax(axis=-1)
-    assert control is None or rows is not None, "a thermostat needs the rows it steps"
+    assert (control is None and guard is None) or rows is not None, "a thermostat or guard needs the rows it steps"
     z = logits.astype(np.float64) / opts.temperature
     if control is not None:
         z = z / control.factor(rows)[:, None]
+    if guard is not None:
+        z = z - guard.penalty(rows, z.shape[-1])
     if opts.min_p > 0:  # in the distribution sampled: a heated row keeps more of the tail
         z = np.where(z >= z.max(axis=-1, keepdims=True) + np.log(opts.min_p), z, -np.inf)
     if opts.top_k:
@@ -170,6 +219,8 @@ def sample(logits: np.ndarray, opts: SamplingOptions, rng: np.random.Generator,
     ids = np.minimum((np.cumsum(probs, axis=-1) < u).sum(axis=-1), probs.shape[-1] - 1)
     if control is not None:
         control.observe(surprise_bits(logits, ids), rows)
+    if guard is not None:
+        guard.observe(ids, rows)
     return ids
 
 
@@ -184,8 +235,8 @@ def surprise_bits(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def next_tokens(backend: Backend, tokens: np.ndarray, memory: Any, cache: Any, opts: SamplingOptions,
                 rng: np.random.Generator, keep_eos: bool | np.ndarray | None = None,
                 adjust: Callable[[np.ndarray], np.ndarray] | None = None, shift: np.ndarray | None = None,
-                control: SurpriseControl | None = None, rows: np.ndarray | None = None
-                ) -> tuple[np.ndarray, Any]:
+                control: SurpriseControl | None = None, rows: np.ndarray | None = None,
+                guard: ShareGuard | None = None) -> tuple[np.ndarray, Any]:
     """One decode step: (B,) ids in, (B,) sampled ids out. `keep_eos` (default `opts.stop_at_eos`)
     says, for all rows or per row, whether EOS may be sampled; `adjust` maps the step's (B, V)
     logits before sampling (the mixer); `shift` (B,) moves each row's query (`Backend.step`)."""
@@ -193,7 +244,7 @@ def next_tokens(backend: Backend, tokens: np.ndarray, memory: Any, cache: Any, o
     if adjust is not None:
         logits = adjust(logits)
     keep = opts.stop_at_eos if keep_eos is None else keep_eos
-    return sample(mask_non_bytes(logits, keep_eos=keep), opts, rng, control, rows), cache
+    return sample(mask_non_bytes(logits, keep_eos=keep), opts, rng, control, rows, guard), cache
 
 
 def pad_batch(rows: Sequence[Sequence[int]], multiple: int = 1) -> np.ndarray:
@@ -277,6 +328,8 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
     row_hints = ([RowHints(f, m, t, learn_from_output=opts.learn_from_output, copy=c, sparse=mixer.sparse)
                   for f, m, t, c in zip(held, file_modalities, tails, copies)] if mixer else [])
     control = SurpriseControl(surprise_targets(tails)) if surprise else None
+    guard = (ShareGuard([h[-TAIL:] for h in held], opts.share_guard)
+             if opts.share_guard > 0 and opts.temperature > 0 and task == "continue" else None)
     mods = modality_index(file_modalities)
     while not done.all():
         active = np.flatnonzero(~done)
@@ -306,7 +359,7 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
         for j in range(window):
             shift = None if shifts is None else np.ascontiguousarray(shifts[:, j])
             tokens, cache = next_tokens(backend, tokens, memory, cache, opts, rng, keep_eos, adjust, shift,
-                                        control, active)
+                                        control, active, guard)
             for j, i in enumerate(active):
                 if finished[j]:
                     continue
