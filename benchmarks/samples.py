@@ -78,10 +78,28 @@ def files_of(model: str, data: str | None, split: str, per_modality: int) -> lis
         return out
 
 
+def picture(real: bytes, made: bytes) -> bytes:
+    """A PNG of an image file (left) beside the same file completed by the model (right)."""
+    import io
+
+    from PIL import Image
+
+    from obf.evaluate.previews import image_png
+
+    left, right = (Image.open(io.BytesIO(image_png(x))).convert("RGB") for x in (real, made))
+    out = Image.new("RGB", (left.width + right.width + 8, max(left.height, right.height)), "white")
+    out.paste(left, (0, 0))
+    out.paste(right, (left.width + 8, 0))
+    buf = io.BytesIO()
+    out.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def run(backend: Any, files: list[tuple[str, str, bytes]], *, max_new: int, temperature: float, top_p: float,
         learn: bool, surprise: bool, seed: int, bpb: bool,
-        min_p: float = 0.0, share_guard: float = 0.0) -> list[dict[str, Any]]:
-    """Generate every file's rest with one setting; one row of measures per file."""
+        min_p: float = 0.0, share_guard: float = 0.0, pictures: Path | None = None) -> list[dict[str, Any]]:
+    """Generate every file's rest with one setting; one row of measures per file. With `pictures`,
+    each image is also drawn there beside its completion (`picture`)."""
     from obf.evaluate.likeness import compare
     from obf.generate.planning import plan
     from obf.generate.sampling import SamplingOptions, generate
@@ -96,6 +114,9 @@ def run(backend: Any, files: list[tuple[str, str, bytes]], *, max_new: int, temp
     for (name, m, data), p, g in zip(files, plans, made):
         real = data[len(p.keep):len(p.keep) + len(g)]
         rows.append({"file": name, "modality": m, "kept": len(p.keep), "generated": len(g), **compare(p.keep, g, real)})
+        if pictures is not None and m == "image":
+            pictures.mkdir(parents=True, exist_ok=True)
+            (pictures / f"{Path(name).stem}.seed{seed}.png").write_bytes(picture(data, p.keep + g))
     if bpb:
         scored = [(np.frombuffer(p.keep + part[:r["compared_bytes"]], np.uint8), m)
                   for (_, m, data), p, g, r in zip(files, plans, made, rows)
@@ -146,6 +167,7 @@ def main() -> int:
     ap.add_argument("--grid", action="store_true", help="compare the decoding settings of GRID")
     ap.add_argument("--settings", nargs="+", metavar="NAME", help="with --grid: only these settings of GRID")
     ap.add_argument("--bpb", action="store_true", help="also the bits per byte of both parts under the model")
+    ap.add_argument("--pictures", type=Path, help="draw each image beside its completion into this folder")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0],
                     help="sampling seeds; with --grid the choice sums targets held and distances over them")
     args = ap.parse_args()
@@ -164,7 +186,8 @@ def main() -> int:
         guard = rest[0] if rest else 0.0
         for seed in args.seeds:
             rows = run(backend, files, max_new=args.bytes, temperature=t, top_p=p, learn=learn, surprise=surprise,
-                       min_p=min_p, share_guard=guard, seed=seed, bpb=args.bpb)
+                       min_p=min_p, share_guard=guard, seed=seed, bpb=args.bpb,
+                       pictures=args.pictures if not args.grid else None)
             s = summary(rows)
             results.append({"setting": name, "seed": seed, "temperature": t, "top_p": p, "learn_from_output": learn,
                             "match_surprise": surprise, "min_p": min_p, "share_guard": guard, "files": rows,
