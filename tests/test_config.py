@@ -110,11 +110,11 @@ def test_generate_settings_from_params_and_their_id():
                            "generate.temperature=0.5"])
     assert p.generate == GenerateSettings(task="paired", target_modality="text", max_bytes=64, temperature=0.5)
     assert (GenerateSettings(max_bytes=64).settings_id()
-            == "continue|64|0|fp32|None|None|None|1|0|1|min_p=0.03|guard=80|surprise")
+            == "continue|64|0|fp32|None|None|None|1|0|1|min_p=0.03|guard=40|surprise")
     plain = GenerateSettings(max_bytes=64, match_surprise=False, min_p=0.0, share_guard=0.0)
     assert plain.settings_id() == "continue|64|0|fp32|None|None|None|1|0|1"
     assert GenerateSettings(max_bytes=64).record()["min_p"] == 0.03
-    assert GenerateSettings(max_bytes=64).record()["share_guard"] == 80.0
+    assert GenerateSettings(max_bytes=64).record()["share_guard"] == 40.0
     assert GenerateSettings(task="paired", share_guard=5.0).record()["share_guard"] == 5.0  # recorded, as asked
     assert p.generate.settings_id() == "paired|64|0|fp32|text|None|None|0.5|0|1"  # paired has no thermostat
     assert GenerateSettings(max_bytes=64).record()["match_surprise"] is True
@@ -157,7 +157,7 @@ def test_obf_generate_flags_override_the_generate_section():
     args = build_parser().parse_args(["generate", "MODEL", "in.txt", "--out", "o", "--share-guard", "0"])
     assert generate_settings(GenerateSettings(), args).resolved().share_guard == 0.0  # the guard turned off
     assert generate_settings(GenerateSettings(), build_parser().parse_args(
-        ["generate", "MODEL", "in.txt", "--out", "o"])).resolved().share_guard == 80.0
+        ["generate", "MODEL", "in.txt", "--out", "o"])).resolved().share_guard == 40.0
     args = build_parser().parse_args(["generate", "MODEL", "in.txt", "--out", "o", "--top-p", "2"])
     with pytest.raises(ConfigError, match="top_p"):
         generate_settings(GenerateSettings(), args)

@@ -130,7 +130,7 @@ def test_baselines_equal_direct_compressor_calls_and_per_file_sums(trained, tmp_
     assert sum(v["sample"]["compared_bytes"] > 0 for v in m["modalities"].values()) >= 4
     report = (out.parent / "report.md").read_text()
     assert report.startswith("# Evaluation") and "bits per byte under the model" in report
-    assert "Decoded at temperature 1, with the thermostat, min-p 0.03, share guard 80, seed 0" in report  # the defaults
+    assert "Decoded at temperature 1, with the thermostat, min-p 0.03, share guard 40, seed 0" in report  # the defaults
     assert "as `obf generate` decodes by default." in report
     assert "## Conversions" in report and "| upper | 2 |" in report
     assert (out.parent / "bpb.csv").read_text().splitlines()[0] == "label,modality,method,bpb"

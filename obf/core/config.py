@@ -248,7 +248,7 @@ class EvaluateConfig:
     top_k: int = 0
     top_p: float = 1.0
     min_p: float = 0.03  # as obf generate's default (DECODING["continue"])
-    share_guard: float = 80.0  # as obf generate's default (DECODING["continue"])
+    share_guard: float = 40.0  # as obf generate's default (DECODING["continue"])
     match_surprise: bool = True  # as obf generate's default (DECODING["continue"])
     seed: int = 0
     conversion_pairs: int = 40  # pairs per conversion measured (teacher-forced and generated), at most; 0 = none
@@ -288,7 +288,7 @@ class EvaluateConfig:
 # a background colour or a silence level that takes over a row). `paired`: greedy, since a conversion
 # has one right answer.
 DECODING: dict[str, dict[str, float]] = {
-    "continue": {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.03, "share_guard": 80.0,
+    "continue": {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.03, "share_guard": 40.0,
                  "match_surprise": True},
     "paired": {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "share_guard": 0.0,
                "match_surprise": False},

@@ -1,4 +1,5 @@
-"""One decode loop for every backend, with greedy / temperature / top-k / top-p / min-p sampling.
+"""One decode loop for every backend: greedy or sampled (temperature, top-k, top-p, min-p), with a
+thermostat (`SurpriseControl`) and a share guard (`ShareGuard`) per row.
 
 Imports no torch: backends hand back numpy logits. Built from small functions in the spirit of
 litgpt: `sample_top_p` -> `sample` -> `next_tokens` -> `generate`.
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from obf.core.config import DECODING, GenerateSettings
 from obf.core.vocab import BOS, EOS, N_BYTES, PAD, PAIRED_TAGS, encoder_input, paired_input
 from obf.formats.conversions import input_offsets
+from obf.formats.layouts import bmp_layout
 from obf.mixer.input_copy import CopyState
 from obf.mixer.match import modality_index
 from obf.mixer.mix import TAIL, RowHints, Tail, mixer_of
@@ -145,45 +147,87 @@ class SurpriseControl:
         self.log_factor[rows] = np.clip(self.log_factor[rows] - self.ETA * err, self.LOWEST, self.HIGHEST)
 
 
+class GuardGrid(NamedTuple):
+    """Which file offsets a share guard counts and steers: offset o >= `start` with
+    (o - start) % `stride` < `span` and a multiple of `step` there. Every byte by default; a BMP's
+    pixel starts (`guard_grid`)."""
+
+    start: int = 0
+    stride: int = 1
+    span: int = 1
+    step: int = 1
+
+
+def guard_grid(held: bytes, modality: str) -> GuardGrid:
+    """A BMP image's pixels are guarded by their first byte only, and the pixel's other bytes are
+    left to the network: it steers a third of the bytes for the same likeness targets as a guard on
+    every byte (benchmarks/README.md, "Decoding"). Every other file is guarded byte by byte."""
+    lay = bmp_layout(held) if modality == "image" else None
+    if lay is None:
+        return GuardGrid()
+    width = lay.bpp // 8
+    return GuardGrid(lay.offset, lay.stride, lay.width * width, width)
+
+
 class ShareGuard:
     """A guard per row against one byte taking over: each byte's share of what the row has written
     (counted with a prior of `PRIOR` bytes at the reference shares) is compared with its share of
     the bytes the row's file held at its end before generation started (the tail the thermostat
     reads, `obf.mixer.TAIL` bytes); where the row uses a byte more than `MARGIN` above that share,
-    the byte's logit loses `strength` times the excess before sampling.
+    the byte's logit loses `strength` times the excess before sampling. Only the offsets of each
+    row's `GuardGrid` are counted and steered (a BMP's pixel starts; every byte elsewhere).
 
     Why: a continuation that leans on one byte (a background colour, zero bytes, a silence level)
     is cheap for the model, so the thermostat cannot see it as a loop; the row's own histogram
     can. The penalty only ever lowers a byte the row over-uses by a wide margin, and vanishes as
     its share comes back, so it leaves the ordinary give and take of a continuation alone (a byte
     the context's end lacks may still take a tenth of the row) and steers only against takeover.
-    Arrays are over all rows of a `generate` call, indexed by the rows still going."""
+    Arrays are over all rows of a `generate` call, indexed by the rows still going; each row's
+    next file offset moves on with every byte it samples."""
 
     PRIOR = 64.0  # bytes at the reference shares that each row starts with: the first bytes move little
     MARGIN = 0.1  # share above the reference that costs nothing (the likeness target allows +0.2)
 
-    def __init__(self, references: Sequence[bytes], strength: float) -> None:
+    def __init__(self, held: Sequence[bytes], strength: float, grids: Sequence[GuardGrid] | None = None,
+                 tail: int = TAIL) -> None:
         self.strength = strength
-        ref = np.zeros((len(references), N_BYTES), dtype=np.float64)
-        for i, r in enumerate(references):
-            counts = np.bincount(np.frombuffer(r, dtype=np.uint8), minlength=N_BYTES)
-            ref[i] = counts / max(len(r), 1)
+        grids = list(grids) if grids is not None else [GuardGrid()] * len(held)
+        self.grid = np.array(grids, dtype=np.int64).reshape(len(held), 4)  # (N, 4) start, stride, span, step
+        self.offset = np.array([len(h) for h in held], dtype=np.int64)  # (N,) the file offset each row writes next
+        ref = np.zeros((len(held), N_BYTES), dtype=np.float64)
+        for i, h in enumerate(held):
+            at = np.arange(max(len(h) - tail, 0), len(h))
+            guarded = np.frombuffer(h, dtype=np.uint8)[at[self._on(at, self.grid[i])]]
+            ref[i] = np.bincount(guarded, minlength=N_BYTES) / max(len(guarded), 1)
         self.reference = ref  # (N, 256) each byte's share of the row's reference bytes
         self.counts = ref * self.PRIOR  # (N, 256) the row's written bytes, prior included
-        self.total = np.full(len(references), self.PRIOR)  # (N,)
+        self.total = np.full(len(held), self.PRIOR)  # (N,)
 
-    def penalty(self, rows: np.ndarray, vocab: int) -> np.ndarray:
-        """(B, vocab) logits to subtract for `rows`: zero for non-bytes and bytes within their margin."""
-        excess = self.counts[rows] / self.total[rows, None] - self.reference[rows] - self.MARGIN  # (B, 256)
-        out = np.zeros((len(rows), vocab))
-        out[:, :N_BYTES] = self.strength * np.maximum(excess, 0.0)
-        return out
+    @staticmethod
+    def _on(offsets: np.ndarray, grid: np.ndarray) -> np.ndarray:
+        """(K,) offsets, grid (4,) or (K, 4) -> (K,) which offsets the grid guards."""
+        r = (offsets - grid[..., 0]) % grid[..., 1]
+        return (offsets >= grid[..., 0]) & (r < grid[..., 2]) & (r % grid[..., 3] == 0)
+
+    def steer(self, z: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(B, V) logits of `rows` -> the same array with each over-used byte's logit lowered,
+        where the row's next offset is on its grid (non-bytes and bytes within their margin keep
+        theirs)."""
+        on = np.flatnonzero(self._on(self.offset[rows], self.grid[rows]))  # which of the B rows
+        if len(on):
+            r = rows[on]
+            excess = self.counts[r] / self.total[r, None] - self.reference[r] - self.MARGIN  # (b, 256)
+            z[on, :N_BYTES] -= self.strength * np.maximum(excess, 0.0)
+        return z
 
     def observe(self, ids: np.ndarray, rows: np.ndarray) -> None:
-        """Count the ids (B,) that `rows` sampled; non-byte ids (EOS) count for nothing."""
+        """Count the ids (B,) that `rows` sampled where on their grid, and move each row's offset
+        on; non-byte ids (EOS) count for nothing."""
         byte = ids < N_BYTES
-        np.add.at(self.counts, (rows[byte], ids[byte]), 1.0)
-        self.total[rows[byte]] += 1.0
+        on = byte & self._on(self.offset[rows], self.grid[rows])
+        np.add.at(self.counts, (rows[on], ids[on]), 1.0)
+        self.total[rows[on]] += 1.0
+        self.offset[rows[byte]] += 1
 
 
 def sample(logits: np.ndarray, opts: SamplingOptions, rng: np.random.Generator,
@@ -203,7 +247,7 @@ def sample(logits: np.ndarray, opts: SamplingOptions, rng: np.random.Generator,
     if control is not None:
         z = z / control.factor(rows)[:, None]
     if guard is not None:
-        z = z - guard.penalty(rows, z.shape[-1])
+        z = guard.steer(z, rows)  # z is this call's own array
     if opts.min_p > 0:  # in the distribution sampled: a heated row keeps more of the tail
         z = np.where(z >= z.max(axis=-1, keepdims=True) + np.log(opts.min_p), z, -np.inf)
     if opts.top_k:
@@ -328,7 +372,7 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
     row_hints = ([RowHints(f, m, t, learn_from_output=opts.learn_from_output, copy=c, sparse=mixer.sparse)
                   for f, m, t, c in zip(held, file_modalities, tails, copies)] if mixer else [])
     control = SurpriseControl(surprise_targets(tails)) if surprise else None
-    guard = (ShareGuard([h[-TAIL:] for h in held], opts.share_guard)
+    guard = (ShareGuard(held, opts.share_guard, [guard_grid(h, m) for h, m in zip(held, file_modalities)])
              if opts.share_guard > 0 and opts.temperature > 0 and task == "continue" else None)
     mods = modality_index(file_modalities)
     while not done.all():
