@@ -188,15 +188,14 @@ class ShareGuard:
     PRIOR = 64.0  # bytes at the reference shares that each row starts with: the first bytes move little
     MARGIN = 0.1  # share above the reference that costs nothing (the likeness target allows +0.2)
 
-    def __init__(self, held: Sequence[bytes], strength: float, grids: Sequence[GuardGrid] | None = None,
-                 tail: int = TAIL) -> None:
+    def __init__(self, held: Sequence[bytes], strength: float, grids: Sequence[GuardGrid] | None = None) -> None:
         self.strength = strength
         grids = list(grids) if grids is not None else [GuardGrid()] * len(held)
         self.grid = np.array(grids, dtype=np.int64).reshape(len(held), 4)  # (N, 4) start, stride, span, step
         self.offset = np.array([len(h) for h in held], dtype=np.int64)  # (N,) the file offset each row writes next
         ref = np.zeros((len(held), N_BYTES), dtype=np.float64)
         for i, h in enumerate(held):
-            at = np.arange(max(len(h) - tail, 0), len(h))
+            at = np.arange(max(len(h) - TAIL, 0), len(h))
             guarded = np.frombuffer(h, dtype=np.uint8)[at[self._on(at, self.grid[i])]]
             ref[i] = np.bincount(guarded, minlength=N_BYTES) / max(len(guarded), 1)
         self.reference = ref  # (N, 256) each byte's share of the row's reference bytes
