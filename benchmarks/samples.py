@@ -36,16 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import save  # noqa: E402
 
-# (name, temperature, top_p, learn_from_output, match_surprise, min_p[, share_guard]): what --grid compares
-GRID: list[tuple[Any, ...]] = [
-        ("greedy", 0.0, 1.0, False, False, 0.0), ("greedy, mixer learns from output", 0.0, 1.0, True, False, 0.0),
-        ("t=0.8 p=0.95", 0.8, 0.95, False, False, 0.0),
-        ("t=0.8 p=0.95, mixer learns from output", 0.8, 0.95, True, False, 0.0),
-        ("t=0.9", 0.9, 1.0, False, False, 0.0), ("t=1.0", 1.0, 1.0, False, False, 0.0),
-        ("t=1.0 p=0.95", 1.0, 0.95, False, False, 0.0),
-        ("t=1.0, mixer learns from output", 1.0, 1.0, True, False, 0.0), ("t=1.1", 1.1, 1.0, False, False, 0.0),
-        ("surprise matched (t=1.0 x thermostat)", 1.0, 1.0, False, True, 0.0),
-        *((f"thermostat, min_p={q:g}", 1.0, 1.0, False, True, q) for q in (0.01, 0.02, 0.03, 0.05, 0.1)),
+# (name, temperature, top_p, learn_from_output, match_surprise, min_p, share_guard): what --grid compares
+GRID = [("greedy", 0.0, 1.0, False, False, 0.0, 0.0),
+        ("greedy, mixer learns from output", 0.0, 1.0, True, False, 0.0, 0.0),
+        ("t=0.8 p=0.95", 0.8, 0.95, False, False, 0.0, 0.0),
+        ("t=0.8 p=0.95, mixer learns from output", 0.8, 0.95, True, False, 0.0, 0.0),
+        ("t=0.9", 0.9, 1.0, False, False, 0.0, 0.0), ("t=1.0", 1.0, 1.0, False, False, 0.0, 0.0),
+        ("t=1.0 p=0.95", 1.0, 0.95, False, False, 0.0, 0.0),
+        ("t=1.0, mixer learns from output", 1.0, 1.0, True, False, 0.0, 0.0),
+        ("t=1.1", 1.1, 1.0, False, False, 0.0, 0.0),
+        ("surprise matched (t=1.0 x thermostat)", 1.0, 1.0, False, True, 0.0, 0.0),
+        *((f"thermostat, min_p={q:g}", 1.0, 1.0, False, True, q, 0.0) for q in (0.01, 0.02, 0.03, 0.05, 0.1)),
         *((f"thermostat, min_p={q:g}, share_guard={g:g}", 1.0, 1.0, False, True, q, g)
           for q in (0.0, 0.03) for g in (5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0))]
 TARGETS = {"lzma_ratio": (0.6, 1.6), "top_gap": 0.2, "novelty_ratio": (0.5, 2.0)}
@@ -180,10 +181,9 @@ def main() -> int:
     d = DECODING["continue"]
     settings = ([g for g in GRID if not args.settings or g[0] in args.settings] if args.grid
                 else [("default", d["temperature"], d["top_p"], False, bool(d["match_surprise"]), d["min_p"],
-                       d.get("share_guard", 0.0))])
+                       d["share_guard"])])
     results = []
-    for name, t, p, learn, surprise, min_p, *rest in settings:
-        guard = rest[0] if rest else 0.0
+    for name, t, p, learn, surprise, min_p, guard in settings:
         for seed in args.seeds:
             rows = run(backend, files, max_new=args.bytes, temperature=t, top_p=p, learn=learn, surprise=surprise,
                        min_p=min_p, share_guard=guard, seed=seed, bpb=args.bpb,
@@ -193,8 +193,7 @@ def main() -> int:
                             "match_surprise": surprise, "min_p": min_p, "share_guard": guard, "files": rows,
                             "modalities": s, "targets_held": score(s)[0]})
             print(f"\n{name} (seed {seed}; temperature {t:g}, top_p {p:g}, min_p {min_p:g}, share_guard {guard:g}, "
-                  "mixer learns from output: "
-                  f"{learn}, surprise matched: {surprise})")
+                  f"mixer learns from output: {learn}, surprise matched: {surprise})")
             print("| modality | files | LZMA ratio (median) | top-share gap (worst) | novelty (median) |"
                   + (" bpb generated / real |" if args.bpb else "") + "\n|---|---:|---:|---:|---:|"
                   + ("---:|" if args.bpb else ""))

@@ -223,8 +223,8 @@ class BlackOrWhite(FixedRow):
 
 def test_the_share_guard_steers_an_image_by_the_first_byte_of_each_pixel():
     """On a BMP the guard counts and steers pixel starts only: the pixel's other bytes follow the
-    network (here 0 at 90% whatever came before), where a guard on every byte would push each
-    channel apart and write colours the picture never had."""
+    network (here 0 at 90% whatever came before), where a guard on every byte would steer each
+    channel apart."""
     import io
 
     from PIL import Image

@@ -83,11 +83,11 @@ def render_decoding(d: dict[str, Any]) -> str:
         thermostat = "with the thermostat" if d["match_surprise"] else "no thermostat"
         knobs = [f"at temperature {d['temperature']:g}", thermostat]
         knobs += [f"min-p {d['min_p']:g}"] if d["min_p"] else []
-        knobs += [f"share guard {d['share_guard']:g}"] if d.get("share_guard") else []
+        knobs += [f"share guard {d['share_guard']:g}"] if d["share_guard"] else []
         knobs += [f"top-k {d['top_k']}"] if d["top_k"] else []
         knobs += [f"top-p {d['top_p']:g}"] if d["top_p"] < 1 else []
         how = ", ".join(knobs + [f"seed {d['seed']}"])
-    default = all(d.get(k, 0.0) == v for k, v in DECODING["continue"].items())
+    default = all(d[k] == v for k, v in DECODING["continue"].items())
     return (f"Decoded {how} (`evaluate.*` in params.yaml): "
             + ("as `obf generate` decodes by default." if default else "not `obf generate`'s default decoding."))
 
