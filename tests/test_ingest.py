@@ -518,6 +518,42 @@ def test_dask_parts_fit_the_cluster_and_a_failing_shard_write_is_the_tasks_error
         _fill(list_files(str(src)), CFG, Full())
 
 
+
+def test_a_dask_part_in_a_local_folder_holds_its_kept_bytes_and_nothing_more(tmp_path):
+    """A worker writing a local shard reserves its blocks up front, as a local ingest's writer does
+    (`reserve_blocks`: the listed sizes), then trims what it did not use: the shard holds each kept
+    content, back to back, and nothing after them, though a 16-bit 44.1 kHz recording shrinks to
+    a fraction when canonicalised. A repeat in the part and an empty file leave nothing, and a part
+    with nothing to keep leaves no shard."""
+    import hashlib
+
+    from obf.core.storage import list_files
+    from obf.data.ingest_dask import ingest_part
+
+    src = tmp_path / "src"
+    _copy_some(src, ["audio/ciao.wav", "binary/true.elf", "text/heapq.py"])
+    entries = list_files(str(src))
+    shard = tmp_path / "000000.bin"
+    out = ingest_part(entries, CFG, str(shard))
+    assert [(e.key, offset) for e, (_, _, _, offset, _, _) in zip(entries, out)] == [
+        ("audio/ciao.wav", 0), ("binary/true.elf", out[0][4]), ("text/heapq.py", out[0][4] + out[1][4])]
+    data = shard.read_bytes()
+    assert len(data) == sum(length for *_, length, _ in out) < sum(e.size for e in entries)
+    assert [hashlib.sha256(data[at : at + n]).hexdigest() for _, _, _, at, n, _ in out] == [d for d, *_ in out]
+    assert data[out[2][3] :] == (src / "text/heapq.py").read_bytes()
+
+    text = (src / "text/heapq.py").read_bytes()
+    (src / "again.py").write_bytes(text)
+    (src / "empty.bin").write_bytes(b"")
+    again, empty = (e for e in list_files(str(src)) if e.key in ("again.py", "empty.bin"))
+    second = tmp_path / "000001.bin"
+    assert [r[3:] for r in ingest_part([again, again, empty], CFG, str(second))] == [
+        (0, len(text), None), (None, len(text), None), (None, 0, "empty file")]
+    assert second.read_bytes() == text
+    none = tmp_path / "000002.bin"
+    assert ingest_part([empty], CFG, str(none)) == [(None, None, None, None, 0, "empty file")]
+    assert not none.exists()
+
 def test_a_url_dataset_whose_ingest_died_between_index_and_manifest_is_refused(tmp_path, s3_bucket):
     """On object storage the index and the manifest are two PUTs. An ingest killed between them
     leaves a new index beside the old manifest: readers refuse it with one line, and a rerun

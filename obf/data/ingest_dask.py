@@ -36,6 +36,7 @@ from obf.core import storage
 from obf.core.config import IngestConfig
 from obf.data.dataset import Record, split_of
 from obf.data.loading import BLOCK, HEAD, load_file
+from obf.data.shards import reserve_blocks
 from obf.formats.canonical import REWRITTEN
 from obf.formats.sniff import sniff
 
@@ -148,7 +149,8 @@ def ingest_part(entries: list[storage.Entry], cfg: IngestConfig, shard_url: str)
     whose content came earlier in the part (the driver records it as a duplicate).
 
     A local shard lies in the temp dir that becomes DEST by one rename at the end: it is written
-    straight to a temp file and renamed, without an fsync of its own (as a local ingest's shards).
+    straight to a temp file whose blocks are reserved first and trimmed after, and renamed,
+    without an fsync of its own (as a local ingest's shards).
     On object storage the shard is one PUT."""
     if storage.is_local(shard_url):
         path = storage.local_path(shard_url)
@@ -156,7 +158,9 @@ def ingest_part(entries: list[storage.Entry], cfg: IngestConfig, shard_url: str)
 
         def write(tmp: str) -> None:
             with open(tmp, "wb") as sink:  # buffered: each write lands whole or raises
+                reserve_blocks(sink.fileno(), sum(e.size for e in entries))  # as a local ingest's shards
                 out.extend(_fill(entries, cfg, sink))
+                sink.truncate()  # what was reserved and not written
 
         tmp = storage.write_temp_beside(path, write, durable=False)
         try:

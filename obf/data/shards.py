@@ -33,6 +33,16 @@ def pwrite_all(fd: int, data: bytes | memoryview, at: int) -> None:
         view, at = view[n:], at + n
 
 
+def reserve_blocks(fd: int, size: int) -> None:
+    """Reserve `size` bytes of disk for the new file `fd` before writing it (the file's length
+    becomes `size`; the writer trims what it did not use). Writing into reserved blocks spares
+    the filesystem a block reservation per page written: a quarter of the write time on ext4.
+    Linux only; elsewhere, or where the filesystem refuses, the file grows as it is written."""
+    if size > 0 and sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.posix_fallocate(fd, 0, size)
+
+
 class MediaLayout:
     """Where each file of a dataset goes: next-fit over numbered shards. A file goes at the end of
     the current shard unless it would take that shard past `limit` while it holds something
@@ -89,12 +99,7 @@ class ShardWriter:
         self.close()
         self.shard = shard
         self.fd = os.open(self.path(shard), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        # Reserving the blocks up front spares the filesystem a block reservation per page
-        # written (a quarter of the write time on ext4); close() trims what was not used.
-        ahead = min(self.layout.limit, self.expected - self.placed)
-        if ahead > 0 and sys.platform == "linux":
-            with contextlib.suppress(OSError):
-                os.posix_fallocate(self.fd, 0, ahead)
+        reserve_blocks(self.fd, min(self.layout.limit, self.expected - self.placed))  # close() trims the rest
 
     def close(self) -> None:
         if self.fd is not None:
