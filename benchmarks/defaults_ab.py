@@ -67,7 +67,9 @@ def main() -> int:
                    "network_bpb": {k: v["network_bpb"] for k, v in m["modalities"].items()},
                    "best": {k: v["baselines"]["best"] for k, v in m["modalities"].items()},
                    "overall": m["overall"]["bpb"], "overall_network": m["overall"]["network_bpb"],
-                   "overall_best": m["overall"]["baselines"]["best"]}
+                   "overall_best": m["overall"]["baselines"]["best"],
+                   "conversions_exact": {k: v["exact"] for k, v in m.get("conversions", {}).items()},
+                   "denoise_accuracy": {k: v.get("denoise_accuracy") for k, v in m["modalities"].items()}}
             if args.test:
                 t = evaluate(str(model), args.data, Path(tmp) / name / "test" / "metrics.json",
                              load_params(ROOT / "params.yaml", [*sets, "evaluate.split=test"]), progress=False)
@@ -78,7 +80,8 @@ def main() -> int:
                                "overall": t["overall"]["bpb"], "overall_best": t["overall"]["baselines"]["best"]}
             rows.append(row)
             print(f"{name}: {row['steps']} steps in {row['seconds']:.0f} s, overall {row['overall']:.3f}, network "
-                  f"alone {row['overall_network']:.3f} (best compressor {row['overall_best']:.3f})", flush=True)
+                  f"alone {row['overall_network']:.3f} (best compressor {row['overall_best']:.3f}); conversions "
+                  f"exact: {', '.join(f'{k} {v:.0%}' for k, v in row['conversions_exact'].items())}", flush=True)
     for split, get in (("val", lambda r: r), ("test", lambda r: r.get("test"))):
         if get(rows[0]) is None:
             continue
