@@ -518,7 +518,6 @@ def test_dask_parts_fit_the_cluster_and_a_failing_shard_write_is_the_tasks_error
         _fill(list_files(str(src)), CFG, Full())
 
 
-
 def test_a_dask_part_in_a_local_folder_holds_its_kept_bytes_and_nothing_more(tmp_path):
     """A worker writing a local shard reserves its blocks up front, as a local ingest's writer does
     (`reserve_blocks`: the listed sizes), then trims what it did not use: the shard holds each kept
@@ -553,6 +552,7 @@ def test_a_dask_part_in_a_local_folder_holds_its_kept_bytes_and_nothing_more(tmp
     none = tmp_path / "000002.bin"
     assert ingest_part([empty], CFG, str(none)) == [(None, None, None, None, 0, "empty file")]
     assert not none.exists()
+
 
 def test_a_url_dataset_whose_ingest_died_between_index_and_manifest_is_refused(tmp_path, s3_bucket):
     """On object storage the index and the manifest are two PUTs. An ingest killed between them
