@@ -75,9 +75,9 @@ class Runner:
         from obf.train import Dist, _to_device, loss_bits, step_batch
 
         batch = step_batch(self.steps, Dist(), self.params.train, self.short, self.long)
-        src, dec, tgt, rows, visible, align, shift = _to_device(batch, self.device)
+        src, dec, tgt, rows, visible, align, shift, places = _to_device(batch, self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = self.model(src, dec, rows, visible, align, shift)
+            logits = self.model(src, dec, rows, visible, align, shift, places)
         bits, n = loss_bits(logits, tgt)
         self.opt.zero_grad(set_to_none=True)
         (bits / n.clamp(min=1) * LN2).backward()

@@ -115,12 +115,14 @@ def validation_bpb(model: OmniByteFormer, sampler: ExampleSampler, cfg: TrainCon
             data = sampler.ds.file_bytes(r)
             rng = sampler.rng(10_000_000 + i)
             start = int(rng.integers(0, len(data) + 1))
-            examples.append(continue_example(data, start, m, sampler.max_src_len, sampler.max_tgt_len, i))
+            examples.append(continue_example(data, start, m, sampler.max_src_len, sampler.max_tgt_len, i,
+                                             model.cfg.layout_input))
         for j in range(0, len(examples), cfg.batch_size):
             b = collate(examples[j:j + cfg.batch_size])
             src, dec, tgt = (torch.from_numpy(a).to(device) for a in (b.src, b.dec, b.tgt))
+            places = None if b.places is None else torch.from_numpy(b.places).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(src, dec)
+                logits = model(src, dec, places=places)
             s, n = loss_bits(logits, tgt)
             bits += s.item()
             count += n.item()
@@ -223,6 +225,7 @@ def training_samplers(ds: Dataset, params: Params) -> tuple[ExampleSampler, Exam
         max_input_len=m.input_len,
         query_map=m.query_map,
         input_end=m.input_end,
+        layout_input=m.layout_input,
         **kw,
     )
     long = ExampleSampler(
@@ -232,6 +235,7 @@ def training_samplers(ds: Dataset, params: Params) -> tuple[ExampleSampler, Exam
         task_weights={"continue": 1.0},
         seed=t.seed + 1,
         windows=t.long_windows,
+        layout_input=m.layout_input,
         **kw,
     )
     return short, long
@@ -255,9 +259,10 @@ def step_batch(step: int, d: Dist, cfg: TrainConfig, short: ExampleSampler, long
 
 
 def _to_device(b: Batch, device: torch.device) -> tuple[torch.Tensor | None, ...]:
-    """src (B, S), dec (N, T), tgt (N, T), rows (N,), visible (N,), align (N,), shift (N, T) on
-    `device` (shift None when no query moves: a batch without a mapped `paired` window)."""
-    arrays = (b.src, b.dec, b.tgt, b.rows, b.visible, b.align, b.moved)
+    """src (B, S), dec (N, T), tgt (N, T), rows (N,), visible (N,), align (N,), shift (N, T),
+    places (N, T, 3) on `device` (shift None when no query moves: a batch without a mapped
+    `paired` window; places None for a model without `layout_input`)."""
+    arrays = (b.src, b.dec, b.tgt, b.rows, b.visible, b.align, b.moved, b.places)
     return tuple(None if a is None else torch.from_numpy(a).to(device, non_blocking=True) for a in arrays)
 
 
@@ -389,9 +394,9 @@ def train(
             if log_f:
                 for e_idx, m, t in zip(batch.indices, batch.modalities, batch.tasks):
                     log_f.write(json.dumps({"step": step, "index": e_idx, "modality": m, "task": t}) + "\n")
-            src, dec, tgt, rows, visible, align, shift = _to_device(batch, device)
+            src, dec, tgt, rows, visible, align, shift, places = _to_device(batch, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = net(src, dec, rows, visible, align, shift)  # (N, T, V): every window of every example
+                logits = net(src, dec, rows, visible, align, shift, places)  # (N, T, V): every window of every example
             bits, n = loss_bits(logits, tgt)
             loss = bits / n.clamp(min=1)
             opt.zero_grad(set_to_none=True)

@@ -143,3 +143,47 @@ def test_repairs_keep_declared_fields():
 def test_existing_valid_files_are_kept():
     png = (RAW / "image/astronaut.png").read_bytes()
     assert to_file(png, "image") == (png, ".png")
+
+
+def test_place_ids_of_canonical_media_read_the_declared_layout():
+    """A canonical BMP's bytes get their channel and the byte one row up; a Y4M's their plane and
+    the bytes one row and one frame back; a WAV's their place in the sample frame; text none. The
+    ids of a byte read only bytes before it, so generation's one-byte-at-a-time `next_ids` gives
+    the same ids as the whole file does."""
+    import numpy as np
+
+    from obf.formats.places import BMP_PHASE, NO_BYTE, NO_PLACE, WAV_PHASE, Y4M_PHASE, place_ids, places_of
+
+    bmp, _ = canonicalize((RAW / "image/coffee.jpg").read_bytes(), CFG)
+    lay = places_of(bmp[:4096], "image")
+    assert lay is not None and lay.kind == "bmp" and lay.pixel == 3
+    ids = place_ids(bmp, "image", np.arange(len(bmp)))
+    assert (ids[: lay.origin] == NO_PLACE).all()  # the header has no place
+    first = lay.origin + 2 * lay.unit + 7  # a pixel's second byte, two rows in
+    assert ids[first, 0] == BMP_PHASE + 1 and ids[first, 1] == bmp[first - lay.unit] and ids[first, 2] == NO_BYTE
+    assert (ids[lay.origin:lay.origin + lay.unit, 1] == NO_BYTE).all()  # the first row has none above it
+
+    y4m, _ = canonicalize((RAW / "video/hubble_pan.y4m").read_bytes(), CFG)
+    lay = places_of(y4m[:4096], "video")
+    assert lay is not None and lay.kind == "y4m"
+    ids = place_ids(y4m, "video", np.arange(len(y4m)))
+    frame = lay.origin + lay.unit  # the second frame
+    luma = lay.width * lay.height
+    assert (ids[frame:frame + 6, 0] == Y4M_PHASE).all()  # its FRAME marker
+    y = frame + 6 + lay.width + 3  # second luma row
+    assert ids[y, 0] == Y4M_PHASE + 1 and ids[y, 1] == y4m[y - lay.width] and ids[y, 2] == y4m[y - lay.unit]
+    u = frame + 6 + luma  # the first chroma byte: no row above it in its plane
+    assert ids[u, 0] == Y4M_PHASE + 2 and ids[u, 1] == NO_BYTE and ids[u + luma // 4, 0] == Y4M_PHASE + 3
+
+    wav, _ = canonicalize((RAW / "audio/numbers.wav").read_bytes(), CFG)
+    lay = places_of(wav[:4096], "audio")
+    assert lay is not None and (place_ids(wav, "audio", np.arange(lay.origin, lay.origin + 4))[:, 0]
+                                == WAV_PHASE + np.arange(4) % lay.unit).all()
+    assert (place_ids(b"plain text\n" * 40, "text", np.arange(100)) == NO_PLACE).all()
+
+    for data, modality in ((bmp, "image"), (y4m, "video"), (wav, "audio")):
+        lay = places_of(data[:4096], modality)
+        whole = place_ids(data, modality, np.arange(len(data) + 1))
+        for at in (lay.origin + 1, len(data) // 3, len(data) - 1, len(data)):
+            for cut in (0, at // 2, at):  # context and generated part split anywhere
+                assert (lay.next_ids(data[:cut], bytearray(data[cut:at])) == whole[at]).all()

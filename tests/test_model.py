@@ -294,3 +294,35 @@ def test_mask_non_bytes_only_bytes_or_eos():
     assert (sample(mask_non_bytes(logits), SamplingOptions(), np.random.default_rng(0)) == EOS).all()
     ids = sample(mask_non_bytes(logits, keep_eos=False), SamplingOptions(temperature=1.0), np.random.default_rng(0))
     assert (ids < N_BYTES).all()
+
+
+def test_layout_input_reaches_every_decoder_path():
+    """With `layout_input` the place ids change the logits (the embedding is wired in), no ids
+    means `NO_PLACE` everywhere, and the growing cache and the in-place step, given each
+    position's ids, give the full forward's logits."""
+    from obf.formats.places import NO_BYTE, NO_PLACE
+
+    m = tiny(4, layout_input=True)
+    with torch.no_grad():
+        m.place_embed.weight.normal_(0, 0.5)  # unequal rows, as after training
+    src, tgt = rand_ids(2, 40), rand_ids(2, 20)
+    dec = shift_right(tgt)
+    places = torch.stack([torch.randint(0, 17, (2, 20)), torch.randint(0, NO_BYTE + 1, (2, 20)),
+                          torch.randint(0, NO_BYTE + 1, (2, 20))], dim=-1)  # (B, T, 3)
+    with torch.no_grad():
+        placed = m(src, dec, places=places)
+        plain = m(src, dec)
+        none = m(src, dec, places=torch.from_numpy(NO_PLACE).expand(2, 20, 3))
+        mem = m.encode(src)
+        cache, grown = m.static_cache(2), m.empty_cache(2)
+        steps, grows = [], []
+        for t in range(20):
+            logits, cache = m.decode_step(dec[:, t:t + 1], mem, cache, places=places[:, t:t + 1])
+            steps.append(logits)
+            logits, grown = m.decode_step(dec[:, t:t + 1], mem, grown, places=places[:, t:t + 1])
+            grows.append(logits)
+    assert (placed - plain).abs().max().item() > 1e-2
+    assert torch.allclose(plain, none)
+    assert (torch.cat(steps, 1) - placed).abs().max().item() < 1e-4
+    assert (torch.cat(grows, 1) - placed).abs().max().item() < 1e-4
+    assert tiny(4).place_embed is None  # a model without it has no such weights

@@ -816,3 +816,60 @@ def test_an_export_from_before_query_map_still_runs_and_refuses_moved_windows(ex
                                 query_map=True)], multiple=8)
     with pytest.raises(ValueError, match="re-run `obf export`"):
         before.window_logits(b.src, b.dec, b.rows, b.visible, b.align, b.shift)
+
+
+class _RecordingPlaces:
+    """A backend as it is, recording the place ids every decode step generation gives it."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.places = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def step(self, tokens, memory, cache, shift=None, places=None):
+        self.places.append(None if places is None else places.copy())
+        return self.inner.step(tokens, memory, cache, shift, places)
+
+
+def test_layout_input_trains_exports_scores_and_generates_alike(exported, tmp_path):
+    """A model with `model.layout_input`: its training windows carry the place ids of their media
+    targets; the export's parity gate passes on an image and a video (places included); torch and
+    ONNX Runtime score those files to the same bits and generate the same greedy bytes; and every
+    decode step is given the ids that the finished file gives that byte, as training reads them."""
+    from obf.data.dataset import Dataset
+    from obf.data.objectives import ExampleSampler
+    from obf.formats.canonical import canonicalize
+    from obf.formats.places import place_ids
+    from obf.runtime.scoring import whole_file_bits
+
+    root, _, _ = exported
+    params = load_params(None, [*TINY, "model.layout_input=true", "train.steps=6"])
+    ds = Dataset(root / "ds")
+    sampler = ExampleSampler(ds, "train", max_src_len=128, max_tgt_len=64, task_weights={"continue": 1.0},
+                             modality_weights={"image": 1.0}, layout_input=True)
+    b = sampler.batch(list(range(8)))
+    assert b.places is not None and (b.places[..., 0] > 0).any() and (b.places[..., 1] < 256).any()
+    train(root / "ds", tmp_path / "model", params, progress=False)
+    bmp, _ = canonicalize((RAW / INPUTS["image"]).read_bytes(), params.ingest)
+    y4m, _ = canonicalize((RAW / INPUTS["video"]).read_bytes(), params.ingest)
+    info = export(tmp_path / "model", tmp_path / "onnx", params.export, real=[(bmp, "image"), (y4m, "video")],
+                  progress=False)
+    assert info["config"]["layout_input"] is True and info["parity"]["max_abs_diff"] < 1e-3
+    tb, ob = load_torch(str(tmp_path / "model")), OnnxBackend(tmp_path / "onnx", provider="cpu")
+    assert tb.layout_input and ob.layout_input
+    files = [(np.frombuffer(bmp[:3000], np.uint8), "image"), (np.frombuffer(y4m[:4000], np.uint8), "video")]
+    a, c = whole_file_bits(tb, files, 16), whole_file_bits(ob, files, 16)
+    assert np.allclose(a.network, c.network, rtol=1e-4)
+    opts = SamplingOptions(max_bytes=150, stop_at_eos=False)
+    ctx = [bmp[:2000], y4m[:3000]]
+    outs = []
+    for backend in (tb, ob):
+        rec = _RecordingPlaces(backend)
+        outs.append(generate(rec, ctx, ["image", "video"], opts=opts))
+        given = np.stack(rec.places)  # (steps, B, 3)
+        for row, (context, modality) in enumerate(zip(ctx, ["image", "video"])):
+            made = context + outs[-1][row]
+            want = place_ids(made, modality, np.arange(len(context), len(made)))
+            assert (given[:len(want), row] == want).all()
+    assert outs[0] == outs[1]

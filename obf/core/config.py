@@ -99,6 +99,9 @@ class ModelConfig:
     # `paired` sources end with an EOS id after the input, which the target's end reads: a key
     # that says where the input stops (a hex target's last newline and its EOS read it)
     input_end: bool = True
+    # the decoder reads each target byte's place in its file's layout (`obf.formats.places`: a
+    # BMP byte's channel and the byte one row up, a Y4M byte's plane, ...) beside the byte before it
+    layout_input: bool = False
     preset: str = ""  # the preset this config started from, for humans
 
     def __post_init__(self) -> None:
@@ -147,9 +150,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """A saved config; one saved before `cross_bytes`, `query_map` or `input_end` existed
-        describes a model without it."""
-        return build_section(cls, "model", {"cross_bytes": False, "query_map": False, "input_end": False, **d})
+        """A saved config; one saved before `cross_bytes`, `query_map`, `input_end` or
+        `layout_input` existed describes a model without it."""
+        return build_section(cls, "model", {"cross_bytes": False, "query_map": False, "input_end": False,
+                                            "layout_input": False, **d})
 
 
 def _default_task_weights() -> dict[str, float]:

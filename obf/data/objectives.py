@@ -13,6 +13,10 @@ conversion reads for it (`obf.formats.conversions.input_offsets`: a hex characte
 encodes, an ascii character to its pixel); with `model.input_end` an EOS id after the input tells
 where it stops, and the target's end reads it. `continue` and `denoise` have no shift. The files of
 pairs serve `paired` only; `continue` and `denoise` draw from the other files.
+
+With `model.layout_input` each `continue` window also carries the place ids of its targets
+(`obf.formats.places`: where each byte lies in its file's BMP, Y4M or WAV layout), read from the
+whole file; `denoise` and `paired` windows carry none (`NO_PLACE` in the batch).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from obf.core.vocab import (
 )
 from obf.data.dataset import DataError, Dataset, Record
 from obf.formats.conversions import input_offsets
+from obf.formats.places import NO_PLACE, place_ids
 
 PAIRED_WINDOWS = 4  # target windows of one `paired` example at most (a 16x16 BMP needs 4 of 256 bytes)
 
@@ -51,6 +56,7 @@ class Window(NamedTuple):
     targets: list[int]
     align: int
     shift: np.ndarray | None = None
+    places: np.ndarray | None = None  # (len(targets), 3) place ids of the targets (`model.layout_input`)
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class Example:
     earlier: tuple[Window, ...] = ()
     align: int | None = None
     shift: np.ndarray | None = None  # the last window's query moves (`Window.shift`)
+    places: np.ndarray | None = None  # the last window's place ids (`Window.places`)
 
 
 @dataclass
@@ -82,6 +89,7 @@ class Batch:
     visible: np.ndarray  # (N,) int64, ids of the padded row before the window's start (on the patch grid)
     align: np.ndarray  # (N,) int64, position in the padded row of the window's first target
     shift: np.ndarray  # (N, T) int64, how far each target's query moves from align + t (0: none)
+    places: np.ndarray | None  # (N, T, 3) int64 place ids of the targets (`obf.formats.places`), None: none
     modalities: list[str]  # per example
     tasks: list[str]
     indices: list[int]
@@ -156,7 +164,9 @@ class ExampleSampler:
         max_input_len: int | None = None,
         query_map: bool = False,
         input_end: bool = False,
+        layout_input: bool = False,
     ) -> None:
+        self.layout_input = layout_input  # `continue` windows carry their targets' place ids
         self.query_map = query_map  # `paired` queries read where the pair's conversion maps them
         self.input_end = input_end  # `paired` sources end with an EOS id after the input
         self.ds = ds
@@ -228,7 +238,8 @@ class ExampleSampler:
         if self.random_bytes_weight and rng.random() < self.random_bytes_weight:
             return self._random_bytes(data, rng, index)
         start = 0 if rng.random() < 0.1 else int(rng.integers(0, len(data) + 1))
-        return continue_chunk(data, start, r.modality, self.max_src_len, self.max_tgt_len, self.windows, index)
+        return continue_chunk(data, start, r.modality, self.max_src_len, self.max_tgt_len, self.windows, index,
+                              self.layout_input)
 
     def _denoise(self, r: Record, data: np.ndarray, rng: np.random.Generator, index: int) -> Example:
         n = min(len(data), self.max_src_len - 2, self.denoise_len)
@@ -313,39 +324,47 @@ def window_targets(data: np.ndarray | bytes, start: int, max_tgt_len: int) -> li
 
 
 def windows_example(
-    data: np.ndarray | bytes, starts: list[int], modality: str, max_src_len: int, max_tgt_len: int, index: int = 0
+    data: np.ndarray | bytes, starts: list[int], modality: str, max_src_len: int, max_tgt_len: int, index: int = 0,
+    places: bool = False,
 ) -> Example:
     """`continue` windows of `data` at ascending `starts` over one source: the bytes before the
     last start, at most `max_src_len` ids with the tags, so the last window sees what generation
     would give it and each earlier one the same bytes up to its own start. Earlier windows must
     start inside that source (last - first <= max_src_len - 2); with a causal encoder one pass
-    serves them all (`forward_windows`)."""
+    serves them all (`forward_windows`). With `places`, each window carries its targets' place
+    ids (`model.layout_input`), read from the whole file as generation reads them from the bytes
+    it has."""
     last = starts[-1]
     if last - starts[0] > max_src_len - 2:
         raise ValueError(f"windows from {starts[0]} to {last} do not fit one source of {max_src_len} ids")
     src = encoder_input(modality, "continue", bytes(data[max(0, last - (max_src_len - 2)) : last]), max_src_len)
-    earlier = tuple(
-        Window(len(src) - (last - s), window_targets(data, s, max_tgt_len), len(src) - (last - s)) for s in starts[:-1]
-    )
-    return Example(src, window_targets(data, last, max_tgt_len), "continue", modality, index, earlier)
+    windows = []
+    for s in starts:
+        targets = window_targets(data, s, max_tgt_len)
+        ids = place_ids(data, modality, np.arange(s, s + len(targets))) if places else None
+        windows.append(Window(len(src) - (last - s), targets, len(src) - (last - s), None, ids))
+    final = windows[-1]
+    return Example(src, final.targets, "continue", modality, index, tuple(windows[:-1]), places=final.places)
 
 
 def continue_example(
-    data: np.ndarray, start: int, modality: str, max_src_len: int, max_tgt_len: int, index: int = 0
+    data: np.ndarray, start: int, modality: str, max_src_len: int, max_tgt_len: int, index: int = 0,
+    places: bool = False,
 ) -> Example:
     """The `continue` objective: encoder sees the bytes before `start`, decoder predicts from `start`."""
-    return windows_example(data, [start], modality, max_src_len, max_tgt_len, index)
+    return windows_example(data, [start], modality, max_src_len, max_tgt_len, index, places)
 
 
 def continue_chunk(
-    data: np.ndarray, start: int, modality: str, max_src_len: int, max_tgt_len: int, windows: int, index: int = 0
+    data: np.ndarray, start: int, modality: str, max_src_len: int, max_tgt_len: int, windows: int, index: int = 0,
+    places: bool = False,
 ) -> Example:
     """`continue` over up to `windows` consecutive decoder windows from `start` (fewer where the
     file ends), for one causal encoder pass (`windows_example`)."""
     starts = [start]
     while len(starts) < windows and starts[-1] + max_tgt_len <= len(data):  # the next still has a byte or EOS
         starts.append(starts[-1] + max_tgt_len)
-    return windows_example(data, starts, modality, max_src_len, max_tgt_len, index)
+    return windows_example(data, starts, modality, max_src_len, max_tgt_len, index, places)
 
 
 def collate(examples: list[Example], multiple: int = 8) -> Batch:
@@ -358,7 +377,7 @@ def collate(examples: list[Example], multiple: int = 8) -> Batch:
     windows = [
         (i, w)
         for i, e in enumerate(examples)
-        for w in (*e.earlier, Window(len(e.src), e.tgt, len(e.src) if e.align is None else e.align, e.shift))
+        for w in (*e.earlier, Window(len(e.src), e.tgt, len(e.src) if e.align is None else e.align, e.shift, e.places))
     ]
     t = max(len(w.targets) for _, w in windows)
     src = np.full((len(examples), s), PAD, dtype=np.int64)
@@ -368,6 +387,8 @@ def collate(examples: list[Example], multiple: int = 8) -> Batch:
     visible = np.zeros(len(windows), dtype=np.int64)
     align = np.zeros(len(windows), dtype=np.int64)
     shift = np.zeros((len(windows), t), dtype=np.int64)
+    placed = any(w.places is not None for _, w in windows)
+    places = np.tile(NO_PLACE, (len(windows), t, 1)) if placed else None  # (N, T, 3)
     for i, e in enumerate(examples):
         src[i, s - len(e.src) :] = e.src
     for n, (i, w) in enumerate(windows):
@@ -376,6 +397,8 @@ def collate(examples: list[Example], multiple: int = 8) -> Batch:
         align[n] = pad + w.align
         if w.shift is not None:
             shift[n, : len(w.shift)] = w.shift
+        if places is not None and w.places is not None:
+            places[n, : len(w.places)] = w.places
         tg = w.targets
         tgt[n, : len(tg)] = tg
         dec[n, 0] = BOS
@@ -388,6 +411,7 @@ def collate(examples: list[Example], multiple: int = 8) -> Batch:
         visible,
         align,
         shift,
+        places,
         [e.modality for e in examples],
         [e.task for e in examples],
         [e.index for e in examples],

@@ -26,7 +26,9 @@ not fp32. Interface (L decoder layers, i = 0..L-1):
           model with `cross_bytes` align (B, T) int64: new id t's query is rotated by align[:, t] +
           past_len + t before it meets the cross keys the encoder rotated (`Memory.align`, the
           source position of each row's first target, plus the query's `shift`; exports made
-          before `query_map` take align (B,), one position per row, and obf reads both)
+          before `query_map` take align (B,), one position per row, and obf reads both); and for a
+          model with `layout_input` places (B, T, 3) int64, the place ids of the byte each new id
+          predicts (`obf.formats.places`)
   outputs logits (B, T, V) float32; present_k_i, present_v_i (B, H, T_max, D): the buffers with
           the T new ids' K/V written at positions past_len .. past_len + T - 1
 """
@@ -37,6 +39,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from obf.formats.places import SLOT_OFFSETS
 from obf.model.network import OmniByteFormer
 
 MS = "com.microsoft"
@@ -154,6 +157,11 @@ def decoder_graph(model: OmniByteFormer, opset: int, dtype: str = "fp32") -> onn
     ff = g.const("split_ff", np.array([cfg.d_ff, cfg.d_ff], np.int64))
 
     x = g.op("Gather", [g.const("dec_embed", w["dec_embed.weight"]), "dec_ids"], "embed")  # (B, T, C)
+    if cfg.layout_input:  # `OmniByteFormer.embed_targets`: plus the sum of the three place embeddings
+        rows = g.op("Add", ["places", g.const("slot_offsets", SLOT_OFFSETS)], "place_rows")  # (B, T, 3)
+        placed = g.op("Gather", [g.const("place_embed", w["place_embed.weight"]), rows], "place_vecs")  # (B,T,3,C)
+        summed = g.op("ReduceSum", [placed, g.const("axis_2", np.array([2], np.int64))], "place_sum", keepdims=0)
+        x = g.op("Add", [x, summed], "embed_placed")  # (B, T, C)
     residual: str | None = None
 
     def norm(branch: str, weight: str, name: str) -> str:
@@ -228,6 +236,8 @@ def decoder_graph(model: OmniByteFormer, opset: int, dtype: str = "fp32") -> onn
     ]
     if cfg.cross_bytes:
         inputs.append(helper.make_tensor_value_info("align", TensorProto.INT64, ["batch", "tgt"]))
+    if cfg.layout_input:
+        inputs.append(helper.make_tensor_value_info("places", TensorProto.INT64, ["batch", "tgt", 3]))
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "tgt", v])]
     outputs += [
         helper.make_tensor_value_info(f"present_{kv}_{i}", onnx_type, cache_dims)

@@ -5,7 +5,8 @@ Graph layout (obf.json `version` 3; L decoder layers, i = 0..L-1):
 * encoder.onnx: src_ids (B, S) -> memory_mask (B, Sp), cross_k_i, cross_v_i (B, H, Sp, D)
 * decoder.onnx: dec_ids (B, T), past_len (), memory_mask, cross_k_i, cross_v_i, past_k_i, past_v_i
   (B, H, T_max, D), align (B, T) (each new id's cross position, less past_len + t: a `paired`
-  query placed by `model.query_map`; (B,) in exports made before it, which obf still runs)
+  query placed by `model.query_map`; (B,) in exports made before it, which obf still runs),
+  places (B, T, 3) for a model with `model.layout_input` (`obf.formats.places`)
   -> logits (B, T, V), present_k_i, present_v_i (B, H, T_max, D)
 
 The encoder is exported from the torch model (`torch.onnx.export`, dynamo). The decoder is written
@@ -128,8 +129,8 @@ def parity(model: OmniByteFormer, onnx_dir: Path, real: list[Sample], *, encoder
     for i, (data, modality) in enumerate(real or [(rng.integers(0, 256, 3000, dtype=np.uint8).tobytes(), "binary")]):
         arr = np.frombuffer(data, dtype=np.uint8)
         start = min(len(arr), cfg.max_src_len // 2 + i)
-        examples.append(continue_example(arr, start, modality, cfg.max_src_len, cfg.max_tgt_len))
-        examples.append(continue_example(arr, 0, modality, cfg.max_src_len, cfg.max_tgt_len))
+        examples.append(continue_example(arr, start, modality, cfg.max_src_len, cfg.max_tgt_len, 0, cfg.layout_input))
+        examples.append(continue_example(arr, 0, modality, cfg.max_src_len, cfg.max_tgt_len, 0, cfg.layout_input))
     rand = rng.integers(0, 256, 2 * cfg.max_src_len, dtype=np.uint8)
     examples.append(continue_example(rand, cfg.max_src_len, "binary", cfg.max_src_len, cfg.max_tgt_len))
     # a `paired` window far into its target: the cross positions it aligns by reach past the source;
@@ -140,17 +141,19 @@ def parity(model: OmniByteFormer, onnx_dir: Path, real: list[Sample], *, encoder
                                    query_map=cfg.query_map, input_end=cfg.input_end))
     b = collate(examples, multiple=max(8, cfg.patch_size))  # one window per example
     shift = b.moved  # (B, T) or None
+    places = b.places  # (B, T, 3) or None (a model without layout_input)
     with torch.no_grad():
         ref = model(*(None if a is None else torch.from_numpy(a) for a in (b.src, b.dec, b.rows, b.visible, b.align,
-                                                                              shift))).numpy()
-    got = ort.window_logits(b.src, b.dec, b.rows, b.visible, b.align, shift)
+                                                                              shift, places))).numpy()
+    got = ort.window_logits(b.src, b.dec, b.rows, b.visible, b.align, shift, places)
     full = float(np.abs(got - ref).max())
     # cached steps: the first 8 decoder positions one by one
     mem = ort.encode(b.src, b.align)
     cache = ort.init_cache(mem)
     step = 0.0
     for t in range(min(8, b.dec.shape[1])):
-        logits, cache = ort.step(b.dec[:, t], mem, cache, None if shift is None else shift[:, t])
+        logits, cache = ort.step(b.dec[:, t], mem, cache, None if shift is None else shift[:, t],
+                                 None if places is None else places[:, t])
         step = max(step, float(np.abs(logits - ref[:, t]).max()))
     return {"full": full, "step": step, "max": max(full, step), "bpb_torch": bits_per_byte(ref, b.tgt),
             "bpb": bits_per_byte(got, b.tgt)}

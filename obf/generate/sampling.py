@@ -22,10 +22,11 @@ from obf.core.config import DECODING, GenerateSettings
 from obf.core.vocab import BOS, EOS, N_BYTES, PAD, PAIRED_TAGS, encoder_input, paired_input
 from obf.formats.conversions import input_offsets
 from obf.formats.layouts import bmp_layout
+from obf.formats.places import HEAD, NO_PLACE, Places, places_of
 from obf.mixer.input_copy import CopyState
 from obf.mixer.match import modality_index
 from obf.mixer.mix import TAIL, RowHints, Tail, mixer_of
-from obf.runtime.backend import Backend, input_end_of, meta_of, query_map_of
+from obf.runtime.backend import Backend, input_end_of, layout_input_of, meta_of, query_map_of
 from obf.runtime.scoring import tail_log_probs
 
 
@@ -279,11 +280,14 @@ def next_tokens(backend: Backend, tokens: np.ndarray, memory: Any, cache: Any, o
                 rng: np.random.Generator, keep_eos: bool | np.ndarray | None = None,
                 adjust: Callable[[np.ndarray], np.ndarray] | None = None, shift: np.ndarray | None = None,
                 control: SurpriseControl | None = None, rows: np.ndarray | None = None,
-                guard: ShareGuard | None = None) -> tuple[np.ndarray, Any]:
+                guard: ShareGuard | None = None, places: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
     """One decode step: (B,) ids in, (B,) sampled ids out. `keep_eos` (default `opts.stop_at_eos`)
     says, for all rows or per row, whether EOS may be sampled; `adjust` maps the step's (B, V)
-    logits before sampling (the mixer); `shift` (B,) moves each row's query (`Backend.step`)."""
-    logits, cache = backend.step(tokens, memory, cache) if shift is None else backend.step(tokens, memory, cache, shift)
+    logits before sampling (the mixer); `shift` (B,) moves each row's query and `places` (B, 3)
+    gives the place ids of the byte each row writes (`Backend.step`)."""
+    kw: dict[str, np.ndarray] = {} if places is None else {"places": places}  # backends without places take none
+    logits, cache = (backend.step(tokens, memory, cache, **kw) if shift is None
+                     else backend.step(tokens, memory, cache, shift, **kw))
     if adjust is not None:
         logits = adjust(logits)
     keep = opts.stop_at_eos if keep_eos is None else keep_eos
@@ -309,6 +313,17 @@ def _tails(backend: Backend, files: list[bytes], modalities: Sequence[str], surp
     if surprise or (mixer and mixer.needs_tail):
         return list(tail_log_probs(backend, files, list(modalities)))
     return [None] * len(files)
+
+
+def step_places(geometry: Sequence[Places | None], contexts: Sequence[bytes], out: Sequence[bytearray],
+                active: np.ndarray) -> np.ndarray:
+    """(B, 3) place ids of the byte each active row writes next (`obf.formats.places`): read from
+    its context and what it wrote, as training reads them from the whole file."""
+    ids = np.tile(NO_PLACE, (len(active), 1))
+    for j, i in enumerate(active):
+        if geometry[i] is not None:
+            ids[j] = geometry[i].next_ids(contexts[i], out[i])
+    return ids
 
 
 def surprise_targets(tails: Sequence[Tail | None]) -> np.ndarray:
@@ -338,6 +353,8 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
     target's own bytes, its stride hint from when its header is written, and the input byte
     each of its bytes reads for the copy expert), as evaluation scores it; by default the parts
     that learn from the file learn from the context only (`SamplingOptions.learn_from_output`).
+    A model with `layout_input` reads, at each `continue` step, the place of the byte it writes
+    (`obf.formats.places`), from the header and the bytes before it, as in training.
     """
     if len(contexts) != len(modalities):
         raise ValueError("contexts and modalities differ in length")
@@ -374,8 +391,14 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
     guard = (ShareGuard(held, opts.share_guard, [guard_grid(h, m) for h, m in zip(held, file_modalities)])
              if opts.share_guard > 0 and opts.temperature > 0 and task == "continue" else None)
     mods = modality_index(file_modalities)
+    placed = task == "continue" and layout_input_of(backend)  # the decoder reads each byte's place
+    geometry: list[Places | None] = [None] * n
     while not done.all():
         active = np.flatnonzero(~done)
+        if placed:  # a header the context cut short may be whole by now
+            for i in active:
+                if geometry[i] is None:
+                    geometry[i] = places_of(history[i][:HEAD], modalities[i])
         if task == "paired":  # window k of a target aligns with the input at its offset k * window
             rows = [paired_input(contexts[i], modalities[i], targets[i], backend.max_input_len, end) for i in active]
             offsets = [PAIRED_TAGS + len(out[i]) for i in active]
@@ -401,8 +424,9 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
                                for i, u in at.items()])
         for j in range(window):
             shift = None if shifts is None else np.ascontiguousarray(shifts[:, j])
+            places = step_places(geometry, contexts, out, active) if placed else None
             tokens, cache = next_tokens(backend, tokens, memory, cache, opts, rng, keep_eos, adjust, shift,
-                                        control, active, guard)
+                                        control, active, guard, places)
             for j, i in enumerate(active):
                 if finished[j]:
                     continue

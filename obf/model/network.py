@@ -13,6 +13,12 @@ to the byte the pair's conversion reads, `obf.formats.conversions.input_offsets`
 sees exact distances: the byte one image row or one sample frame back, or the input byte a
 conversion reads. Without it (models saved before) the decoder reads the patch states, unplaced.
 
+Layout input (`layout_input`): each decoder position also reads where the byte it predicts lies
+in its file's layout (`obf.formats.places`: a BMP byte's channel and the byte one row up, a Y4M
+byte's plane and its neighbours one row and one frame back, a WAV byte's place in its sample
+frame), which 512 bytes into a file the source no longer says. Those ids depend only on the bytes
+before the target, so generation gives them at every step as training does.
+
 Long context: with `causal_encoder` the encoder is causal over patches, and the patch grid ends
 where the source ends (`collate` and `pad_batch` pad sources on the left, and `encode` pads a
 causal source on the left to whole patches). A patch's state then depends only on the bytes up
@@ -41,6 +47,7 @@ from torch import Tensor, nn
 
 from obf.core.config import ModelConfig
 from obf.core.vocab import PAD
+from obf.formats.places import NO_PLACE, SLOT_OFFSETS, TABLE_ROWS
 from obf.model.layers import (
     DecoderBlock,
     EncoderBlock,
@@ -74,6 +81,9 @@ class OmniByteFormer(nn.Module):
         self.encoder = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.encoder_layers))
         self.enc_norm = RMSNorm(c, cfg.norm_eps)
         self.dec_embed = nn.Embedding(v, c)
+        # with layout_input, each decoder position also adds the embeddings of its target byte's
+        # place (`obf.formats.places`: phase, byte one row up, byte one frame back; one table)
+        self.place_embed = nn.Embedding(TABLE_ROWS, c) if cfg.layout_input else None
         self.decoder = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.decoder_layers))
         self.dec_norm = RMSNorm(c, cfg.norm_eps)
         self.head = nn.Linear(c, v, bias=False)
@@ -85,6 +95,8 @@ class OmniByteFormer(nn.Module):
         self.register_buffer("rope_cos_step", torch.cat((cos, cos), dim=-1), persistent=False)
         self.register_buffer("rope_sin_step", torch.cat((-sin, sin), dim=-1), persistent=False)
         self.register_buffer("patch_offsets", torch.arange(p) * v, persistent=False)  # (P,)
+        self.register_buffer("slot_offsets", torch.from_numpy(SLOT_OFFSETS), persistent=False)  # (3,)
+        self.register_buffer("no_place", torch.from_numpy(NO_PLACE), persistent=False)  # (3,)
         inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
         self.register_buffer("rope_inv_freq", inv_freq, persistent=False)  # (D/2,) cross-attention angles
         self.reset_parameters()
@@ -183,11 +195,12 @@ class OmniByteFormer(nn.Module):
 
     # ------------------------------------------------------------------ decoder
 
-    def _decode(self, dec_ids: Tensor, memory: Memory, cache: KVCache | None) -> tuple[Tensor, KVCache]:
+    def _decode(self, dec_ids: Tensor, memory: Memory, cache: KVCache | None, places: Tensor | None = None
+                ) -> tuple[Tensor, KVCache]:
         n = self.cfg.decoder_layers
         past = None if cache is None else [(cache.k[i], cache.v[i]) for i in range(n)]
         logits, kv = self.decode_layers(dec_ids, [(memory.k[i], memory.v[i]) for i in range(n)], memory.mask, past,
-                                        memory.align)
+                                        memory.align, places=places)
         return logits, KVCache(torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv]))
 
     def query_rotation(self, align: Tensor, n_past: int, t: int, shift: Tensor | None = None
@@ -203,14 +216,26 @@ class OmniByteFormer(nn.Module):
         cos, sin = rotary_at(pos, self.rope_inv_freq)
         return cos[:, None], sin[:, None]
 
+    def embed_targets(self, dec_ids: Tensor, places: Tensor | None, table: Tensor | None = None) -> Tensor:
+        """dec_ids (B, T) -> the decoder's input rows (B, T, C): each id's embedding (from `table`,
+        default `dec_embed`), plus, with `layout_input`, the embeddings of the place ids (B, T, 3)
+        of the byte each position predicts (`obf.formats.places`; None: no place, as for text)."""
+        x = self.dec_embed(dec_ids) if table is None else F.embedding(dec_ids, table)
+        if self.place_embed is None:
+            return x
+        if places is None:
+            places = self.no_place.expand(*dec_ids.shape, -1)
+        return x + self.place_embed(places + self.slot_offsets).sum(dim=-2).to(x.dtype)  # (B, T, C)
+
     def decode_layers(self, dec_ids: Tensor, cross: list[tuple[Tensor, Tensor]], memory_mask: Tensor,
-                      past: list[tuple[Tensor, Tensor]] | None, align: Tensor, shift: Tensor | None = None
-                      ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+                      past: list[tuple[Tensor, Tensor]] | None, align: Tensor, shift: Tensor | None = None,
+                      places: Tensor | None = None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """The decoder over one (k, v) pair per layer: dec_ids (B, T), cross K/V (B, H, M, D) each,
         memory_mask (B, M), past K/V (B, H, T_past, D) each or None, align (B,) or (1,) the source
         position of the first target on the patch grid (`Memory.align`), shift (B, T) or None how
-        far each query moves from align + its offset -> logits (B, T, V) and the per-layer K/V
-        grown by T. `decode_step` stacks the layers; the ONNX decoder keeps them apart."""
+        far each query moves from align + its offset, places (B, T, 3) or None the place ids of each
+        position's target (`embed_targets`) -> logits (B, T, V) and the per-layer K/V grown by T.
+        `decode_step` stacks the layers; the ONNX decoder keeps them apart."""
         t = dec_ids.shape[1]
         n_past = 0 if past is None else past[0][0].shape[2]
         cos = self.rope_cos[n_past:n_past + t]
@@ -222,7 +247,7 @@ class OmniByteFormer(nn.Module):
             k_pos = torch.arange(n_past + t, device=dec_ids.device)
             self_mask = (k_pos[None, :] <= q_pos[:, None])[None, None]  # (1, 1, T, T_past + T)
         cross_mask = memory_mask[:, None, None, :]  # (B, 1, 1, Sp)
-        x = self.dec_embed(dec_ids)  # (B, T, C)
+        x = self.embed_targets(dec_ids, places)  # (B, T, C)
         new = []
         for i, block in enumerate(self.decoder):
             pk, pv = (None, None) if past is None else past[i]
@@ -231,8 +256,10 @@ class OmniByteFormer(nn.Module):
         return self.head(self.dec_norm(x)), new  # logits (B, T, V)
 
     def decode_step(self, dec_ids: Tensor, memory: Memory, cache: KVCache | StaticKVCache,
-                    weights: StepWeights | None = None) -> tuple[Tensor, KVCache | StaticKVCache]:
+                    weights: StepWeights | None = None, places: Tensor | None = None
+                    ) -> tuple[Tensor, KVCache | StaticKVCache]:
         """One or more new decoder ids (B, T) after a cache of T_past ids -> logits (B, T, V), cache.
+        `places` (B, T, 3): the place ids of the bytes they predict (`embed_targets`).
 
         With a `KVCache` the returned cache is a new, longer one. With a `StaticKVCache` (one id
         per call) the buffers are written in place and returned with `length + 1`; pass
@@ -240,8 +267,9 @@ class OmniByteFormer(nn.Module):
         each call builds one).
         """
         if isinstance(cache, StaticKVCache):
-            return self._decode_in_place(dec_ids, memory, cache, self.step_weights() if weights is None else weights)
-        return self._decode(dec_ids, memory, cache)
+            return self._decode_in_place(dec_ids, memory, cache, self.step_weights() if weights is None else weights,
+                                         places)
+        return self._decode(dec_ids, memory, cache, places)
 
     @torch.no_grad()
     def step_weights(self, dtype: torch.dtype | None = None) -> StepWeights:
@@ -260,8 +288,8 @@ class OmniByteFormer(nn.Module):
         embed = self.dec_embed.weight.detach().to(dtype or self.dec_embed.weight.dtype)
         return StepWeights(embed, layers, t(self.head.weight, self.dec_norm.weight))
 
-    def _decode_in_place(self, dec_ids: Tensor, memory: Memory, cache: StaticKVCache, weights: StepWeights
-                         ) -> tuple[Tensor, StaticKVCache]:
+    def _decode_in_place(self, dec_ids: Tensor, memory: Memory, cache: StaticKVCache, weights: StepWeights,
+                         places: Tensor | None = None) -> tuple[Tensor, StaticKVCache]:
         b, t = dec_ids.shape
         past = cache.length
         if t != 1:
@@ -275,7 +303,7 @@ class OmniByteFormer(nn.Module):
             qc, qs = rotary_at(memory.align + past, self.rope_inv_freq)  # (B or 1, D/2)
             cross_rot = (torch.cat((qc, qc), -1)[:, None, None],
                          torch.cat((-qs, qs), -1)[:, None, None])  # rotate_one's tables (B, 1, 1, D)
-        x = F.embedding(dec_ids.view(b), weights.embed)  # (B, C)
+        x = self.embed_targets(dec_ids, places, weights.embed).view(b, -1)  # (B, C)
         for i, block in enumerate(self.decoder):
             x = block.step_in_place(x, weights.layers[i], cos, sin, cache.k[i], cache.v[i], past,
                                     memory.k[i], memory.v[i], cross_mask, cross_rot)
@@ -301,25 +329,29 @@ class OmniByteFormer(nn.Module):
         return KVCache(z, z.clone())
 
     def forward(self, src_ids: Tensor, dec_ids: Tensor, rows: Tensor | None = None,
-                visible: Tensor | None = None, align: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
+                visible: Tensor | None = None, align: Tensor | None = None, shift: Tensor | None = None,
+                places: Tensor | None = None) -> Tensor:
         """src_ids (B, S), dec_ids (B, T) int64 -> logits (B, T, V). `align` (B,): the source
-        position each row's first target lies at (default S: `continue`). With `rows` and
-        `visible`, many windows per source: see `forward_windows` (what training calls, through
-        DDP), whose `shift` moves each query."""
+        position each row's first target lies at (default S: `continue`); `places` (B, T, 3) the
+        place ids of the targets (`embed_targets`). With `rows` and `visible`, many windows per
+        source: see `forward_windows` (what training calls, through DDP), whose `shift` moves each
+        query."""
         if rows is not None and visible is not None:
-            return self.forward_windows(src_ids, dec_ids, rows, visible, align, shift)
-        logits, _ = self._decode(dec_ids, self.encode(src_ids, align), None)
+            return self.forward_windows(src_ids, dec_ids, rows, visible, align, shift, places)
+        logits, _ = self._decode(dec_ids, self.encode(src_ids, align), None, places)
         return logits
 
     def forward_windows(self, src_ids: Tensor, dec_ids: Tensor, rows: Tensor, visible: Tensor,
-                        align: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
+                        align: Tensor | None = None, shift: Tensor | None = None, places: Tensor | None = None
+                        ) -> Tensor:
         """Many decoder windows over one encoder pass: src_ids (B, S) left-padded chunks,
         dec_ids (N, T) one window per row, rows (N,) the chunk of each window, visible (N,) how
         many ids of its chunk lie before the window's start (on the patch grid, which ends where
         the source ends), align (N,) the source position of each window's first target (default:
         `visible`, a `continue` window right after its context), shift (N, T) how far each
         query moves from align + its offset (a `paired` target byte reading the input byte its
-        conversion maps it to; default none) -> logits (N, T, V).
+        conversion maps it to; default none), places (N, T, 3) the place ids of the targets
+        (`embed_targets`; default none) -> logits (N, T, V).
 
         With a causal encoder, window n's logits equal `forward(src[rows[n], :visible[n]],
         dec_ids[n])`: it sees its own context and nothing after it. A `paired` window sees the
@@ -330,7 +362,7 @@ class OmniByteFormer(nn.Module):
         cross = [(memory.k[i].index_select(0, rows), memory.v[i].index_select(0, rows))
                  for i in range(self.cfg.decoder_layers)]  # (N, H, M, D) each
         aligned = self.grid_align(src_ids.shape[1], visible if align is None else align, src_ids.device)
-        logits, _ = self.decode_layers(dec_ids, cross, mask, None, aligned, shift)
+        logits, _ = self.decode_layers(dec_ids, cross, mask, None, aligned, shift, places)
         return logits  # (N, T, V)
 
     def before(self, s: int, visible: Tensor, m: int) -> Tensor:

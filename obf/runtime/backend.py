@@ -26,6 +26,7 @@ class Backend(Protocol):
     patch_size: int  # encoder patch size: source batches are padded to a multiple of it
     query_map: bool  # `paired` queries read where the pair's conversion maps them (`input_offsets`)
     input_end: bool  # `paired` sources end with an EOS id after the input (`model.input_end`)
+    layout_input: bool  # the decoder reads its targets' place ids (`model.layout_input`, `obf.formats.places`)
     # What the model recorded beside its weights (checkpoint config.json or export obf.json):
     # the mixer, the ingest settings it was trained on, ...; None when it was built in memory.
     meta: Mapping[str, Any] | None
@@ -37,21 +38,24 @@ class Backend(Protocol):
     def init_cache(self, memory: Any) -> Any:
         """An empty self-attention cache for the batch of `memory`."""
 
-    def step(self, tokens: np.ndarray, memory: Any, cache: Any, shift: np.ndarray | None = None
-             ) -> tuple[np.ndarray, Any]:
+    def step(self, tokens: np.ndarray, memory: Any, cache: Any, shift: np.ndarray | None = None,
+             places: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
         """tokens (B,) int64 -> logits (B, V) float32 for the next id, and the updated cache.
         shift (B,) int64: how far this step's query moves from align + the ids before it (a
-        `paired` target byte reading the input byte its conversion maps it to)."""
+        `paired` target byte reading the input byte its conversion maps it to). places (B, 3)
+        int64: the place ids of the byte this step predicts (`layout_input`; None: no place)."""
 
-    def logits(self, src_ids: np.ndarray, dec_ids: np.ndarray, align: np.ndarray | None = None) -> np.ndarray:
-        """Teacher-forced logits (B, T, V) for src (B, S) and decoder input (B, T) (scoring)."""
+    def logits(self, src_ids: np.ndarray, dec_ids: np.ndarray, align: np.ndarray | None = None,
+               places: np.ndarray | None = None) -> np.ndarray:
+        """Teacher-forced logits (B, T, V) for src (B, S) and decoder input (B, T) (scoring);
+        places (B, T, 3) the targets' place ids."""
 
     def window_logits(self, src_ids: np.ndarray, dec_ids: np.ndarray, rows: np.ndarray,
                       visible: np.ndarray, align: np.ndarray | None = None,
-                      shift: np.ndarray | None = None) -> np.ndarray:
+                      shift: np.ndarray | None = None, places: np.ndarray | None = None) -> np.ndarray:
         """Teacher-forced logits (N, T, V) of many decoder windows over one encoder run: window n
         reads source row rows[n], masked to its first visible[n] ids, its queries at align[n] + t
-        + shift[n, t] (`OmniByteFormer.forward_windows`)."""
+        + shift[n, t] (`OmniByteFormer.forward_windows`), places (N, T, 3) its targets' place ids."""
 
 
 def meta_of(backend: Backend) -> Mapping[str, Any]:
@@ -64,6 +68,12 @@ def query_map_of(backend: Backend) -> bool:
     """Whether `backend` places `paired` queries where the conversion reads (`Backend.query_map`);
     False for one that does not say (tests and benchmarks make backends without it)."""
     return bool(getattr(backend, "query_map", False))
+
+
+def layout_input_of(backend: Backend) -> bool:
+    """Whether `backend`'s decoder reads its targets' place ids (`Backend.layout_input`); False
+    for one that does not say, as `query_map_of`."""
+    return bool(getattr(backend, "layout_input", False))
 
 
 def input_end_of(backend: Backend) -> bool:

@@ -27,6 +27,7 @@ import onnxruntime as ort
 from obf.core.errors import ObfError
 from obf.core.system import usable_cpus
 from obf.core.vocab import Vocab
+from obf.formats.places import NO_PLACE
 
 ENCODER, DECODER, META = "encoder.onnx", "decoder.onnx", "obf.json"
 GRAPH_VERSION = 3
@@ -164,6 +165,7 @@ class OnnxBackend:
         self.align_per_id = bool(align) and len(align[0].shape) == 2  # (B, T); (B,) in exports before query_map
         self.query_map = bool(cfg.get("query_map", False)) and self.align_per_id
         self.input_end = bool(cfg.get("input_end", False))  # an EOS id after each paired input
+        self.layout_input = any(i.name == "places" for i in self.dec.get_inputs())  # `model.layout_input`
         self.cross_names = kv_names("cross", self.layers)
         self.past_names = kv_names("past", self.layers)
         self.present_names = kv_names("present", self.layers)
@@ -202,16 +204,20 @@ class OnnxBackend:
     def init_cache(self, memory: dict[str, Any]) -> _Cache:
         return _Cache(self, memory, new_ids=1)
 
-    def step(self, tokens: np.ndarray, memory: dict[str, Any], cache: _Cache, shift: np.ndarray | None = None
-             ) -> tuple[np.ndarray, _Cache]:
-        """tokens (B,) -> logits (B, V); shift (B,): this step's query moves from align + past."""
-        logits = cache.run(np.asarray(tokens, dtype=np.int64)[:, None], None if shift is None else shift[:, None])
+    def step(self, tokens: np.ndarray, memory: dict[str, Any], cache: _Cache, shift: np.ndarray | None = None,
+             places: np.ndarray | None = None) -> tuple[np.ndarray, _Cache]:
+        """tokens (B,) -> logits (B, V); shift (B,): this step's query moves from align + past;
+        places (B, 3): the place ids of the byte it predicts (`layout_input`)."""
+        logits = cache.run(np.asarray(tokens, dtype=np.int64)[:, None], None if shift is None else shift[:, None],
+                           None if places is None else places[:, None])
         return logits[:, -1], cache
 
-    def logits(self, src_ids: np.ndarray, dec_ids: np.ndarray, align: np.ndarray | None = None) -> np.ndarray:
-        """Teacher-forced logits (B, T, V) for src (B, S) and decoder input (B, T); align as for `encode`."""
+    def logits(self, src_ids: np.ndarray, dec_ids: np.ndarray, align: np.ndarray | None = None,
+               places: np.ndarray | None = None) -> np.ndarray:
+        """Teacher-forced logits (B, T, V) for src (B, S) and decoder input (B, T); align as for
+        `encode`; places (B, T, 3) the targets' place ids."""
         memory = self.encode(src_ids, align)
-        return _Cache(self, memory, new_ids=dec_ids.shape[1]).run(dec_ids)
+        return _Cache(self, memory, new_ids=dec_ids.shape[1]).run(dec_ids, None, places)
 
     def window_logits(
         self,
@@ -221,6 +227,7 @@ class OnnxBackend:
         visible: np.ndarray,
         align: np.ndarray | None = None,
         shift: np.ndarray | None = None,
+        places: np.ndarray | None = None,
     ) -> np.ndarray:
         """Teacher-forced logits (N, T, V) of many windows per source over one encoder run, as
         `OmniByteFormer.forward_windows`: window n reads the cross K/V of source row rows[n], masked
@@ -248,7 +255,7 @@ class OnnxBackend:
                 k: (v if k in ("batch", "align") else ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0))
                 for k, v in memory.items()
             }
-        return _Cache(self, memory, new_ids=dec_ids.shape[1]).run(dec_ids, shift)
+        return _Cache(self, memory, new_ids=dec_ids.shape[1]).run(dec_ids, shift, places)
 
 
 class _Cache:
@@ -298,14 +305,20 @@ class _Cache:
             self.align = np.zeros((b, new_ids) if per_id else (b,), np.int64)
             self.align[...] = self.align_base[:, None] if per_id else self.align_base
             io.bind_ortvalue_input("align", ort.OrtValue.ortvalue_from_numpy(self.align))
+        self.places = None  # (B, new_ids, 3) the place ids the graph reads (`layout_input`), rewritten every call
+        if backend.layout_input:
+            self.places = np.tile(NO_PLACE, (b, new_ids, 1))
+            io.bind_ortvalue_input("places", ort.OrtValue.ortvalue_from_numpy(self.places))
         for past, present, buf in zip(backend.past_names, backend.present_names, self.buffers):
             io.bind_ortvalue_input(past, buf)
             io.bind_ortvalue_output(present, buf)
         io.bind_ortvalue_output("logits", self.out)
 
-    def run(self, dec_ids: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
+    def run(self, dec_ids: np.ndarray, shift: np.ndarray | None = None, places: np.ndarray | None = None
+            ) -> np.ndarray:
         """dec_ids (B, new_ids) after the `length` cached ids -> logits (B, new_ids, V) float32;
-        shift (B, new_ids) or None: how far each id's cross query moves from align + its position."""
+        shift (B, new_ids) or None: how far each id's cross query moves from align + its position;
+        places (B, new_ids, 3) or None (no place): the place ids of the bytes the ids predict."""
         if dec_ids.shape != self.ids.shape:
             raise ValueError(f"this cache takes ids of shape {self.ids.shape} per call, got {dec_ids.shape}")
         if self.length + self.new_ids > self.capacity:
@@ -319,6 +332,8 @@ class _Cache:
             self.align[...] = self.align_base[:, None] + moved if per_id else self.align_base + moved[:, 0]
             self.moved = shift is not None
         self.ids[...] = dec_ids
+        if self.places is not None:
+            self.places[...] = NO_PLACE if places is None else places
         self.past_len[...] = self.length
         self.session.run_with_iobinding(self.io)
         self.length += self.new_ids

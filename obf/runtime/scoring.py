@@ -22,11 +22,11 @@ from obf.data.objectives import Example, collate, windows_example
 from obf.mixer.input_copy import Copies, copy_hints
 from obf.mixer.match import modality_index
 from obf.mixer.mix import TAIL, Hints, Mixer, MixerStats, Tail, file_hints, mixer_of
-from obf.runtime.backend import Backend, input_end_of, meta_of, query_map_of
+from obf.runtime.backend import Backend, input_end_of, layout_input_of, meta_of, query_map_of
 
 
 def file_windows(data: np.ndarray | bytes, modality: str, max_src_len: int, max_tgt_len: int,
-                 stride: int, group: int = 1) -> list[tuple[Example, list[tuple[int, int]]]]:
+                 stride: int, group: int = 1, places: bool = False) -> list[tuple[Example, list[tuple[int, int]]]]:
     """Examples whose scored targets cover the file and its EOS once, each with `(start, first)`
     per window (in `collate`'s order: earlier windows, then the last): the window's first byte in
     the file and its first scored target.
@@ -41,6 +41,8 @@ def file_windows(data: np.ndarray | bytes, modality: str, max_src_len: int, max_
     consecutive windows on one encoder pass: the source ends at the last window's start and
     holds `max_src_len` ids at most, so each window sees the bytes before it back to where that
     source begins. `group_size` keeps that within a quarter of the context.
+
+    `places`: each window carries its targets' place ids (a model with `layout_input`).
     """
     n, w = len(data), max_tgt_len
     starts = [(0, 0)]
@@ -50,7 +52,8 @@ def file_windows(data: np.ndarray | bytes, modality: str, max_src_len: int, max_
         starts.append((s, w - stride))
         end = s + w
     parts = [starts[g:g + group] for g in range(0, len(starts), group)]
-    return [(windows_example(data, [s for s, _ in part], modality, max_src_len, w), part) for part in parts]
+    return [(windows_example(data, [s for s, _ in part], modality, max_src_len, w, places=places), part)
+            for part in parts]
 
 
 def group_size(backend: Backend, stride: int) -> int:
@@ -100,6 +103,7 @@ def position_log_probs(backend: Backend, files: list[tuple[np.ndarray, str]], ba
     w = backend.max_tgt_len
     stride = w // 2 if not stride else min(stride, w)
     group = group_size(backend, stride)
+    placed = layout_input_of(backend)
     mixer = mixer_of(meta_of(backend))
     until = learn_until if learn_until is not None else [None] * len(files)
     hints = [file_hints(data, modality, u) if mixer or fit else None for (data, modality), u in zip(files, until)]
@@ -109,7 +113,7 @@ def position_log_probs(backend: Backend, files: list[tuple[np.ndarray, str]], ba
         from_pos = 0 if tails is None else n - tails[fi]
         if tails is not None and not tails[fi]:
             continue
-        for ex, windows in file_windows(data, modality, backend.max_src_len, w, stride, group):
+        for ex, windows in file_windows(data, modality, backend.max_src_len, w, stride, group, placed):
             if windows[-1][0] + w > from_pos:  # the last window scores up to its start + w
                 work.append((fi, ex, windows))
     work, repeats = _unique_windows(work, files, hints, w) if fit is None else (work, [])
@@ -126,10 +130,11 @@ def position_log_probs(backend: Backend, files: list[tuple[np.ndarray, str]], ba
     network = [np.zeros(len(data) + 1) for data, _ in files]
     for chunk in tqdm(batches, desc="bpb", unit="batch", disable=not progress, file=sys.stderr):
         b = collate([ex for _, ex, _ in chunk], multiple=max(8, backend.patch_size))
+        kw = {} if b.places is None else {"places": b.places}  # backends that know no places take none
         if group > 1:
-            logits = backend.window_logits(b.src, b.dec, b.rows, b.visible)
+            logits = backend.window_logits(b.src, b.dec, b.rows, b.visible, **kw)
         else:
-            logits = backend.logits(b.src, b.dec)
+            logits = backend.logits(b.src, b.dec, **kw)
         windows = [(fi, start, first) for fi, _, ws in chunk for start, first in ws]  # collate's window order
         lp_net = log_probs_of(logits, b.tgt)  # (N, T)
         lp, lp_hint = lp_net, np.zeros_like(lp_net)
@@ -166,8 +171,8 @@ Repeat = tuple[int, list[tuple[int, int]], int]  # (file index, its windows, the
 
 def _unique_windows(work: list[Work], files: list[tuple[np.ndarray, str]], hints: list[Hints | None], width: int
                     ) -> tuple[list[Work], list[Repeat]]:
-    """`work` without the examples that repeat an earlier one: the same modality, windows, source
-    and targets, and the same hints over those windows, so the same logits and mixed scores.
+    """`work` without the examples that repeat an earlier one: the same modality, windows, source,
+    targets and place ids, and the same hints over those windows, so the same logits and mixed scores.
     Files that share a start score it once: `obf evaluate`'s samples score each kept part twice,
     once followed by what the model wrote and once by the real bytes that follow it."""
     seen: dict[bytes, int] = {}
@@ -177,6 +182,8 @@ def _unique_windows(work: list[Work], files: list[tuple[np.ndarray, str]], hints
         key = hashlib.sha256(files[fi][1].encode() + np.asarray(windows, np.int64).tobytes())
         for ids in (ex.src, ex.tgt, *(win.targets for win in ex.earlier)):
             key.update(np.asarray(ids, np.int64).tobytes() + b"|")
+        for places in (ex.places, *(win.places for win in ex.earlier)):
+            key.update(b"-" if places is None else places.tobytes())
         for start, _ in windows:
             for x in h or ():
                 key.update(x[start:start + width].tobytes())

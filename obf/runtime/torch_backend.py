@@ -52,10 +52,15 @@ class TorchBackend:
         self.causal_encoder = model.cfg.causal_encoder
         self.query_map = model.cfg.query_map
         self.input_end = model.cfg.input_end
+        self.layout_input = model.cfg.layout_input
         self.meta: dict = {}  # config.json of the checkpoint, when loaded from a dir
 
     def _ids(self, ids: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self.device)
+
+    def _places(self, places: np.ndarray | None) -> torch.Tensor | None:
+        """Place ids for a model with `layout_input`; None (no place) otherwise or when not given."""
+        return None if places is None or not self.layout_input else self._ids(places)
 
     @torch.inference_mode()
     def encode(self, src_ids: np.ndarray, align: np.ndarray | None = None) -> Memory:
@@ -69,21 +74,25 @@ class TorchBackend:
         return self.model.static_cache(memory.k.shape[1], device=self.device, dtype=self.attn_dtype)
 
     @torch.inference_mode()
-    def step(self, tokens: np.ndarray, memory: Memory, cache: StaticKVCache, shift: np.ndarray | None = None
-             ) -> tuple[np.ndarray, StaticKVCache]:
+    def step(self, tokens: np.ndarray, memory: Memory, cache: StaticKVCache, shift: np.ndarray | None = None,
+             places: np.ndarray | None = None) -> tuple[np.ndarray, StaticKVCache]:
         ids = self._ids(tokens).unsqueeze(1)  # (B, 1)
         if shift is not None:  # this step's queries move from align + past (`OmniByteFormer.query_rotation`)
             memory = memory._replace(align=memory.align + self._ids(shift))
-        logits, cache = self.model.decode_step(ids, memory, cache, self.step_weights)  # (B, 1, V)
+        pl = self._places(places)
+        pl = None if pl is None else pl.unsqueeze(1)  # (B, 1, 3)
+        logits, cache = self.model.decode_step(ids, memory, cache, self.step_weights, pl)  # (B, 1, V)
         assert isinstance(cache, StaticKVCache)
         return logits.select(1, 0).float().cpu().numpy(), cache
 
     @torch.inference_mode()
-    def logits(self, src_ids: np.ndarray, dec_ids: np.ndarray, align: np.ndarray | None = None) -> np.ndarray:
+    def logits(self, src_ids: np.ndarray, dec_ids: np.ndarray, align: np.ndarray | None = None,
+               places: np.ndarray | None = None) -> np.ndarray:
         """Teacher-forced logits (B, T, V) float32 for src (B, S) and decoder input (B, T); align
-        as for `encode`."""
+        as for `encode`; places (B, T, 3) the targets' place ids."""
         a = None if align is None else self._ids(align)
-        return self.model(self._ids(src_ids), self._ids(dec_ids), align=a).float().cpu().numpy()
+        out = self.model(self._ids(src_ids), self._ids(dec_ids), align=a, places=self._places(places))
+        return out.float().cpu().numpy()
 
     @torch.inference_mode()
     def window_logits(
@@ -94,13 +103,14 @@ class TorchBackend:
         visible: np.ndarray,
         align: np.ndarray | None = None,
         shift: np.ndarray | None = None,
+        places: np.ndarray | None = None,
     ) -> np.ndarray:
         """Teacher-forced logits (N, T, V) float32 of many windows per source, one encoder pass
         (`OmniByteFormer.forward_windows`)."""
         a = None if align is None else self._ids(align)
         sh = None if shift is None else self._ids(shift)
         out = self.model.forward_windows(self._ids(src_ids), self._ids(dec_ids), self._ids(rows), self._ids(visible),
-                                         a, sh)
+                                         a, sh, self._places(places))
         return out.float().cpu().numpy()
 
 
