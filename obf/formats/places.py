@@ -79,14 +79,32 @@ class Places:
             out[:, 0] = np.where(inside, WAV_PHASE + np.minimum(pos, 7), 0)
         return out
 
-    def next_ids(self, held: bytes, made: bytes | bytearray) -> np.ndarray:
-        """(SLOTS,) ids of the byte that follows `held` + `made` (a context and what generation
-        wrote after it), reading only their last `unit` bytes: the same as `ids` of that offset."""
-        at = len(held) + len(made)
-        tail = bytes(made[-self.unit:])
-        if len(tail) < self.unit:
-            tail = held[max(0, len(held) - (self.unit - len(tail))):] + tail
-        return self.ids(tail, np.array([at]), at - len(tail))[0]
+    def next_ids(self, held: bytes, made: bytes | bytearray) -> tuple[int, int, int]:
+        """The ids of the byte that follows `held` + `made` (a context and what generation wrote
+        after it): `ids` of that one offset, in plain Python, since generation asks once per
+        row and step and numpy's per-call cost would be most of it."""
+        n = len(held)
+        at = n + len(made)
+        rel = at - self.origin
+        if rel < 0:
+            return 0, NO_BYTE, NO_BYTE
+
+        def byte(i: int) -> int:
+            return made[i - n] if i >= n else held[i]
+
+        pos = rel % self.unit
+        if self.kind == "bmp":
+            return BMP_PHASE + min(pos % self.pixel, 3), byte(at - self.unit) if rel >= self.unit else NO_BYTE, NO_BYTE
+        if self.kind == "wav":
+            return WAV_PHASE + min(pos, 7), NO_BYTE, NO_BYTE
+        luma = self.width * self.height
+        p = pos - len(Y4M_FRAME)
+        plane = 0 if p < 0 else 1 if p < luma else 2 if p < luma + luma // 4 else 3
+        row = self.width if plane == 1 else self.width // 2
+        start = 0 if plane == 1 else luma if plane == 2 else luma + luma // 4
+        up = byte(at - row) if plane > 0 and p - row >= start else NO_BYTE
+        back = byte(at - self.unit) if rel >= self.unit else NO_BYTE
+        return Y4M_PHASE + plane, up, back
 
 
 def _before(buf: np.ndarray, a: np.ndarray, back: np.ndarray | int, ok: np.ndarray) -> np.ndarray:
