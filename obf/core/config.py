@@ -101,7 +101,7 @@ class ModelConfig:
     input_end: bool = True
     # the decoder reads each target byte's place in its file's layout (`obf.formats.places`: a
     # BMP byte's channel and the byte one row up, a Y4M byte's plane, ...) beside the byte before it
-    layout_input: bool = False
+    layout_input: bool = True
     preset: str = ""  # the preset this config started from, for humans
 
     def __post_init__(self) -> None:
