@@ -325,4 +325,4 @@ def test_layout_input_reaches_every_decoder_path():
     assert torch.allclose(plain, none)
     assert (torch.cat(steps, 1) - placed).abs().max().item() < 1e-4
     assert (torch.cat(grows, 1) - placed).abs().max().item() < 1e-4
-    assert tiny(4).place_embed is None  # a model without it has no such weights
+    assert tiny(4, layout_input=False).place_embed is None  # a model without it has no such weights
