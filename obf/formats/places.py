@@ -40,7 +40,7 @@ HEAD = 4096  # bytes of a file's start that hold any header `places_of` reads
 @dataclass(frozen=True)
 class Places:
     """The geometry of one file: its units start at `origin` and repeat every `unit` bytes. BMP: a
-    unit is a row of `row` bytes and `pixel` bytes per pixel. Y4M: a unit is a frame (the marker,
+    unit is a row, of `pixel` bytes per pixel. Y4M: a unit is a frame (the marker,
     then a `width` x `height` luma plane and two half-size chroma planes). WAV: a unit is a sample
     frame of `unit` bytes."""
 
@@ -51,10 +51,9 @@ class Places:
     width: int = 0  # Y4M luma
     height: int = 0
 
-    def ids(self, data: np.ndarray | bytes, offsets: np.ndarray, base: int = 0) -> np.ndarray:
+    def ids(self, data: np.ndarray | bytes, offsets: np.ndarray) -> np.ndarray:
         """(n, SLOTS) int64 ids of the bytes at `offsets` (n,) of a file whose bytes before each
-        offset are `data` (it may end at the last offset: only earlier bytes are read), `data[0]`
-        being the file's byte `base` (a tail of at least `unit` bytes before the offsets will do)."""
+        offset are `data` (it may end at the last offset: only earlier bytes are read)."""
         buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes | bytearray) else np.asarray(data)
         a = np.asarray(offsets, np.int64)
         out = np.tile(NO_PLACE, (len(a), 1))
@@ -63,7 +62,7 @@ class Places:
         pos = rel % self.unit  # place inside the unit
         if self.kind == "bmp":
             out[:, 0] = np.where(inside, BMP_PHASE + np.minimum(pos % self.pixel, 3), 0)
-            out[:, 1] = _before(buf, a - base, self.unit, inside & (rel >= self.unit))
+            out[:, 1] = _before(buf, a, self.unit, inside & (rel >= self.unit))
         elif self.kind == "y4m":
             marker = len(Y4M_FRAME)
             luma = self.width * self.height
@@ -73,8 +72,8 @@ class Places:
             out[:, 0] = np.where(inside, Y4M_PHASE + plane, 0)
             row = np.where(plane == 1, self.width, self.width // 2)
             start = np.where(plane == 1, 0, np.where(plane == 2, luma, luma + chroma))  # the plane's first byte
-            out[:, 1] = _before(buf, a - base, row, inside & (plane > 0) & (p - row >= start))
-            out[:, 2] = _before(buf, a - base, self.unit, inside & (rel >= self.unit))
+            out[:, 1] = _before(buf, a, row, inside & (plane > 0) & (p - row >= start))
+            out[:, 2] = _before(buf, a, self.unit, inside & (rel >= self.unit))
         else:  # wav
             out[:, 0] = np.where(inside, WAV_PHASE + np.minimum(pos, 7), 0)
         return out
