@@ -147,16 +147,23 @@ def _wav(data: bytes) -> MediaLayout | None:
     return MediaLayout(lay.offset, lay.block, lay.size // lay.block, "sample frame") if lay else None
 
 
-def _y4m(data: bytes) -> MediaLayout | None:
-    """Header line + frames (each `FRAME\\n` + planes) of a 4:2:0 Y4M as obf writes it."""
+def y4m_header(data: bytes) -> tuple[int, tuple[int, int, int, int]] | None:
+    """(bytes of the header line, its newline included; `y4m_frame_size` of it) of a 4:2:0 Y4M
+    as obf writes it, or None."""
     end = data.find(b"\n", 0, 256)
     if not data.startswith(b"YUV4MPEG2") or end < 0:
         return None
     parsed = y4m_frame_size(data[:end])
-    if parsed is None:
+    return None if parsed is None else (end + 1, parsed)
+
+
+def _y4m(data: bytes) -> MediaLayout | None:
+    """Header line + frames (each `FRAME\\n` + planes) of a 4:2:0 Y4M as obf writes it."""
+    head = y4m_header(data)
+    if head is None:
         return None
+    header, parsed = head
     unit = len(Y4M_FRAME) + parsed[3]
-    header = end + 1
     frames = max(1, -(-(len(data) - header) // unit))  # a cut last frame still counts
     return MediaLayout(header, unit, frames, "frame")
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from obf.formats.layouts import Y4M_FRAME, bmp_layout, wav_layout, y4m_frame_size
+from obf.formats.layouts import Y4M_FRAME, bmp_layout, wav_layout, y4m_header
 
 SLOTS = 3  # phase, the byte one row up, the byte one frame back
 NO_BYTE = 256  # a neighbour that does not exist (first row, first frame, no layout)
@@ -123,14 +123,11 @@ def places_of(head: bytes, modality: str) -> Places | None:
         wav = wav_layout(head)
         return Places("wav", wav.offset, wav.block) if wav else None
     if modality == "video":
-        end = head.find(b"\n", 0, 256)
-        if not head.startswith(b"YUV4MPEG2") or end < 0:
+        y4m = y4m_header(head)
+        if y4m is None:
             return None
-        size = y4m_frame_size(head[:end])
-        if size is None:
-            return None
-        w, h, _, frame = size
-        return Places("y4m", end + 1, len(Y4M_FRAME) + frame, width=w, height=h)
+        origin, (w, h, _, frame) = y4m
+        return Places("y4m", origin, len(Y4M_FRAME) + frame, width=w, height=h)
     return None
 
 
