@@ -147,6 +147,14 @@ def _wav(data: bytes) -> MediaLayout | None:
     return MediaLayout(lay.offset, lay.block, lay.size // lay.block, "sample frame") if lay else None
 
 
+def y4m_planes(width: int, height: int) -> tuple[tuple[int, int, int], ...]:
+    """(start, end, row width) of the Y, U and V planes of a 4:2:0 Y4M frame of `width` x `height`
+    luma pixels, in bytes from the frame's start (its FRAME marker comes first): the one table the
+    stride hint and the decoder's place ids read a frame by."""
+    y, c = len(Y4M_FRAME) + width * height, width * height // 4
+    return (len(Y4M_FRAME), y, width), (y, y + c, width // 2), (y + c, y + 2 * c, width // 2)
+
+
 def y4m_header(data: bytes) -> tuple[int, tuple[int, int, int, int]] | None:
     """(bytes of the header line, its newline included; `y4m_frame_size` of it) of a 4:2:0 Y4M
     as obf writes it, or None."""

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from obf.core.vocab import MODALITIES, N_BYTES
-from obf.formats.layouts import Y4M_FRAME, bmp_layout, layout, wav_layout, y4m_frame_size
+from obf.formats.layouts import bmp_layout, layout, wav_layout, y4m_frame_size, y4m_planes
 from obf.mixer import lpc
 
 RADIUS = 16  # byte values within this distance of the hint get a bias
@@ -117,12 +117,10 @@ def predictor_of(data: bytes, modality: str) -> Predictor | None:
 
 
 def _planes(header: bytes) -> tuple[tuple[int, int, int], ...]:
-    """(start, end, width) of the Y, U and V planes of a 4:2:0 Y4M frame, after its marker."""
+    """(start, end, width) of the Y, U and V planes of a 4:2:0 Y4M frame (`y4m_planes`)."""
     size = y4m_frame_size(header.split(b"\n", 1)[0])
     assert size is not None, "a video predictor needs a readable Y4M header"
-    w, h = size[:2]
-    y, c = len(Y4M_FRAME) + w * h, w * h // 4
-    return (len(Y4M_FRAME), y, w), (y, y + c, w // 2), (y + c, y + 2 * c, w // 2)
+    return y4m_planes(*size[:2])
 
 
 def med(left: np.ndarray | int, above: np.ndarray | int, corner: np.ndarray | int) -> np.ndarray | int:
