@@ -69,6 +69,7 @@ def main() -> int:
                    "overall": m["overall"]["bpb"], "overall_network": m["overall"]["network_bpb"],
                    "overall_best": m["overall"]["baselines"]["best"],
                    "conversions_exact": {k: v["exact"] for k, v in m.get("conversions", {}).items()},
+                   "conversions": m.get("conversions", {}),
                    "denoise_accuracy": {k: v.get("denoise_accuracy") for k, v in m["modalities"].items()}}
             if args.test:
                 t = evaluate(str(model), args.data, Path(tmp) / name / "test" / "metrics.json",

@@ -226,6 +226,7 @@ def training_samplers(ds: Dataset, params: Params) -> tuple[ExampleSampler, Exam
         query_map=m.query_map,
         input_end=m.input_end,
         layout_input=m.layout_input,
+        paired_places=m.paired_placed,
         **kw,
     )
     long = ExampleSampler(

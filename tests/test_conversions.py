@@ -252,3 +252,27 @@ def test_with_input_end_the_source_ends_with_eos_and_the_targets_end_reads_it():
     assert paired_room(256, True) == paired_room(256) - 1 == 256 - PAIRED_TAGS - 1
     with pytest.raises(ValueError, match="up to 252 bytes"):
         paired_input(bytes(253), "binary", "text", 256, end=True)
+
+
+def test_with_paired_places_each_window_of_a_gray_target_reads_its_place_in_the_target():
+    """`model.paired_places`: a gray target's windows carry the place ids of the target's own BMP
+    layout (its channels, the byte one row up), as a `continue` window of that file would; without
+    it, and for a text target, a paired window carries none."""
+    from obf.data.objectives import collate, paired_example
+    from obf.formats.places import BMP_PHASE, NO_PLACE, place_ids
+
+    bmp, gray = convert("gray", _png(np.random.default_rng(3).integers(0, 256, (9, 11, 3))))
+    lay = bmp_layout(gray)
+    b = collate([paired_example(bmp, "image", gray, "image", 1024, 128, range(0, 3), places=True)])
+    n = len(gray) + 1  # the target bytes and EOS over three windows of 128
+    got = np.concatenate([b.places[k, :min(128, n - 128 * k)] for k in range(3)])  # (n, 3)
+    assert (got == place_ids(gray, "image", np.arange(n))).all()
+    assert (got[:lay.offset] == NO_PLACE).all()  # the header has no place
+    first = lay.offset + lay.stride  # the first byte of the second row
+    assert got[first].tolist() == [BMP_PHASE, gray[lay.offset], 256]
+    assert got[first + 4, 0] == BMP_PHASE + 1  # the second pixel's green
+    assert collate([paired_example(bmp, "image", gray, "image", 1024, 128, range(0, 3))]).places is None
+    inp = bytes(range(1, 41))
+    _, hexed = convert("hex", inp)
+    text = collate([paired_example(inp, "binary", hexed, "text", 256, 128, range(0, 1), places=True)])
+    assert (text.places == NO_PLACE).all()

@@ -19,9 +19,10 @@ from PIL import Image
 from obf.core.params import load_params
 from obf.data.ingest import ingest
 from obf.export.onnx_export import export
+from obf.formats.layouts import bmp_layout
 from obf.formats.repair import opens
 from obf.generate.files import generate_files, prepare
-from obf.generate.sampling import SamplingOptions, generate
+from obf.generate.sampling import RowSpec, SamplingOptions, generate
 from obf.runtime.onnx_backend import OnnxBackend, OnnxModelError
 from obf.runtime.torch_backend import load as load_torch
 from obf.train import train
@@ -837,15 +838,18 @@ def test_layout_input_trains_exports_scores_and_generates_alike(exported, tmp_pa
     """A model with `model.layout_input`: its training windows carry the place ids of their media
     targets; the export's parity gate passes on an image and a video (places included); torch and
     ONNX Runtime score those files to the same bits and generate the same greedy bytes; and every
-    decode step is given the ids that the finished file gives that byte, as training reads them."""
+    decode step is given the ids that the finished file gives that byte, as training reads them.
+    With `paired_places` the same holds for a `paired` gray target, whose places come from the
+    header it writes first."""
     from obf.data.dataset import Dataset
     from obf.data.objectives import ExampleSampler
     from obf.formats.canonical import canonicalize
-    from obf.formats.places import place_ids
-    from obf.runtime.scoring import whole_file_bits
+    from obf.formats.conversions import convert
+    from obf.formats.places import NO_PLACE, place_ids
+    from obf.runtime.scoring import paired_log_probs, whole_file_bits
 
     root, _, _ = exported
-    params = load_params(None, [*TINY, "model.layout_input=true", "train.steps=6"])
+    params = load_params(None, [*TINY, "model.layout_input=true", "model.paired_places=true", "train.steps=6"])
     ds = Dataset(root / "ds")
     sampler = ExampleSampler(ds, "train", max_src_len=128, max_tgt_len=64, task_weights={"continue": 1.0},
                              modality_weights={"image": 1.0}, layout_input=True)
@@ -874,3 +878,22 @@ def test_layout_input_trains_exports_scores_and_generates_alike(exported, tmp_pa
             want = place_ids(made, modality, np.arange(len(context), len(made)))
             assert (given[:len(want), row] == want).all()
     assert outs[0] == outs[1]
+    assert tb.paired_places and ob.paired_places
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (4, 3, 3), dtype=np.uint8)).save(buf, format="PNG")
+    small, gray = convert("gray", buf.getvalue())  # a 3x4 BMP (102 bytes) and its gray BMP
+    pair = [(small, "image", gray, "image")]
+    placed = paired_log_probs(tb, pair).served[0]  # (len(gray) + 1,)
+    assert np.allclose(placed, paired_log_probs(ob, pair).served[0], atol=1e-3)
+    tb.paired_places = False  # the same network scoring the target without its places
+    assert not np.allclose(placed, paired_log_probs(tb, pair).served[0])
+    tb.paired_places = True
+    spec = RowSpec(length=len(gray), fixed=dict(enumerate(gray[:40])))  # the header's first bytes, as written
+    made = []
+    for backend in (tb, ob):
+        rec = _RecordingPlaces(backend)
+        made += generate(rec, [small], ["image"], task="paired", specs=[spec])
+        given = np.stack(rec.places)[:, 0]  # (steps, 3)
+        assert (given == place_ids(made[-1], "image", np.arange(len(made[-1])))).all()
+    assert made[0] == made[1] and bmp_layout(made[0]) is not None
+    assert (given[:54] == NO_PLACE).all() and (given[54:, 0] > 0).all()  # places from the pixels on

@@ -102,6 +102,9 @@ class ModelConfig:
     # the decoder reads each target byte's place in its file's layout (`obf.formats.places`: a
     # BMP byte's channel and the byte one row up, a Y4M byte's plane, ...) beside the byte before it
     layout_input: bool = True
+    # with layout_input, a `paired` target's bytes read their places too (a gray BMP's channel and
+    # row above, from the header the target writes first); False: only `continue` windows do
+    paired_places: bool = True
     preset: str = ""  # the preset this config started from, for humans
 
     def __post_init__(self) -> None:
@@ -135,6 +138,11 @@ class ModelConfig:
         return self.d_model // self.n_heads
 
     @property
+    def paired_placed(self) -> bool:
+        """Whether `paired` targets carry place ids (`paired_places` counts only with `layout_input`)."""
+        return self.layout_input and self.paired_places
+
+    @property
     def input_len(self) -> int:
         """The longest source the encoder takes: a `paired` input with its three tags."""
         return self.max_input_len or self.max_src_len
@@ -150,10 +158,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """A saved config; one saved before `cross_bytes`, `query_map`, `input_end` or
-        `layout_input` existed describes a model without it."""
+        """A saved config; one saved before `cross_bytes`, `query_map`, `input_end`, `layout_input`
+        or `paired_places` existed describes a model without it."""
         return build_section(cls, "model", {"cross_bytes": False, "query_map": False, "input_end": False,
-                                            "layout_input": False, **d})
+                                            "layout_input": False, "paired_places": False, **d})
 
 
 def _default_task_weights() -> dict[str, float]:

@@ -16,7 +16,8 @@ pairs serve `paired` only; `continue` and `denoise` draw from the other files.
 
 With `model.layout_input` each `continue` window also carries the place ids of its targets
 (`obf.formats.places`: where each byte lies in its file's BMP, Y4M or WAV layout), read from the
-whole file; `denoise` and `paired` windows carry none (`NO_PLACE` in the batch).
+whole file; with `model.paired_places` so do `paired` windows, from the target; `denoise` windows
+carry none (`NO_PLACE` in the batch).
 """
 
 from __future__ import annotations
@@ -165,8 +166,10 @@ class ExampleSampler:
         query_map: bool = False,
         input_end: bool = False,
         layout_input: bool = False,
+        paired_places: bool = False,
     ) -> None:
         self.layout_input = layout_input  # `continue` windows carry their targets' place ids
+        self.paired_places = paired_places  # and so do `paired` ones
         self.query_map = query_map  # `paired` queries read where the pair's conversion maps them
         self.input_end = input_end  # `paired` sources end with an EOS id after the input
         self.ds = ds
@@ -279,6 +282,7 @@ class ExampleSampler:
             index,
             self.query_map,
             self.input_end,
+            self.paired_places,
         )
 
     def batch(self, indices: list[int]) -> Batch:
@@ -296,23 +300,27 @@ def paired_example(
     index: int = 0,
     query_map: bool = False,
     input_end: bool = False,
+    places: bool = False,
 ) -> Example:
     """`paired`: the whole input in the source (and an EOS id after it with `input_end`), and the
     given windows (k = 0, 1, ...: target bytes from k * max_tgt_len) of the target, each aligned
     with the input byte at its own offset; with `query_map`, each target byte's query moved to the
-    input byte its conversion reads."""
+    input byte its conversion reads; with `places` (`model.paired_places`), each window carries its
+    targets' place ids in the target's layout, which generation reads from the header it writes."""
     src = paired_input(inp, modality, target_modality, max_input_len, input_end)
     parts = []
     for k in windows:
         start = k * max_tgt_len
         targets = window_targets(target, start, max_tgt_len)
+        offsets = np.arange(start, start + len(targets))
         shift = None
         if query_map:
-            offsets = np.arange(start, start + len(targets))
             shift = input_offsets(modality, target_modality, bytes(inp), offsets, input_end) - offsets
-        parts.append(Window(len(src), targets, PAIRED_TAGS + start, shift))
+        ids = place_ids(target, target_modality, offsets) if places else None
+        parts.append(Window(len(src), targets, PAIRED_TAGS + start, shift, ids))
     last = parts[-1]
-    return Example(src, last.targets, "paired", target_modality, index, tuple(parts[:-1]), last.align, last.shift)
+    return Example(src, last.targets, "paired", target_modality, index, tuple(parts[:-1]), last.align, last.shift,
+                   last.places)
 
 
 def window_targets(data: np.ndarray | bytes, start: int, max_tgt_len: int) -> list[int]:

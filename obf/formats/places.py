@@ -20,11 +20,12 @@ Both neighbours lie before the byte itself, so the ids of position `a` depend on
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
-from obf.formats.layouts import Y4M_FRAME, bmp_layout, wav_layout, y4m_header
+from obf.formats.layouts import Y4M_FRAME, bmp_layout, wav_layout, y4m_header, y4m_planes
 
 SLOTS = 3  # phase, the byte one row up, the byte one frame back
 NO_BYTE = 256  # a neighbour that does not exist (first row, first frame, no layout)
@@ -35,6 +36,7 @@ TABLE_ROWS = PHASES + 2 * NEIGHBOURS  # one embedding table for all three slots 
 SLOT_OFFSETS = np.array([0, PHASES, PHASES + NEIGHBOURS], np.int64)  # each slot's first row in that table
 NO_PLACE = np.array([0, NO_BYTE, NO_BYTE], np.int64)  # the ids of a byte outside any layout
 HEAD = 4096  # bytes of a file's start that hold any header `places_of` reads
+LAID_OUT = ("image", "audio", "video")  # the modalities whose canonical files have a layout
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,11 @@ class Places:
     width: int = 0  # Y4M luma
     height: int = 0
 
+    @functools.cached_property
+    def planes(self) -> tuple[tuple[int, int, int], ...]:
+        """Y4M: (start, end, row width) of each plane in a unit (`y4m_planes`), read once."""
+        return y4m_planes(self.width, self.height)
+
     def ids(self, data: np.ndarray | bytes, offsets: np.ndarray) -> np.ndarray:
         """(n, SLOTS) int64 ids of the bytes at `offsets` (n,) of a file whose bytes before each
         offset are `data` (it may end at the last offset: only earlier bytes are read)."""
@@ -64,15 +71,12 @@ class Places:
             out[:, 0] = np.where(inside, BMP_PHASE + np.minimum(pos % self.pixel, 3), 0)
             out[:, 1] = _before(buf, a, self.unit, inside & (rel >= self.unit))
         elif self.kind == "y4m":
-            marker = len(Y4M_FRAME)
-            luma = self.width * self.height
-            chroma = luma // 4
-            p = pos - marker  # place inside the planes
-            plane = np.where(p < 0, 0, np.where(p < luma, 1, np.where(p < luma + chroma, 2, 3)))
+            (y0, _, yw), (u0, _, cw), (v0, _, _) = self.planes
+            plane = np.where(pos < y0, 0, np.where(pos < u0, 1, np.where(pos < v0, 2, 3)))  # 0: the marker
             out[:, 0] = np.where(inside, Y4M_PHASE + plane, 0)
-            row = np.where(plane == 1, self.width, self.width // 2)
-            start = np.where(plane == 1, 0, np.where(plane == 2, luma, luma + chroma))  # the plane's first byte
-            out[:, 1] = _before(buf, a, row, inside & (plane > 0) & (p - row >= start))
+            row = np.where(plane == 1, yw, cw)
+            start = np.where(plane == 1, y0, np.where(plane == 2, u0, v0))  # the plane's first byte
+            out[:, 1] = _before(buf, a, row, inside & (plane > 0) & (pos - row >= start))
             out[:, 2] = _before(buf, a, self.unit, inside & (rel >= self.unit))
         else:  # wav
             out[:, 0] = np.where(inside, WAV_PHASE + np.minimum(pos, 7), 0)
@@ -96,12 +100,11 @@ class Places:
             return BMP_PHASE + min(pos % self.pixel, 3), byte(at - self.unit) if rel >= self.unit else NO_BYTE, NO_BYTE
         if self.kind == "wav":
             return WAV_PHASE + min(pos, 7), NO_BYTE, NO_BYTE
-        luma = self.width * self.height
-        p = pos - len(Y4M_FRAME)
-        plane = 0 if p < 0 else 1 if p < luma else 2 if p < luma + luma // 4 else 3
-        row = self.width if plane == 1 else self.width // 2
-        start = 0 if plane == 1 else luma if plane == 2 else luma + luma // 4
-        up = byte(at - row) if plane > 0 and p - row >= start else NO_BYTE
+        plane, start, row = 0, 0, 0
+        for k, (first, end, width) in enumerate(self.planes, 1):
+            if first <= pos < end:
+                plane, start, row = k, first, width
+        up = byte(at - row) if plane > 0 and pos - row >= start else NO_BYTE
         back = byte(at - self.unit) if rel >= self.unit else NO_BYTE
         return Y4M_PHASE + plane, up, back
 

@@ -22,11 +22,11 @@ from obf.core.config import DECODING, GenerateSettings
 from obf.core.vocab import BOS, EOS, N_BYTES, PAD, PAIRED_TAGS, encoder_input, paired_input
 from obf.formats.conversions import input_offsets
 from obf.formats.layouts import bmp_layout
-from obf.formats.places import HEAD, NO_PLACE, Places, places_of
+from obf.formats.places import HEAD, LAID_OUT, NO_PLACE, Places, places_of
 from obf.mixer.input_copy import CopyState
 from obf.mixer.match import modality_index
 from obf.mixer.mix import TAIL, RowHints, Tail, mixer_of
-from obf.runtime.backend import Backend, input_end_of, layout_input_of, meta_of, query_map_of
+from obf.runtime.backend import Backend, input_end_of, layout_input_of, meta_of, paired_places_of, query_map_of
 from obf.runtime.scoring import tail_log_probs
 
 
@@ -315,15 +315,31 @@ def _tails(backend: Backend, files: list[bytes], modalities: Sequence[str], surp
     return [None] * len(files)
 
 
-def step_places(geometry: Sequence[Places | None], contexts: Sequence[bytes], out: Sequence[bytearray],
-                active: np.ndarray) -> np.ndarray:
-    """(B, 3) place ids of the byte each active row writes next (`obf.formats.places`): read from
-    its context and what it wrote, as training reads them from the whole file."""
-    ids = np.tile(NO_PLACE, (len(active), 1))
-    for j, i in enumerate(active):
-        if geometry[i] is not None:
-            ids[j] = geometry[i].next_ids(contexts[i], out[i])
-    return ids
+class FileGeometry:
+    """Each row's file layout as generation writes it (`obf.formats.places`): a row's file is what it
+    holds before it writes (a `continue` context; nothing for a `paired` target) and what it made.
+    A header the row holds only in part (a short context, a target's first bytes) is read again at
+    every step until it is whole, or until the file is past `HEAD` bytes and so never will be."""
+
+    def __init__(self, held: Sequence[bytes], modalities: Sequence[str]) -> None:
+        self.held = held
+        self.modalities = modalities
+        self.places: list[Places | None] = [None] * len(held)
+        self.open = [m in LAID_OUT for m in modalities]  # a row whose header may still be read
+
+    def next_ids(self, out: Sequence[bytearray], active: np.ndarray) -> np.ndarray:
+        """(B, 3) place ids of the byte each active row writes next: read from its file's bytes
+        before it, as training reads them from the whole file."""
+        ids = np.tile(NO_PLACE, (len(active), 1))
+        for j, i in enumerate(active):
+            if self.open[i]:
+                head = self.held[i][:HEAD]
+                head += bytes(out[i][:HEAD - len(head)])
+                self.places[i] = places_of(head, self.modalities[i])
+                self.open[i] = self.places[i] is None and len(head) < HEAD
+            if self.places[i] is not None:
+                ids[j] = self.places[i].next_ids(self.held[i], out[i])
+        return ids
 
 
 def surprise_targets(tails: Sequence[Tail | None]) -> np.ndarray:
@@ -354,7 +370,8 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
     each of its bytes reads for the copy expert), as evaluation scores it; by default the parts
     that learn from the file learn from the context only (`SamplingOptions.learn_from_output`).
     A model with `layout_input` reads, at each `continue` step, the place of the byte it writes
-    (`obf.formats.places`), from the header and the bytes before it, as in training.
+    (`obf.formats.places`), from the header and the bytes before it, as in training; one with
+    `paired_places` too at each `paired` step, from the target's header once it has written it.
     """
     if len(contexts) != len(modalities):
         raise ValueError("contexts and modalities differ in length")
@@ -391,14 +408,11 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
     guard = (ShareGuard(held, opts.share_guard, [guard_grid(h, m) for h, m in zip(held, file_modalities)])
              if opts.share_guard > 0 and opts.temperature > 0 and task == "continue" else None)
     mods = modality_index(file_modalities)
-    placed = task == "continue" and layout_input_of(backend)  # the decoder reads each byte's place
-    geometry: list[Places | None] = [None] * n
+    # the decoder reads each byte's place: a continue row's from its file, a paired row's from its target
+    placed = paired_places_of(backend) if task == "paired" else layout_input_of(backend)
+    geometry = FileGeometry(held, file_modalities) if placed else None
     while not done.all():
         active = np.flatnonzero(~done)
-        if placed:  # a header the context cut short may be whole by now
-            for i in active:
-                if geometry[i] is None:
-                    geometry[i] = places_of(history[i][:HEAD], modalities[i])
         if task == "paired":  # window k of a target aligns with the input at its offset k * window
             rows = [paired_input(contexts[i], modalities[i], targets[i], backend.max_input_len, end) for i in active]
             offsets = [PAIRED_TAGS + len(out[i]) for i in active]
@@ -424,7 +438,7 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
                                for i, u in at.items()])
         for j in range(window):
             shift = None if shifts is None else np.ascontiguousarray(shifts[:, j])
-            places = step_places(geometry, contexts, out, active) if placed else None
+            places = geometry.next_ids(out, active) if geometry is not None else None
             tokens, cache = next_tokens(backend, tokens, memory, cache, opts, rng, keep_eos, adjust, shift,
                                         control, active, guard, places)
             for j, i in enumerate(active):

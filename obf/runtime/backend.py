@@ -27,6 +27,7 @@ class Backend(Protocol):
     query_map: bool  # `paired` queries read where the pair's conversion maps them (`input_offsets`)
     input_end: bool  # `paired` sources end with an EOS id after the input (`model.input_end`)
     layout_input: bool  # the decoder reads its targets' place ids (`model.layout_input`, `obf.formats.places`)
+    paired_places: bool  # `paired` targets' bytes read their places too (`model.paired_places`, with layout_input)
     # What the model recorded beside its weights (checkpoint config.json or export obf.json):
     # the mixer, the ingest settings it was trained on, ...; None when it was built in memory.
     meta: Mapping[str, Any] | None
@@ -74,6 +75,12 @@ def layout_input_of(backend: Backend) -> bool:
     """Whether `backend`'s decoder reads its targets' place ids (`Backend.layout_input`); False
     for one that does not say, as `query_map_of`."""
     return bool(getattr(backend, "layout_input", False))
+
+
+def paired_places_of(backend: Backend) -> bool:
+    """Whether `backend`'s `paired` targets read their place ids (`Backend.paired_places`, with
+    `layout_input`); False for one that does not say, as `query_map_of`."""
+    return layout_input_of(backend) and bool(getattr(backend, "paired_places", False))
 
 
 def input_end_of(backend: Backend) -> bool:

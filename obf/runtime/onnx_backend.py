@@ -166,6 +166,7 @@ class OnnxBackend:
         self.query_map = bool(cfg.get("query_map", False)) and self.align_per_id
         self.input_end = bool(cfg.get("input_end", False))  # an EOS id after each paired input
         self.layout_input = any(i.name == "places" for i in self.dec.get_inputs())  # `model.layout_input`
+        self.paired_places = self.layout_input and bool(cfg.get("paired_places", False))  # `model.paired_places`
         self.cross_names = kv_names("cross", self.layers)
         self.past_names = kv_names("past", self.layers)
         self.present_names = kv_names("present", self.layers)

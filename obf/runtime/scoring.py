@@ -22,7 +22,7 @@ from obf.data.objectives import Example, collate, windows_example
 from obf.mixer.input_copy import Copies, copy_hints
 from obf.mixer.match import modality_index
 from obf.mixer.mix import TAIL, Hints, Mixer, MixerStats, Tail, file_hints, mixer_of
-from obf.runtime.backend import Backend, input_end_of, layout_input_of, meta_of, query_map_of
+from obf.runtime.backend import Backend, input_end_of, layout_input_of, meta_of, paired_places_of, query_map_of
 
 
 def file_windows(data: np.ndarray | bytes, modality: str, max_src_len: int, max_tgt_len: int,
@@ -246,9 +246,9 @@ def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]
     """Teacher-forced `paired` scoring of (input, input modality, target, target modality) pairs:
     every window of each target with the whole input in the encoder, aligned with its part of the
     input (`obf.data.objectives.paired_example`; each query where the pair's conversion maps it for
-    a model with `query_map`; an EOS id after the input for one with `input_end`), as generation
-    makes them. Where the model carries a mixer, the target's hints come from its own bytes and
-    nothing is learned from them
+    a model with `query_map`; an EOS id after the input for one with `input_end`; the target's
+    place ids for one with `paired_places`), as generation makes them. Where the model carries a
+    mixer, the target's hints come from its own bytes and nothing is learned from them
     (`learn_until=0`): what generation serves a target it writes from nothing; its copy expert
     offers each target byte the input byte it reads (`obf.mixer.input_copy`).
 
@@ -259,7 +259,7 @@ def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]
     from obf.data.objectives import PAIRED_WINDOWS, paired_example
 
     w = backend.max_tgt_len
-    query_map, end = query_map_of(backend), input_end_of(backend)
+    query_map, end, placed = query_map_of(backend), input_end_of(backend), paired_places_of(backend)
     mixer = mixer if mixer is not None else mixer_of(meta_of(backend))
     hints = [file_hints(t, tm, 0) if mixer else None for _, _, t, tm in pairs]
     copies = [copy_hints(i, im, t, tm, end, mixer.copy_map) for i, im, t, tm in pairs] if mixer else []  # (n+1,) each
@@ -270,7 +270,8 @@ def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]
         n_windows = len(tgt) // w + 1
         for k in range(0, n_windows, PAIRED_WINDOWS):
             ks = range(k, min(n_windows, k + PAIRED_WINDOWS))
-            ex = paired_example(inp, im, tgt, tm, backend.max_input_len, w, ks, query_map=query_map, input_end=end)
+            ex = paired_example(inp, im, tgt, tm, backend.max_input_len, w, ks, query_map=query_map, input_end=end,
+                                places=placed)
             work.append((pi, ex, k))
     batches, cur = [], []
     for item in work:
@@ -284,7 +285,7 @@ def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]
     right = [np.zeros(len(t) + 1, dtype=bool) for _, _, t, _ in pairs]
     for chunk in tqdm(batches, desc="paired", unit="batch", disable=not progress, file=sys.stderr):
         b = collate([ex for _, ex, _ in chunk], multiple=max(8, backend.patch_size))
-        logits = backend.window_logits(b.src, b.dec, b.rows, b.visible, b.align, b.moved)  # (N, T, V)
+        logits = backend.window_logits(b.src, b.dec, b.rows, b.visible, b.align, b.moved, b.places)  # (N, T, V)
         starts = [(pi, (k0 + j) * w) for pi, ex, k0 in chunk for j in range(len(ex.earlier) + 1)]  # collate's order
         mixed, lp_hint = logits, np.zeros(b.tgt.shape)
         if mixer is not None:

@@ -53,6 +53,7 @@ class TorchBackend:
         self.query_map = model.cfg.query_map
         self.input_end = model.cfg.input_end
         self.layout_input = model.cfg.layout_input
+        self.paired_places = model.cfg.paired_placed
         self.meta: dict = {}  # config.json of the checkpoint, when loaded from a dir
 
     def _ids(self, ids: np.ndarray) -> torch.Tensor:
