@@ -738,9 +738,9 @@ class _RecordingShifts:
         self.sources.append(src_ids.copy())
         return self.inner.encode(src_ids, align)
 
-    def step(self, tokens, memory, cache, shift=None):
+    def step(self, tokens, memory, cache, shift=None, places=None):
         self.shifts.append(None if shift is None else shift.copy())
-        return self.inner.step(tokens, memory, cache, shift)
+        return self.inner.step(tokens, memory, cache, shift, places)
 
 
 def test_paired_queries_read_where_the_conversion_maps_them_in_training_scoring_and_generation(exported):
