@@ -239,3 +239,34 @@ def test_the_share_guard_steers_an_image_by_the_first_byte_of_each_pixel():
     first = (len(bmp) + np.arange(len(made)) - 54) % 48 % 3 == 0  # the offsets that start a pixel
     assert 0.5 < (made[first] == 0).mean() < 0.7  # steered: black's reference share is a half
     assert (made[~first] == 0).mean() > 0.85  # left to the network
+
+
+def test_each_row_reads_its_places_from_a_header_cut_short_as_soon_as_it_is_whole():
+    """`FileGeometry`: a row that holds none or part of its file's header (a `paired` target starts
+    empty; a short `continue` context) gets, at every step, the place ids the finished file gives
+    that byte: none inside the header, its BMP channel and row above from the first pixel on,
+    whatever step the header became whole at. A row of text never reads one."""
+    import io
+
+    from PIL import Image
+
+    from obf.formats.conversions import convert
+    from obf.formats.places import NO_PLACE, place_ids
+    from obf.generate.sampling import FileGeometry
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (6, 5, 3), dtype=np.uint8)).save(buf, format="PNG")
+    bmp, _ = convert("gray", buf.getvalue())  # a 5x6 BMP: 54 bytes of header, rows of 16
+    for held in (0, 20, 40, 54, 100):
+        geometry = FileGeometry([bmp[:held], b"plain text"], ["image", "text"])
+        out: list[bytearray] = [bytearray(), bytearray()]
+        got = []
+        for byte in bmp[held:]:
+            got.append(geometry.next_ids(out, np.array([0, 1])))  # (2, 3) each step
+            out[0].append(byte)
+            out[1].append(byte)
+        got = np.stack(got)  # (steps, 2, 3)
+        assert (got[:, 0] == place_ids(bmp, "image", np.arange(held, len(bmp)))).all()
+        assert (got[:, 1] == NO_PLACE).all() and not geometry.open[1]
+        if held == 0:  # a target written from nothing: no place in its header, one at every pixel byte
+            assert (got[:54, 0] == NO_PLACE).all() and (got[54:, 0, 0] > 0).all()
