@@ -10,7 +10,7 @@ from obf.formats.conversions import convert, input_offsets
 from obf.mixer.input_copy import PAIRS, ROWS, Copies, CopyState, CopyTable, copy_hints, fit, pair_index, row
 from obf.mixer.input_map import CONFIDENCES
 from obf.mixer.match import MatchTable, modality_index
-from obf.mixer.mix import Mixer, MixerStats, RowHints, Tail, file_hints, fit_copy, mixer_of
+from obf.mixer.mix import Mixer, MixerStats, RowHints, Tail, file_hints, fit_copy, mixer_of, paired_hints
 from obf.mixer.stride_hint import StrideKernel
 
 TEXT = b"def f(x):\n    return x * 2  # Twice, as before\n"
@@ -103,7 +103,8 @@ def test_each_decode_step_of_a_paired_target_serves_what_teacher_forced_scoring_
     logits = rng.normal(0, 2, (n + 1, 262)).astype(np.float32)
     targets = np.r_[np.frombuffer(target, np.uint8).astype(np.int64), EOS]
     mods = modality_index([target_modality])
-    fh = file_hints(target, target_modality, 0)
+    fh = paired_hints(target, target_modality)  # what paired scoring gives the target: no stride hint
+    assert (fh.stride == -1).all() and (fh.match == file_hints(target, target_modality, 0).match).all()
     copies = copy_hints(inp, source, target, target_modality, end=True)
     z = mixer.apply(logits, fh, mods, copies)
     lp = log_probs_of(z[None], targets[None])[0]
@@ -112,10 +113,11 @@ def test_each_decode_step_of_a_paired_target_serves_what_teacher_forced_scoring_
     assert not np.allclose(z, mixer.apply(logits, fh, mods))  # the copy expert acts here
     tail = Tail(np.zeros(0), np.zeros(0), file_hints(b"", target_modality))
     row = RowHints(b"", target_modality, tail, learn_from_output=False,
-                   copy=CopyState(inp, source, target_modality, True))
+                   copy=CopyState(inp, source, target_modality, True), stride=False)
     for i in range(n + 1):
         out = mixer.step(logits[i][None], [row], mods).astype(np.float64)[0]
         np.testing.assert_allclose(out[targets[i]], served[i], atol=1e-4)
+        assert row.predict()[2] == -1  # the row's own bytes never guess its next one
         if i < n:
             row.update(int(targets[i]))
 

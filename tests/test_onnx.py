@@ -834,7 +834,7 @@ class _RecordingPlaces:
         return self.inner.step(tokens, memory, cache, shift, places)
 
 
-def test_layout_input_trains_exports_scores_and_generates_alike(exported, tmp_path):
+def test_layout_input_trains_exports_scores_and_generates_alike(exported, tmp_path, monkeypatch):
     """A model with `model.layout_input`: its training windows carry the place ids of their media
     targets; the export's parity gate passes on an image and a video (places included); torch and
     ONNX Runtime score those files to the same bits and generate the same greedy bytes; and every
@@ -889,6 +889,10 @@ def test_layout_input_trains_exports_scores_and_generates_alike(exported, tmp_pa
     assert not np.allclose(placed, paired_log_probs(tb, pair).served[0])
     tb.paired_places = True
     spec = RowSpec(length=len(gray), fixed=dict(enumerate(gray[:40])))  # the header's first bytes, as written
+    import obf.generate.sampling as sampling
+
+    rows, row_hints = [], sampling.RowHints
+    monkeypatch.setattr(sampling, "RowHints", lambda *a, **k: rows.append(k) or row_hints(*a, **k))
     made = []
     for backend in (tb, ob):
         rec = _RecordingPlaces(backend)
@@ -896,4 +900,5 @@ def test_layout_input_trains_exports_scores_and_generates_alike(exported, tmp_pa
         given = np.stack(rec.places)[:, 0]  # (steps, 3)
         assert (given == place_ids(made[-1], "image", np.arange(len(made[-1])))).all()
     assert made[0] == made[1] and bmp_layout(made[0]) is not None
+    assert len(rows) == 2 and all(k["stride"] is False for k in rows)  # a target's mixer row: no stride hint
     assert (given[:54] == NO_PLACE).all() and (given[54:, 0] > 0).all()  # places from the pixels on

@@ -125,6 +125,7 @@ def y4m_frame_size(header: bytes) -> tuple[int, int, int, int] | None:
 
 
 Y4M_FRAME = b"FRAME\n"
+MEDIA = ("image", "audio", "video")  # the modalities whose canonical files have a layout their header declares
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,6 @@ TABLE_ROWS = PHASES + 2 * NEIGHBOURS  # one embedding table for all three slots 
 SLOT_OFFSETS = np.array([0, PHASES, PHASES + NEIGHBOURS], np.int64)  # each slot's first row in that table
 NO_PLACE = np.array([0, NO_BYTE, NO_BYTE], np.int64)  # the ids of a byte outside any layout
 HEAD = 4096  # bytes of a file's start that hold any header `places_of` reads
-LAID_OUT = ("image", "audio", "video")  # the modalities whose canonical files have a layout
 
 
 @dataclass(frozen=True)

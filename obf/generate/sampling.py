@@ -21,8 +21,8 @@ import numpy as np
 from obf.core.config import DECODING, GenerateSettings
 from obf.core.vocab import BOS, EOS, N_BYTES, PAD, PAIRED_TAGS, encoder_input, paired_input
 from obf.formats.conversions import input_offsets
-from obf.formats.layouts import bmp_layout
-from obf.formats.places import HEAD, LAID_OUT, NO_PLACE, Places, places_of
+from obf.formats.layouts import MEDIA, bmp_layout
+from obf.formats.places import HEAD, NO_PLACE, Places, places_of
 from obf.mixer.input_copy import CopyState
 from obf.mixer.match import modality_index
 from obf.mixer.mix import TAIL, RowHints, Tail, mixer_of
@@ -325,7 +325,7 @@ class FileGeometry:
         self.held = held
         self.modalities = modalities
         self.places: list[Places | None] = [None] * len(held)
-        self.open = [m in LAID_OUT for m in modalities]  # a row whose header may still be read
+        self.open = [m in MEDIA for m in modalities]  # a row whose header may still be read
 
     def next_ids(self, out: Sequence[bytearray], active: np.ndarray) -> np.ndarray:
         """(B, 3) place ids of the byte each active row writes next: read from its file's bytes
@@ -366,7 +366,7 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
 
     A model with a mixer (`obf.mixer`) samples from the network's logits mixed with the hints of
     the bytes each row's file holds so far (a `continue` context and what the row made; a `paired`
-    target's own bytes, its stride hint from when its header is written, and the input byte
+    target's own bytes, without a stride hint (`obf.mixer.mix.paired_hints`), and the input byte
     each of its bytes reads for the copy expert), as evaluation scores it; by default the parts
     that learn from the file learn from the context only (`SamplingOptions.learn_from_output`).
     A model with `layout_input` reads, at each `continue` step, the place of the byte it writes
@@ -402,7 +402,8 @@ def generate(backend: Backend, contexts: Sequence[bytes], modalities: Sequence[s
     tails = _tails(backend, held, file_modalities, surprise)
     copies = ([CopyState(c, m, t, end, mixer.copy_map) for c, m, t in zip(contexts, modalities, targets)]
               if task == "paired" and mixer is not None and mixer.copy is not None else [None] * n)
-    row_hints = ([RowHints(f, m, t, learn_from_output=opts.learn_from_output, copy=c, sparse=mixer.sparse)
+    row_hints = ([RowHints(f, m, t, learn_from_output=opts.learn_from_output, copy=c, sparse=mixer.sparse,
+                           stride=task != "paired")
                   for f, m, t, c in zip(held, file_modalities, tails, copies)] if mixer else [])
     control = SurpriseControl(surprise_targets(tails)) if surprise else None
     guard = (ShareGuard(held, opts.share_guard, [guard_grid(h, m) for h, m in zip(held, file_modalities)])

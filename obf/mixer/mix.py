@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from obf.core.vocab import EOS, N_BYTES
+from obf.formats.layouts import MEDIA
 from obf.mixer import adapt
 from obf.mixer import columns as col
 from obf.mixer import input_copy as cp
@@ -59,8 +60,17 @@ def file_hints(data: bytes | np.ndarray, modality: str, learn_until: int | None 
     return Hints(h, ln, *stride_hints(data, modality))
 
 
+def paired_hints(target: bytes | np.ndarray, modality: str) -> Hints:
+    """The hints of a `paired` target written from nothing: its match model's, which learns
+    nothing (`learn_until=0`), and no stride hint. A target is what its input says, and the copy
+    expert offers that; a stride hint guesses each byte from the target's own neighbours, which in
+    generation are the bytes the row just wrote, so one wrong row makes the next wrong: greedy gray
+    pictures wrote their first row again and again (`RowHints(stride=False)` in generation)."""
+    h, ln = match_hints(target, min_len_of(modality), 0)
+    return Hints(h, ln, np.full(len(h), -1, np.int64), np.zeros(len(h), np.int64))
+
+
 TAIL = ng.WINDOW + col.WINDOW + adapt.WINDOW  # positions of a context generation scores before it starts
-MEDIA = ("image", "audio", "video")  # modalities whose header declares a layout (`obf.mixer.stride_hint`)
 HEADER_MAX = 1024  # a file being written that declares no layout by here gets no stride hint
 
 
@@ -81,6 +91,7 @@ class RowHints:
     of the column expert (`obf.mixer.columns`) and of the n-gram expert (`obf.mixer.ngram`).
 
     `copy` (a `paired` target's): the input byte each target byte reads, for the copy expert.
+    `stride` False (a `paired` target's row): no stride hint, as `paired_hints` scores it.
     `sparse`: the n-gram expert with its sparse model, as the mixer the row serves (`Mixer.sparse`).
     `learn_from_output` False (what generation does by default): the parts that learn from the
     file (the match model's table and what it may copy, the match trust, the column counts and
@@ -89,15 +100,18 @@ class RowHints:
     stride hint still reads the bytes just made, as it reads any earlier byte."""
 
     def __init__(self, context: bytes, modality: str, tail: Tail | None = None, *,
-                 learn_from_output: bool = True, copy: CopyState | None = None, sparse: bool = False) -> None:
+                 learn_from_output: bool = True, copy: CopyState | None = None, sparse: bool = False,
+                 stride: bool = True) -> None:
         learn_until = None if learn_from_output else len(context)
         self.copy = copy  # a `paired` target's copy expert (`obf.mixer.input_copy`)
         self.match = MatchModel(context, min_len_of(modality), learn_until)
         self.modality = modality
-        predictor = predictor_of(context, modality)
+        predictor = predictor_of(context, modality) if stride else None
         self.stride = StrideState(context, predictor) if predictor else None
-        # a file whose header is still being written (a `paired` target): look for its layout as it grows
-        self.head: bytearray | None = bytearray(context) if predictor is None and modality in MEDIA else None
+        # a file whose header is still being written: look for its layout as it grows (`stride`
+        # False, a `paired` target's row: never, as `paired_hints`)
+        self.head: bytearray | None = (bytearray(context) if stride and predictor is None and modality in MEDIA
+                                       else None)
         self.adapt: adapt.AdaptState | None = None
         self.columns: col.ColumnState | None = None
         self.ngram: ng.NgramState | None = None

@@ -21,7 +21,7 @@ from obf.core.vocab import PAD
 from obf.data.objectives import Example, collate, windows_example
 from obf.mixer.input_copy import Copies, copy_hints
 from obf.mixer.match import modality_index
-from obf.mixer.mix import TAIL, Hints, Mixer, MixerStats, Tail, file_hints, mixer_of
+from obf.mixer.mix import TAIL, Hints, Mixer, MixerStats, Tail, file_hints, mixer_of, paired_hints
 from obf.runtime.backend import Backend, input_end_of, layout_input_of, meta_of, paired_places_of, query_map_of
 
 
@@ -248,9 +248,9 @@ def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]
     input (`obf.data.objectives.paired_example`; each query where the pair's conversion maps it for
     a model with `query_map`; an EOS id after the input for one with `input_end`; the target's
     place ids for one with `paired_places`), as generation makes them. Where the model carries a
-    mixer, the target's hints come from its own bytes and nothing is learned from them
-    (`learn_until=0`): what generation serves a target it writes from nothing; its copy expert
-    offers each target byte the input byte it reads (`obf.mixer.input_copy`).
+    mixer, the target's hints come from its own bytes, with nothing learned from them and no
+    stride hint (`obf.mixer.mix.paired_hints`): what generation serves a target it writes from
+    nothing; its copy expert offers each target byte the input byte it reads (`obf.mixer.input_copy`).
 
     `mixer`: this one instead of the model's (training fits one); `fit` gathers what the copy
     expert's fit needs at the logits it comes after (`MixerStats.add_copies`)."""
@@ -261,7 +261,7 @@ def paired_log_probs(backend: Backend, pairs: list[tuple[bytes, str, bytes, str]
     w = backend.max_tgt_len
     query_map, end, placed = query_map_of(backend), input_end_of(backend), paired_places_of(backend)
     mixer = mixer if mixer is not None else mixer_of(meta_of(backend))
-    hints = [file_hints(t, tm, 0) if mixer else None for _, _, t, tm in pairs]
+    hints = [paired_hints(t, tm) if mixer else None for _, _, t, tm in pairs]
     copies = [copy_hints(i, im, t, tm, end, mixer.copy_map) for i, im, t, tm in pairs] if mixer else []  # (n+1,) each
     if fit is not None and mixer is not None and mixer.copy is not None:
         raise ValueError("the copy expert is fitted at the logits before it: give a mixer without one")
