@@ -55,6 +55,15 @@ def test_sniff_ignores_file_name_and_edge_cases(tmp_path):
     assert sniff(bytes(range(256)) * 4).modality == "binary"
     # a multi-byte character cut at the 64 KiB sniff window is still text
     assert sniff(("a" * 65535 + "é" * 10).encode()).modality == "text"
+    # ingest's heads are one byte longer than the window; that byte is neither text nor a bad byte
+    window = 1 << 16
+    ok = bytearray(b"a" * window)
+    ok[: window // 1000] = b"\x01" * (window // 1000)  # as many bad bytes as text allows
+    for past in (b"a", b"\x01", b"\xc3", b"\xff"):
+        assert sniff(bytes(ok) + past).modality == "text", past
+        assert sniff(bytes(ok) + past + b"a" * 100).modality == "text", past
+    assert sniff(b"\x01" + bytes(ok) + b"a").modality == "binary"  # one bad byte more, inside the window
+    assert sniff(b"a" * (window - 4) + b"\xff" + b"aaaa").modality == "binary"  # not UTF-8, and not cut
 
 
 def test_sniff_mov(tmp_path):
