@@ -491,17 +491,56 @@ def test_dask_ingest_survives_a_killed_worker_and_a_killed_driver(tmp_path, s3_b
         client.close()
 
 
+def test_dask_ingest_with_no_scheduler_says_so_in_one_line(tmp_path):
+    """A scheduler that never answers ends the ingest with one line once Dask's own connect
+    timeout (`distributed.comm.timeouts.connect`) has passed, and leaves no output."""
+    with socket.socket() as sock:  # a port no one listens on
+        sock.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    src = tmp_path / "src"
+    _copy_some(src, ["text/heapq.py"])
+    env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+    run = subprocess.run([str(BIN / "obf"), "ingest", str(src), "--out", str(tmp_path / "ds"), "--dask", address],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode != 0 and not (tmp_path / "ds").exists()
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"dask scheduler {address}: cannot connect" in lines[0], run.stderr
+
+
 def test_dask_parts_fit_the_cluster_and_a_failing_shard_write_is_the_tasks_error(tmp_path):
-    """Parts shrink to about four per worker thread on a small listing (within 1-16 MiB and a
-    shard); a source that fails to read is a reject, but a shard that cannot be written (a full
-    disk) fails the task, which Dask then retries: it never turns into rejected files."""
-    from obf.data.ingest_dask import _fill, part_bytes
+    """A listing is cut into about four parts of even work per worker thread, never with a crumb
+    left over, each within a shard of input and half a file (16 MiB where the shard is held in memory until its
+    PUT; a quarter of that for media to canonicalise, which cost more per byte); a source that
+    fails to read is a reject, but a shard that cannot be written (a full disk) fails the task,
+    which Dask then retries: it never turns into rejected files."""
+    from obf.core.storage import Entry
+    from obf.data.ingest_dask import _fill, _parts, part_cap
 
     mib = 1 << 20
-    assert part_bytes(50 * mib, 2, 64 * mib) == -(-50 * mib // 8)  # 8 tasks for 2 threads
-    assert part_bytes(5000 * mib, 2, 64 * mib) == 16 * mib
-    assert part_bytes(2 * mib, 8, 64 * mib) == mib
-    assert part_bytes(500 * mib, 0, 4 * mib) == 4 * mib  # no worker yet: as for one; never past a shard
+    assert part_cap(64 * mib, in_memory=False) == 64 * mib  # a local shard streams to disk: a whole shard
+    assert part_cap(64 * mib, in_memory=True) == 16 * mib  # a shard in a worker's memory stays small
+
+    def listing(sizes: list[int], suffix: str = ".py") -> list[Entry]:
+        return [Entry(key=f"f{i:05d}{suffix}", url=f"/nowhere/f{i:05d}", size=n) for i, n in enumerate(sizes)]
+
+    def sizes_of(parts: list[list[Entry]]) -> list[int]:
+        return [sum(e.size for e in p) for p in parts]
+
+    rng = np.random.default_rng(0)
+    sizes = [int(n) for n in rng.integers(1, 400_000, 2_600)]  # ~530 MB of files of up to 400 KB
+    total = sum(sizes)
+    for threads, want in ((1, 8), (2, 8), (4, 16), (0, 8)):  # 8: a 64 MiB shard at most; 0 threads: as 1
+        parts = _parts(listing(sizes), threads, 64 * mib, True)
+        assert [e.size for p in parts for e in p] == sizes  # every file once, in listing order
+        assert len(parts) == want and all(abs(n - total / want) <= 400_000 for n in sizes_of(parts))
+    few = sizes[:20]
+    assert 2 <= len(_parts(listing(few), 2, 64 * mib, True)) == sum(few) // mib < 8  # parts of 1 MiB at least
+    media = _parts(listing(sizes, ".WAV"), 2, 64 * mib, True)
+    assert len(media) == -(-total // (16 * mib)) == 32 and max(sizes_of(media)) <= 16 * mib + 200_000  # a quarter
+    assert len(_parts(listing(sizes, ".wav"), 2, 64 * mib, False)) == 8  # stored as they are: copies
+    assert max(sizes_of(_parts(listing(sizes), 2, 16 * mib, True))) <= 16 * mib + 200_000
+    assert [len(p) for p in _parts(listing([10 * mib, 1, 10 * mib]), 1, 4 * mib, True)] == [1, 1, 1]  # alone
+    assert _parts([], 2, 64 * mib, True) == []
 
     src = tmp_path / "src"
     _copy_some(src, ["text/heapq.py", "binary/true.elf"])

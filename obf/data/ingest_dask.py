@@ -1,16 +1,17 @@
 """Ingest on a Dask cluster: workers read, canonicalise, hash and write shard parts straight to
 the destination; the driver decides duplicates, writes `index.jsonl` and `manifest.json`.
 
-The listing is cut into parts of consecutive files (`part_bytes`: 1-16 MiB of input, about four
-per worker thread on a small listing). Each part is one Dask task: it reads its files as a local
-ingest does (text and binary streamed through one buffer, media loaded whole and canonicalised),
-puts the stored bytes of each new content in one shard and writes that shard whole or not at all
-(one PUT; locally a temp file renamed into place), so a task that a dead worker leaves unfinished
-is simply run again and writes the same object. The driver takes the parts' results in listing
-order, so the first file of each content is kept and later ones are duplicates, as in a local
-ingest: for the same files the records (key, split, modality, length, sha256), the bytes of each,
-the duplicates and the rejections are the same; only shard boundaries differ (a duplicate of an
-earlier part's file leaves its bytes unused in its shard).
+The listing is cut into parts of consecutive files of even work (`_parts`: about four per worker
+thread, up to a shard of input, a quarter of that for media to canonicalise; at most 16 MiB
+where a shard is held in memory until its PUT). Each part is one Dask task: it reads its files
+as a local ingest does (text and binary streamed through one buffer, media loaded whole and
+canonicalised), puts the stored bytes of each new content in one shard and writes that shard
+whole or not at all (one PUT; locally a temp file renamed into place), so a task that a dead
+worker leaves unfinished is simply run again and writes the same object. The driver takes the
+parts' results in listing order, so the first file of each content is kept and later ones are
+duplicates, as in a local ingest: for the same files the records (key, split, modality, length,
+sha256), the bytes of each, the duplicates and the rejections are the same; only shard
+boundaries differ (a duplicate of an earlier part's file leaves its bytes unused in its shard).
 
 Where the parts go (`obf.data.ingest.ingest` picks; `DEST` must be reachable by every worker):
 - a local `DEST` (a shared filesystem, or a LocalCluster): a temp dir beside it, renamed into
@@ -26,9 +27,9 @@ import hashlib
 import io
 import logging
 import os
+import pickle
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -42,30 +43,57 @@ from obf.formats.sniff import sniff
 
 log = logging.getLogger(__name__)
 
-PART_BYTES = 16 << 20  # input per task at most: a bounded part in memory, few tasks on a big listing
+PART_BYTES = 16 << 20  # input per task at most where its shard is held in memory until one PUT
 MIN_PART_BYTES = 1 << 20  # and at least: a task's own overhead stays small beside its work
-TASKS_PER_THREAD = 4  # on a small listing, parts shrink until every worker thread gets about this many
+TASKS_PER_THREAD = 4  # parts per worker thread, where they are not smaller than MIN_PART_BYTES
+MEDIA_COST = 4  # a byte that canonicalising decodes counts as this many copied: a 64 MiB shard, 16 MiB of media
+# Names that canonicalising most likely decodes (image, audio, video): only a guess at a part's cost, for
+# cutting the listing into parts of even work. What a file is, is still decided from its bytes (`sniff`).
+MEDIA_SUFFIXES = frozenset(
+    ".png .jpg .jpeg .gif .bmp .webp .tif .tiff .ppm .pgm .pbm .pnm .wav .flac .ogg .oga .opus .mp3 .m4a .aac "
+    ".mp4 .m4v .mov .avi .mkv .webm .y4m .ogv".split()
+)
 
 
-def part_bytes(total: int, threads: int, shard_bytes: int) -> int:
-    """Input per task: at most a shard and PART_BYTES, and small enough that a listing of `total`
-    bytes makes TASKS_PER_THREAD tasks per worker thread, so that CPU-bound canonicalising keeps
-    every thread busy to the end (16 MiB parts would give a 2-worker cluster 3 tasks for 50 MB)."""
-    return max(MIN_PART_BYTES, min(shard_bytes, PART_BYTES, -(-total // (TASKS_PER_THREAD * max(threads, 1)))))
+def part_cap(shard_bytes: int, *, in_memory: bool) -> int:
+    """Input per part at most (within half a file): a shard, and PART_BYTES where the shard is
+    held in a worker's memory until its one PUT."""
+    return min(shard_bytes, PART_BYTES) if in_memory else shard_bytes
 
 
-def _parts(entries: list[storage.Entry], max_bytes: int) -> Iterator[list[storage.Entry]]:
-    """Runs of consecutive entries of at most `max_bytes` of input (one file alone may be more)."""
+def _cost(e: storage.Entry, canonicalize: bool) -> int:
+    """A guess at the work `e` makes a task: its size, MEDIA_COST times over for a medium that
+    canonicalising decodes (by its name's suffix)."""
+    media = canonicalize and os.path.splitext(e.key)[1].lower() in MEDIA_SUFFIXES
+    return e.size * (MEDIA_COST if media else 1)
+
+
+def _parts(entries: list[storage.Entry], threads: int, cap: int, canonicalize: bool) -> list[list[storage.Entry]]:
+    """Runs of consecutive entries of even cost (`_cost`): TASKS_PER_THREAD per worker thread
+    (fewer where runs would be under MIN_PART_BYTES), more where runs would cost over `cap`. A run
+    ends before the file whose middle lies past its share of the whole, so a run is within half a
+    file of its share (a file alone may be more), and 500 MB in 8 runs is 8 runs of ~62.5 MB, not
+    8 and a crumb.
+
+    Each task costs its worker a few ms beside its work (messages on its event loop, a shard file
+    of its own): on 500 MB of copies, 8 runs instead of 31 of 16 MiB took two workers from 0.47 s
+    to 0.40. Where canonicalising decodes media, a byte is 10-100 times the work, so its runs stay
+    at 16 MiB: the threads end closer together (benchmarks/README, "Ingest on Dask")."""
+    costs = [_cost(e, canonicalize) for e in entries]
+    total = sum(costs)
+    count = max(1, -(-total // max(cap, 1)), min(TASKS_PER_THREAD * max(threads, 1), total // MIN_PART_BYTES))
+    parts: list[list[storage.Entry]] = []
     part: list[storage.Entry] = []
-    size = 0
-    for e in entries:
-        if part and size + e.size > max_bytes:
-            yield part
-            part, size = [], 0
+    spent = done = 0  # cost of this run; of the runs before it
+    for e, c in zip(entries, costs):
+        if part and (done + spent + c / 2) * count > (len(parts) + 1) * total:
+            parts.append(part)
+            done, part, spent = done + spent, [], 0
         part.append(e)
-        size += e.size
+        spent += c
     if part:
-        yield part
+        parts.append(part)
+    return parts
 
 
 def _stream_file(path: str, sink: BinaryIO, cfg: IngestConfig, buf: bytearray) -> tuple | None:
@@ -176,6 +204,15 @@ def ingest_part(entries: list[storage.Entry], cfg: IngestConfig, shard_url: str)
     return out
 
 
+def _packed_part(packed: bytes, cfg: IngestConfig, shard_url: str) -> bytes:
+    """`ingest_part` as a Dask task: its files and its result rows travel as one pickled bytes
+    object each. Dask walks a bare list element by element to build and serialise a task (a part
+    of ~340 files took the driver ~1.3 ms to submit, and 9 such trivial tasks took ~55 ms from
+    submit to results where the same parts pickled took ~30; benchmarks/README, "Ingest on Dask");
+    a bytes object passes as it is."""
+    return pickle.dumps(ingest_part(pickle.loads(packed), cfg, shard_url), protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def _no_workers_limit() -> float | None:
     """Dask's own `distributed.scheduler.no-workers-timeout` (seconds; None: wait for workers)."""
     import dask
@@ -221,7 +258,8 @@ def run(entries: list[storage.Entry], cfg: IngestConfig, root: str, address: str
         progress: bool = True) -> tuple[list[Record], list[dict], list[dict]]:
     """Ingest `entries` (prechecked) on the Dask cluster at `address`, writing shards under
     `root/shards/` from number `first_shard`; returns (records, rejected, duplicates) in listing
-    order, as a local ingest makes them (before pairs are linked)."""
+    order, as a local ingest makes them (before pairs are linked). Connecting gives up after Dask's
+    `distributed.comm.timeouts.connect` (30 s unless set)."""
     try:
         from distributed import Client
     except ImportError:
@@ -229,25 +267,27 @@ def run(entries: list[storage.Entry], cfg: IngestConfig, root: str, address: str
                                    ) from None
     from tqdm import tqdm
 
+    start = time.perf_counter()
+    try:
+        client = Client(address, set_as_default=False)
+    except (OSError, TimeoutError) as err:
+        raise storage.StorageError(f"dask scheduler {address}: cannot connect ({err})") from None
     total = sum(e.size for e in entries)
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="ingest (dask)",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    start = time.perf_counter()
     records: list[Record] = []
     rejected: list[dict] = []
     duplicates: list[dict] = []
     seen: dict[str, str] = {}
     try:
-        client = Client(address, timeout=60)
-    except (OSError, TimeoutError) as err:
-        raise storage.StorageError(f"dask scheduler {address}: cannot connect ({err})") from None
-    try:
-        parts = list(_parts(entries, part_bytes(total, sum(client.nthreads().values()), cfg.shard_bytes)))
-        futures = [client.submit(ingest_part, part, cfg, storage.join(root, f"shards/{first_shard + i:06d}.bin"),
+        cap = part_cap(cfg.shard_bytes, in_memory=not storage.is_local(root))
+        parts = _parts(entries, sum(client.nthreads().values()), cap, cfg.canonicalize)
+        futures = [client.submit(_packed_part, pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL), cfg,
+                                 storage.join(root, f"shards/{first_shard + i:06d}.bin"),
                                  key=f"obf-ingest-part-{first_shard + i}-{time.time_ns()}", retries=2, pure=False)
                    for i, part in enumerate(parts)]
         for i, (part, fut) in enumerate(zip(parts, futures)):
-            results: list[Any] = _result(client, fut, address)
+            results: list[Any] = pickle.loads(_result(client, fut, address))
             shard = first_shard + i
             for e, (digest, modality, fmt, offset, length, error) in zip(part, results):
                 bar.update(e.size)
