@@ -39,7 +39,7 @@ from obf.data.dataset import Record, split_of
 from obf.data.loading import BLOCK, HEAD, load_file
 from obf.data.shards import reserve_blocks
 from obf.formats.canonical import REWRITTEN
-from obf.formats.sniff import sniff
+from obf.formats.sniff import FORMAT_EXTENSIONS, sniff
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,12 @@ PART_BYTES = 16 << 20  # input per task at most where its shard is held in memor
 MIN_PART_BYTES = 1 << 20  # and at least: a task's own overhead stays small beside its work
 TASKS_PER_THREAD = 4  # parts per worker thread, where they are not smaller than MIN_PART_BYTES
 MEDIA_COST = 4  # a byte that canonicalising decodes counts as this many copied: a 64 MiB shard, 16 MiB of media
-# Names that canonicalising most likely decodes (image, audio, video): only a guess at a part's cost, for
-# cutting the listing into parts of even work. What a file is, is still decided from its bytes (`sniff`).
+# Names that canonicalising most likely decodes: the suffixes of the media formats `sniff` knows, and their
+# aliases. Only a guess at a part's cost, for cutting the listing into parts of even work; what a file is,
+# is still decided from its bytes (`sniff`).
 MEDIA_SUFFIXES = frozenset(
-    ".png .jpg .jpeg .gif .bmp .webp .tif .tiff .ppm .pgm .pbm .pnm .wav .flac .ogg .oga .opus .mp3 .m4a .aac "
-    ".mp4 .m4v .mov .avi .mkv .webm .y4m .ogv".split()
+    {ext for fmt, ext in FORMAT_EXTENSIONS.items() if fmt not in ("utf8", "binary")}
+    | set(".jpeg .tiff .pgm .pbm .pnm .oga .opus .aac .m4v .mov .webm".split())
 )
 
 
