@@ -27,6 +27,11 @@ def machine() -> dict[str, Any]:
 
         info["torch"] = torch.__version__
         info["threads"] = torch.get_num_threads()
+        # The host class the README's timings name: the widest CPU kernels torch picks, and bf16's.
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        from obf.model.devices import cpu_bf16_pays
+
+        info["cpu_bf16"] = cpu_bf16_pays()
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:

@@ -5,10 +5,11 @@ already-compressed payloads (target 7.9-8.05); one that scores more is worse tha
 The files are made here, so none was seen in training: three files of uniform random bytes, a
 gzip stream and a raw LZMA2 stream of real text, and the IDAT payload (a zlib stream) of a PNG.
 
-    python benchmarks/calibration.py data/model            # or an exported ONNX dir
+    python benchmarks/calibration.py data/model [--tag TAG]   # or an exported ONNX dir
 
 Prints one row per file (model bpb, best compressor bpb and which) and saves
-benchmarks/results/calibration.json.
+benchmarks/results/calibration.json (calibration_TAG.json with --tag, for a model other than the
+default).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def unpredictable_files(seed: int = 2026) -> dict[str, bytes]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="model dir (obf train) or ONNX dir (obf export)")
+    ap.add_argument("--tag", default="", help="save results/calibration_TAG.json (another model than the default's)")
     args = ap.parse_args()
 
     rows = score_held_out(args.model, unpredictable_files())
@@ -68,7 +70,8 @@ def main() -> int:
               f"{row['best_bpb']:>9.3f}  {row['best']}")
     inside = sum(7.9 <= r["model_bpb"] <= 8.05 for r in rows)
     print(f"{inside} of {len(rows)} files within 7.9-8.05 bpb")
-    save("calibration", {"model": args.model, "files": rows, "within_7_9_to_8_05": inside})
+    name = f"calibration_{args.tag}" if args.tag else "calibration"
+    save(name, {"model": args.model, "files": rows, "within_7_9_to_8_05": inside})
     return 0
 
 
