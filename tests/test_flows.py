@@ -367,7 +367,7 @@ def test_crash_mid_run_then_rerun_leaves_no_gap_or_duplicate(onnx_model, s3_serv
             "from prefect.task_runners import ThreadPoolTaskRunner\n"
             "from flows.generate import batch_generate\n"
             "flow = batch_generate.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))\n"
-            f"flow(input_url={inp!r}, output_url={out!r}, registry={reg!r}, max_bytes=1500, batch_size=1,"
+            f"flow(input_url={inp!r}, output_url={out!r}, registry={reg!r}, max_bytes=600, batch_size=1,"
             " claim_ttl_s=2)\n")
     # its own session: the kill below takes the ephemeral Prefect server the run starts with it
     # (killed alone, the run would leave that server serving with no parent)

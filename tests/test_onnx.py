@@ -401,8 +401,21 @@ def _cli_generate(root, inputs, out, *extra):
     )
 
 
+def _first_bytes_of_wav(wav: bytes, n: int) -> bytes:
+    """The WAV cut to about `n` bytes of whole frames, its header rewritten: the tests' generation
+    time grows with what is left to make, and the whole recording (51 KB) took most of a minute."""
+    with wave.open(io.BytesIO(wav)) as r:
+        params = r.getparams()
+        frames = r.readframes(n // (params.sampwidth * params.nchannels))
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setparams(params)
+        w.writeframes(frames)
+    return out.getvalue()
+
+
 def _media_inputs(tmp_path):
-    """A 64x64 BMP, a WAV and a Y4M, in the canonical forms the model knows."""
+    """A 64x64 BMP, a WAV (12 KB) and a Y4M, in the canonical forms the model knows."""
     from obf.formats.canonical import canonicalize
 
     cfg = load_params(None, TINY).ingest
@@ -415,7 +428,11 @@ def _media_inputs(tmp_path):
     }
     paths = []
     for name, data in files.items():
-        (tmp_path / name).write_bytes(canonicalize(data, cfg)[0])
+        data = canonicalize(data, cfg)[0]
+        if name == "in.wav":
+            data = _first_bytes_of_wav(data, 12_000)
+            assert canonicalize(data, cfg)[0] == data  # still the canonical form
+        (tmp_path / name).write_bytes(data)
         paths.append(tmp_path / name)
     return paths
 
