@@ -152,7 +152,7 @@ def test_cli_ingest_and_errors(tmp_path):
 
 @pytest.mark.parametrize("canonicalize", [False, True])
 def test_worker_processes_and_threads_build_the_same_dataset(tmp_path, monkeypatch, canonicalize):
-    """Local sources are hashed and copied by forked workers; remote ones by threads. Both
+    """Local sources are hashed and copied by worker processes; remote ones by threads. Both
     paths must give byte-identical datasets (duplicates and rejects included)."""
     from obf.data import ingest as ingest_module
 
@@ -184,8 +184,26 @@ def test_worker_processes_and_threads_build_the_same_dataset(tmp_path, monkeypat
     assert [r["source"] for r in manifest["rejected"]] == ["big.bin"]
 
 
+def test_worker_processes_inherit_nothing_from_the_callers_memory(tmp_path, monkeypatch):
+    """Local ingest's workers come from a fork server, not from forking the caller, so no lock that
+    one of the caller's threads holds (torch's, libav's, a test server's) reaches them held forever.
+    A function replaced in the caller's memory stands in for such state: a fork would carry it."""
+    from obf.data import ingest as ingest_module
+
+    if not ingest_module._process_pool_usable():
+        pytest.skip("one usable core: ingest runs in threads")
+
+    def poisoned(_head: bytes):
+        raise RuntimeError("a worker ran in a copy of the caller's memory")
+
+    monkeypatch.setattr(ingest_module, "sniff", poisoned)
+    _copy_some(tmp_path / "src", SOME[:3])
+    ingest(str(tmp_path / "src"), tmp_path / "ds", dataclasses.replace(CFG, canonicalize=False), progress=False)
+    assert len(Dataset(tmp_path / "ds").records) == 3
+
+
 def test_a_file_that_changes_after_hashing_is_an_error(tmp_path):
-    from obf.data.ingest import _fork_pool
+    from obf.data.ingest import _worker_pool
     from obf.data.shards import Copier, _copy_batch
 
     f = tmp_path / "f.bin"
@@ -195,7 +213,7 @@ def test_a_file_that_changes_after_hashing_is_an_error(tmp_path):
     assert _copy_batch([(str(f), str(shard), 0, 1000)]) == [True]
     assert shard.read_bytes() == b"x" * 1000
     assert _copy_batch([(str(f), str(shard), 1000, 999)]) == [False]  # it "grew" after it was hashed
-    with _fork_pool() as pool, pytest.raises(DataError, match="f.bin: changed while being ingested"):
+    with _worker_pool() as pool, pytest.raises(DataError, match="f.bin: changed while being ingested"):
         copier = Copier(pool)
         copier.add("f.bin", (str(f), str(shard), 0, 1200))
         copier.finish()
@@ -205,7 +223,7 @@ def test_one_pass_store_refuses_a_file_whose_size_changed(tmp_path):
     """Plain local ingest writes each file into a range sized from the listing: a file that grew
     or shrank since is an error, and a grown one never writes past its range."""
     from obf.core import storage
-    from obf.data.ingest import _fork_pool, _store_chunk, _store_local
+    from obf.data.ingest import _store_chunk, _store_local, _worker_pool
     from obf.data.shards import ShardWriter
 
     f = tmp_path / "f.bin"
@@ -216,7 +234,7 @@ def test_one_pass_store_refuses_a_file_whose_size_changed(tmp_path):
     assert size > 999 and error is None
     assert shard.read_bytes() == b"x" * 999 + b"\0"  # nothing past the range
     entry = storage.Entry(key="f.bin", url=str(f), size=1200)  # listed before it shrank
-    with _fork_pool() as pool, pytest.raises(DataError, match="f.bin: changed while being ingested"):
+    with _worker_pool() as pool, pytest.raises(DataError, match="f.bin: changed while being ingested"):
         list(_store_local([entry], ShardWriter(tmp_path / "ds", 1 << 20, 1200), pool))
 
 

@@ -1,14 +1,13 @@
 """Ingest: raw files (a folder or any fsspec URL) -> a byte dataset (`obf.data.dataset` layout).
 
 Ingest holds at most a few files in memory, never the dataset. Local folders are worked by
-forked worker processes: without canonicalisation each file is read once, and every block is
+worker processes: without canonicalisation each file is read once, and every block is
 hashed and written to the file's shard range (handed out in listing order before it is read;
 the gaps that duplicates leave are closed at the end); with it, workers hash and canonicalise,
-and files stored unchanged are copied into place by the kernel. Remote sources, and any ingest
-run inside a multi-threaded host such as a Prefect task runner, are worked by threads that read
-each file once. All paths give byte-identical datasets. Dedupe and splits go by the sha256 of
-the stored (canonical) bytes, the bytes the model sees, so adding files never moves existing
-ones and one picture in two formats is one file.
+and files stored unchanged are copied into place by the kernel. Remote sources are worked by
+threads that read each file once. All paths give byte-identical datasets. Dedupe and splits go
+by the sha256 of the stored (canonical) bytes, the bytes the model sees, so adding files never
+moves existing ones and one picture in two formats is one file.
 
 Paired examples (for the `paired` task) are files under an `inputs/` folder whose relative name
 also exists under a sibling `targets/` folder (or, else, whose name there differs only in its
@@ -27,7 +26,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -118,19 +116,28 @@ def _chunks(
 
 
 def _process_pool_usable() -> bool:
-    """Worker processes pay off on Linux, where they fork cheaply. Forking is only safe while no
-    other thread can hold a lock the children might need: daemon helpers (tqdm's monitor) are
-    fine, a Prefect task runner's worker threads are not, so inside a flow threads do the work."""
-    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
-    return sys.platform == "linux" and not others and usable_cpus() > 1
+    """Worker processes pay off wherever more than one core is usable and a fork server exists
+    (Linux, macOS): see `_worker_pool`."""
+    return "forkserver" in multiprocessing.get_all_start_methods() and usable_cpus() > 1
 
 
 def _workers() -> int:
     return min(usable_cpus(), 8)
 
 
-def _fork_pool() -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=_workers(), mp_context=multiprocessing.get_context("fork"))
+def _worker_pool() -> ProcessPoolExecutor:
+    """Worker processes forked from a fork server (a clean process started once), never from the caller.
+
+    A forked child inherits every lock that another thread of its parent held at that moment, and
+    a child that needs one waits forever. Python cannot list, let alone join, the native threads of
+    torch or libav, nor stop the daemon threads of Prefect or a test server, and forking the caller
+    hung ingest workers twice in CI runs. The server imports this module once, so each worker starts
+    ready. As with any start method but `fork`, a script that calls `ingest` keeps its top-level
+    work under `if __name__ == "__main__":`, since each worker imports the main module again.
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ProcessPoolExecutor(max_workers=_workers(), mp_context=ctx)
 
 
 def _in_flight(
@@ -375,7 +382,7 @@ def _store_all(
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    pool = _fork_pool() if not remote and _process_pool_usable() else None
+    pool = _worker_pool() if not remote and _process_pool_usable() else None
     one_pass = pool is not None and not cfg.canonicalize  # workers write what they hash
     copier = Copier(pool) if pool is not None and not one_pass else None
     try:

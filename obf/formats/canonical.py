@@ -154,8 +154,7 @@ def video_to_y4m(data: bytes, *, width: int, height: int, fps: int, max_frames: 
                 t = frame.time if frame.time is not None else next_t
                 if t + 1e-6 < next_t:
                     continue
-                # one thread: swscale's automatic slice threads gain nothing on 32x32 frames, and a
-                # forked ingest worker once hung waiting on them (`obf.data.ingest` forks its pool)
+                # one thread: swscale's automatic slice threads gain nothing on 32x32 frames
                 yuv = frame.reformat(width=width, height=height, format="yuv420p", threads=1)
                 frames.append(b"".join(bytes(_plane_bytes(yuv, i)) for i in range(3)))
                 next_t += 1.0 / fps
