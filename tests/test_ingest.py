@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
@@ -152,8 +153,9 @@ def test_cli_ingest_and_errors(tmp_path):
 
 @pytest.mark.parametrize("canonicalize", [False, True])
 def test_worker_processes_and_threads_build_the_same_dataset(tmp_path, monkeypatch, canonicalize):
-    """Local sources are hashed and copied by worker processes; remote ones by threads. Both
-    paths must give byte-identical datasets (duplicates and rejects included)."""
+    """Local sources are stored by a pool of workers (threads for plain files, processes to
+    canonicalise); remote ones by `_load_all`'s threads. Both paths must give byte-identical
+    datasets (duplicates and rejects included)."""
     from obf.data import ingest as ingest_module
 
     src = tmp_path / "src"
@@ -163,9 +165,11 @@ def test_worker_processes_and_threads_build_the_same_dataset(tmp_path, monkeypat
     (src / "big.bin").write_bytes(os.urandom(CFG.max_file_bytes + 1))
     cfg = IngestConfig(max_file_bytes=CFG.max_file_bytes, canonicalize=canonicalize, shard_bytes=200_000)
     if sys.platform == "linux":
-        assert ingest_module._process_pool_usable()
+        pool = ingest_module._local_pool(cfg)
+        assert pool is not None
+        pool.shutdown()
     ingest(str(src), tmp_path / "procs", cfg, progress=False)
-    monkeypatch.setattr(ingest_module, "_process_pool_usable", lambda: False)
+    monkeypatch.setattr(ingest_module, "_local_pool", lambda _cfg: None)
     ingest(str(src), tmp_path / "threads", cfg, progress=False)
     a, b = tmp_path / "procs", tmp_path / "threads"
     names = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
@@ -185,21 +189,48 @@ def test_worker_processes_and_threads_build_the_same_dataset(tmp_path, monkeypat
 
 
 def test_worker_processes_inherit_nothing_from_the_callers_memory(tmp_path, monkeypatch):
-    """Local ingest's workers come from a fork server, not from forking the caller, so no lock that
+    """Canonicalising workers come from a fork server, not from forking the caller, so no lock that
     one of the caller's threads holds (torch's, libav's, a test server's) reaches them held forever.
     A function replaced in the caller's memory stands in for such state: a fork would carry it."""
     from obf.data import ingest as ingest_module
 
-    if not ingest_module._process_pool_usable():
-        pytest.skip("one usable core: ingest runs in threads")
+    cfg = dataclasses.replace(CFG, canonicalize=True)
+    pool = ingest_module._local_pool(cfg)
+    if not isinstance(pool, ProcessPoolExecutor):
+        pytest.skip("no worker processes here (one usable core, or no fork server)")
+    pool.shutdown()
 
-    def poisoned(_head: bytes):
+    def poisoned(*_args, **_kwargs):
         raise RuntimeError("a worker ran in a copy of the caller's memory")
 
-    monkeypatch.setattr(ingest_module, "sniff", poisoned)
+    monkeypatch.setattr(ingest_module, "load_file", poisoned)
     _copy_some(tmp_path / "src", SOME[:3])
-    ingest(str(tmp_path / "src"), tmp_path / "ds", dataclasses.replace(CFG, canonicalize=False), progress=False)
+    ingest(str(tmp_path / "src"), tmp_path / "ds", cfg, progress=False)
     assert len(Dataset(tmp_path / "ds").records) == 3
+
+
+def test_a_script_without_a_main_guard_gets_a_one_line_reason(tmp_path):
+    """Workers import the main module again (as with every start method but `fork`): a script
+    that calls ingest at top level breaks them, and hears why instead of a pool's traceback."""
+    from obf.data import ingest as ingest_module
+
+    pool = ingest_module._local_pool(dataclasses.replace(CFG, canonicalize=True))
+    if not isinstance(pool, ProcessPoolExecutor):
+        pytest.skip("no worker processes here (one usable core, or no fork server)")
+    pool.shutdown()
+    _copy_some(tmp_path / "src", SOME[:3])
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from obf.core.config import IngestConfig\n"
+        "from obf.data.ingest import ingest\n"
+        f"ingest({str(tmp_path / 'src')!r}, {str(tmp_path / 'ds')!r}, IngestConfig(canonicalize=True),"
+        " progress=False)\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert 'DataError: a worker process of ingest died' in run.stderr
+    assert 'if __name__ == "__main__":' in run.stderr.splitlines()[-1]
+    assert not (tmp_path / "ds").exists()
 
 
 def test_a_file_that_changes_after_hashing_is_an_error(tmp_path):
@@ -223,7 +254,7 @@ def test_one_pass_store_refuses_a_file_whose_size_changed(tmp_path):
     """Plain local ingest writes each file into a range sized from the listing: a file that grew
     or shrank since is an error, and a grown one never writes past its range."""
     from obf.core import storage
-    from obf.data.ingest import _store_chunk, _store_local, _worker_pool
+    from obf.data.ingest import _local_pool, _store_chunk, _store_local
     from obf.data.shards import ShardWriter
 
     f = tmp_path / "f.bin"
@@ -234,7 +265,9 @@ def test_one_pass_store_refuses_a_file_whose_size_changed(tmp_path):
     assert size > 999 and error is None
     assert shard.read_bytes() == b"x" * 999 + b"\0"  # nothing past the range
     entry = storage.Entry(key="f.bin", url=str(f), size=1200)  # listed before it shrank
-    with _worker_pool() as pool, pytest.raises(DataError, match="f.bin: changed while being ingested"):
+    pool = _local_pool(dataclasses.replace(CFG, canonicalize=False))
+    assert pool is not None  # the pool plain local ingest uses
+    with pool, pytest.raises(DataError, match="f.bin: changed while being ingested"):
         list(_store_local([entry], ShardWriter(tmp_path / "ds", 1 << 20, 1200), pool))
 
 

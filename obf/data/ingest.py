@@ -1,13 +1,13 @@
 """Ingest: raw files (a folder or any fsspec URL) -> a byte dataset (`obf.data.dataset` layout).
 
-Ingest holds at most a few files in memory, never the dataset. Local folders are worked by
-worker processes: without canonicalisation each file is read once, and every block is
-hashed and written to the file's shard range (handed out in listing order before it is read;
-the gaps that duplicates leave are closed at the end); with it, workers hash and canonicalise,
-and files stored unchanged are copied into place by the kernel. Remote sources are worked by
-threads that read each file once. All paths give byte-identical datasets. Dedupe and splits go
-by the sha256 of the stored (canonical) bytes, the bytes the model sees, so adding files never
-moves existing ones and one picture in two formats is one file.
+Ingest holds at most a few files in memory, never the dataset. Local folders: without
+canonicalisation, threads read each file once, hashing every block and writing it to the file's
+shard range (handed out in listing order before it is read; the gaps that duplicates leave are
+closed at the end); with it, worker processes hash and canonicalise, and files stored unchanged
+are copied into place by the kernel. Remote sources are worked by threads that read each file
+once. All paths give byte-identical datasets. Dedupe and splits go by the sha256 of the stored
+(canonical) bytes, the bytes the model sees, so adding files never moves existing ones and one
+picture in two formats is one file.
 
 Paired examples (for the `paired` task) are files under an `inputs/` folder whose relative name
 also exists under a sibling `targets/` folder (or, else, whose name there differs only in its
@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -115,14 +116,25 @@ def _chunks(
         yield chunk
 
 
-def _process_pool_usable() -> bool:
-    """Worker processes pay off wherever more than one core is usable and a fork server exists
-    (Linux, macOS): see `_worker_pool`."""
-    return "forkserver" in multiprocessing.get_all_start_methods() and usable_cpus() > 1
-
-
 def _workers() -> int:
     return min(usable_cpus(), 8)
+
+
+def _local_pool(cfg: IngestConfig) -> Executor | None:
+    """The workers of a local ingest, or None where `_load_all`'s threads do all the work.
+
+    Plain files (no canonicalisation) go to threads, each file read once and written to its shard
+    range (`_store_local`): hashlib, reads and writes release the GIL, so threads keep every core
+    busy about as well as processes do, and start at once. Canonicalising is CPU work in Python
+    and the decoders, for worker processes (`_worker_pool`) where more than one core is usable.
+    """
+    if os.name != "posix":  # os.readv and os.pwrite
+        return None
+    if not cfg.canonicalize:
+        return ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="obf-ingest")
+    if "forkserver" in multiprocessing.get_all_start_methods() and usable_cpus() > 1:
+        return _worker_pool()
+    return None
 
 
 def _worker_pool() -> ProcessPoolExecutor:
@@ -136,7 +148,7 @@ def _worker_pool() -> ProcessPoolExecutor:
     work under `if __name__ == "__main__":`, since each worker imports the main module again.
     """
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
+    ctx.set_forkserver_preload([__name__])  # about 0.4 s once per process, on a 2-core host
     return ProcessPoolExecutor(max_workers=_workers(), mp_context=ctx)
 
 
@@ -169,8 +181,8 @@ def _load_local(entries: list[storage.Entry], cfg: IngestConfig, pool: ProcessPo
             yield Loaded(e if size == e.size else replace(e, size=size), digest, stored, sn, error, copy_from)
 
 
-def _store_local(entries: list[storage.Entry], writer: ShardWriter, pool: ProcessPoolExecutor) -> Iterator[Loaded]:
-    """Store plain local files in worker processes, each read once; yields results in order.
+def _store_local(entries: list[storage.Entry], writer: ShardWriter, pool: Executor) -> Iterator[Loaded]:
+    """Store plain local files in `pool`'s workers, each read once; yields results in order.
 
     Every file gets its shard range before it is read, in listing order (`writer.reserve`), so a
     worker writes the bytes it hashes straight to their place. A file that turns out to be a
@@ -382,9 +394,9 @@ def _store_all(
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    pool = _worker_pool() if not remote and _process_pool_usable() else None
+    pool = None if remote else _local_pool(cfg)
     one_pass = pool is not None and not cfg.canonicalize  # workers write what they hash
-    copier = Copier(pool) if pool is not None and not one_pass else None
+    copier = Copier(pool) if isinstance(pool, ProcessPoolExecutor) and not one_pass else None
     try:
         if pool is None:
             items = _load_all(readable, cfg, remote)
@@ -427,6 +439,11 @@ def _store_all(
                 bar.set_postfix(files=len(records), refresh=False)
         if copier is not None:
             copier.finish()
+    except BrokenProcessPool:
+        raise DataError(
+            "a worker process of ingest died: killed, out of memory, or unable to start (a script that "
+            'calls ingest() keeps its own work under `if __name__ == "__main__":`)'
+        ) from None
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

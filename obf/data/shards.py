@@ -147,7 +147,7 @@ def _copy_range(src: int, dst: int, size: int, offset: int) -> int:
 
 def on_shards(jobs: list[tuple[str, str, int, int]], work: Callable[[str, int, int, int], _T]) -> list[_T]:
     """`work(source path, shard fd, offset, size)` for each (source, shard path, offset, size) job,
-    in a worker process; each shard is opened once per batch of jobs."""
+    in a worker (process or thread); each shard is opened once per batch of jobs."""
     shards: dict[str, int] = {}
     try:
         out = []
