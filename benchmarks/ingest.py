@@ -6,7 +6,8 @@ Files are copies of the embedded sample corpus (text, binary, media) with a uniq
 none is deduplicated. Both runs read from a warm page cache; `cat` and ingest alternate three
 times and the best of each is reported; dirty pages are flushed (`sync`) before every timed run.
 Ingest runs without canonicalisation (the aim: at least half of the ceiling) and, for
-reference, with it on a 50 MB slice.
+reference, with it on a 50 MB slice, three times: the first also starts the fork server of the
+worker processes, as every new process does once.
 """
 
 from __future__ import annotations
@@ -85,22 +86,28 @@ def main() -> None:
             ing_s.append(time_ingest(src, work / "ds", plain))
             shutil.rmtree(work / "ds")
         cat_best, ing_best = min(cat_s), min(ing_s)
-        # canonicalisation on a slice: decoding media costs far more than reading
+        # canonicalisation on a slice: decoding media costs far more than reading. The first run
+        # also starts the worker processes' fork server (once per process), so it is kept apart.
         sl = work / "slice"
         slice_bytes = make_folder(sl, max(1, args.mb // 10))
-        canon_s = time_ingest(sl, work / "ds2", IngestConfig(max_file_bytes=64 * 1024 * 1024))
+        canon_s = []
+        for _ in range(3):
+            canon_s.append(time_ingest(sl, work / "ds2", IngestConfig(max_file_bytes=64 * 1024 * 1024)))
+            shutil.rmtree(work / "ds2")
         res = {
             "files": files, "mb": mb,
             "cat_mb_s": mb / cat_best, "ingest_mb_s": mb / ing_best, "ratio_vs_cat": cat_best / ing_best,
             "cat_seconds": cat_s, "ingest_seconds": ing_s,
-            "canonicalize_slice_mb": slice_bytes / 1e6, "canonicalize_mb_s": slice_bytes / 1e6 / canon_s,
+            "canonicalize_slice_mb": slice_bytes / 1e6, "canonicalize_mb_s": slice_bytes / 1e6 / min(canon_s),
+            "canonicalize_first_mb_s": slice_bytes / 1e6 / canon_s[0], "canonicalize_seconds": canon_s,
         }
         print(f"{files} files, {mb:.0f} MB (warm page cache)")
         print(f"  cat (ceiling)           {res['cat_mb_s']:8.1f} MB/s")
         print(f"  obf ingest              {res['ingest_mb_s']:8.1f} MB/s   = {res['ratio_vs_cat']:.2f} x cat")
         print(
             f"  obf ingest, canonical   {res['canonicalize_mb_s']:8.1f} MB/s   "
-            f"({res['canonicalize_slice_mb']:.0f} MB slice)"
+            f"({res['canonicalize_slice_mb']:.0f} MB slice; the first run, which starts the fork server: "
+            f"{res['canonicalize_first_mb_s']:.1f} MB/s)"
         )
         save("ingest", res)
     finally:
