@@ -148,7 +148,7 @@ def _worker_pool() -> ProcessPoolExecutor:
     work under `if __name__ == "__main__":`, since each worker imports the main module again.
     """
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])  # about 0.4 s once per process, on a 2-core host
+    ctx.set_forkserver_preload([__name__])  # ~0.3 s once per process on a 2-core host (benchmarks/README)
     return ProcessPoolExecutor(max_workers=_workers(), mp_context=ctx)
 
 
