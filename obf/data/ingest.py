@@ -396,7 +396,7 @@ def _store_all(
     )
     pool = None if remote else _local_pool(cfg)
     one_pass = pool is not None and not cfg.canonicalize  # workers write what they hash
-    copier = Copier(pool) if isinstance(pool, ProcessPoolExecutor) and not one_pass else None
+    copier = Copier(pool) if isinstance(pool, ProcessPoolExecutor) else None  # canonicalising workers
     try:
         if pool is None:
             items = _load_all(readable, cfg, remote)
