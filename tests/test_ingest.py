@@ -188,6 +188,17 @@ def test_worker_processes_and_threads_build_the_same_dataset(tmp_path, monkeypat
     assert [r["source"] for r in manifest["rejected"]] == ["big.bin"]
 
 
+def _skip_without_worker_processes() -> None:
+    """Canonicalising ingest runs in worker processes only where more than one core is usable and a
+    fork server exists; elsewhere the tests about those processes have nothing to check."""
+    from obf.data import ingest as ingest_module
+
+    pool = ingest_module._local_pool(dataclasses.replace(CFG, canonicalize=True))
+    if not isinstance(pool, ProcessPoolExecutor):
+        pytest.skip("no worker processes here (one usable core, or no fork server)")
+    pool.shutdown()
+
+
 def test_worker_processes_inherit_nothing_from_the_callers_memory(tmp_path, monkeypatch):
     """Canonicalising workers come from a fork server, not from forking the caller, so no lock that
     one of the caller's threads holds (torch's, libav's, a test server's) reaches them held forever.
@@ -195,10 +206,7 @@ def test_worker_processes_inherit_nothing_from_the_callers_memory(tmp_path, monk
     from obf.data import ingest as ingest_module
 
     cfg = dataclasses.replace(CFG, canonicalize=True)
-    pool = ingest_module._local_pool(cfg)
-    if not isinstance(pool, ProcessPoolExecutor):
-        pytest.skip("no worker processes here (one usable core, or no fork server)")
-    pool.shutdown()
+    _skip_without_worker_processes()
 
     def poisoned(*_args, **_kwargs):
         raise RuntimeError("a worker ran in a copy of the caller's memory")
@@ -212,12 +220,7 @@ def test_worker_processes_inherit_nothing_from_the_callers_memory(tmp_path, monk
 def test_a_script_without_a_main_guard_gets_a_one_line_reason(tmp_path):
     """Workers import the main module again (as with every start method but `fork`): a script
     that calls ingest at top level breaks them, and hears why instead of a pool's traceback."""
-    from obf.data import ingest as ingest_module
-
-    pool = ingest_module._local_pool(dataclasses.replace(CFG, canonicalize=True))
-    if not isinstance(pool, ProcessPoolExecutor):
-        pytest.skip("no worker processes here (one usable core, or no fork server)")
-    pool.shutdown()
+    _skip_without_worker_processes()
     _copy_some(tmp_path / "src", SOME[:3])
     script = tmp_path / "unguarded.py"
     script.write_text(
