@@ -561,6 +561,20 @@ def test_dask_ingest_with_no_scheduler_says_so_in_one_line(tmp_path):
     assert len(lines) == 1 and f"dask scheduler {address}: cannot connect" in lines[0], run.stderr
 
 
+def test_dask_ingest_with_a_malformed_address_says_so_and_exits(tmp_path):
+    """An address Dask cannot parse is named in one line before any client exists: a Client made
+    from one raised a traceback and then held its process's exit forever (its `__del__` waited on
+    a loop that never ran)."""
+    src = tmp_path / "src"
+    _copy_some(src, ["text/heapq.py"])
+    for address in ("notanaddress", "tcp://host:port", "nonsense://host:1"):
+        run = subprocess.run([str(BIN / "obf"), "ingest", str(src), "--out", str(tmp_path / "ds"), "--dask", address],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 1 and not (tmp_path / "ds").exists()
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"dask scheduler {address!r}: not an address" in lines[0], run.stderr
+
+
 def test_dask_parts_fit_the_cluster_and_a_failing_shard_write_is_the_tasks_error(tmp_path):
     """A listing is cut into about four parts of even work per worker thread, never with a crumb
     left over, each within a shard of input and half a file (16 MiB where the shard is held in memory until its

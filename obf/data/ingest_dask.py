@@ -266,8 +266,14 @@ def run(entries: list[storage.Entry], cfg: IngestConfig, root: str, address: str
     except ImportError:
         raise storage.StorageError("obf ingest --dask needs dask.distributed (pip install 'dask[distributed]')"
                                    ) from None
+    from distributed.comm.addressing import get_address_host_port, normalize_address
     from tqdm import tqdm
 
+    try:  # before a Client exists: one made from a malformed address hangs its process's exit
+        get_address_host_port(normalize_address(address))
+    except ValueError as err:
+        raise storage.StorageError(f"dask scheduler {address!r}: not an address ({err}); "
+                                   "expected HOST:PORT or SCHEME://HOST:PORT, e.g. tcp://10.0.0.5:8786") from None
     start = time.perf_counter()
     try:
         client = Client(address, set_as_default=False)
