@@ -270,7 +270,7 @@ def batch_generate(
     name: str = "obf",
     version: str = "latest",
     task_name: str = "continue",
-    max_bytes: int = 512,
+    max_bytes: int = GenerateSettings.max_bytes,  # obf generate's default (params.yaml's generate.max_bytes)
     batch_size: int = 8,
     max_input_bytes: int = 16 * 1024 * 1024,
     seed: int = 0,

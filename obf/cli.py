@@ -16,6 +16,7 @@ from obf import __version__
 from obf.core.config import GenerateSettings
 from obf.core.errors import ObfError
 from obf.core.params import Params, load_params
+from obf.core.vocab import MODALITIES
 
 
 def _add_params(p: argparse.ArgumentParser) -> None:
@@ -125,7 +126,10 @@ def cmd_registry(args: argparse.Namespace) -> int:
     from obf import registry
 
     if args.action == "list":
-        for version in registry.list_versions(args.registry, args.name):
+        versions = registry.list_versions(args.registry, args.name)
+        if not versions:  # a mistyped registry or name would otherwise print nothing and succeed
+            raise registry.RegistryError(f"no published versions of {args.name!r} in {args.registry}")
+        for version in versions:
             m = registry.describe(args.registry, args.name, version)
             ev = m.get("card", {}).get("evaluation", {})
             figures = (f"bpb {ev['bpb']:.3f} (best compressor {ev['best_compressor_bpb']:.3f}, {ev['split']} split)"
@@ -134,6 +138,17 @@ def cmd_registry(args: argparse.Namespace) -> int:
         return 0
     print(json.dumps(registry.describe(args.registry, args.name, args.version), indent=2, sort_keys=True))
     return 0
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="raw files (folder or fsspec URL) -> byte dataset",
         description="Hash every file under SOURCE, sniff its modality, optionally "
         "canonicalise media, dedupe by sha256, assign a content-hash split and "
-        "write memmap shards, index.jsonl and manifest.json to DIR.",
+        "write memmap shards, index.jsonl and manifest.json to DEST (a dir or fsspec URL).",
     )
     p.add_argument("source", metavar="SOURCE", help="local folder, file, or fsspec URL (s3://bucket/prefix)")
     p.add_argument(
@@ -197,11 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate",
-        help="per-modality bits per byte vs gzip/bz2/xz, reconstruction, samples",
+        help="per-modality bits per byte vs the classical compressors, reconstruction, samples",
         description="Score MODEL (a training checkpoint dir or an exported ONNX dir) on DATA (an "
         "ingested dataset dir, split evaluate.split, or any folder/URL of files, ingested "
-        "on the fly). Writes metrics.json to --out and report.md, bpb.csv and samples/ "
-        "beside it.",
+        "on the fly) beside the classical compressors (gzip, bz2, xz, zstd, PPMd, brotli, ...; "
+        "`best` is the smallest per file). Writes metrics.json to --out and details.json, report.md, "
+        "bpb.csv and samples/ beside it.",
     )
     p.add_argument("model", metavar="MODEL", help="model dir (obf train) or ONNX dir (obf export)")
     p.add_argument("data", metavar="DATA", help="dataset dir, folder or fsspec URL of files")
@@ -263,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue: the input's start followed by what the model makes; paired: the input's paired target "
         "(default: generate.task in --params, continue)",
     )
-    p.add_argument("--target-modality", default=None, help="modality of the paired target (default: the input's)")
+    p.add_argument("--target-modality", choices=MODALITIES, default=None,
+                   help="modality of the paired target (default: the input's)")
     keep = p.add_mutually_exclusive_group()
     keep.add_argument(
         "--prefix-bytes",
@@ -347,9 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(CPU); fp16: its fp16 graphs (export.fp16; CUDA, cache kept on the GPU); bf16: a "
         "checkpoint dir on torch",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="inputs generated together")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="inputs generated together (default 8)")
     p.add_argument(
-        "--max-input-bytes", type=int, default=None, help="size cap per input (default ingest.max_file_bytes)"
+        "--max-input-bytes", type=_positive_int, default=None, help="size cap per input (default ingest.max_file_bytes)"
     )
     _add_params(p)
     p.set_defaults(func=cmd_generate)

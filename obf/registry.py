@@ -165,8 +165,10 @@ def _read_json(url: str, what: str) -> tuple[dict[str, Any], bytes]:
     try:
         blob = storage.read_bytes(url)
         return json.loads(blob), blob
-    except storage.StorageError:
+    except storage.NotFoundError:
         raise RegistryError(f"{what} not found ({url})") from None
+    except storage.StorageError as err:  # there, maybe, but not readable: say why
+        raise RegistryError(f"{what} unreadable: {err}") from None
     except ValueError:
         raise RegistryError(f"{what} is corrupt ({url})") from None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from obf.core.config import GenerateSettings
+from obf.core.errors import ObfError
 from obf.core.params import Params
 
 
@@ -25,9 +26,17 @@ def train(data_dir: str | Path, model_dir: str | Path, params: Params, *, resume
           live_dir: str | Path | None = None, progress: bool = True, sample_log: str | None = None) -> dict:
     """Ingested dataset (a local dir or any fsspec URL, read through a verified local cache:
     `obf.data.dataset.local_dataset`) -> trained model dir (model.safetensors, config.json, train_state.pt)."""
+    from obf.core import storage
+    from obf.core.system import require_torch
+
+    require_torch("obf train")
     from obf.data.dataset import local_dataset
+    from obf.model.checkpoint import check_fresh_output
     from obf.train import train as _train
 
+    if not resume:  # before the dataset is fetched or anything is written
+        local_data = storage.local_path(str(data_dir)) if storage.is_local(str(data_dir)) else None
+        check_fresh_output(Path(model_dir), local_data)
     return _train(local_dataset(data_dir), model_dir, params, resume=resume, live_dir=live_dir, progress=progress,
                   sample_log=sample_log)
 
@@ -46,6 +55,9 @@ def export(model_dir: str | Path, out_dir: str | Path, params: Params, *, data: 
     """Training checkpoint -> ONNX dir (encoder.onnx, decoder.onnx, obf.json), parity-checked on
     random bytes and, given a dataset `data`, on a few of its validation files."""
     from obf.core import storage
+    from obf.core.system import require_torch
+
+    require_torch("obf export")
     from obf.export.onnx_export import dataset_samples
     from obf.export.onnx_export import export as _export
 
@@ -75,6 +87,10 @@ def generate(model_dir: str, inputs: list[str], out_dir: str, params: Params,
 
     settings = settings or params.generate
     settings.validate()
+    if batch_size < 1 or (max_input_bytes is not None and max_input_bytes < 1):
+        raise ObfError(f"batch_size and max_input_bytes must be positive (got {batch_size}, {max_input_bytes})")
+    if storage.is_local(out_dir) and storage.local_path(out_dir).exists() and not storage.local_path(out_dir).is_dir():
+        raise storage.StorageError(f"{out_dir}: exists and is not a folder (the outputs' --out)")  # before any work
     task, target_modality = settings.task, settings.target_modality
     backend = open_backend(model_dir, provider=provider, precision=settings.precision)
     cap = max_input_bytes or params.ingest.max_file_bytes

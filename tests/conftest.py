@@ -35,6 +35,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def no_aws_credentials() -> dict[str, str]:
+    """This environment without any AWS credentials (nor the moto server's), for a subprocess:
+    credential files and instance metadata are ruled out too, so botocore fails at once, before
+    any request is sent."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    return {**env, "AWS_EC2_METADATA_DISABLED": "true", "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_CONFIG_FILE": os.devnull}
+
+
 @pytest.fixture(scope="session")
 def raw_dir() -> Path:
     return RAW

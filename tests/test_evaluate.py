@@ -166,6 +166,15 @@ def test_bad_model_or_data_are_clear_errors(trained, tmp_path):
         if expect:
             assert expect in r.stderr
         assert not out.exists()
+    # an --out that cannot be written is refused before any scoring: a folder (an easy slip), or a
+    # path through a file (both ran the whole evaluation first, then ended in a traceback)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine\n")
+    for bad, expect in ((tmp_path / "empty", "is a folder; --out names the metrics file"),
+                        (a_file / "metrics.json", "is a file, so")):
+        r = _obf("evaluate", str(model), str(data), "--out", str(bad), "-q")
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and expect in r.stderr, r.stderr
+    assert a_file.read_text() == "mine\n" and not any((tmp_path / "empty").iterdir())
     r = _obf("evaluate", str(model), str(data), "--out", str(out), "-q", "--set", "evaluate.split=all")
     assert r.returncode == 0, r.stderr
 

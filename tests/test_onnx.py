@@ -27,7 +27,7 @@ from obf.runtime.onnx_backend import OnnxBackend, OnnxModelError
 from obf.runtime.torch_backend import load as load_torch
 from obf.train import train
 
-from .conftest import RAW, ROOT
+from .conftest import RAW, ROOT, no_aws_credentials
 
 TINY = ["model.preset=tiny", "model.patch_size=4", "model.max_src_len=128", "model.max_tgt_len=64",
         "train.batch_size=8", "train.steps=120", "train.warmup_steps=10", "train.eval_every=1000",
@@ -352,6 +352,7 @@ def test_cli_generate_reports_bad_inputs_and_completes_the_rest(exported, tmp_pa
             str(big),
             str(fake),
             str(RAW / "image/coffee.jpg"),
+            "s3://obf-no-such-bucket/a.txt",  # no credentials: the store's failure is this input's alone
             "--out",
             str(out),
             "--max-bytes",
@@ -367,14 +368,37 @@ def test_cli_generate_reports_bad_inputs_and_completes_the_rest(exported, tmp_pa
         capture_output=True,
         text=True,
         cwd=tempfile.gettempdir(),
+        env=no_aws_credentials(),
     )
     assert r.returncode == 1
     assert "missing.txt" in r.stderr and "over the cap" in r.stderr and "image does not decode" in r.stderr
-    assert "3 of 5 inputs failed" in r.stderr
+    assert "s3://obf-no-such-bucket/a.txt: no credentials for the object store" in r.stderr
+    assert "4 of 6 inputs failed" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.count(str(tmp_path / "missing.txt")) == 1  # each input named once in its line
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert names == ["bisect.py.txt", "coffee.jpg.bmp"]  # the input's whole name + the output's extension
     assert (out / "bisect.py.txt").read_bytes().startswith((RAW / "text/bisect.py").read_bytes())
     assert opens((out / "coffee.jpg.bmp").read_bytes(), "image")
+
+
+def test_cli_generate_refuses_bad_settings_before_any_work(exported, tmp_path):
+    """A batch size or size cap below 1, an unknown target modality, or an --out that is a file are
+    refused in one line before the model is opened (a batch size of -1 wrote nothing and exited 0;
+    an --out file failed with a traceback after every input was generated)."""
+    root, _, _ = exported
+    taken = tmp_path / "taken"
+    taken.write_text("mine\n")
+    cases = [(["--out", str(tmp_path / "o"), "--batch-size", "0"], 2, "must be 1 or more"),
+             (["--out", str(tmp_path / "o"), "--batch-size", "-1"], 2, "must be 1 or more"),
+             (["--out", str(tmp_path / "o"), "--max-input-bytes", "-5"], 2, "must be 1 or more"),
+             (["--out", str(tmp_path / "o"), "--task", "paired", "--target-modality", "picture"], 2, "invalid choice"),
+             (["--out", str(taken)], 1, "exists and is not a folder")]
+    for extra, code, expect in cases:
+        r = subprocess.run([sys.executable, "-m", "obf.cli", "generate", str(root / "onnx"),
+                            str(RAW / "text/bisect.py"), *extra, "--provider", "cpu", "-q", "--params", "none"],
+                           capture_output=True, text=True, cwd=tempfile.gettempdir())
+        assert r.returncode == code and expect in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr)
+    assert taken.read_text() == "mine\n" and not (tmp_path / "o").exists()
 
 
 def _cli_generate(root, inputs, out, *extra):

@@ -377,6 +377,23 @@ def test_bad_inputs_are_clear_errors(text_only, tmp_path):
         assert r.stderr.count("\n") == 1, r.stderr
         assert expect in r.stderr, r.stderr
         assert not Path(args[3]).exists()
+    # A fresh training never writes over what obf did not write: the dataset, a file, or a folder
+    # holding a model's file names without an obf checkpoint's commit record (nothing is touched);
+    # a folder an earlier `obf train` wrote is trained into again.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("{\"mine\": 1}\n")
+    (tmp_path / "a_file").write_text("x")
+    for out, expect in ((text_only, "the output dir is the dataset"), (text_only / "model", "holds or lies in the"),
+                        (tmp_path / "a_file", "exists and is not a directory"),
+                        (mine, "holds config.json, which obf train did not write")):
+        r = obf("train", str(text_only), "--out", str(out), "-q", *[f"--set={s}" for s in [*TINY, "train.steps=1"]])
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and expect in r.stderr, (out, r.stderr)
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json"] and not (text_only / "model").exists()
+    for _ in range(2):
+        r = obf("train", str(text_only), "--out", str(tmp_path / "again"), "-q",
+                *[f"--set={s}" for s in [*TINY, "train.steps=1"]])
+        assert r.returncode == 0, r.stderr
     # A corrupt train state on resume.
     (tmp_path / "m8").mkdir()
     (tmp_path / "m8" / "train_state.pt").write_bytes(b"not a checkpoint")

@@ -7,6 +7,7 @@ Writes are atomic: a temp file + rename locally, a single PUT per object on obje
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fsspec.core import url_to_fs
 
@@ -148,10 +149,51 @@ def _remote(url: str) -> tuple[Any, str]:
 
     Other processes write into the prefixes obf lists (concurrent publishes, overlapping
     batch-generate runs), and s3fs would answer "not found" for an object missing from a listing
-    it cached earlier in this process. Every remote call asks the store itself."""
-    return url_to_fs(url, use_listings_cache=False)
+    it cached earlier in this process. Every remote call asks the store itself. A protocol that
+    fsspec does not know, or whose package is not installed, is a StorageError."""
+    try:
+        return url_to_fs(url, use_listings_cache=False)
+    except (ValueError, ImportError) as err:
+        text = err.args[0] if err.args and isinstance(err.args[0], str) else str(err)
+        raise StorageError(f"{url}: {text.strip().splitlines()[0] if text.strip() else type(err).__name__}") from None
 
 
+# Where the errors of an object store's client come from: they are not OSErrors (botocore's
+# NoCredentialsError, EndpointConnectionError, ...), and s3fs lets some through as they are.
+_STORE_CLIENTS = ("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "gcsfs", "adlfs", "azure")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _store_reason(err: Exception) -> str:
+    """One line for a failure of the store itself (no credentials, no endpoint, a refused call)."""
+    if type(err).__name__ == "NoCredentialsError":
+        return "no credentials for the object store (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
+    text = (str(err) or "").strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def _one_line_store_errors(func: _F) -> _F:
+    """A remote URL's call ends in a StorageError with one line when the store's client fails
+    (missing credentials, an unreachable endpoint, a refused request), not in a client library's
+    traceback: a bad bucket or environment is the user's input, as a bad path is. Local paths
+    keep their errors; obf's own errors pass as they are."""
+
+    @functools.wraps(func)
+    def call(url: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(url, *args, **kwargs)
+        except ObfError:
+            raise
+        except Exception as err:
+            from_store = isinstance(err, OSError) or type(err).__module__.split(".")[0] in _STORE_CLIENTS
+            if is_local(url) or not from_store:
+                raise
+            raise StorageError(f"{url}: {_store_reason(err)}") from None
+
+    return call  # type: ignore[return-value]
+
+
+@_one_line_store_errors
 def list_files(url: str) -> list[Entry]:
     """Every file under `url` (a folder or prefix), sorted by key. A single file lists itself.
 
@@ -195,6 +237,7 @@ def _etag(info: dict) -> str | None:
     return str(tag).strip('"') if tag else None
 
 
+@_one_line_store_errors
 def read_bytes(url: str) -> bytes:
     """Read a whole object. Raises StorageError with a one-line reason."""
     try:
@@ -208,8 +251,11 @@ def read_bytes(url: str) -> bytes:
         raise StorageError(f"{url}: permission denied") from None
     except IsADirectoryError:
         raise StorageError(f"{url}: is a directory") from None
+    except NotADirectoryError:
+        raise NotFoundError(f"{url}: not found (a folder on its path is a file)") from None
 
 
+@_one_line_store_errors
 def download(url: str, dest: Path, chunk: int = 8 << 20) -> None:
     """Copy one object to the local file `dest`, streamed in chunks (a shard does not pass through
     memory whole). Raises StorageError with a one-line reason."""
@@ -229,6 +275,7 @@ def download(url: str, dest: Path, chunk: int = 8 << 20) -> None:
         raise StorageError(f"{url}: permission denied") from None
 
 
+@_one_line_store_errors
 def exists(url: str) -> bool:
     if is_local(url):
         return local_path(url).exists()
@@ -236,6 +283,7 @@ def exists(url: str) -> bool:
     return fs.exists(path)
 
 
+@_one_line_store_errors
 def remove(url: str) -> None:
     """Delete one file or object; one that is not there is fine."""
     if is_local(url):
@@ -248,6 +296,7 @@ def remove(url: str) -> None:
         pass
 
 
+@_one_line_store_errors
 def write_bytes_atomic(url: str, data: bytes) -> None:
     """Write `data` so that readers see the old object or the whole new one, never a part.
 
@@ -265,6 +314,7 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     fs.pipe_file(path, data)
 
 
+@_one_line_store_errors
 def read_with_etag(url: str) -> tuple[bytes, str]:
     """An object's bytes and a tag of that version, for a later `write_if(url, ..., etag=tag)`.
 
@@ -284,6 +334,7 @@ def read_with_etag(url: str) -> tuple[bytes, str]:
     return data, tag or ""
 
 
+@_one_line_store_errors
 def write_if(url: str, data: bytes, *, etag: str | None) -> None:
     """Write `data` only if the object is absent (`etag` None) or still the version `etag` names.
     Raises ConflictError otherwise; the object is then left as it was.

@@ -155,12 +155,19 @@ def check_outputs(out: Path, inputs: list[str]) -> None:
     """Refuse (one line, nothing touched) to write where evaluation would replace what obf did not
     write: `out` (metrics.json), details.json, report.md and bpb.csv beside it must be absent or evaluation
     outputs (recognised by their content), samples/ absent, empty or an earlier evaluation's."""
+    if out.is_dir():
+        raise DataError(f"{out}: is a folder; --out names the metrics file (e.g. {out / 'metrics.json'})")
+    for up in out.parents:  # a file where a folder of the path must be would fail only at the end
+        if up.exists():
+            if not up.is_dir():
+                raise DataError(f"{up}: is a file, so {out} cannot be written")
+            break
     storage.check_output_dir(out.parent / "samples", "evaluate", inputs)
     for path in (out, out.parent / DETAILS, out.parent / "report.md", out.parent / "bpb.csv"):
         if not path.exists():
             continue
         content = path.read_bytes() if path.is_file() else b""
-        if path.suffix == ".json":
+        if path == out or path.suffix == ".json":  # metrics are JSON whatever --out calls them
             try:
                 ours = {"split", "modalities", "overall"} <= set(json.loads(content))
             except (ValueError, TypeError):

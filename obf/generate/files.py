@@ -74,8 +74,8 @@ def prepare(source: str, ingest_cfg: IngestConfig, *, max_input_bytes: int, data
     try:
         if data is None:
             data = storage.read_bytes(source)
-    except ObfError as e:
-        return Prepared(source, error=str(e))
+    except ObfError as e:  # its message names the URL first; the error is reported under the source's name
+        return Prepared(source, error=str(e).removeprefix(f"{source}: "))
     except OSError as e:
         return Prepared(source, error=f"unreadable: {e.strerror or e}")
     if len(data) > max_input_bytes:

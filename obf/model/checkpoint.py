@@ -45,6 +45,34 @@ class CheckpointError(ObfError):
 COMMIT = "checkpoint.json"
 
 
+def check_fresh_output(model_dir: Path, data_dir: Path | None = None) -> None:
+    """Refuse, with one line and nothing touched, a fresh training's output dir that would replace
+    what obf did not write: a file, the dataset itself (or a dir holding it or inside it), or a dir
+    that holds a file of a model's names without the commit record that every obf checkpoint
+    leaves. A dir an earlier `obf train` wrote (or one it left before its first checkpoint, holding
+    none of those names) is trained into again; other files in it are left as they are. No mark
+    file is added: the model dir's files are the model's (DVC hashes them)."""
+    out = model_dir.resolve()
+    if data_dir is not None:
+        src = data_dir.resolve()
+        if out == src or src in out.parents or out in src.parents:
+            raise CheckpointError(f"{model_dir}: the output dir {'is' if out == src else 'holds or lies in'} the "
+                                  f"dataset {data_dir}; choose another --out")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise CheckpointError(f"{model_dir}: exists and is not a directory; obf train writes its model dir there")
+    try:
+        if isinstance(json.loads((out / COMMIT).read_bytes()).get("files"), dict):
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    theirs = [n for n in (WEIGHTS, CONFIG, STATE, "train_summary.json") if (out / n).exists()]
+    if theirs:
+        raise CheckpointError(f"{model_dir}: holds {theirs[0]}, which obf train did not write (no {COMMIT}); "
+                              "remove it or choose another --out")
+
+
 def _fsync_dir(d: Path) -> None:
     fd = os.open(d, os.O_RDONLY)  # a rename is durable only once its folder is
     try:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from obf.core.errors import ObfError
+from obf.core.system import require_torch
 
 
 class Backend(Protocol):
@@ -98,6 +99,7 @@ def open_backend(model_dir: str | Path, *, provider: str = "auto", precision: st
 
         return load_onnx(str(d), provider=provider, precision=precision)
     if (d / "config.json").is_file():
+        require_torch(f"{d}: a checkpoint (obf train's model dir; an `obf export` dir runs without torch)")
         from obf.runtime.torch_backend import load as load_torch
 
         device = {"auto": "auto", "cpu": "cpu", "cuda": "cuda"}.get(provider, "auto")
