@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import threading
 import time
 import uuid
@@ -42,6 +43,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from obf.core import storage
 from obf.core.config import ConfigError, GenerateSettings
+from obf.core.errors import prefect_retry_condition
 from obf.generate.files import generate_files, ingest_config_of, output_key, prepare
 from obf.registry import resolve, resolve_version
 
@@ -65,6 +67,12 @@ def _open_backend(registry: str, name: str, version: str, provider: str, precisi
 
     model_dir, _ = resolve(registry, name, version)
     return OnnxBackend(model_dir, provider=provider, precision=precision)
+
+
+def _bucket_of(url: str) -> str:
+    """`s3://bucket/a/b` -> `s3://bucket`."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{rest.split('/', 1)[0]}"
 
 
 def fingerprint(entry: storage.Entry) -> str:
@@ -143,6 +151,20 @@ def try_claim(url: str, run_id: str, ttl_s: float) -> bool:
     return False
 
 
+def release_claim(url: str, run_id: str) -> None:
+    """Drop this run's claim at `url`. One that another run took over (this run's had expired while
+    its batch ran) is that run's and stays."""
+    try:
+        data, _ = storage.read_with_etag(url)
+        held = json.loads(data)
+    except storage.NotFoundError:
+        return
+    except ValueError:
+        held = {}
+    if held.get("run") == run_id:
+        storage.remove(url)
+
+
 def default_task_runner() -> ThreadPoolTaskRunner:
     """A bounded thread pool. Prefect's default pool is unbounded: a run over many inputs would
     start every batch at once on the one shared ONNX Runtime session, so outputs would arrive late
@@ -151,20 +173,48 @@ def default_task_runner() -> ThreadPoolTaskRunner:
     return ThreadPoolTaskRunner(max_workers=configured or DEFAULT_WORKERS)
 
 
-@task(name="resolve-model", retries=3, retry_delay_seconds=[2, 10, 30])
+def _check_run_settings(*, batch_size: int, max_input_bytes: int, claim_ttl_s: float, provider: str,
+                        precision: str) -> None:
+    """How the run goes, checked before any work (each would otherwise fail, or silently do nothing,
+    inside every batch: a batch size of -1 submitted no batch and the run ended Completed)."""
+    if batch_size < 1 or max_input_bytes < 1:
+        raise ValueError(f"batch_size and max_input_bytes must be 1 or more (got {batch_size}, {max_input_bytes})")
+    if not claim_ttl_s > 0:
+        raise ValueError(f"claim_ttl_s must be positive (got {claim_ttl_s}): it is what keeps two runs off one input")
+    if provider not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"provider must be auto, cpu or cuda, not {provider!r}")
+    if precision not in ("fp32", "int8", "fp16"):
+        raise ValueError(f"precision must be fp32, int8 or fp16 for an exported model, not {precision!r}")
+
+
+def _plain(url: str) -> str:
+    """A local path made absolute and normal (`./x`, `x/../x` and `x` are one place), for comparing
+    prefixes; a URL as it is."""
+    return os.path.abspath(storage.local_str(url)) if storage.is_local(url) else url
+
+
+@task(name="resolve-model", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=prefect_retry_condition)
 def resolve_task(registry: str, name: str, version: str) -> str:
     """The concrete version ('latest' resolved) that every batch of this run uses; downloads nothing."""
     resolved, _, _ = resolve_version(registry, name, version)
     return resolved
 
 
-@task(name="list-inputs", retries=3, retry_delay_seconds=[2, 10, 30])
+@task(name="list-inputs", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=prefect_retry_condition)
 def list_task(input_url: str, output_url: str, version: str) -> tuple[list[storage.Entry], set[str]]:
     """Inputs under input_url, and the state keys already written for this model version.
 
     Only "no state yet" reads as nothing done: any other failure to list `_state/` fails the task
     (and so, after its retries, the run), rather than regenerating every input."""
-    inputs = with_content_hashes(storage.list_files(input_url))
+    try:
+        inputs = with_content_hashes(storage.list_files(input_url))
+    except storage.NotFoundError:
+        if storage.is_local(input_url) or not storage.exists(_bucket_of(input_url)):
+            raise
+        # an object store has no empty folders: a drained inbox is no prefix at all, and a nightly
+        # run over it has nothing to do rather than failing
+        get_run_logger().warning("%s holds no object (yet): nothing to generate", input_url)
+        inputs = []
     try:
         states = storage.list_files(storage.join(output_url, f"{STATE}/{version}"))
     except storage.NotFoundError:
@@ -201,7 +251,7 @@ def generate_batch(entries: list[storage.Entry], model: tuple[str, str], version
         if not try_claim(claim, run_id or "anonymous", claim_ttl_s):
             out.append({"input": e.key, "status": "skipped", "note": "claimed by another run"})
         elif storage.exists(storage.join(output_url, state_key(version, e, sid))):
-            storage.remove(claim)  # another run finished it while this one waited
+            release_claim(claim, run_id or "anonymous")  # another run finished it while this one waited
             note = "already done (by another run, or an earlier try of this batch)"
             out.append({"input": e.key, "status": "skipped", "note": note})
         else:
@@ -211,7 +261,7 @@ def generate_batch(entries: list[storage.Entry], model: tuple[str, str], version
                                        provider=provider, stale=stale or {})
     finally:
         for e in mine:
-            storage.remove(storage.join(output_url, claim_key(version, e, sid)))
+            release_claim(storage.join(output_url, claim_key(version, e, sid)), run_id or "anonymous")
 
 
 def _generate_claimed(entries: list[storage.Entry], model: tuple[str, str], version: str, output_url: str,
@@ -311,10 +361,16 @@ def batch_generate(
         settings.validate("batch-generate")  # bad values fail here, before any work
     except ConfigError as e:
         raise ValueError(str(e)) from None
-    if storage.join(output_url, "").startswith(storage.join(input_url, "")):
+    _check_run_settings(batch_size=batch_size, max_input_bytes=max_input_bytes, claim_ttl_s=claim_ttl_s,
+                        provider=provider, precision=precision)
+    for url in (input_url, output_url, registry):
+        storage.check_url(url)
+    inp, out = storage.join(_plain(input_url), ""), storage.join(_plain(output_url), "")
+    if out.startswith(inp):
         raise ValueError("output_url must not lie inside input_url (outputs would become inputs)")
-    if any(storage.join(input_url, "").startswith(storage.join(output_url, p + "/")) for p in (STATE, RUNS)):
-        raise ValueError(f"input_url lies under output_url's {STATE}/ or {RUNS}/: batch-generate's own bookkeeping")
+    if any(inp.startswith(storage.join(out, p + "/")) for p in (STATE, RUNS, CLAIMS)):
+        raise ValueError(f"input_url lies under output_url's {STATE}/, {RUNS}/ or {CLAIMS}/: batch-generate's own "
+                         "bookkeeping")
     resolved = resolve_task(registry, name, version)
     entries, done = list_task(input_url, output_url, resolved)
     sid = settings.settings_id()
@@ -332,6 +388,10 @@ def batch_generate(
                 "status": "failed",
                 "error": f"under {e.key.split('/', 1)[0]}/, batch-generate's own bookkeeping prefix",
             }
+            continue
+        if e.size > max_input_bytes:  # known from the listing: never downloaded
+            statuses[e.key] = {"input": e.key, "status": "failed",
+                               "error": f"input is {e.size} bytes, over the cap of {max_input_bytes}"}
             continue
         if state_key(resolved, e, sid) in done:  # same key, size and ETag, same model and settings
             statuses[e.key] = {"input": e.key, "status": "skipped"}

@@ -23,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# obf's own log lines in the runs' logs, as prefect.yaml's deployments have them (before prefect loads its settings)
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "obf")
 
 from prefect import serve  # noqa: E402
 from prefect.schedules import Cron  # noqa: E402

@@ -28,13 +28,15 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from obf import provenance, stages
 from obf.core import storage
+from obf.core.errors import prefect_retry_condition
 from obf.core.params import load_params
 from obf.data.dataset import dataset_sha256
-from obf.registry import publish
+from obf.registry import check_name, publish
 
 BUILD = "build.json"  # written last: a build is complete when it is there
 
-STORAGE_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30])
+# what a second try may fix: not an error in the run's own input (`storage.worth_retrying`)
+STORAGE_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=prefect_retry_condition)
 
 
 @task(name="ingest", **STORAGE_RETRIES)
@@ -63,7 +65,9 @@ def export_task(
     return stages.export(model_dir, onnx_dir, load_params(params_path, overrides), data=data_dir, progress=False)
 
 
-@task(name="publish", **STORAGE_RETRIES)
+# No retries: a publish that failed after taking its version number would take the next one on a
+# retry, publishing the same model twice. A rerun of the flow publishes the kept build instead.
+@task(name="publish")
 def publish_task(onnx_dir: str, registry: str, name: str, card: dict[str, Any] | None = None) -> dict[str, Any]:
     return publish(onnx_dir, registry, name, card=card)
 
@@ -172,6 +176,13 @@ def train_flow(
     overrides = list(overrides or [])
     params_path = None if params is None or params.lower() == "none" else params
     resolved = load_params(params_path, overrides)  # fail now, not after ingest, on a missing file or bad value
+    check_name("name", name)  # and a name publish would refuse, or one that leads out of the registry
+    for url in (source, registry):
+        storage.check_url(url)
+    if dask_address:
+        from obf.data.ingest_dask import check_address
+
+        check_address(dask_address)
     log.info("params: %s, overrides: %s", params_path or "built-in defaults", overrides or "none")
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="obf-train-flow-"))
     keep = keep_workdir or workdir is not None

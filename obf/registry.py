@@ -36,7 +36,7 @@ class RegistryError(ObfError):
     """A model name/version is missing, malformed, or its files fail verification."""
 
 
-def _check_name(kind: str, value: str) -> str:
+def check_name(kind: str, value: str) -> str:
     if not _NAME.match(value or "") or value in (".", ".."):
         raise RegistryError(f"bad {kind} {value!r}: use letters, digits, '.', '_' or '-'")
     return value
@@ -51,7 +51,7 @@ def _sha(data: bytes) -> str:
 
 
 def list_versions(registry: str, name: str) -> list[str]:
-    base = storage.join(registry, _check_name("name", name))
+    base = storage.join(registry, check_name("name", name))
     try:
         entries = storage.list_files(base)
     except storage.NotFoundError:
@@ -86,8 +86,8 @@ def publish(onnx_dir: str | Path, registry: str, name: str, version: str | None 
     src = Path(onnx_dir)
     if not (src / "obf.json").is_file():
         raise RegistryError(f"{src}: not an exported ONNX dir (no obf.json)")
-    _check_name("name", name)
-    if version is not None and _check_name("version", version) == "latest":
+    check_name("name", name)
+    if version is not None and check_name("version", version) == "latest":
         raise RegistryError("version 'latest' is reserved")
     root = storage.join(registry, name)
     token = json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "at": time.time(),
@@ -189,13 +189,13 @@ def describe(registry: str, name: str, version: str = "latest") -> dict[str, Any
 def resolve_version(registry: str, name: str, version: str = "latest") -> tuple[str, dict[str, Any], bytes]:
     """The published version `version` names ('latest' or pinned), with its manifest (parsed and
     as stored), verified against latest.json; nothing is downloaded."""
-    _check_name("name", name)
+    check_name("name", name)
     root = storage.join(registry, name)
     expect_manifest_sha = None
     if version == "latest":
         latest, _ = _read_json(storage.join(root, LATEST), f"model {name!r} (latest.json)")
         version, expect_manifest_sha = str(latest.get("version", "")), latest.get("manifest_sha256")
-    _check_name("version", version)
+    check_name("version", version)
     manifest, blob = _read_json(storage.join(storage.join(root, version), MANIFEST), f"model {name}/{version}")
     if expect_manifest_sha and _sha(blob) != expect_manifest_sha:
         raise RegistryError(f"{name}/{version}: manifest does not match latest.json")

@@ -118,6 +118,37 @@ def test_train_flow_with_a_missing_params_file_fails_before_any_work(harness, s3
     assert not (tmp_path / "work").exists()
 
 
+def test_train_flow_refuses_a_bad_name_url_or_dask_address_before_any_work(harness, s3_bucket, tmp_path):
+    """Each was found only after ingest and training (the name at publish, the address inside the
+    ingest task), or never: `s3:/models` was a local folder, and `../x` a way out of the registry."""
+    from flows.train import train_flow
+
+    kw = dict(source=f"{s3_bucket}/raw", registry=f"{s3_bucket}/models", params=None, workdir=str(tmp_path / "work"))
+    for bad, error, match in ((dict(name="../../elsewhere"), RegistryError, "bad name"),
+                              (dict(registry="s3:/obf-models"), storage.StorageError, "mistyped URL"),
+                              (dict(source="s3://"), storage.StorageError, "no bucket"),
+                              (dict(dask_address="notanaddress"), storage.StorageError, "not an address")):
+        with pytest.raises(error, match=match):
+            train_flow(**{**kw, **bad})
+        assert not (tmp_path / "work").exists()
+    # an error in the run's own input fails it at once; a store's own failure is retried
+    with pytest.raises(storage.NotFoundError, match="no such file or prefix"):
+        train_flow(**{**kw, "source": f"{s3_bucket}/nothing-here"})
+
+
+def test_only_what_a_second_try_may_fix_is_retried():
+    from prefect.states import Failed
+
+    from obf.core.errors import prefect_retry_condition
+    from obf.core.storage import ConflictError, NotFoundError, StorageError
+
+    retried = {type(e).__name__: prefect_retry_condition(None, None, Failed(data=e))
+               for e in (StorageError("s3://b/x: ConnectionError: reset"), ConflictError("lost"), OSError("reset"),
+                         NotFoundError("s3://b/x: no such file or prefix"), RegistryError("bad name"))}
+    assert retried == {"StorageError": True, "ConflictError": True, "OSError": True, "NotFoundError": False,
+                       "RegistryError": False}
+
+
 def test_train_flow_from_s3_publishes_a_verifiable_model(harness, s3_bucket, tmp_path):
     from flows.train import train_flow
 
@@ -616,6 +647,37 @@ def test_batch_generate_local_inputs_by_content_and_own_prefixes_refused(harness
     assert failed and failed[0]["input"] == "_state/x.txt" and "bookkeeping" in failed[0]["error"]
     with pytest.raises(ValueError, match="bookkeeping"):
         batch_generate(**{**kw, "input_url": str(out / "_runs")})
+
+
+def test_batch_generate_refuses_bad_runs_before_any_work_and_an_empty_inbox_is_nothing_to_do(harness, onnx_model,
+                                                                                            s3_bucket):
+    """Bad run settings fail the run before the model is fetched or an input listed (a batch size of
+    -1 used to submit nothing and end Completed); a drained S3 inbox (no object left, so no prefix)
+    is a run with nothing to do, not a failure every night; an input over the size cap fails from
+    its listed size, without being downloaded."""
+    from flows.generate import BatchGenerateFailed, batch_generate
+
+    reg, inp, out = f"{s3_bucket}/models", f"{s3_bucket}/in", f"{s3_bucket}/out"
+    publish(onnx_model, reg, "obf")
+    kw = dict(input_url=inp, output_url=out, registry=reg, max_bytes=16)
+    for bad, match in (({"batch_size": 0}, "batch_size"), ({"batch_size": -1}, "batch_size"),
+                       ({"max_input_bytes": 0}, "max_input_bytes"), ({"claim_ttl_s": 0}, "claim_ttl_s"),
+                       ({"provider": "gpu"}, "provider"), ({"precision": "bf16"}, "precision"),
+                       ({"output_url": "s3:/obf-outbox"}, "mistyped URL"),
+                       ({"input_url": f"{out}/_claims/x"}, "bookkeeping")):
+        with pytest.raises((ValueError, storage.StorageError), match=match):
+            batch_generate(**{**kw, **bad})
+    with pytest.raises(storage.NotFoundError):
+        batch_generate(**{**kw, "input_url": "s3://obf-no-such-bucket-here/in"})  # no bucket: a typo, not empty
+    assert not storage.exists(out)  # nothing written by the refused runs
+    res = batch_generate(**kw)
+    assert (res["ok"], res["skipped"], res["failed"]) == (0, 0, 0)
+    storage.write_bytes_atomic(f"{inp}/a.txt", b"hello\n")
+    storage.write_bytes_atomic(f"{inp}/big.bin", b"x" * 5000)
+    with pytest.raises(BatchGenerateFailed, match="1 of 2"):
+        batch_generate(**{**kw, "max_input_bytes": 1000})
+    failed = [i for m in _manifests(out) for i in m["inputs"] if i["status"] == "failed"]
+    assert [(i["input"], i["error"]) for i in failed] == [("big.bin", "input is 5000 bytes, over the cap of 1000")]
 
 
 def test_a_state_listing_that_fails_fails_the_run_instead_of_redoing_everything(onnx_model, s3_bucket, monkeypatch):

@@ -22,24 +22,33 @@ from typing import Any, TypeVar
 
 from fsspec.core import url_to_fs
 
-from obf.core.errors import ObfError
+from obf.core.errors import ConflictError, NotFoundError, ObfError, StorageError  # noqa: F401 (storage.*Error)
+
+# A fsspec protocol and a colon without two slashes (`s3:/bucket`): as a path, a local folder `s3:`.
+_MISTYPED_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):(?!//)")
 
 
-class StorageError(ObfError):
-    """A storage location is missing, unreadable or unsafe."""
+@functools.cache
+def _protocols() -> frozenset[str]:
+    import fsspec
 
-
-class NotFoundError(StorageError):
-    """A file, folder or prefix that is not there (as opposed to one that could not be read)."""
-
-
-class ConflictError(StorageError):
-    """A conditional write lost: the object exists (create) or changed since it was read (swap)."""
+    return frozenset(p.lower() for p in fsspec.available_protocols())
 
 
 def is_local(url: str) -> bool:
-    """True for plain paths and `file://` URLs."""
-    return "://" not in url or url.startswith("file://")
+    """True for plain paths and `file://` URLs. A URL mistyped with one slash or none after its
+    protocol (`s3:/bucket`) is a StorageError, not a local path."""
+    if "://" in url:
+        return url.startswith("file://")
+    if (m := _MISTYPED_URL.match(url)) and m.group(1).lower() in _protocols():
+        raise StorageError(f"{url}: a mistyped URL? {m.group(1)}: needs two slashes ({m.group(1)}://...)")
+    return True
+
+
+def check_url(url: str) -> None:
+    """Refuse, with one line, a mistyped URL (`is_local`) or one without a bucket (`s3://`)."""
+    if not is_local(url) and not url.split("://", 1)[1].strip("/"):
+        raise StorageError(f"{url}: no bucket or path after the protocol")
 
 
 def local_str(url: str) -> str:
@@ -154,8 +163,7 @@ def _remote(url: str) -> tuple[Any, str]:
     try:
         return url_to_fs(url, use_listings_cache=False)
     except (ValueError, ImportError) as err:
-        text = err.args[0] if err.args and isinstance(err.args[0], str) else str(err)
-        raise StorageError(f"{url}: {text.strip().splitlines()[0] if text.strip() else type(err).__name__}") from None
+        raise StorageError(f"{url}: {_first_line(err)}") from None
 
 
 # Where the errors of an object store's client come from: they are not OSErrors (botocore's
@@ -164,12 +172,14 @@ _STORE_CLIENTS = ("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "gcsfs
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _store_reason(err: Exception) -> str:
-    """One line for a failure of the store itself (no credentials, no endpoint, a refused call)."""
+def _first_line(err: BaseException) -> str:
+    """One line for a failure of the store or its client (no credentials, no endpoint, a refused call)."""
     if type(err).__name__ == "NoCredentialsError":
         return "no credentials for the object store (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
-    text = (str(err) or "").strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+    text = (err.args[0] if err.args and isinstance(err.args[0], str) else str(err)).strip().splitlines()
+    if not text:
+        return type(err).__name__
+    return text[0] if isinstance(err, (ValueError, ImportError)) else f"{type(err).__name__}: {text[0]}"
 
 
 def _one_line_store_errors(func: _F) -> _F:
@@ -188,7 +198,7 @@ def _one_line_store_errors(func: _F) -> _F:
             from_store = isinstance(err, OSError) or type(err).__module__.split(".")[0] in _STORE_CLIENTS
             if is_local(url) or not from_store:
                 raise
-            raise StorageError(f"{url}: {_store_reason(err)}") from None
+            raise StorageError(f"{url}: {_first_line(err)}") from None
 
     return call  # type: ignore[return-value]
 

@@ -255,6 +255,17 @@ def _result(client: Any, fut: Any, address: str) -> Any:
                         "distributed.scheduler.no-workers-timeout to give up instead)", address)
 
 
+def check_address(address: str) -> None:
+    """Refuse, with one line, a scheduler address Dask cannot parse (needs dask.distributed)."""
+    from distributed.comm.addressing import get_address_host_port, normalize_address
+
+    try:
+        get_address_host_port(normalize_address(address))
+    except ValueError as err:
+        raise storage.StorageError(f"dask scheduler {address!r}: not an address ({err}); "
+                                   "expected HOST:PORT or SCHEME://HOST:PORT, e.g. tcp://10.0.0.5:8786") from None
+
+
 def run(entries: list[storage.Entry], cfg: IngestConfig, root: str, address: str, *, first_shard: int = 0,
         progress: bool = True) -> tuple[list[Record], list[dict], list[dict]]:
     """Ingest `entries` (prechecked) on the Dask cluster at `address`, writing shards under
@@ -266,14 +277,9 @@ def run(entries: list[storage.Entry], cfg: IngestConfig, root: str, address: str
     except ImportError:
         raise storage.StorageError("obf ingest --dask needs dask.distributed (pip install 'dask[distributed]')"
                                    ) from None
-    from distributed.comm.addressing import get_address_host_port, normalize_address
     from tqdm import tqdm
 
-    try:  # before a Client exists: one made from a malformed address hangs its process's exit
-        get_address_host_port(normalize_address(address))
-    except ValueError as err:
-        raise storage.StorageError(f"dask scheduler {address!r}: not an address ({err}); "
-                                   "expected HOST:PORT or SCHEME://HOST:PORT, e.g. tcp://10.0.0.5:8786") from None
+    check_address(address)  # before a Client exists: one made from a malformed address hangs its process's exit
     start = time.perf_counter()
     try:
         client = Client(address, set_as_default=False)
