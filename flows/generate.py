@@ -10,7 +10,8 @@ which settings made its output).
 
 Outputs keep the input's whole relative key and add the extension of their modality
 (`a/b.png` -> `a/b.png.bmp`, `obf.generate.files.output_key`), so distinct inputs never share an
-output; one PUT per object; the state of each input is written after its output. Overlapping
+output, and an output prefix belongs to one input prefix (`_obf.json`, `own_output_task`), so nothing
+obf did not write is written over; one PUT per object; the state of each input is written after its output. Overlapping
 runs on one output prefix generate each input once: a run works on an input only under its
 claim in `_claims/`, taken with S3 conditional writes (`try_claim`). Every run writes
 `_runs/<flow-run-id>.json` listing each input with its status, output and error, and ends Failed
@@ -43,11 +44,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from obf.core import storage
 from obf.core.config import ConfigError, GenerateSettings
-from obf.core.errors import prefect_retry_condition
+from obf.core.errors import ObfError, prefect_retry_condition
 from obf.generate.files import generate_files, ingest_config_of, output_key, prepare
 from obf.registry import resolve, resolve_version
 
 STATE, RUNS, CLAIMS = "_state", "_runs", "_claims"
+OWNER = "_obf.json"  # at output_url: the input_url whose outputs it holds, written by the first run there
 DEFAULT_CLAIM_TTL_S = 1800  # a crashed run's claims block other runs this long at most; must exceed a batch's time
 DEFAULT_WORKERS = 4  # batches in flight at once; the fastest of 1 / 2 / 4 (benchmarks/batch_generate.py)
 _BACKEND_LOCK = threading.Lock()
@@ -308,6 +310,49 @@ def manifest_task(output_url: str, run_id: str, manifest: dict[str, Any]) -> str
     return url
 
 
+class OutputPrefixError(ObfError):
+    """output_url holds what batch-generate may not write over: files obf did not write, or the
+    outputs of another input_url (two inputs would share an output)."""
+
+
+@task(name="own-output-prefix", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=prefect_retry_condition)
+def own_output_task(input_url: str, output_url: str) -> None:
+    """Make sure every object this run may write over is obf's: `output_url` is new or empty, or it
+    holds batch-generate's outputs of this `input_url` (its `_obf.json` says so). An output prefix
+    written before `_obf.json` existed is recognised by its `_runs/` or `_state/` and adopted.
+    Outputs are named after their inputs' keys, so a foreign `x.png.bmp` there would be replaced
+    without a word, and two input prefixes sharing one output prefix would replace each other's."""
+    url = storage.join(output_url, OWNER)
+    for _ in range(2):
+        try:
+            held = json.loads(storage.read_bytes(url)).get("input_url")
+        except storage.NotFoundError:
+            held = None
+        except (ValueError, AttributeError):
+            raise OutputPrefixError(f"{url}: not batch-generate's record; choose another output_url") from None
+        if held is not None:
+            if held != input_url:
+                raise OutputPrefixError(f"{output_url} holds the outputs of {held}, not of {input_url} (inputs of "
+                                        f"the same name would share an output); choose another output_url, or "
+                                        f"remove {OWNER} if the inputs moved")
+            return
+        legacy = any(storage.exists(storage.join(output_url, p)) for p in (RUNS, STATE))
+        if not legacy:
+            try:
+                foreign = [e.key for e in storage.list_files(output_url)]
+            except storage.NotFoundError:
+                foreign = []
+            if foreign:
+                raise OutputPrefixError(f"{output_url} holds files batch-generate did not write ({foreign[0]}, ...): "
+                                        "its outputs would replace them; choose an empty or new output_url")
+        try:
+            storage.write_if(url, (json.dumps({"input_url": input_url}) + "\n").encode(), etag=None)
+            return
+        except storage.ConflictError:
+            continue  # another run wrote it first: read what it says
+    raise OutputPrefixError(f"{url}: could not be read or written")
+
+
 class BatchGenerateFailed(RuntimeError):
     """Some inputs failed; the others were written. The run manifest lists which and why."""
 
@@ -373,6 +418,7 @@ def batch_generate(
                          "bookkeeping")
     resolved = resolve_task(registry, name, version)
     entries, done = list_task(input_url, output_url, resolved)
+    own_output_task(input_url, output_url)  # after the listing: a run that cannot list its inputs claims nothing
     sid = settings.settings_id()
     statuses: dict[str, dict[str, Any]] = {}
     pending: list[storage.Entry] = []

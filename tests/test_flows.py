@@ -231,7 +231,8 @@ def _work_dirs(tmp: Path) -> list[str]:
 
 def _outputs(out_url: str) -> list[str]:
     """The output files under `out_url`: not the flow's own records or its in-flight claims."""
-    return sorted(e.key for e in storage.list_files(out_url) if not e.key.startswith(("_runs/", "_state/", "_claims/")))
+    return sorted(e.key for e in storage.list_files(out_url)
+                  if not e.key.startswith(("_runs/", "_state/", "_claims/")) and e.key != "_obf.json")
 
 
 def _manifests(out_url: str) -> list[dict]:
@@ -678,6 +679,17 @@ def test_batch_generate_refuses_bad_runs_before_any_work_and_an_empty_inbox_is_n
         batch_generate(**{**kw, "max_input_bytes": 1000})
     failed = [i for m in _manifests(out) for i in m["inputs"] if i["status"] == "failed"]
     assert [(i["input"], i["error"]) for i in failed] == [("big.bin", "input is 5000 bytes, over the cap of 1000")]
+    # nothing obf did not write is written over: an output prefix holding others' files, or the
+    # outputs of another input prefix (whose a.txt would share a.txt.txt with this one's)
+    from flows.generate import OutputPrefixError
+
+    with pytest.raises(OutputPrefixError, match="holds the outputs of"):
+        batch_generate(**{**kw, "input_url": f"{s3_bucket}/other-in"})
+    storage.write_bytes_atomic(f"{s3_bucket}/theirs/a.txt.txt", b"not obf's\n")
+    with pytest.raises(OutputPrefixError, match="holds files batch-generate did not write"):
+        batch_generate(**{**kw, "output_url": f"{s3_bucket}/theirs"})
+    assert storage.list_files(f"{s3_bucket}/theirs")[0].key == "a.txt.txt"  # untouched, alone
+    assert storage.read_bytes(f"{s3_bucket}/theirs/a.txt.txt") == b"not obf's\n"
 
 
 def test_a_state_listing_that_fails_fails_the_run_instead_of_redoing_everything(onnx_model, s3_bucket, monkeypatch):
