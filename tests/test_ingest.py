@@ -420,6 +420,25 @@ def test_dask_ingest_to_s3_is_the_local_ingest_and_a_rerun_replaces_it(tmp_path,
         ingest(str(src), foreign, cfg, progress=False)
 
 
+def test_dask_ingest_into_a_folder_its_workers_do_not_share_says_so(tmp_path, monkeypatch):
+    """Workers on other machines write a local destination's shards to their own disks: the driver
+    used to write the index and manifest anyway, and training found the shards missing. A worker
+    here (a thread of a real cluster) writes its shards elsewhere, as one on another machine would."""
+    from distributed import LocalCluster
+
+    import obf.data.ingest_dask as on_dask
+    from obf.core.storage import StorageError
+
+    real, elsewhere = on_dask.ingest_part, tmp_path / "the-workers-disk"
+    monkeypatch.setattr(on_dask, "ingest_part",
+                        lambda entries, cfg, url: real(entries, cfg, str(elsewhere / os.path.basename(url))))
+    src = _mixed_source(tmp_path)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with pytest.raises(StorageError, match="where this process cannot see it"):
+            ingest(str(src), tmp_path / "ds", CFG, progress=False, dask=cluster.scheduler_address)
+    assert any(elsewhere.iterdir()) and not (tmp_path / "ds").exists()
+
+
 def test_local_ingest_to_an_s3_url_is_the_local_ingest(tmp_path, s3_bucket):
     from obf.data.dataset import local_dataset
 

@@ -257,10 +257,12 @@ def _result(client: Any, fut: Any, address: str) -> Any:
 
 def check_address(address: str) -> None:
     """Refuse, with one line, a scheduler address Dask cannot parse (needs dask.distributed)."""
-    from distributed.comm.addressing import get_address_host_port, normalize_address
+    from distributed.comm.addressing import get_address_host_port, normalize_address, parse_address
 
     try:
-        get_address_host_port(normalize_address(address))
+        full = normalize_address(address)
+        if parse_address(full)[0] != "inproc":  # a scheduler in this process has no host and port
+            get_address_host_port(full)
     except ValueError as err:
         raise storage.StorageError(f"dask scheduler {address!r}: not an address ({err}); "
                                    "expected HOST:PORT or SCHEME://HOST:PORT, e.g. tcp://10.0.0.5:8786") from None
@@ -317,6 +319,12 @@ def run(entries: list[storage.Entry], cfg: IngestConfig, root: str, address: str
     finally:
         client.close()
         bar.close()
+    if storage.is_local(root):  # workers on other machines wrote their shards to their own disks
+        for shard in sorted({r.shard for r in records}):
+            if not os.path.exists(storage.local_str(storage.join(root, f"shards/{shard:06d}.bin"))):
+                raise storage.StorageError(
+                    f"{root}: the Dask workers wrote shards/{shard:06d}.bin where this process cannot see it: a "
+                    "local destination must be a filesystem the workers and the driver share (or give an s3:// URL)")
     mb, s = total / 1e6, time.perf_counter() - start
     log.info("ingest: %d parts on %s, %.1f MB in %.1fs (%.1f MB/s)", len(parts), address, mb, s, mb / max(s, 1e-9))
     return records, rejected, duplicates
