@@ -35,7 +35,7 @@ from obf.registry import check_name, publish
 
 BUILD = "build.json"  # written last: a build is complete when it is there
 
-# what a second try may fix: not an error in the run's own input (`storage.worth_retrying`)
+# what a second try may fix: not an error in the run's own input (`obf.core.errors.worth_retrying`)
 STORAGE_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=prefect_retry_condition)
 
 
