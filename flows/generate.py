@@ -323,7 +323,7 @@ def own_output_task(input_url: str, output_url: str) -> None:
     Outputs are named after their inputs' keys, so a foreign `x.png.bmp` there would be replaced
     without a word, and two input prefixes sharing one output prefix would replace each other's."""
     url = storage.join(output_url, OWNER)
-    for _ in range(2):
+    for _ in range(3):
         try:
             held = json.loads(storage.read_bytes(url)).get("input_url")
         except storage.NotFoundError:
@@ -339,9 +339,12 @@ def own_output_task(input_url: str, output_url: str) -> None:
         legacy = any(storage.exists(storage.join(output_url, p)) for p in (RUNS, STATE))
         if not legacy:
             try:
-                foreign = [e.key for e in storage.list_files(output_url)]
+                keys = [e.key for e in storage.list_files(output_url)]
             except storage.NotFoundError:
-                foreign = []
+                keys = []
+            if OWNER in keys:
+                continue  # a run started at the same time wrote it since: read what it says
+            foreign = [k for k in keys if not own_key(k)]
             if foreign:
                 raise OutputPrefixError(f"{output_url} holds files batch-generate did not write ({foreign[0]}, ...): "
                                         "its outputs would replace them; choose an empty or new output_url")
