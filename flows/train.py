@@ -29,7 +29,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from obf import provenance, stages
 from obf.core import storage
 from obf.core.errors import prefect_retry_condition
-from obf.core.params import load_params
+from obf.core.params import Params, load_params
 from obf.data.dataset import dataset_sha256
 from obf.registry import check_name, publish
 
@@ -40,29 +40,23 @@ STORAGE_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30], retry_conditi
 
 
 @task(name="ingest", **STORAGE_RETRIES)
-def ingest_task(source: str, out_dir: str, params_path: str | None, overrides: list[str],
-                dask_address: str | None = None) -> dict[str, Any]:
-    return stages.ingest(source, out_dir, load_params(params_path, overrides), progress=False, dask=dask_address)
+def ingest_task(source: str, out_dir: str, params: Params, dask_address: str | None = None) -> dict[str, Any]:
+    return stages.ingest(source, out_dir, params, progress=False, dask=dask_address)
 
 
 @task(name="train")
-def train_task(data_dir: str, model_dir: str, params_path: str | None, overrides: list[str]) -> dict[str, Any]:
-    return stages.train(data_dir, model_dir, load_params(params_path, overrides), progress=False,
-                        live_dir=str(Path(model_dir).parent / "dvclive"))
+def train_task(data_dir: str, model_dir: str, params: Params) -> dict[str, Any]:
+    return stages.train(data_dir, model_dir, params, progress=False, live_dir=str(Path(model_dir).parent / "dvclive"))
 
 
 @task(name="evaluate")
-def evaluate_task(
-    model_dir: str, data_dir: str, out: str, params_path: str | None, overrides: list[str]
-) -> dict[str, Any]:
-    return stages.evaluate(model_dir, data_dir, out, load_params(params_path, overrides), progress=False)
+def evaluate_task(model_dir: str, data_dir: str, out: str, params: Params) -> dict[str, Any]:
+    return stages.evaluate(model_dir, data_dir, out, params, progress=False)
 
 
 @task(name="export")
-def export_task(
-    model_dir: str, onnx_dir: str, data_dir: str, params_path: str | None, overrides: list[str]
-) -> dict[str, Any]:
-    return stages.export(model_dir, onnx_dir, load_params(params_path, overrides), data=data_dir, progress=False)
+def export_task(model_dir: str, onnx_dir: str, data_dir: str, params: Params) -> dict[str, Any]:
+    return stages.export(model_dir, onnx_dir, params, data=data_dir, progress=False)
 
 
 # No retries: a publish that failed after taking its version number would take the next one on a
@@ -175,7 +169,9 @@ def train_flow(
     log = get_run_logger()
     overrides = list(overrides or [])
     params_path = None if params is None or params.lower() == "none" else params
-    resolved = load_params(params_path, overrides)  # fail now, not after ingest, on a missing file or bad value
+    # read once: every stage and the build key take these settings, so an edit to the file while the
+    # run goes on changes nothing in it (and a missing file or a bad value fails now, not after ingest)
+    resolved = load_params(params_path, overrides)
     check_name("name", name)  # and a name publish would refuse, or one that leads out of the registry
     for url in (source, registry):
         storage.check_url(url)
@@ -187,7 +183,7 @@ def train_flow(
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="obf-train-flow-"))
     keep = keep_workdir or workdir is not None
     try:
-        out = _train_and_publish(source, registry, name, params_path, overrides, resolved, work, log, dask_address)
+        out = _train_and_publish(source, registry, name, resolved, work, log, dask_address)
         return {**out, "workdir": str(work) if keep else None}
     finally:
         if not keep:
@@ -198,15 +194,13 @@ def _train_and_publish(
     source: str,
     registry: str,
     name: str,
-    params_path: str | None,
-    overrides: list[str],
-    resolved: Any,
+    resolved: Params,
     work: Path,
     log: Any,
     dask_address: str | None,
 ) -> dict[str, Any]:
     data, model, onnx, eval_dir = str(work / "dataset"), str(work / "model"), str(work / "onnx"), work / "eval"
-    manifest = ingest_task(source, data, params_path, overrides, dask_address)
+    manifest = ingest_task(source, data, resolved, dask_address)
     log.info(
         "ingested %d files (%d bytes), %d rejected", manifest["files"], manifest["bytes"], len(manifest["rejected"])
     )
@@ -216,10 +210,10 @@ def _train_and_publish(
     record = find_build_task(url)
     trained = record is None
     if record is None:
-        summary = train_task(data, model, params_path, overrides)
+        summary = train_task(data, model, resolved)
         log.info("trained %d steps, %.0f target bytes/s", summary["steps"], summary["target_bytes_per_s"])
-        metrics = evaluate_task(model, data, str(eval_dir / "metrics.json"), params_path, overrides)
-        export_info = export_task(model, onnx, data, params_path, overrides)
+        metrics = evaluate_task(model, data, str(eval_dir / "metrics.json"), resolved)
+        export_info = export_task(model, onnx, data, resolved)
         card = provenance.card(
             data_sha,
             resolved,

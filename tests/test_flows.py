@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from obf.core import storage
 from obf.core.config import GenerateSettings
-from obf.core.params import load_params
+from obf.core.params import apply_overrides, load_params
 from obf.data.ingest import ingest
 from obf.export.onnx_export import export
 from obf.formats.repair import opens
@@ -149,13 +150,29 @@ def test_only_what_a_second_try_may_fix_is_retried():
                        "RegistryError": False}
 
 
-def test_train_flow_from_s3_publishes_a_verifiable_model(harness, s3_bucket, tmp_path):
-    from flows.train import train_flow
+def test_train_flow_from_s3_publishes_a_verifiable_model(harness, s3_bucket, tmp_path, monkeypatch):
+    """The published model verifies on load, and was made with the settings the run read at its
+    start: an edit to the params file while the run goes on (here, right after the ingest) reaches
+    none of its stages."""
+    import flows.train as ft
 
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(apply_overrides({}, [*TINY, "ingest.val_fraction=0.3"])))
+    real_ingest = ft.stages.ingest
+
+    def ingest_then_edit(*args, **kw):
+        out = real_ingest(*args, **kw)
+        params_file.write_text(yaml.safe_dump(apply_overrides(yaml.safe_load(params_file.read_text()),
+                                                              ["train.steps=3"])))
+        return out
+
+    monkeypatch.setattr(ft.stages, "ingest", ingest_then_edit)
     upload(RAW, f"{s3_bucket}/raw", MIXED + ["text/heapq.py"])
-    out = train_flow(source=f"{s3_bucket}/raw", registry=f"{s3_bucket}/models", name="tiny", params=None,
-                     overrides=[*TINY, "ingest.val_fraction=0.3"], workdir=str(tmp_path / "work"))
+    out = ft.train_flow(source=f"{s3_bucket}/raw", registry=f"{s3_bucket}/models", name="tiny",
+                        params=str(params_file), workdir=str(tmp_path / "work"))
     assert out["version"] == "v0001"
+    build = json.loads(storage.read_bytes(f"{s3_bucket}/models/_builds/tiny/{out['build']}/build.json"))
+    assert build["train"]["steps"] == 20 == build["card"]["settings"]["train"]["steps"]
     path, _ = resolve(f"{s3_bucket}/models", "tiny", cache_dir=tmp_path / "cache")
     from obf.runtime.onnx_backend import OnnxBackend
 
