@@ -27,6 +27,14 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # clean-up stops the Prefect servers that carry it and no other (a user's own server is left alone).
 SESSION_MARK = f"OBF_TEST_SESSION={uuid.uuid4().hex}".encode()
 os.environ["OBF_TEST_SESSION"] = SESSION_MARK.split(b"=", 1)[1].decode()
+# Under pytest-xdist (`-n auto --dist loadfile`, pyproject.toml) each worker takes one core: torch and
+# OpenMP default to a thread per core in every worker, and their spinning threads then fight for the
+# cores (a fixture's training took 5x as long beside another worker's).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def free_port() -> int:

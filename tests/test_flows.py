@@ -38,12 +38,49 @@ MIXED = ["text/bisect.py", "text/this_py.txt", "image/horse.png", "image/text.gi
          "video/hubble_pan.y4m", "binary/true.elf"]
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
+def _wait_http(url: str, timeout: float) -> None:
+    import urllib.request
 
-    with prefect_test_harness(server_startup_timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A real `prefect server start` (SQLite) on a free port, for deployments and workers."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        _wait_http(f"{api}/health", 120)
+        yield api, home
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def harness(prefect_server):
+    """Flows run in this process against the module's real Prefect server: one server start for
+    the whole module (Prefect's test harness would start another, ~20 s on a 2-core host)."""
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: prefect_server[0]}):
         yield
+        APILogHandler().flush()  # the runs' logs reach the server before it stops
 
 
 @pytest.fixture(scope="module")
@@ -400,26 +437,27 @@ def test_batch_generate_in_int8(harness, onnx_model, s3_bucket, tmp_path, monkey
         assert opens(storage.read_bytes(f"{out}/{key}"), key.split("/")[0]), key
 
 
-def test_crash_mid_run_then_rerun_leaves_no_gap_or_duplicate(onnx_model, s3_server, s3_bucket, tmp_path):
+def test_crash_mid_run_then_rerun_leaves_no_gap_or_duplicate(onnx_model, prefect_server, s3_server, s3_bucket,
+                                                              tmp_path):
+    N = 16  # inputs: at a few tenths of a second each, the run is killed well before its last one
     reg, inp, out = f"{s3_bucket}/models", f"{s3_bucket}/in", f"{s3_bucket}/out"
     publish(onnx_model, reg, "obf")
     names = []
-    for i in range(30):
+    for i in range(N):
         storage.write_bytes_atomic(f"{inp}/doc{i:02d}.txt", (f"document {i}\n" * 40).encode())
         names.append(f"doc{i:02d}.txt")
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "OBF_CACHE": str(tmp_path / "cache"),
-           "PREFECT_API_URL": "", "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true", "OMP_NUM_THREADS": "1"}
-    env.pop("PREFECT_API_URL")
-    # One worker, so outputs land one by one: Prefect's default thread pool runs all 30 batches at
+           "PREFECT_API_URL": prefect_server[0], "OMP_NUM_THREADS": "1"}
+    # One worker, so outputs land one by one: Prefect's default thread pool runs all the batches at
     # once and they may all finish (and write) within a second, leaving nothing to crash between.
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
             "from prefect.task_runners import ThreadPoolTaskRunner\n"
             "from flows.generate import batch_generate\n"
             "flow = batch_generate.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))\n"
-            f"flow(input_url={inp!r}, output_url={out!r}, registry={reg!r}, max_bytes=600, batch_size=1,"
+            f"flow(input_url={inp!r}, output_url={out!r}, registry={reg!r}, max_bytes=300, batch_size=1,"
             " claim_ttl_s=2)\n")
-    # its own session: the kill below takes the ephemeral Prefect server the run starts with it
-    # (killed alone, the run would leave that server serving with no parent)
+    # its own session: the kill below takes everything the run started with it (the server, as a
+    # nightly run's, lives on and keeps the killed run's record)
     log = open(tmp_path / "run.log", "wb")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -435,7 +473,7 @@ def test_crash_mid_run_then_rerun_leaves_no_gap_or_duplicate(onnx_model, s3_serv
     os.killpg(proc.pid, signal.SIGKILL)  # kill -9 of the run and everything it started
     proc.wait()
     partial = _outputs(out)
-    assert 3 <= len(partial) < 30
+    assert 3 <= len(partial) < N
     time.sleep(2.5)  # the killed run's claim on the input it was making expires
     rerun = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
                            start_new_session=True)
@@ -444,8 +482,8 @@ def test_crash_mid_run_then_rerun_leaves_no_gap_or_duplicate(onnx_model, s3_serv
     man = [m for m in _manifests(out) if m["counts"]["failed"] == 0][-1]
     # the rerun made only what was missing: with one worker, at most the output written last before
     # the kill may lack its state record and be made again
-    assert man["counts"]["ok"] + man["counts"]["skipped"] == 30
-    assert 30 - len(partial) <= man["counts"]["ok"] <= 30 - len(partial) + 1
+    assert man["counts"]["ok"] + man["counts"]["skipped"] == N
+    assert N - len(partial) <= man["counts"]["ok"] <= N - len(partial) + 1
 
 
 def test_batch_generate_on_a_local_dask_cluster(harness, onnx_model, s3_bucket, tmp_path, monkeypatch):
@@ -530,39 +568,6 @@ def test_batch_generate_on_dask_workers_under_s3_faults(harness, onnx_model, s3_
     records = [json.loads(storage.read_bytes(e.url)) for e in storage.list_files(f"{out}/_state")]
     assert sorted(r["input"] for r in records) == sorted(MIXED)
     assert not (tmp_path / "flow-cache").exists()  # the flow fetched nothing; the workers did
-
-
-def _wait_http(url: str, timeout: float) -> None:
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            time.sleep(0.5)
-    raise TimeoutError(url)
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """A real `prefect server start` (SQLite) on a free port, for deployments and workers."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        _wait_http(f"{api}/health", 120)
-        yield api, home
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def test_prefect_deployment_run_against_a_real_server(prefect_server, s3_bucket, tmp_path):
