@@ -54,7 +54,8 @@ def _wait_http(url: str, timeout: float) -> None:
 
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
-    """A real `prefect server start` (SQLite) on a free port, for deployments and workers."""
+    """A real `prefect server start` (SQLite) on a free port: the module's flows run against it,
+    in this process (`harness`), from `serve` and by deployment."""
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -439,7 +440,7 @@ def test_batch_generate_in_int8(harness, onnx_model, s3_bucket, tmp_path, monkey
 
 def test_crash_mid_run_then_rerun_leaves_no_gap_or_duplicate(onnx_model, prefect_server, s3_server, s3_bucket,
                                                               tmp_path):
-    N = 16  # inputs: at a few tenths of a second each, the run is killed well before its last one
+    N = 16  # inputs, made one at a time: the run is killed after its third output, well before its last
     reg, inp, out = f"{s3_bucket}/models", f"{s3_bucket}/in", f"{s3_bucket}/out"
     publish(onnx_model, reg, "obf")
     names = []
