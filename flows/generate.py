@@ -10,10 +10,10 @@ which settings made its output).
 
 Outputs keep the input's whole relative key and add the extension of their modality
 (`a/b.png` -> `a/b.png.bmp`, `obf.generate.files.output_key`), so distinct inputs never share an
-output, and an output prefix belongs to one input prefix (`_obf.json`, `own_output_task`), so nothing
-obf did not write is written over; one PUT per object; the state of each input is written after its output. Overlapping
-runs on one output prefix generate each input once: a run works on an input only under its
-claim in `_claims/`, taken with S3 conditional writes (`try_claim`). Every run writes
+output, and an output prefix belongs to one input prefix (`_obf.json`, `own_output_task`), so
+nothing obf did not write is written over; one PUT per object; the state of each input is written
+after its output. Overlapping runs on one output prefix generate each input once: a run works on
+an input only under its claim in `_claims/`, taken with S3 conditional writes (`try_claim`). Every run writes
 `_runs/<flow-run-id>.json` listing each input with its status, output and error, and ends Failed
 (after all other inputs are written) when any input failed.
 
@@ -42,9 +42,10 @@ from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.retries import STORAGE_RETRIES
 from obf.core import storage
 from obf.core.config import ConfigError, GenerateSettings
-from obf.core.errors import ObfError, prefect_retry_condition
+from obf.core.errors import ObfError
 from obf.generate.files import generate_files, ingest_config_of, output_key, prepare
 from obf.registry import resolve, resolve_version
 
@@ -195,14 +196,14 @@ def _plain(url: str) -> str:
     return os.path.abspath(storage.local_str(url)) if storage.is_local(url) else url
 
 
-@task(name="resolve-model", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=prefect_retry_condition)
+@task(name="resolve-model", **STORAGE_RETRIES)
 def resolve_task(registry: str, name: str, version: str) -> str:
     """The concrete version ('latest' resolved) that every batch of this run uses; downloads nothing."""
     resolved, _, _ = resolve_version(registry, name, version)
     return resolved
 
 
-@task(name="list-inputs", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=prefect_retry_condition)
+@task(name="list-inputs", **STORAGE_RETRIES)
 def list_task(input_url: str, output_url: str, version: str) -> tuple[list[storage.Entry], set[str]]:
     """Inputs under input_url, and the state keys already written for this model version.
 
@@ -315,7 +316,7 @@ class OutputPrefixError(ObfError):
     outputs of another input_url (two inputs would share an output)."""
 
 
-@task(name="own-output-prefix", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=prefect_retry_condition)
+@task(name="own-output-prefix", **STORAGE_RETRIES)
 def own_output_task(input_url: str, output_url: str) -> None:
     """Make sure every object this run may write over is obf's: `output_url` is new or empty, or it
     holds batch-generate's outputs of this `input_url` (its `_obf.json` says so). An output prefix

@@ -26,17 +26,15 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.retries import STORAGE_RETRIES
 from obf import provenance, stages
 from obf.core import storage
-from obf.core.errors import prefect_retry_condition
 from obf.core.params import Params, load_params
 from obf.data.dataset import dataset_sha256
 from obf.registry import check_name, publish
 
 BUILD = "build.json"  # written last: a build is complete when it is there
 
-# what a second try may fix: not an error in the run's own input (`obf.core.errors.worth_retrying`)
-STORAGE_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=prefect_retry_condition)
 
 
 @task(name="ingest", **STORAGE_RETRIES)
